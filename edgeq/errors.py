@@ -1,0 +1,58 @@
+"""One family of exceptions. Library code raises these; only the CLI turns them into exit codes.
+
+Every message is written for the person at the terminal: it names the file, field or sample,
+says what was expected, and what to try.
+"""
+
+from __future__ import annotations
+
+EXIT_BAD_INPUT = 2
+EXIT_TARGET_CHECK = 3
+
+
+class EdgeqError(Exception):
+    """Base class: a problem the user can fix. Carries the process exit code."""
+
+    exit_code: int = EXIT_BAD_INPUT
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
+
+
+class TargetProfileError(EdgeqError):
+    """A target profile (targets/*.toml) is malformed or unknown."""
+
+
+class CalibrationError(EdgeqError):
+    """Calibration or evaluation data is missing, malformed or does not fit the model."""
+
+
+class ModelLoadError(EdgeqError):
+    """A Keras model file cannot be loaded (missing, wrong format, unsafe, corrupt)."""
+
+
+class TFLiteFormatError(EdgeqError):
+    """A .tflite file is not a structurally valid TFLite flatbuffer."""
+
+
+class RecipeError(EdgeqError):
+    """The requested quantization mode is not possible for this target or data."""
+
+
+class ConversionError(EdgeqError):
+    """The TFLite converter refused the model (unsupported op, shape, ...)."""
+
+
+class OutputError(EdgeqError):
+    """An output cannot be written (exists without --overwrite, not a folder, read-only, disk full)."""
+
+
+class TargetCheckError(EdgeqError):
+    """The converted model does not fit the target (ops, dtypes, budgets). Exit code 3."""
+
+    exit_code = EXIT_TARGET_CHECK

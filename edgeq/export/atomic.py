@@ -1,0 +1,91 @@
+"""Write a set of output files so that a failure never leaves half-written or lost files.
+
+Each file is written to a temporary file in the destination folder, flushed and fsynced,
+and only when *every* file of the set has been written are they moved into place with
+os.replace (atomic on POSIX within one file system). On any failure, including
+KeyboardInterrupt, the temporary files are removed and existing outputs are untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
+from edgeq.errors import OutputError
+
+TMP_PREFIX = ".edgeq-tmp-"
+
+
+def check_output_dir(outdir: Path, filenames: list[str], *, overwrite: bool) -> None:
+    """Fail early, before any expensive work, if the outputs could not be written."""
+    if outdir.exists() and not outdir.is_dir():
+        raise OutputError(
+            f"output path {outdir} is a file, not a folder",
+            hint="pass -o with a folder path (it is created if missing)",
+        )
+    probe = outdir
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputError(
+            f"cannot write to {probe}: permission denied",
+            hint="choose another folder with -o",
+        )
+    if not overwrite:
+        existing = [name for name in filenames if (outdir / name).exists()]
+        if existing:
+            raise OutputError(
+                f"{len(existing)} output file(s) already exist in {outdir}: {', '.join(existing)}",
+                hint="pass --overwrite to replace them, or choose another folder with -o",
+            )
+
+
+def write_files_atomically(
+    outdir: Path, files: Mapping[str, bytes], *, overwrite: bool
+) -> list[Path]:
+    """Write all `files` (name -> bytes) into `outdir`; all appear, or none change."""
+    check_output_dir(outdir, list(files), overwrite=overwrite)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create output folder {outdir}: {exc.strerror}") from exc
+
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for name, data in files.items():
+            fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=f"-{name}", dir=outdir)
+            tmp = Path(tmp_name)
+            staged.append((tmp, outdir / name))
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(tmp, 0o644)
+        for tmp, final in staged:
+            os.replace(tmp, final)
+        _fsync_dir(outdir)
+    except OSError as exc:
+        raise OutputError(
+            f"writing outputs to {outdir} failed: {exc.strerror or exc}; "
+            "no output was changed",
+            hint="free disk space or choose another folder with -o",
+        ) from exc
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+    return [final for _, final in staged]
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
