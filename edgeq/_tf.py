@@ -1,0 +1,58 @@
+"""The one place TensorFlow is imported, quietly, and the one way to silence its C++ chatter.
+
+TensorFlow costs ~5 s to import: only code paths that need a model call `tf()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from types import ModuleType
+
+
+def tf() -> ModuleType:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # bit-stable float reference outputs
+    import tensorflow
+
+    tensorflow.get_logger().setLevel("ERROR")
+    return tensorflow
+
+
+class Captured:
+    text: str = ""
+
+
+@contextlib.contextmanager
+def captured_output() -> Iterator[Captured]:
+    """Redirect the process's stdout and stderr *file descriptors* into a buffer.
+
+    The converter and Keras export print from C++ and Python alike; users should see edgeq's
+    summary, not hundreds of lines of MLIR diagnostics. The text is kept so that a failure
+    can quote the relevant lines. Set EDGEQ_VERBOSE=1 to let everything through.
+    """
+    result = Captured()
+    if os.environ.get("EDGEQ_VERBOSE"):
+        yield result
+        return
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = (os.dup(1), os.dup(2))
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        try:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            yield result
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+            sink.seek(0)
+            result.text = sink.read().decode(errors="replace")

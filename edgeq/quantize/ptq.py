@@ -1,0 +1,78 @@
+"""Post-training quantization with the TFLite converter, driven by a Recipe."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from edgeq._tf import captured_output, tf
+from edgeq.calibration import Dataset, to_representative_dataset
+from edgeq.errors import ConversionError
+from edgeq.loading import LoadedModel
+from edgeq.quantize.recipe import Recipe
+
+
+def convert_float32(model: LoadedModel) -> bytes:
+    """The unquantized reference .tflite, for size comparison."""
+    converter = model.make_converter()
+    converter.exclude_conversion_metadata = True
+    return _run(converter, model)
+
+
+def quantize(model: LoadedModel, recipe: Recipe, calibration: Dataset | None) -> bytes:
+    tfm = tf()
+    converter = model.make_converter()
+    converter.exclude_conversion_metadata = True  # no timestamps/versions: byte-identical reruns
+    dtypes = {"int8": tfm.int8, "uint8": tfm.uint8, "int16": tfm.int16, "float32": tfm.float32}
+    if recipe.mode in ("int8", "int16x8"):
+        assert calibration is not None
+        converter.optimizations = [tfm.lite.Optimize.DEFAULT]
+        converter.representative_dataset = to_representative_dataset(calibration, limit=recipe.calibration_samples)
+        ops_set = (
+            tfm.lite.OpsSet.TFLITE_BUILTINS_INT8
+            if recipe.mode == "int8"
+            else tfm.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+        )
+        converter.target_spec.supported_ops = [ops_set]
+        converter.inference_input_type = dtypes[recipe.input_dtype]
+        converter.inference_output_type = dtypes[recipe.output_dtype]
+    elif recipe.mode == "float16":
+        converter.optimizations = [tfm.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tfm.float16]
+    elif recipe.mode == "dynamic":
+        converter.optimizations = [tfm.lite.Optimize.DEFAULT]
+    if not recipe.per_channel:
+        converter._experimental_disable_per_channel = True
+    return _run(converter, model)
+
+
+_OP_ERROR = re.compile(r"'(tf\.[A-Za-z0-9_]+)' op is neither a custom op nor a flex op")
+_LOCATION = re.compile(r'loc\(.*?"([^"]+)"')
+
+
+def _run(converter: Any, model: LoadedModel) -> bytes:
+    try:
+        with captured_output() as log:
+            result = converter.convert()
+    except Exception as exc:  # ConverterError, ValueError, RuntimeError: all about this model
+        text = f"{exc}\n{log.text if 'log' in locals() else ''}"
+        raise _explain(model, text) from exc
+    return bytes(result)
+
+
+def _explain(model: LoadedModel, text: str) -> ConversionError:
+    ops = sorted(set(_OP_ERROR.findall(text)))
+    if ops:
+        where = sorted(set(_LOCATION.findall(text)))[:5]
+        return ConversionError(
+            f"{model.path}: the model uses TensorFlow op(s) that no TFLite builtin covers: {', '.join(ops)}"
+            + (f" (at {', '.join(where)})" if where else ""),
+            hint="replace the layer(s) with ones TFLite supports; edgeq does not enable TF Select ops, "
+            "which microcontrollers cannot run",
+        )
+    errors = [line.strip() for line in text.splitlines() if "error" in line.lower()][:5]
+    detail = "; ".join(errors) if errors else text.strip().splitlines()[0][:300] if text.strip() else "unknown"
+    return ConversionError(
+        f"{model.path}: the TFLite converter failed: {detail[:600]}",
+        hint="set EDGEQ_VERBOSE=1 to see the converter's full log",
+    )

@@ -1,0 +1,472 @@
+"""A defensive reader for .tflite files: what is inside, checked before anything trusts it.
+
+A .tflite file may come from anywhere (a colleague, a download, a half-copied file), so it is
+untrusted input. The flatbuffer accessors generated from the TFLite schema do no bounds checks,
+and Python's `struct` even reads *negative* offsets from the end of the buffer, so a corrupt file
+can yield garbage instead of an error. The object API (`ModelT.InitFromBuf`) unpacks everything at
+once without checks. So this module walks the file with the accessor API and verifies every table,
+vector and string position before it is used, then checks the graph structure (indices in range,
+sane quantization). Whatever still fails becomes a `TFLiteFormatError`: no other exception leaves
+`read_tflite`, whatever the bytes.
+
+Only the LiteRT schema module (pure Python + flatbuffers) is imported, never TensorFlow, so
+`edgeq inspect` starts fast.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import stat
+import struct
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, NoReturn, TypeVar
+
+import numpy as np
+from ai_edge_litert import schema_py_generated as schema
+
+from edgeq.errors import TFLiteFormatError
+
+MAX_FILE_BYTES = 2 * 1024**3
+"""Flatbuffers address at most 2 GiB; larger files are refused before being read whole."""
+
+_HINT = "the file is corrupt or not produced by the TFLite converter; re-export it"
+
+_OP_NAMES: dict[int, str] = {
+    v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_") and isinstance(v, int)
+}
+_DTYPES: dict[int, str] = {
+    v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_") and isinstance(v, int)
+}
+FLOAT_DTYPES = frozenset(
+    {"float16", "float32", "float64", "bfloat16", "float8_e4m3fn", "float8_e5m2", "complex64", "complex128"}
+)
+"""Dtypes that make a model not 'fully integer' (an integer-only MCU cannot run them)."""
+
+# Zero point ranges by storage type. int16 must be 0 per the TFLite spec, but other int16 values
+# are only wrong, not unreadable, so they are accepted. int32/int64 (bias) zero points: anything.
+_ZP_RANGE = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767),
+             "uint16": (0, 65535), "int4": (-8, 7), "uint4": (0, 15)}
+
+# vtable slots (4 + 2 * field id, fixed by schema.fbs) of the vector/string/table fields read
+# here without the generated accessors, because those would read before we could check bounds.
+_M_OPCODES, _M_SUBGRAPHS, _M_DESCRIPTION, _M_BUFFERS = 6, 8, 10, 12
+_OC_CUSTOM_CODE = 6
+_SG_TENSORS, _SG_INPUTS, _SG_OUTPUTS, _SG_OPERATORS = 4, 6, 8, 10
+_T_SHAPE, _T_NAME, _T_QUANTIZATION, _T_SHAPE_SIGNATURE = 4, 10, 12, 18
+_OP_INPUTS, _OP_OUTPUTS = 6, 8
+_Q_SCALE, _Q_ZERO_POINT = 8, 10
+_B_DATA = 4
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor of the main graph as the file declares it (shape uses -1 for dynamic dims)."""
+
+    index: int
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    scales: tuple[float, ...] = ()
+    zero_points: tuple[int, ...] = ()
+    quantized_dimension: int = 0
+    buffer_bytes: int = 0
+
+    @property
+    def is_constant(self) -> bool:
+        return self.buffer_bytes > 0
+
+    @property
+    def is_quantized(self) -> bool:
+        return len(self.scales) > 0
+
+    @property
+    def is_per_channel(self) -> bool:
+        return len(self.scales) > 1
+
+    def quantization_dict(self) -> dict[str, Any] | None:
+        """Per-tensor scale/zero point, or a per-channel summary (hundreds of scales help nobody)."""
+        if not self.scales:
+            return None
+        if len(self.scales) == 1:
+            return {"scale": self.scales[0], "zero_point": self.zero_points[0] if self.zero_points else 0}
+        return {"channels": len(self.scales), "axis": self.quantized_dimension,
+                "scale_min": min(self.scales), "scale_max": max(self.scales)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "name": self.name, "dtype": self.dtype, "shape": list(self.shape),
+                "constant": self.is_constant, "buffer_bytes": self.buffer_bytes,
+                "quant": self.quantization_dict()}
+
+
+@dataclass(frozen=True)
+class OpInfo:
+    """One operator of the main graph; -1 in `inputs` marks an omitted optional input."""
+
+    index: int
+    name: str
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "name": self.name, "inputs": list(self.inputs), "outputs": list(self.outputs)}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What `edgeq inspect` and the target checks need to know about a verified .tflite file.
+
+    `tensors`, `ops`, `inputs` and `outputs` describe subgraph 0 (the graph that runs); op counts,
+    dtypes and buffer sizes cover all subgraphs, because control-flow bodies run on the device too.
+    """
+
+    source: str
+    file_bytes: int
+    version: int
+    description: str
+    subgraph_count: int
+    tensors: tuple[TensorInfo, ...]
+    ops: tuple[OpInfo, ...]
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+    all_op_names: tuple[str, ...]
+    op_histogram: tuple[tuple[str, int], ...] = ()  # (name, count) over all subgraphs, by name
+    all_dtypes: tuple[str, ...] = ()  # distinct tensor dtypes over all subgraphs, sorted
+    constant_buffers: tuple[int, ...] = ()  # bytes of each distinct buffer a tensor uses, any subgraph
+
+    def op_counts(self) -> dict[str, int]:
+        """Operator name -> number of uses over all subgraphs, sorted by name."""
+        if self.op_histogram:
+            return dict(self.op_histogram)
+        return dict(sorted(Counter(op.name for op in self.ops).items()))
+
+    @property
+    def parameter_bytes(self) -> int:
+        """Bytes of constant tensor data (weights, biases, shapes) in all subgraphs, shared ones once.
+
+        Metadata buffers (runtime version, conversion info) are not parameters and are left out.
+        """
+        return sum(self.constant_buffers) if self.constant_buffers else sum(t.buffer_bytes for t in self.tensors)
+
+    @property
+    def input_tensors(self) -> tuple[TensorInfo, ...]:
+        return tuple(self.tensors[i] for i in self.inputs)
+
+    @property
+    def output_tensors(self) -> tuple[TensorInfo, ...]:
+        return tuple(self.tensors[i] for i in self.outputs)
+
+    @property
+    def is_fully_integer(self) -> bool:
+        """True if no tensor in any subgraph is floating point (runs on integer-only targets)."""
+        dtypes = self.all_dtypes or tuple(t.dtype for t in self.tensors)
+        return not FLOAT_DTYPES.intersection(dtypes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly summary for `edgeq inspect --json`."""
+        counts = self.op_counts()
+        return {
+            "source": self.source, "file_bytes": self.file_bytes, "parameter_bytes": self.parameter_bytes,
+            "version": self.version, "description": self.description, "subgraph_count": self.subgraph_count,
+            "fully_integer": self.is_fully_integer, "op_count": sum(counts.values()), "ops": counts,
+            "inputs": [t.to_dict() for t in self.input_tensors],
+            "outputs": [t.to_dict() for t in self.output_tensors],
+            "tensors": [t.to_dict() for t in self.tensors],
+        }
+
+
+_Graph = tuple[tuple[TensorInfo, ...], tuple[OpInfo, ...], tuple[int, ...], tuple[int, ...]]
+"""One parsed subgraph: tensors, operators, input and output tensor indices."""
+
+
+def _short(name: str, limit: int = 60) -> str:
+    """A tensor name for an error message: corrupt files can hold megabytes of junk names."""
+    return repr(name if len(name) <= limit else name[: limit - 3] + "...")
+
+
+def _identifier_hint(data: bytes) -> str:
+    """Say what the file probably is, because the usual mistake is passing the Keras model."""
+    if data.startswith(b"PK\x03\x04"):
+        return "this looks like a zip archive (a .keras model?); convert it with `edgeq convert` first"
+    if data.startswith(b"\x89HDF"):
+        return "this looks like an HDF5 (.h5) Keras model; convert it with `edgeq convert` first"
+    return "this is not a TFLite flatbuffer; pass the .tflite file produced by the converter"
+
+
+class _Parser:
+    """Walks one buffer; `where` always names the part being read, for error messages."""
+
+    def __init__(self, data: bytes, source: str) -> None:
+        self.buf = data
+        self.size = len(data)
+        self.source = source
+        self.where = "the file header"
+        self._vtable_sizes: dict[int, int] = {}  # checked vtable position -> object size
+        # Vector entries visited. A valid file stores each vector once, so more entries than
+        # bytes means tables are shared in a loop-like way meant to make the reader hang.
+        self._budget = self.size + 4096
+
+    def fail(self, message: str, hint: str = _HINT) -> NoReturn:
+        raise TFLiteFormatError(f"{self.source}: {message}", hint=hint)
+
+    def _u32(self, pos: int) -> int:
+        if pos < 0 or pos + 4 > self.size:
+            self.fail(f"{self.where}: offset {pos} points outside the file ({self.size} bytes)")
+        return struct.unpack_from("<I", self.buf, pos)[0]
+
+    def table(self, cls: type[_T], pos: int, what: str) -> _T:
+        """Check the table header and its vtable at `pos`, then wrap it in the generated class."""
+        if pos < 0 or pos + 4 > self.size:
+            self.fail(f"{self.where}: {what} at offset {pos} lies outside the file ({self.size} bytes)")
+        vtable = pos - struct.unpack_from("<i", self.buf, pos)[0]
+        obj_size = self._vtable_sizes.get(vtable)
+        if obj_size is None:
+            if vtable < 0 or vtable + 4 > self.size:
+                self.fail(f"{self.where}: {what} has its field table at offset {vtable}, outside the file")
+            vt_size, obj_size = struct.unpack_from("<HH", self.buf, vtable)
+            if vt_size < 4 or vt_size % 2 or vtable + vt_size > self.size or obj_size < 4:
+                self.fail(f"{self.where}: {what} has a malformed field table at offset {vtable}")
+            fields = struct.unpack_from(f"<{(vt_size - 4) // 2}H", self.buf, vtable + 4)
+            if any(f and not 4 <= f < obj_size for f in fields):
+                self.fail(f"{self.where}: {what} has a field outside its own table (offset {vtable})")
+            self._vtable_sizes[vtable] = obj_size
+        if pos + obj_size > self.size:
+            self.fail(f"{self.where}: {what} at offset {pos} runs past the end of the file")
+        obj = cls()
+        obj.Init(self.buf, pos)  # type: ignore[attr-defined]
+        return obj
+
+    def _vector(self, obj: Any, slot: int, elem_size: int, what: str) -> tuple[int, int]:
+        """(start, length) of a vector field, after checking it fits in the file; (0, 0) if absent."""
+        off = obj._tab.Offset(slot)
+        if not off:
+            return 0, 0
+        at = obj._tab.Pos + off
+        vec = at + self._u32(at)
+        length = self._u32(vec)
+        start = vec + 4
+        if length * elem_size > self.size - start:
+            self.fail(f"{self.where}: {what} claims {length} entries, more than the file can hold")
+        return start, length
+
+    def _charge(self, entries: int) -> None:
+        self._budget -= entries
+        if self._budget < 0:
+            self.fail(f"{self.where}: the file refers to the same data far more often than a model can")
+
+    def numbers(self, obj: Any, slot: int, dtype: str, what: str) -> list[Any]:
+        start, length = self._vector(obj, slot, np.dtype(dtype).itemsize, what)
+        if not length:
+            return []
+        self._charge(length)
+        return np.frombuffer(self.buf, dtype=dtype, count=length, offset=start).tolist()
+
+    def tables(self, obj: Any, slot: int, cls: type[_T], what: str) -> list[_T]:
+        start, length = self._vector(obj, slot, 4, f"the {what} list")
+        self._charge(length)
+        return [self.table(cls, start + 4 * j + self._u32(start + 4 * j), f"{what} {j}") for j in range(length)]
+
+    def subtable(self, obj: Any, slot: int, cls: type[_T], what: str) -> _T | None:
+        off = obj._tab.Offset(slot)
+        if not off:
+            return None
+        at = obj._tab.Pos + off
+        return self.table(cls, at + self._u32(at), what)
+
+    def string(self, obj: Any, slot: int, what: str) -> str:
+        start, length = self._vector(obj, slot, 1, what)
+        return self.buf[start : start + length].decode("utf-8", "replace")
+
+    # -- the model --------------------------------------------------------------------------
+
+    def model(self) -> ModelInfo:
+        if self.size == 0:
+            self.fail("the file is empty (0 bytes)", hint="the export or copy did not finish; re-export it")
+        if self.size < 8:
+            self.fail(f"the file is only {self.size} bytes; a TFLite model has at least an 8-byte header",
+                      hint="the file is truncated; re-export or copy it again")
+        if not schema.Model.ModelBufferHasIdentifier(self.buf, 0):
+            self.fail(f"file identifier (bytes 4..8) is {self.buf[4:8]!r}, expected b'TFL3'",
+                      hint=_identifier_hint(self.buf))
+        root = self._u32(0)
+        if not 8 <= root <= self.size - 4:
+            self.fail(f"root table offset {root} is outside the file ({self.size} bytes)",
+                      hint="the file is truncated or corrupt; re-export it")
+        model = self.table(schema.Model, root, "the model table")
+        version = model.Version()
+        description = self.string(model, _M_DESCRIPTION, "the description")
+        self.where = "the operator codes"
+        op_names = [self._op_name(code) for code in
+                    self.tables(model, _M_OPCODES, schema.OperatorCode, "operator code")]
+        self.where = "the buffers"
+        buffers = self.tables(model, _M_BUFFERS, schema.Buffer, "buffer")
+        buffer_sizes = [self._buffer_size(i, b) for i, b in enumerate(buffers)]
+        self.where = "the subgraphs"
+        subgraphs = self.tables(model, _M_SUBGRAPHS, schema.SubGraph, "subgraph")
+        if not subgraphs:
+            self.fail("the model has no subgraphs, so there is no graph to run")
+        histogram: Counter[str] = Counter()
+        dtypes: set[str] = set()
+        used_buffers: set[int] = set()
+        main: _Graph | None = None
+        for si, subgraph in enumerate(subgraphs):
+            parsed = self._subgraph(si, subgraph, op_names, buffer_sizes, used_buffers)
+            histogram.update(op.name for op in parsed[1])
+            dtypes.update(t.dtype for t in parsed[0])
+            main = main or parsed
+        assert main is not None
+        return ModelInfo(
+            source=self.source, file_bytes=self.size, version=version, description=description,
+            subgraph_count=len(subgraphs), tensors=main[0], ops=main[1], inputs=main[2], outputs=main[3],
+            all_op_names=tuple(sorted(histogram)), op_histogram=tuple(sorted(histogram.items())),
+            all_dtypes=tuple(sorted(dtypes)),
+            constant_buffers=tuple(buffer_sizes[b] for b in sorted(used_buffers) if buffer_sizes[b]),
+        )
+
+    def _op_name(self, code: schema.OperatorCode) -> str:
+        # Codes above 127 only fit in the newer int32 field; the old int8 field then holds 127.
+        builtin = max(code.DeprecatedBuiltinCode(), code.BuiltinCode())
+        if builtin == schema.BuiltinOperator.CUSTOM:
+            return "CUSTOM:" + self.string(code, _OC_CUSTOM_CODE, "custom operator name")
+        return _OP_NAMES.get(builtin, f"UNKNOWN_{builtin}")
+
+    def _buffer_size(self, index: int, buffer: schema.Buffer) -> int:
+        _, inline = self._vector(buffer, _B_DATA, 1, f"buffer {index} data")
+        offset, size = buffer.Offset(), buffer.Size()
+        if offset > 1:  # models over 2 GiB keep weights after the flatbuffer (offset from file start)
+            if offset + size > self.size:
+                self.fail(f"buffer {index} stores {size} bytes at offset {offset}, past the end of the file "
+                          f"({self.size} bytes)", hint="the file is truncated; re-export or copy it again")
+            return size
+        return inline
+
+    def _subgraph(self, si: int, subgraph: schema.SubGraph, op_names: list[str], buffer_sizes: list[int],
+                  used_buffers: set[int]) -> _Graph:
+        self.where = f"subgraph {si}"
+        tensors = tuple(self._tensor(si, ti, t, buffer_sizes, used_buffers) for ti, t in
+                        enumerate(self.tables(subgraph, _SG_TENSORS, schema.Tensor, "tensor")))
+        count = len(tensors)
+
+        def check(indices: list[int], label: str, optional: bool = False) -> tuple[int, ...]:
+            for k, idx in enumerate(indices):
+                if not (0 <= idx < count or (optional and idx == -1)):
+                    self.fail(f"{label} {k} refers to tensor {idx}, but subgraph {si} has only {count} tensors")
+            return tuple(indices)
+
+        self.where = f"subgraph {si}"
+        inputs = check(self.numbers(subgraph, _SG_INPUTS, "<i4", "the input list"), f"subgraph {si} input")
+        outputs = check(self.numbers(subgraph, _SG_OUTPUTS, "<i4", "the output list"), f"subgraph {si} output")
+        ops = []
+        for oi, op in enumerate(self.tables(subgraph, _SG_OPERATORS, schema.Operator, "operator")):
+            self.where = f"subgraph {si} operator {oi}"
+            code = op.OpcodeIndex()
+            if code >= len(op_names):
+                self.fail(f"operator {oi} in subgraph {si} uses operator code {code}, "
+                          f"but the model has only {len(op_names)} operator codes")
+            label = f"operator {oi} ({op_names[code]})"
+            ins = check(self.numbers(op, _OP_INPUTS, "<i4", "the input list"), f"{label} input", optional=True)
+            outs = check(self.numbers(op, _OP_OUTPUTS, "<i4", "the output list"), f"{label} output")
+            both = sorted(set(ins).intersection(outs))
+            if both:
+                self.fail(f"{label} in subgraph {si} uses tensor {both[0]} as both input and output")
+            ops.append(OpInfo(oi, op_names[code], ins, outs))
+        return tensors, tuple(ops), inputs, outputs
+
+    def _tensor(self, si: int, ti: int, tensor: schema.Tensor, buffer_sizes: list[int],
+                used_buffers: set[int]) -> TensorInfo:
+        self.where = f"subgraph {si} tensor {ti}"
+        name = self.string(tensor, _T_NAME, "the tensor name")
+        label = f"tensor {ti} ({_short(name)}) in subgraph {si}"
+        dtype = _DTYPES.get(tensor.Type())
+        if dtype is None:
+            self.fail(f"{label} has unknown type code {tensor.Type()}",
+                      hint="the file is corrupt or uses a newer schema; upgrade ai-edge-litert or re-export it")
+        shape = self.numbers(tensor, _T_SHAPE, "<i4", "the shape")
+        signature = self.numbers(tensor, _T_SHAPE_SIGNATURE, "<i4", "the shape signature")
+        buffer = tensor.Buffer()
+        if buffer >= len(buffer_sizes):
+            self.fail(f"{label} uses buffer {buffer}, but the model has only {len(buffer_sizes)} buffers")
+        used_buffers.add(buffer)
+        scales: list[float] = []
+        zero_points: list[int] = []
+        axis = 0
+        quant = self.subtable(tensor, _T_QUANTIZATION, schema.QuantizationParameters, "the quantization")
+        if quant is not None:
+            scales = self.numbers(quant, _Q_SCALE, "<f4", "the quantization scales")
+            zero_points = self.numbers(quant, _Q_ZERO_POINT, "<i8", "the zero points")
+            axis = quant.QuantizedDimension()
+            self._check_quantization(label, dtype, shape, scales, zero_points, axis)
+        return TensorInfo(
+            index=ti, name=name, dtype=dtype,
+            shape=tuple(signature if signature and len(signature) == len(shape) else shape),
+            scales=tuple(scales), zero_points=tuple(zero_points), quantized_dimension=axis,
+            buffer_bytes=buffer_sizes[buffer],
+        )
+
+    def _check_quantization(self, label: str, dtype: str, shape: list[int], scales: list[float],
+                            zero_points: list[int], axis: int) -> None:
+        """Bad scales/zero points do not crash the reader but make every inference result wrong."""
+        for k, scale in enumerate(scales):
+            if not (math.isfinite(scale) and scale > 0):
+                self.fail(f"{label} has quantization scale {scale} (entry {k}); scales must be finite and > 0",
+                          hint="calibration produced an invalid range or the file is corrupt; re-export it")
+        if zero_points and len(zero_points) != len(scales):
+            self.fail(f"{label} has {len(scales)} quantization scales but {len(zero_points)} zero points")
+        lo, hi = _ZP_RANGE.get(dtype, (-(2**63), 2**63 - 1))
+        for k, zp in enumerate(zero_points):
+            if not lo <= zp <= hi:
+                self.fail(f"{label} has zero point {zp} (entry {k}), outside the {dtype} range {lo}..{hi}")
+        if len(scales) > 1:
+            if not 0 <= axis < len(shape):
+                self.fail(f"{label} is quantized per channel along axis {axis}, but has rank {len(shape)}")
+            if shape[axis] != len(scales):
+                self.fail(f"{label} has {len(scales)} per-channel scales, "
+                          f"but its dimension {axis} has size {shape[axis]}")
+
+
+def read_tflite(data: bytes, *, source: str = "<bytes>") -> ModelInfo:
+    """Parse and verify a .tflite flatbuffer. Raises only TFLiteFormatError for bad contents."""
+    if isinstance(data, (bytearray, memoryview)):
+        data = bytes(data)
+    if not isinstance(data, bytes):
+        raise TypeError(f"read_tflite expects bytes, got {type(data).__name__}")
+    parser = _Parser(data, source)
+    try:
+        return parser.model()
+    except TFLiteFormatError:
+        raise
+    except (IndexError, KeyError, ValueError, TypeError, OverflowError, UnicodeError, struct.error,
+            MemoryError, RecursionError) as exc:
+        kind = "struct.error" if isinstance(exc, struct.error) else type(exc).__name__
+        raise TFLiteFormatError(f"{source}: cannot read {parser.where}: the data points outside the file "
+                                f"or holds invalid values ({kind}: {exc})", hint=_HINT) from None
+
+
+def read_tflite_file(path: str | os.PathLike[str]) -> ModelInfo:
+    """Read and verify a .tflite file; every problem (missing, a folder, unreadable) is a TFLiteFormatError."""
+    shown = os.fsdecode(path)
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise TFLiteFormatError(f"{shown}: no such file", hint="check the path and file name") from None
+    except OSError as exc:
+        raise TFLiteFormatError(f"{shown}: cannot access the file ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise TFLiteFormatError(f"{shown}: is a directory, expected a .tflite file",
+                                hint="pass the path of the .tflite file itself")
+    too_big = TFLiteFormatError(f"{shown}: the file is larger than 2 GiB, the limit of a TFLite flatbuffer",
+                                hint="this is not a single .tflite model; check the path")
+    if info.st_size > MAX_FILE_BYTES:
+        raise too_big
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)  # bounded: the file may grow, or not be a regular file
+    except OSError as exc:
+        raise TFLiteFormatError(f"{shown}: cannot read the file ({exc.strerror or exc})",
+                                hint="check the file permissions") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise too_big
+    return read_tflite(data, source=shown)
