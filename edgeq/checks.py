@@ -11,9 +11,7 @@ from dataclasses import asdict, dataclass
 from edgeq.modes import MODES
 from edgeq.quantize.recipe import Recipe
 from edgeq.targets import TargetProfile
-from edgeq.tflite.reader import ModelInfo
-
-FLOAT_DTYPES = {"float16", "float32", "float64"}
+from edgeq.tflite.reader import FLOAT_DTYPES, ModelInfo
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,13 @@
 """A defensive reader for .tflite files: what is inside, checked before anything trusts it.
 
 A .tflite file may come from anywhere (a colleague, a download, a half-copied file), so it is
-untrusted input. The flatbuffer accessors generated from the TFLite schema do no bounds checks,
-and Python's `struct` even reads *negative* offsets from the end of the buffer, so a corrupt file
-can yield garbage instead of an error. The object API (`ModelT.InitFromBuf`) unpacks everything at
-once without checks. So this module walks the file with the accessor API and verifies every table,
-vector and string position before it is used, then checks the graph structure (indices in range,
-sane quantization). Whatever still fails becomes a `TFLiteFormatError`: no other exception leaves
-`read_tflite`, whatever the bytes.
-
-Only the LiteRT schema module (pure Python + flatbuffers) is imported, never TensorFlow, so
-`edgeq inspect` starts fast.
+untrusted. The accessors generated from the TFLite schema do no bounds checks (and `struct` reads
+negative offsets from the *end* of the buffer, so corruption yields garbage, not errors); the object
+API (`ModelT.InitFromBuf`) unpacks everything unchecked. So this module walks the file with the
+accessor API, verifies every table, vector and string position before use, then checks the graph
+(indices in range, sane quantization). Whatever still fails becomes a `TFLiteFormatError`: no other
+exception leaves `read_tflite`, whatever the bytes. Imports the LiteRT schema module (pure Python),
+never TensorFlow, so `edgeq inspect` starts fast.
 """
 
 from __future__ import annotations
@@ -33,15 +30,10 @@ MAX_FILE_BYTES = 2 * 1024**3
 
 _HINT = "the file is corrupt or not produced by the TFLite converter; re-export it"
 
-_OP_NAMES: dict[int, str] = {
-    v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_") and isinstance(v, int)
-}
-_DTYPES: dict[int, str] = {
-    v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_") and isinstance(v, int)
-}
-FLOAT_DTYPES = frozenset(
-    {"float16", "float32", "float64", "bfloat16", "float8_e4m3fn", "float8_e5m2", "complex64", "complex128"}
-)
+_OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if k.isupper() and isinstance(v, int)}
+_DTYPES = {v: k.lower() for k, v in vars(schema.TensorType).items() if k.isupper() and isinstance(v, int)}
+FLOAT_DTYPES = frozenset({"float16", "float32", "float64", "bfloat16", "float8_e4m3fn", "float8_e5m2",
+                          "complex64", "complex128"})
 """Dtypes that make a model not 'fully integer' (an integer-only MCU cannot run them)."""
 
 # Zero point ranges by storage type. int16 must be 0 per the TFLite spec, but other int16 values
@@ -98,8 +90,7 @@ class TensorInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return {"index": self.index, "name": self.name, "dtype": self.dtype, "shape": list(self.shape),
-                "constant": self.is_constant, "buffer_bytes": self.buffer_bytes,
-                "quant": self.quantization_dict()}
+                "constant": self.is_constant, "buffer_bytes": self.buffer_bytes, "quant": self.quantization_dict()}
 
 
 @dataclass(frozen=True)
@@ -187,13 +178,10 @@ def _short(name: str, limit: int = 60) -> str:
     return repr(name if len(name) <= limit else name[: limit - 3] + "...")
 
 
-def _identifier_hint(data: bytes) -> str:
-    """Say what the file probably is, because the usual mistake is passing the Keras model."""
-    if data.startswith(b"PK\x03\x04"):
-        return "this looks like a zip archive (a .keras model?); convert it with `edgeq convert` first"
-    if data.startswith(b"\x89HDF"):
-        return "this looks like an HDF5 (.h5) Keras model; convert it with `edgeq convert` first"
-    return "this is not a TFLite flatbuffer; pass the .tflite file produced by the converter"
+# The usual mistake is passing the Keras model itself: say so instead of "bad identifier".
+_MAGIC_HINTS = {b"PK\x03\x04": "this looks like a zip archive (a .keras model?); convert it with `edgeq convert`",
+                b"\x89HDF": "this looks like an HDF5 (.h5) Keras model; convert it with `edgeq convert`"}
+_NOT_TFLITE = "this is not a TFLite flatbuffer; pass the .tflite file produced by the converter"
 
 
 class _Parser:
@@ -259,8 +247,6 @@ class _Parser:
 
     def numbers(self, obj: Any, slot: int, dtype: str, what: str) -> list[Any]:
         start, length = self._vector(obj, slot, np.dtype(dtype).itemsize, what)
-        if not length:
-            return []
         self._charge(length)
         return np.frombuffer(self.buf, dtype=dtype, count=length, offset=start).tolist()
 
@@ -290,7 +276,7 @@ class _Parser:
                       hint="the file is truncated; re-export or copy it again")
         if not schema.Model.ModelBufferHasIdentifier(self.buf, 0):
             self.fail(f"file identifier (bytes 4..8) is {self.buf[4:8]!r}, expected b'TFL3'",
-                      hint=_identifier_hint(self.buf))
+                      hint=_MAGIC_HINTS.get(self.buf[:4], _NOT_TFLITE))
         root = self._u32(0)
         if not 8 <= root <= self.size - 4:
             self.fail(f"root table offset {root} is outside the file ({self.size} bytes)",
@@ -308,21 +294,15 @@ class _Parser:
         subgraphs = self.tables(model, _M_SUBGRAPHS, schema.SubGraph, "subgraph")
         if not subgraphs:
             self.fail("the model has no subgraphs, so there is no graph to run")
-        histogram: Counter[str] = Counter()
-        dtypes: set[str] = set()
         used_buffers: set[int] = set()
-        main: _Graph | None = None
-        for si, subgraph in enumerate(subgraphs):
-            parsed = self._subgraph(si, subgraph, op_names, buffer_sizes, used_buffers)
-            histogram.update(op.name for op in parsed[1])
-            dtypes.update(t.dtype for t in parsed[0])
-            main = main or parsed
-        assert main is not None
+        graphs = [self._subgraph(si, sg, op_names, buffer_sizes, used_buffers) for si, sg in enumerate(subgraphs)]
+        tensors, ops, inputs, outputs = graphs[0]
+        histogram = Counter(op.name for graph in graphs for op in graph[1])
         return ModelInfo(
             source=self.source, file_bytes=self.size, version=version, description=description,
-            subgraph_count=len(subgraphs), tensors=main[0], ops=main[1], inputs=main[2], outputs=main[3],
+            subgraph_count=len(subgraphs), tensors=tensors, ops=ops, inputs=inputs, outputs=outputs,
             all_op_names=tuple(sorted(histogram)), op_histogram=tuple(sorted(histogram.items())),
-            all_dtypes=tuple(sorted(dtypes)),
+            all_dtypes=tuple(sorted({t.dtype for graph in graphs for t in graph[0]})),
             constant_buffers=tuple(buffer_sizes[b] for b in sorted(used_buffers) if buffer_sizes[b]),
         )
 
@@ -390,9 +370,7 @@ class _Parser:
         if buffer >= len(buffer_sizes):
             self.fail(f"{label} uses buffer {buffer}, but the model has only {len(buffer_sizes)} buffers")
         used_buffers.add(buffer)
-        scales: list[float] = []
-        zero_points: list[int] = []
-        axis = 0
+        scales, zero_points, axis = [], [], 0
         quant = self.subtable(tensor, _T_QUANTIZATION, schema.QuantizationParameters, "the quantization")
         if quant is not None:
             scales = self.numbers(quant, _Q_SCALE, "<f4", "the quantization scales")
@@ -457,16 +435,15 @@ def read_tflite_file(path: str | os.PathLike[str]) -> ModelInfo:
     if stat.S_ISDIR(info.st_mode):
         raise TFLiteFormatError(f"{shown}: is a directory, expected a .tflite file",
                                 hint="pass the path of the .tflite file itself")
-    too_big = TFLiteFormatError(f"{shown}: the file is larger than 2 GiB, the limit of a TFLite flatbuffer",
+    data = b""
+    if info.st_size <= MAX_FILE_BYTES:
+        try:
+            with open(path, "rb") as f:
+                data = f.read(MAX_FILE_BYTES + 1)  # bounded: the file may grow, or not be a regular file
+        except OSError as exc:
+            raise TFLiteFormatError(f"{shown}: cannot read the file ({exc.strerror or exc})",
+                                    hint="check the file permissions") from None
+    if info.st_size > MAX_FILE_BYTES or len(data) > MAX_FILE_BYTES:
+        raise TFLiteFormatError(f"{shown}: the file is larger than 2 GiB, the limit of a TFLite flatbuffer",
                                 hint="this is not a single .tflite model; check the path")
-    if info.st_size > MAX_FILE_BYTES:
-        raise too_big
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_FILE_BYTES + 1)  # bounded: the file may grow, or not be a regular file
-    except OSError as exc:
-        raise TFLiteFormatError(f"{shown}: cannot read the file ({exc.strerror or exc})",
-                                hint="check the file permissions") from None
-    if len(data) > MAX_FILE_BYTES:
-        raise too_big
     return read_tflite(data, source=shown)
