@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import sys
 import types
@@ -170,8 +171,11 @@ def _resolve_chain(path: Path, search: list[Path]) -> tuple[dict[str, Any], tupl
         elif not isinstance(parent, str):
             raise TargetProfileError(f"{current}: key 'inherits' must be a string (a profile name)")
         else:
-            candidates = [d / f"{parent}.toml" for d in search]
-            found = next((c for c in candidates if c.is_file()), None)
+            candidates = [c for c in (d / f"{parent}.toml" for d in search) if c.is_file()]
+            # A user's file may share its parent's name (./mcu.toml inheriting the bundled mcu):
+            # prefer another file of that name; only the file itself is a self-inheritance cycle.
+            found = next((c for c in candidates if c.resolve() != current.resolve()),
+                         candidates[0] if candidates else None)
             if found is None:
                 raise TargetProfileError(
                     f"{current}: key 'inherits' names '{parent}', which is not a known profile",
@@ -267,7 +271,7 @@ def _convert(value: Any, hint: Any, f: dataclasses.Field, key: str, file: Path) 
     elif base is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif base is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         value = float(value) if ok else value
     elif base is str:
         ok = isinstance(value, str)
@@ -277,7 +281,7 @@ def _convert(value: Any, hint: Any, f: dataclasses.Field, key: str, file: Path) 
     else:  # pragma: no cover - a field type this loader does not know is a programming error
         raise TypeError(f"unsupported field type {base!r}")
     if not ok:
-        expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        expected = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}.get(
             base, "a list of strings")
         raise TargetProfileError(f"{where} must be {expected}, got {value!r}")
     minimum = f.metadata.get("min")
@@ -297,6 +301,11 @@ def _check_semantics(p: TargetProfile, sources: dict[str, Path], path: Path) -> 
     q = p.quantization
     if not q.modes:
         raise TargetProfileError(f"{sources.get('quantization.modes', path)}: [quantization] modes is empty")
+    if len(set(q.modes)) != len(q.modes):
+        raise TargetProfileError(f"{sources.get('quantization.modes', path)}: [quantization] modes lists a mode twice")
+    if not p.ops.set.replace("_", "").isalnum():
+        raise TargetProfileError(f"{sources.get('ops.set', path)}: [ops] set '{p.ops.set}' must be a plain name "
+                                 "(a file in targets/op_sets/)")
     if q.default_mode not in q.modes:
         raise TargetProfileError(
             f"{sources.get('quantization.default_mode', path)}: default_mode '{q.default_mode}' "
