@@ -101,7 +101,7 @@ def _load_keras_archive(path: Path, trust: bool) -> LoadedModel:
 
 def _load_keras(path: Path, fmt: str, loader: Callable[[Path], Any], trust: bool) -> LoadedModel:
     try:
-        with captured_output() as log:
+        with captured_output():
             model = loader(path)
     except Exception as exc:  # Keras raises many types for bad files; all are the user's input
         text = str(exc)
@@ -114,7 +114,6 @@ def _load_keras(path: Path, fmt: str, loader: Callable[[Path], Any], trust: bool
             ) from exc
         first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
         raise ModelLoadError(f"{path}: cannot load the Keras model: {first[:300]}") from exc
-    del log
     module = type(model).__module__
     saved_by = f"{'tf_keras' if module.startswith('tf_keras') else 'keras'} {_framework_version(module)}"
     specs = [

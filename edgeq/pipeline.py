@@ -121,9 +121,10 @@ def _report(model: Any, model_path: Path, profile: TargetProfile, recipe: Recipe
         "calibration": None if data is None else {
             "name": data.name, "sha256": data.sha256, "samples_available": data.num_samples, "samples_used": used,
         },
+        # File names and hashes only: absolute paths would make reports differ between checkouts.
         "target": profile.to_dict() | {"source": profile.source.name,
-                                       "sha256": {n: sha256_path(profile.source.parent / f"{n}.toml")
-                                                  for n in profile.chain}},
+                                       "chain_files": [p.name for p in profile.chain_files],
+                                       "sha256": {p.name: sha256_path(p) for p in profile.chain_files}},
         "recipe": recipe.to_dict(),
         "sizes": {
             "float32_tflite_bytes": len(float_bytes),

@@ -87,6 +87,7 @@ class TargetProfile:
     inherits: str | None = _opt(doc="parent profile")
     source: Path = Path()
     chain: tuple[str, ...] = ()
+    chain_files: tuple[Path, ...] = ()
     supported_ops: frozenset[str] = frozenset()
     op_set_source: str = ""
 
@@ -99,6 +100,7 @@ class TargetProfile:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["source"] = str(self.source)
+        data["chain_files"] = [str(p) for p in self.chain_files]
         data["supported_ops"] = sorted(self.supported_ops)
         return data
 
@@ -138,7 +140,8 @@ def load_target(name_or_path: str, root: Path | None = None) -> TargetProfile:
             )
         search = [root]
     merged, chain, sources = _resolve_chain(path, search)
-    return _build_profile(path, merged, chain, sources, root)
+    profile = _build_profile(path, merged, tuple(p.stem for p in chain), sources, root)
+    return dataclasses.replace(profile, chain_files=tuple(chain))
 
 
 def load_all(root: Path | None = None) -> list[TargetProfile]:
@@ -155,7 +158,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise TargetProfileError(f"{path}: cannot read: {exc.strerror}") from exc
 
 
-def _resolve_chain(path: Path, search: list[Path]) -> tuple[dict[str, Any], tuple[str, ...], dict[str, Path]]:
+def _resolve_chain(path: Path, search: list[Path]) -> tuple[dict[str, Any], list[Path], dict[str, Path]]:
     """Merge a profile with its ancestors (child wins, tables merge key by key)."""
     chain: list[Path] = []
     current: Path | None = path
@@ -196,7 +199,7 @@ def _resolve_chain(path: Path, search: list[Path]) -> tuple[dict[str, Any], tupl
             else:
                 merged[key] = value
                 sources[key] = file
-    return merged, tuple(p.stem for p in chain), sources
+    return merged, chain, sources
 
 
 def _check_keys(file: Path, raw: dict[str, Any]) -> None:
@@ -225,7 +228,7 @@ def _build_profile(path: Path, merged: dict[str, Any], chain: tuple[str, ...],
     values: dict[str, Any] = {"name": path.stem, "source": path, "chain": chain}
     hints = typing.get_type_hints(TargetProfile)
     for f in dataclasses.fields(TargetProfile):
-        if f.name in ("name", "source", "chain", "supported_ops", "op_set_source"):
+        if f.name in ("name", "source", "chain", "chain_files", "supported_ops", "op_set_source"):
             continue
         if f.name in _TABLES:
             values[f.name] = _build_table(_TABLES[f.name], merged.get(f.name, {}), f.name, sources, path)

@@ -2,8 +2,10 @@
 
 Each file is written to a temporary file in the destination folder, flushed and fsynced,
 and only when *every* file of the set has been written are they moved into place with
-os.replace (atomic on POSIX within one file system). On any failure, including
-KeyboardInterrupt, the temporary files are removed and existing outputs are untouched.
+os.replace (atomic per file on POSIX). A failure while writing (disk full, an exception,
+KeyboardInterrupt) removes the temporary files and leaves existing outputs untouched. The
+renames themselves are not one transaction: were one to fail, earlier files of the set
+would already be new, but no file is ever partial.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def check_output_dir(outdir: Path, filenames: list[str], *, overwrite: bool) -> 
 def write_files_atomically(
     outdir: Path, files: Mapping[str, bytes], *, overwrite: bool
 ) -> list[Path]:
-    """Write all `files` (name -> bytes) into `outdir`; all appear, or none change."""
+    """Write all `files` (name -> bytes) into `outdir`, each complete or not at all."""
     check_output_dir(outdir, list(files), overwrite=overwrite)
     try:
         outdir.mkdir(parents=True, exist_ok=True)

@@ -51,12 +51,12 @@ _LOCATION = re.compile(r'loc\(.*?"([^"]+)"')
 
 
 def _run(converter: Any, model: LoadedModel) -> bytes:
+    log = None
     try:
         with captured_output() as log:
             result = converter.convert()
     except Exception as exc:  # ConverterError, ValueError, RuntimeError: all about this model
-        text = f"{exc}\n{log.text if 'log' in locals() else ''}"
-        raise _explain(model, text) from exc
+        raise _explain(model, f"{exc}\n{log.text if log else ''}") from exc
     return bytes(result)
 
 

@@ -214,3 +214,23 @@ def test_export_c_and_inspect_cli(converted, tmp_path):
     assert data["fully_integer"] is True
     proc = run_edgeq("inspect", str(tflite))
     assert "fully integer" in proc.stdout and "CONV_2D" in proc.stdout
+
+
+def test_user_profile_by_path_inheriting_a_bundled_class(keras3_model_path, tmp_path):
+    board = tmp_path / "boards" / "my-board.toml"
+    board.parent.mkdir()
+    board.write_text('inherits = "mcu"\nkind = "board"\ndescription = "mine"\n[memory]\nflash_bytes = 131_072\n')
+    result = convert(keras3_model_path, str(board), calibration="digits", outdir=tmp_path / "o")
+    target = result.report["target"]
+    assert target["chain_files"] == ["my-board.toml", "mcu.toml"]
+    assert set(target["sha256"]) == {"my-board.toml", "mcu.toml"}
+    assert result.target.memory.flash_bytes == 131_072 and result.target.memory.ram_bytes == 262_144
+
+
+def test_flash_budget_exceeded_is_a_target_check_failure(keras3_model_path, tmp_path):
+    board = tmp_path / "tiny.toml"
+    board.write_text('inherits = "mcu"\nkind = "board"\ndescription = "too small"\n[memory]\nflash_bytes = 65_536\n')
+    proc = run_edgeq("convert", str(keras3_model_path), "--target", str(board), "-c", "digits", "-o", str(tmp_path / "o"))
+    assert proc.returncode == 3, proc.stderr
+    assert "flash" in proc.stderr and "exceeds" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "o").exists()
