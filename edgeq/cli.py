@@ -144,10 +144,11 @@ def export_c(file: Path, outdir: Path, name: str | None, alignment: int, overwri
     """
     from edgeq.export.atomic import write_files_atomically
     from edgeq.export.c_arrays import c_identifier, tflm_sources
-    from edgeq.tflite.reader import read_tflite_file
+    from edgeq.tflite.reader import read_tflite, read_tflite_bytes
 
-    info = read_tflite_file(file)
-    sources = tflm_sources(c_identifier(name or file.stem), file.read_bytes(), info.all_op_names,
+    data = read_tflite_bytes(file)
+    info = read_tflite(data, source=str(file))
+    sources = tflm_sources(c_identifier(name or file.stem), data, info.all_op_names,
                            alignment=alignment)
     written = write_files_atomically(outdir, sources.files, overwrite=overwrite)
     for path in written:

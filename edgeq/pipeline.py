@@ -135,18 +135,10 @@ def _report(model: Any, model_path: Path, profile: TargetProfile, recipe: Recipe
         "model": {
             "fully_integer": info.is_fully_integer,
             "ops": info.op_counts(),
-            "inputs": _io(info, info.inputs),
-            "outputs": _io(info, info.outputs),
+            "inputs": [info.tensors[i].to_dict() for i in info.inputs],
+            "outputs": [info.tensors[i].to_dict() for i in info.outputs],
         },
         "checks": [c.to_dict() for c in checks],
         "outputs": {n: hashlib.sha256(b).hexdigest() for n, b in sorted(files.items())},
     }
 
-
-def _io(info: ModelInfo, indices: tuple[int, ...]) -> list[dict[str, Any]]:
-    return [
-        {"name": t.name, "dtype": t.dtype, "shape": list(t.shape),
-         "scale": t.scales[0] if len(t.scales) == 1 else None,
-         "zero_point": t.zero_points[0] if len(t.zero_points) == 1 else None}
-        for t in (info.tensors[i] for i in indices)
-    ]

@@ -425,6 +425,11 @@ def read_tflite(data: bytes, *, source: str = "<bytes>") -> ModelInfo:
 
 def read_tflite_file(path: str | os.PathLike[str]) -> ModelInfo:
     """Read and verify a .tflite file; every problem (missing, a folder, unreadable) is a TFLiteFormatError."""
+    return read_tflite(read_tflite_bytes(path), source=os.fsdecode(path))
+
+
+def read_tflite_bytes(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of a .tflite file, bounded in size; for callers that need both bytes and ModelInfo."""
     shown = os.fsdecode(path)
     try:
         info = os.stat(path)
@@ -446,4 +451,4 @@ def read_tflite_file(path: str | os.PathLike[str]) -> ModelInfo:
     if info.st_size > MAX_FILE_BYTES or len(data) > MAX_FILE_BYTES:
         raise TFLiteFormatError(f"{shown}: the file is larger than 2 GiB, the limit of a TFLite flatbuffer",
                                 hint="this is not a single .tflite model; check the path")
-    return read_tflite(data, source=shown)
+    return data
