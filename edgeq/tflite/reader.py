@@ -47,11 +47,28 @@ _M_OPCODES, _M_SUBGRAPHS, _M_DESCRIPTION, _M_BUFFERS = 6, 8, 10, 12
 _OC_CUSTOM_CODE = 6
 _SG_TENSORS, _SG_INPUTS, _SG_OUTPUTS, _SG_OPERATORS = 4, 6, 8, 10
 _T_SHAPE, _T_NAME, _T_QUANTIZATION, _T_SHAPE_SIGNATURE = 4, 10, 12, 18
-_OP_INPUTS, _OP_OUTPUTS = 6, 8
+_OP_INPUTS, _OP_OUTPUTS, _OP_BUILTIN_OPTIONS = 6, 8, 12
 _Q_SCALE, _Q_ZERO_POINT = 8, 10
 _B_DATA = 4
 
 _T = TypeVar("_T")
+
+# Builtin options kept in OpInfo.options, by operator: (union type, table class, [(name, accessor,
+# smallest valid value)]). Only what the latency estimate needs (window sizes, strides, dilation).
+_Fields = tuple[tuple[str, str, int], ...]
+_CONV_FIELDS: _Fields = (("stride_h", "StrideH", 1), ("stride_w", "StrideW", 1),
+                         ("dilation_h_factor", "DilationHFactor", 1), ("dilation_w_factor", "DilationWFactor", 1))
+_POOL_OPTIONS = (schema.BuiltinOptions.Pool2DOptions, schema.Pool2DOptions,
+                 (("filter_height", "FilterHeight", 1), ("filter_width", "FilterWidth", 1),
+                  ("stride_h", "StrideH", 1), ("stride_w", "StrideW", 1)))
+_OPTIONS: dict[str, tuple[int, type, _Fields]] = {
+    "CONV_2D": (schema.BuiltinOptions.Conv2DOptions, schema.Conv2DOptions, _CONV_FIELDS),
+    # depth_multiplier is informational (newer converters may leave it 0; kernels use the shapes).
+    "DEPTHWISE_CONV_2D": (schema.BuiltinOptions.DepthwiseConv2DOptions, schema.DepthwiseConv2DOptions,
+                          (*_CONV_FIELDS, ("depth_multiplier", "DepthMultiplier", 0))),
+    "AVERAGE_POOL_2D": _POOL_OPTIONS, "MAX_POOL_2D": _POOL_OPTIONS, "L2_POOL_2D": _POOL_OPTIONS,
+}
+_OPTION_TYPE_NAMES = {v: k for k, v in vars(schema.BuiltinOptions).items() if isinstance(v, int)}
 
 
 @dataclass(frozen=True)
@@ -95,12 +112,23 @@ class TensorInfo:
 
 @dataclass(frozen=True)
 class OpInfo:
-    """One operator of the main graph; -1 in `inputs` marks an omitted optional input."""
+    """One operator of the main graph; -1 in `inputs` marks an omitted optional input.
+
+    `options` holds the builtin options the tools use, as (name, value) pairs: filter_height,
+    filter_width, stride_h, stride_w for the 2-D pools; stride_h, stride_w, dilation_h_factor,
+    dilation_w_factor (and depth_multiplier) for CONV_2D and DEPTHWISE_CONV_2D. Empty for other
+    ops, or when the file stores no options table (the runtime then uses its defaults).
+    """
 
     index: int
     name: str
     inputs: tuple[int, ...]
     outputs: tuple[int, ...]
+    options: tuple[tuple[str, int], ...] = ()
+
+    def option(self, name: str, default: int = 0) -> int:
+        """One builtin option by name, or `default` if the op does not store it."""
+        return next((value for key, value in self.options if key == name), default)
 
     def to_dict(self) -> dict[str, Any]:
         return {"index": self.index, "name": self.name, "inputs": list(self.inputs), "outputs": list(self.outputs)}
@@ -352,8 +380,32 @@ class _Parser:
             both = sorted(set(ins).intersection(outs))
             if both:
                 self.fail(f"{label} in subgraph {si} uses tensor {both[0]} as both input and output")
-            ops.append(OpInfo(oi, op_names[code], ins, outs))
+            options = self._options(op, op_names[code], f"{label} in subgraph {si}")
+            ops.append(OpInfo(oi, op_names[code], ins, outs, options))
         return tensors, tuple(ops), inputs, outputs
+
+    def _options(self, op: schema.Operator, name: str, label: str) -> tuple[tuple[str, int], ...]:
+        """The builtin options of the ops listed in _OPTIONS, checked like everything else."""
+        spec = _OPTIONS.get(name)
+        if spec is None:
+            return ()
+        expected, cls, fields = spec
+        kind = op.BuiltinOptionsType()
+        if kind == schema.BuiltinOptions.NONE:
+            return ()
+        if kind != expected:
+            found = _OPTION_TYPE_NAMES.get(kind, f"unknown options type {kind}")
+            self.fail(f"{label} stores {found}, expected {_OPTION_TYPE_NAMES[expected]}")
+        table = self.subtable(op, _OP_BUILTIN_OPTIONS, cls, f"the {_OPTION_TYPE_NAMES[expected]}")
+        if table is None:
+            return ()
+        values = []
+        for key, accessor, minimum in fields:
+            value = getattr(table, accessor)()
+            if value < minimum:
+                self.fail(f"{label} has {key} {value}; it must be >= {minimum}")
+            values.append((key, value))
+        return tuple(values)
 
     def _tensor(self, si: int, ti: int, tensor: schema.Tensor, buffer_sizes: list[int],
                 used_buffers: set[int]) -> TensorInfo:

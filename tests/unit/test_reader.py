@@ -123,6 +123,7 @@ def test_import_does_not_load_tensorflow() -> None:
     ("Tensor", "Shape", reader._T_SHAPE), ("Tensor", "Name", reader._T_NAME),
     ("Tensor", "Quantization", reader._T_QUANTIZATION), ("Tensor", "ShapeSignature", reader._T_SHAPE_SIGNATURE),
     ("Operator", "Inputs", reader._OP_INPUTS), ("Operator", "Outputs", reader._OP_OUTPUTS),
+    ("Operator", "BuiltinOptions", reader._OP_BUILTIN_OPTIONS),
     ("QuantizationParameters", "Scale", reader._Q_SCALE),
     ("QuantizationParameters", "ZeroPoint", reader._Q_ZERO_POINT), ("Buffer", "Data", reader._B_DATA),
 ])
@@ -505,3 +506,80 @@ def test_read_file_refuses_over_2_gib_without_reading_it(tmp_path: Path) -> None
     with pytest.raises(TFLiteFormatError, match=r"huge\.tflite: the file is larger than 2 GiB"):
         read_tflite_file(path)
     assert time.perf_counter() - started < 1.0
+
+
+# -- builtin options ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def options_model() -> bytes:
+    """Strides, dilation, a depth multiplier and a non-square pool: options that differ from defaults.
+
+    A fixed batch of 1 keeps the dilation in the op (with a dynamic batch the converter rewrites a
+    dilated convolution into SPACE_TO_BATCH_ND + undilated conv + BATCH_TO_SPACE_ND).
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((16, 16, 3), batch_size=1),
+        keras.layers.Conv2D(4, 3, strides=2),                                   # -> 7x7x4
+        keras.layers.DepthwiseConv2D(3, dilation_rate=2, depth_multiplier=2),   # -> 3x3x8
+        keras.layers.AveragePooling2D((3, 2), strides=(1, 2)),                  # -> 1x1x8
+    ])
+    return bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["float32", "int8"])
+def test_options_of_a_small_cnn(tflite_models: dict[str, bytes], kind: str) -> None:
+    info = read_tflite(tflite_models[kind])
+    conv = next(op for op in info.ops if op.name == "CONV_2D")
+    pool = next(op for op in info.ops if op.name == "MAX_POOL_2D")
+    assert dict(conv.options) == {"stride_h": 1, "stride_w": 1, "dilation_h_factor": 1, "dilation_w_factor": 1}
+    assert dict(pool.options) == {"filter_height": 2, "filter_width": 2, "stride_h": 2, "stride_w": 2}
+    assert all(op.options == () for op in info.ops if op.name not in ("CONV_2D", "MAX_POOL_2D"))
+    assert pool.option("filter_width") == 2 and pool.option("padding", 7) == 7
+    hash(conv)  # still a frozen, hashable record
+
+
+@pytest.mark.slow
+def test_options_differ_from_defaults(options_model: bytes) -> None:
+    ops = {op.name: op for op in read_tflite(options_model).ops}
+    assert dict(ops["CONV_2D"].options) == {"stride_h": 2, "stride_w": 2,
+                                            "dilation_h_factor": 1, "dilation_w_factor": 1}
+    assert dict(ops["DEPTHWISE_CONV_2D"].options) == {"stride_h": 1, "stride_w": 1, "dilation_h_factor": 2,
+                                                      "dilation_w_factor": 2, "depth_multiplier": 2}
+    assert dict(ops["AVERAGE_POOL_2D"].options) == {"filter_height": 3, "filter_width": 2,
+                                                    "stride_h": 1, "stride_w": 2}
+
+
+def _pool_options(**changes: Any) -> Callable[[Any], None]:
+    def mutate(m: Any) -> None:
+        op = _find_op(m, "MAX_POOL_2D")
+        for key, value in changes.items():
+            if key in ("builtinOptionsType", "builtinOptions"):
+                setattr(op, key, value)
+            else:
+                setattr(op.builtinOptions, key, value)
+    return mutate
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("mutate", "fragments"), [
+    (_pool_options(builtinOptionsType=schema.BuiltinOptions.AddOptions, builtinOptions=schema.AddOptionsT()),
+     ["operator 1 (MAX_POOL_2D) in subgraph 0 stores AddOptions, expected Pool2DOptions"]),
+    (_pool_options(filterHeight=0), ["(MAX_POOL_2D) in subgraph 0 has filter_height 0; it must be >= 1"]),
+    (_pool_options(strideW=-3), ["has stride_w -3"]),
+])
+def test_bad_options(int8_model: bytes, mutate: Callable[[Any], None], fragments: list[str]) -> None:
+    _expect_error(_patched(int8_model, mutate), *fragments)
+
+
+@pytest.mark.slow
+def test_missing_options_table_means_defaults(int8_model: bytes) -> None:
+    data = _patched(int8_model, _pool_options(builtinOptionsType=schema.BuiltinOptions.NONE, builtinOptions=None))
+    pool = next(op for op in read_tflite(data).ops if op.name == "MAX_POOL_2D")
+    assert pool.options == () and pool.option("filter_height", 1) == 1
