@@ -1,0 +1,454 @@
+"""The RAM a model needs on its device: the exact TFLite Micro arena, or LiteRT's peak activations.
+
+TFLite Micro (TFLM) takes one fixed `tensor_arena`; too small and `AllocateTensors()` fails, or
+worse, some kernels crash. Its RecordingMicroAllocator reports what the arena holds *after*
+allocation, but allocation itself needs more (the memory planner's scratch space), so the recorded
+total is a lower estimate that can be off by kilobytes. The only exact number is the one TFLM
+accepts: `measure_tflm_arena` searches for the smallest arena with which the real TFLM interpreter
+allocates and invokes the model, at 1-byte resolution.
+
+Each trial runs in its own process: a too-small arena can segfault, and the caller may have
+TensorFlow loaded. To keep a search of ~20 trials well under a second, one worker process
+(numpy + tflite_micro only, single-threaded) reads the model once and forks a short-lived child
+per trial; the worker reports how each child ended, one JSON line per trial.
+
+LiteRT targets allocate dynamically, so `peak_activation_memory` estimates their RAM from the graph:
+the largest sum of live activation tensors at any op.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from edgeq.errors import TargetCheckError
+
+if TYPE_CHECKING:
+    from edgeq.tflite.reader import ModelInfo, TensorInfo
+
+# -- the exact TFLM arena ------------------------------------------------------------------------
+
+_GROWTHS = 3  # times the recording arena is multiplied by 4 before giving up
+_MAX_ARENA = 2**31 - 1  # the Python wrapper takes an int arena size
+_FIRST_STEP = 16  # TFLM aligns arena allocations to 16 bytes, so steps below that rarely change anything
+_WORKER_SLACK = 30.0  # seconds for the worker itself (start-up, imports) on top of a trial's timeout
+_LOG_LIMIT = 16384  # bytes of a child's TFLM output sent back: enough for the allocation report
+
+_RECORD_RE = re.compile(r"\[RecordingMicroAllocator\] Arena allocation (total|head|tail) (\d+) bytes")
+# Lines TFLM or the wrapper prints on every failure (or success) that explain nothing.
+_NOISE = ("Number of allocated temp buffers", "All temp buffers must be freed", "Input index ")
+
+
+@dataclass(frozen=True)
+class ArenaMeasurement:
+    """The TFLM arena of one model: what the recording allocator reports and what TFLM accepts."""
+
+    recorded_total: int  # "[RecordingMicroAllocator] Arena allocation total N bytes"
+    recorded_head: int  # planned, non-persistent activations
+    recorded_tail: int  # persistent: tensor metadata, op data, allocator
+    smallest: int  # smallest arena (bytes) with which the interpreter allocates and invokes
+    trials: int  # child runs of the search, the recording run(s) included
+    crashed_trials: int  # child runs that died by a signal instead of failing cleanly
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class _Trial:
+    status: str  # "ok", "fails" (TFLM error), "error" (other exception), "crashed" (signal), "hung" (timeout)
+    signal: int | None = None
+    log: str = ""
+
+    @property
+    def runs(self) -> bool:
+        return self.status == "ok"
+
+
+def measure_tflm_arena(model: bytes, *, source: str = "<model>", timeout: float = 120.0) -> ArenaMeasurement:
+    """Find the smallest tensor arena with which TFLite Micro allocates and invokes `model`.
+
+    Every run happens in a child process (inputs all zeros). `timeout` bounds each run in seconds;
+    a run that takes longer is killed and counts as failed. The result equals a device arena
+    declared `alignas(16)`. Raises TargetCheckError if TFLM cannot run the model at any size.
+    """
+    with _ArenaWorker(model, source=source, timeout=timeout) as worker:
+        total, head, tail, known_ok = _record(worker, len(model), source)
+        smallest = _search(worker, total, known_ok)
+        return ArenaMeasurement(recorded_total=total, recorded_head=head, recorded_tail=tail, smallest=smallest,
+                                trials=worker.trials, crashed_trials=worker.crashed)
+
+
+def _record(worker: _ArenaWorker, model_bytes: int, source: str) -> tuple[int, int, int, int]:
+    """(total, head, tail, arena that ran): one run with a generous arena, grown if needed."""
+    arena = min(max(10 * model_bytes, 64 * 1024), _MAX_ARENA)
+    trial = worker.run(arena, record=True)
+    for _ in range(_GROWTHS):
+        # Only an allocation failure or a crash may go away with a larger arena.
+        if trial.status not in ("fails", "crashed") or arena >= _MAX_ARENA or _missing_kernel(trial.log):
+            break
+        arena = min(arena * 4, _MAX_ARENA)
+        trial = worker.run(arena, record=True)
+    if not trial.runs:
+        raise _cannot_run(source, arena, trial)
+    found = {kind: int(n) for kind, n in _RECORD_RE.findall(trial.log)}
+    if set(found) != {"total", "head", "tail"}:
+        raise TargetCheckError(f"{source}: TFLite Micro ran the model but its allocation report could not be read "
+                               f"(expected 'Arena allocation total/head/tail' lines, got: {_last_line(trial.log)!r})",
+                               hint="the installed tflite-micro prints a different format; report this to edgeq")
+    return found["total"], found["head"], found["tail"], arena
+
+
+def _search(worker: _ArenaWorker, total: int, known_ok: int) -> int:
+    """Smallest N that runs with N - 1 failing: gallop away from the recorded total, then bisect."""
+    if worker.run(total).runs:
+        hi, lo, step = total, 0, _FIRST_STEP
+        while hi - step > 0:
+            if not worker.run(hi - step).runs:
+                lo = hi - step
+                break
+            hi, step = hi - step, step * 2
+        # lo == 0 was not tried: an empty arena cannot hold the interpreter's own structures.
+    else:
+        lo, step = total, _FIRST_STEP
+        while True:
+            candidate = min(lo + step, known_ok)
+            if candidate == known_ok or worker.run(candidate).runs:
+                hi = candidate
+                break
+            lo, step = candidate, step * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if worker.run(mid).runs:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def _cannot_run(source: str, arena: int, trial: _Trial) -> TargetCheckError:
+    line = _useful_line(trial.log)
+    if _missing_kernel(line):
+        return TargetCheckError(f"{source}: TFLite Micro cannot run the model: {line!r}",
+                                hint="TFLite Micro has no kernel for this operator; change the model "
+                                     "or choose a LiteRT target")
+    if trial.status == "crashed":
+        what = f"TFLite Micro crashed ({_signal_name(trial.signal)}) loading or running the model"
+    elif trial.status == "hung":
+        what = "TFLite Micro did not finish running the model within the timeout"
+    elif trial.status == "error":
+        what = "TFLite Micro's interpreter cannot load the model"
+    else:
+        what = "TFLite Micro cannot allocate and run the model"
+    if trial.status in ("fails", "crashed"):
+        what += f", even with a {arena:,}-byte tensor arena"
+    message = f"{source}: {what}" + (f": {line!r}" if line else "")
+    return TargetCheckError(message, hint="check that the model runs in LiteRT (`edgeq inspect`, a LiteRT "
+                                          "target); TFLite Micro supports fewer ops and shapes")
+
+
+def _missing_kernel(log: str) -> bool:
+    return "Didn't find op" in log
+
+
+def _useful_line(log: str) -> str:
+    """The line of TFLM's output that explains a failure: a missing kernel, else the last message."""
+    lines = [ln.strip() for ln in log.splitlines() if ln.strip() and not ln.strip().startswith(_NOISE)]
+    missing = [ln for ln in lines if _missing_kernel(ln)]
+    return (missing or lines or [""])[-1]
+
+
+def _last_line(log: str) -> str:
+    lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def _signal_name(sig: int | None) -> str:
+    try:
+        return signal.Signals(sig).name if sig is not None else "unknown signal"
+    except ValueError:
+        return f"signal {sig}"
+
+
+class _ArenaWorker:
+    """One worker process holding the model; `run(N)` tries arena size N in a fresh forked child."""
+
+    def __init__(self, model: bytes, *, source: str, timeout: float) -> None:
+        self.model = bytes(model)
+        self.source = source
+        self.timeout = float(timeout)
+        self.trials = 0
+        self.crashed = 0
+        self._results: dict[tuple[int, bool], _Trial] = {}
+        self._buffer = b""
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._errors: BinaryIO | None = None
+
+    def __enter__(self) -> _ArenaWorker:
+        self._errors = tempfile.TemporaryFile()  # unlinked at once: nothing left behind, even if killed
+        env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        root = str(Path(__file__).resolve().parents[2])
+        code = (f"import sys; sys.path.insert(0, {root!r}); "
+                "from edgeq.emulator.memory import _worker_main; _worker_main()")
+        # -I: the user's PYTHONPATH or current folder cannot shadow numpy or tflite_micro. New session:
+        # the worker and its children form one process group, killed together on cleanup.
+        self._proc = subprocess.Popen([sys.executable, "-I", "-c", code], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=self._errors, env=env,
+                                      start_new_session=True)
+        try:
+            assert self._proc.stdin is not None
+            self._proc.stdin.write(b"%d %r\n" % (len(self.model), self.timeout) + self.model)
+            self._proc.stdin.flush()
+        except BrokenPipeError:
+            error = self._worker_died()
+            self.close()
+            raise error from None
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    def run(self, arena: int, *, record: bool = False) -> _Trial:
+        key = (arena, record)
+        if key not in self._results:
+            self._results[key] = self._ask(arena, record)
+            self.trials += 1
+            self.crashed += self._results[key].status == "crashed"
+        return self._results[key]
+
+    def _ask(self, arena: int, record: bool) -> _Trial:
+        assert self._proc is not None and self._proc.stdin is not None
+        try:
+            self._proc.stdin.write(b"%d %d\n" % (arena, record))
+            self._proc.stdin.flush()
+        except BrokenPipeError:
+            raise self._worker_died() from None
+        reply = json.loads(self._read_line())
+        return _Trial(status=reply["status"], signal=reply.get("signal"), log=reply.get("log", ""))
+
+    def _read_line(self) -> bytes:
+        assert self._proc is not None and self._proc.stdout is not None
+        fd = self._proc.stdout.fileno()
+        deadline = time.monotonic() + self.timeout + _WORKER_SLACK
+        while b"\n" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TargetCheckError(f"{self.source}: the TFLite Micro arena search stopped responding",
+                                       hint="retry; if it persists, run with a larger timeout")
+            if select.select([fd], [], [], left)[0]:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    raise self._worker_died()
+                self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line
+
+    def _worker_died(self) -> TargetCheckError:
+        detail = ""
+        try:
+            if self._proc is not None:
+                self._proc.wait(timeout=5)  # its last words are complete once it has exited
+        except subprocess.TimeoutExpired:
+            pass
+        if self._errors is not None:
+            self._errors.seek(0)
+            detail = _last_line(self._errors.read()[-_LOG_LIMIT:].decode(errors="replace"))
+        return TargetCheckError(f"{self.source}: the TFLite Micro arena search process ended unexpectedly"
+                                + (f": {detail}" if detail else ""),
+                                hint="check that tflite-micro is installed in this Python environment")
+
+    def close(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            try:
+                if proc.stdin is not None:
+                    proc.stdin.close()  # EOF: the worker exits after its current trial
+            except OSError:
+                pass
+            try:
+                proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)  # the worker and any trial child it still has
+                except ProcessLookupError:
+                    pass
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+        if self._errors is not None:
+            self._errors.close()
+            self._errors = None
+
+
+# -- the worker process (runs with numpy and tflite_micro only) ------------------------------------
+
+
+def _worker_main() -> None:
+    """Read `<size> <timeout>\\n<model bytes>`, then answer each `<arena> <record>\\n` with a JSON line."""
+    import numpy as np
+    from tflite_micro.python.tflite_micro import runtime
+
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    size, timeout = stdin.readline().split()
+    model = stdin.read(int(size))
+    inputs = _count_inputs(model)
+    for line in stdin:
+        arena, record = (int(x) for x in line.split())
+        reply = _fork_trial(lambda: _trial_body(runtime, np, model, inputs, arena, bool(record)),
+                            float(timeout), bool(record))
+        stdout.write(json.dumps(reply).encode() + b"\n")
+        stdout.flush()
+
+
+def _count_inputs(model: bytes) -> int:
+    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
+
+    try:
+        return int(schema.Model.GetRootAsModel(model, 0).Subgraphs(0).InputsLength())
+    except Exception:  # a corrupt model: let TFLM itself fail on it, in a trial child
+        return 0
+
+
+def _trial_body(runtime: Any, np: Any, model: bytes, inputs: int, arena: int, record: bool) -> None:
+    interpreter = runtime.Interpreter.from_bytes(model, arena_size=arena)
+    for i in range(inputs):
+        details = interpreter.get_input_details(i)
+        interpreter.set_input(np.zeros(details["shape"], dtype=details["dtype"]), i)
+    interpreter.invoke()
+    if record:
+        interpreter.print_allocations()
+
+
+def _fork_trial(body: Any, timeout: float, capture: bool) -> dict[str, Any]:
+    """Run `body` in a forked child; how it ended: exit 0 ok, 1 RuntimeError, 2 other error, or a signal."""
+    with tempfile.TemporaryFile() as log:
+        pid = os.fork()
+        if pid == 0:
+            _child(body, timeout, log.fileno() if capture else None)
+        _, status = os.waitpid(pid, 0)
+        text = ""
+        if capture:
+            log.seek(0, os.SEEK_END)
+            log.seek(max(0, log.tell() - _LOG_LIMIT))
+            text = log.read().decode(errors="replace")
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        return {"status": "hung" if sig == signal.SIGALRM else "crashed", "signal": sig, "log": text}
+    return {"status": ("ok", "fails", "error")[min(os.WEXITSTATUS(status), 2)], "log": text}
+
+
+def _child(body: Any, timeout: float, log_fd: int | None) -> None:
+    code = 2
+    try:
+        # TFLM prints to the C-level fds; they go to the log (or nowhere), never to the worker's pipe.
+        sink = log_fd if log_fd is not None else os.open(os.devnull, os.O_WRONLY)
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+        os.dup2(sink, 1)
+        os.dup2(sink, 2)
+        # The default SIGALRM action ends the process even inside a C call that never returns.
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.setitimer(signal.ITIMER_REAL, timeout)
+        body()
+        code = 0
+    except RuntimeError:
+        code = 1
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+# -- LiteRT: peak activation memory ------------------------------------------------------------
+
+_DTYPE_BITS = {
+    "bool": 8, "int4": 4, "uint4": 4, "int8": 8, "uint8": 8, "int16": 16, "uint16": 16, "float16": 16,
+    "bfloat16": 16, "float8_e4m3fn": 8, "float8_e5m2": 8, "int32": 32, "uint32": 32, "float32": 32,
+    "int64": 64, "uint64": 64, "float64": 64, "complex64": 64, "complex128": 128,
+}
+_DEFAULT_BITS = 32  # strings, resources, variants and unknown types: 4 bytes per element
+
+
+@dataclass(frozen=True)
+class ActivationMemory:
+    """RAM for the non-constant tensors of a graph run op by op, each freed after its last use."""
+
+    peak_bytes: int  # largest sum of live non-constant tensor bytes at any op step
+    peak_op_index: int  # the op at which it peaks (-1: the graph has no ops)
+    peak_op_name: str
+    total_activation_bytes: int  # all non-constant tensors with no reuse at all, for comparison
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def tensor_bytes(tensor: TensorInfo, alignment: int = 1) -> int:
+    """Bytes of one tensor (dynamic dims count as 1), rounded up to `alignment`."""
+    elements = math.prod(1 if d < 0 else d for d in tensor.shape)
+    size = (elements * _DTYPE_BITS.get(tensor.dtype, _DEFAULT_BITS) + 7) // 8
+    return -(-size // alignment) * alignment if alignment > 1 else size
+
+
+def peak_activation_memory(info: ModelInfo, *, alignment: int = 64) -> ActivationMemory:
+    """The largest sum of live activation tensors at any op of the main graph.
+
+    A tensor is live from the op that produces it (graph inputs: from the first op) to the last op
+    that reads it (graph outputs: to the end). Constants live in flash and are not counted.
+    """
+    active = [t for t in info.tensors if not t.is_constant]
+    total = sum(tensor_bytes(t, alignment) for t in active)
+    if not info.ops:
+        edges = {i for i in (*info.inputs, *info.outputs) if not info.tensors[i].is_constant}
+        return ActivationMemory(peak_bytes=sum(tensor_bytes(info.tensors[i], alignment) for i in edges),
+                                peak_op_index=-1, peak_op_name="", total_activation_bytes=total)
+    usage = [0] * len(info.ops)
+    for index, (first, last) in _live_ranges(info).items():
+        size = tensor_bytes(info.tensors[index], alignment)
+        for step in range(first, last + 1):
+            usage[step] += size
+    peak = max(usage)
+    at = usage.index(peak)
+    return ActivationMemory(peak_bytes=peak, peak_op_index=at, peak_op_name=info.ops[at].name,
+                            total_activation_bytes=total)
+
+
+def _live_ranges(info: ModelInfo) -> dict[int, tuple[int, int]]:
+    """Tensor index -> (first op step, last op step) it must be held in memory, non-constants only."""
+    end = len(info.ops) - 1
+    first: dict[int, int] = {i: 0 for i in info.inputs}
+    last: dict[int, int] = {i: end for i in info.outputs}
+    for step, op in enumerate(info.ops):
+        for i in op.outputs:
+            first.setdefault(i, step)
+            last[i] = max(last.get(i, step), step)
+        for i in op.inputs:
+            if i >= 0:
+                first.setdefault(i, 0)  # read but never written: a state or variable, held from the start
+                last[i] = max(last.get(i, step), step)
+    for i in info.outputs:
+        first.setdefault(i, 0)
+    return {i: (first[i], last[i]) for i in first if not info.tensors[i].is_constant}
