@@ -347,8 +347,13 @@ def _check_finite(label: str, original: np.ndarray, out: np.ndarray) -> None:
                                 "x, y = x[keep], y[keep]")
 
 
-def to_representative_dataset(data: Dataset, *, limit: int | None = None) -> Callable[[], Iterator[list[np.ndarray]]]:
-    """A generator factory for TFLiteConverter.representative_dataset: one [x0[i:i+1], ...] per sample."""
+def to_representative_dataset(data: Dataset, *, limit: int | None = None,
+                              on_progress: Callable[[int], None] | None = None,
+                              ) -> Callable[[], Iterator[list[np.ndarray]]]:
+    """A generator factory for TFLiteConverter.representative_dataset: one [x0[i:i+1], ...] per sample.
+
+    `on_progress(n)` is called after the converter has taken n samples (for a progress bar).
+    """
     if limit is not None and limit < 1:
         raise CalibrationError(f"sample limit must be at least 1 (got {limit})",
                                hint="leave the limit out to use every sample")
@@ -358,5 +363,7 @@ def to_representative_dataset(data: Dataset, *, limit: int | None = None) -> Cal
     def generator() -> Iterator[list[np.ndarray]]:
         for i in range(count):
             yield [a[i:i + 1] for a in inputs]
+            if on_progress:
+                on_progress(i + 1)
 
     return generator

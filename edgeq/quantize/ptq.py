@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Callable
 
 from edgeq._tf import captured_output, tf
 from edgeq.calibration import Dataset, to_representative_dataset
@@ -19,7 +19,17 @@ def convert_float32(model: LoadedModel) -> bytes:
     return _run(converter, model)
 
 
-def quantize(model: LoadedModel, recipe: Recipe, calibration: Dataset | None) -> bytes:
+def quantize(model: LoadedModel, recipe: Recipe, calibration: Dataset | None,
+             on_progress: Callable[[int], None] | None = None) -> bytes:
+    return _run(configured_converter(model, recipe, calibration, on_progress), model)
+
+
+def configured_converter(model: LoadedModel, recipe: Recipe, calibration: Dataset | None,
+                         on_progress: Callable[[int], None] | None = None) -> Any:
+    """A TFLiteConverter set up for `recipe`: the one place converter flags are chosen.
+
+    Also what TFLite's QuantizationDebugger needs to re-create exactly edgeq's quantized model.
+    """
     tfm = tf()
     converter = model.make_converter()
     converter.exclude_conversion_metadata = True  # no timestamps/versions: byte-identical reruns
@@ -27,7 +37,8 @@ def quantize(model: LoadedModel, recipe: Recipe, calibration: Dataset | None) ->
     if recipe.mode in ("int8", "int16x8"):
         assert calibration is not None
         converter.optimizations = [tfm.lite.Optimize.DEFAULT]
-        converter.representative_dataset = to_representative_dataset(calibration, limit=recipe.calibration_samples)
+        converter.representative_dataset = to_representative_dataset(calibration, limit=recipe.calibration_samples,
+                                                                     on_progress=on_progress)
         ops_set = (
             tfm.lite.OpsSet.TFLITE_BUILTINS_INT8
             if recipe.mode == "int8"
@@ -43,7 +54,7 @@ def quantize(model: LoadedModel, recipe: Recipe, calibration: Dataset | None) ->
         converter.optimizations = [tfm.lite.Optimize.DEFAULT]
     if not recipe.per_channel:
         converter._experimental_disable_per_channel = True
-    return _run(converter, model)
+    return converter
 
 
 _OP_ERROR = re.compile(r"'(tf\.[A-Za-z0-9_]+)' op is neither a custom op nor a flex op")

@@ -1,0 +1,282 @@
+"""How much quantization cost: the quantized model's outputs against the float model's.
+
+Three views, because each misses something: top-1 accuracy against labels (what users care about,
+needs labels), agreement with the float model's top-1 (needs no labels), and per-output error
+statistics (SNR, cosine; also for regression outputs). `evaluate` picks the runtime: TFLite Micro
+is ~10-100x slower per sample than LiteRT, so a TFLM target is confirmed on a subset and the full
+set runs on LiteRT only where the two agree bit for bit. `per_layer_errors` says *where* the error
+comes from, using TFLite's QuantizationDebugger.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from edgeq.emulator.runtimes import Progress, RunResult, run_litert, run_tflm
+
+SNR_CAP_DB = 200.0
+"""SNR reported for identical outputs (true value: +inf, which JSON cannot hold); -200 for no signal."""
+
+TFLM_CONFIRM_KERNELS = "builtin"
+"""LiteRT kernels compared with TFLM: its builtin kernels matched TFLM bit for bit on int8 CNNs
+here, while the default (XNNPACK delegate) differed on 0.25-2.5 % of samples, by up to 7 output
+LSB (one top-1 flip in 1,000 MNIST samples)."""
+
+
+# -- output statistics --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OutputError:
+    """Float reference vs quantized, over all samples and elements of one output."""
+
+    mean_abs: float
+    max_abs: float
+    snr_db: float   # 10*log10(sum(ref^2) / sum((ref-q)^2)), clipped to +-SNR_CAP_DB
+    cosine: float   # of the flattened arrays; 1.0 when both are all zero
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: round(v, 6) for k, v in asdict(self).items()}
+
+
+def output_error(reference: np.ndarray, quantized: np.ndarray) -> OutputError:
+    """Error statistics of `quantized` against `reference` (same shape).
+
+    SNR is capped at +SNR_CAP_DB dB (identical outputs would be +inf, which is not JSON) and at
+    -SNR_CAP_DB dB (an all-zero reference with non-zero error would be -inf).
+    """
+    ref = np.asarray(reference, dtype=np.float64)
+    q = np.asarray(quantized, dtype=np.float64)
+    if ref.shape != q.shape:
+        raise ValueError(f"reference shape {ref.shape} does not match quantized shape {q.shape}")
+    diff = np.abs(ref - q)
+    signal, noise = float(np.sum(ref ** 2)), float(np.sum(diff ** 2))
+    if noise == 0.0:
+        snr = SNR_CAP_DB
+    elif signal == 0.0:
+        snr = -SNR_CAP_DB
+    else:
+        snr = float(np.clip(10.0 * math.log10(signal / noise), -SNR_CAP_DB, SNR_CAP_DB))
+    return OutputError(mean_abs=float(diff.mean()) if diff.size else 0.0,
+                       max_abs=float(diff.max()) if diff.size else 0.0,
+                       snr_db=snr, cosine=1.0 if noise == 0.0 else _cosine(ref.ravel(), q.ravel()))
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0.0 or nb == 0.0:
+        return 1.0 if na == nb else 0.0
+    return float(np.clip(np.dot(a, b) / (na * nb), -1.0, 1.0))
+
+
+# -- accuracy -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AccuracyMetrics:
+    samples: int
+    float_top1: float | None       # fraction in [0, 1]; None without labels or float reference
+    quantized_top1: float | None   # None without labels (or when the first output is not class scores)
+    top1_agreement: float | None   # argmax(float) == argmax(quantized); None without float reference
+    drop_points: float | None      # (float_top1 - quantized_top1) * 100, percentage points
+    errors: tuple[OutputError, ...] | None   # per output; None without float reference
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe: floats rounded to 6 decimals, None kept as null."""
+        rounded = {k: None if v is None else round(v, 6)
+                   for k, v in (("float_top1", self.float_top1), ("quantized_top1", self.quantized_top1),
+                                ("top1_agreement", self.top1_agreement), ("drop_points", self.drop_points))}
+        errors = None if self.errors is None else [e.to_dict() for e in self.errors]
+        return {"samples": self.samples, **rounded, "errors": errors}
+
+
+def _is_class_scores(output: np.ndarray) -> bool:
+    return output.ndim >= 2 and output.shape[-1] > 1
+
+
+def _top1(scores: np.ndarray, labels: np.ndarray | None) -> float | None:
+    """Fraction of samples whose argmax matches the label (labels as ids or one-hot rows)."""
+    if labels is None or not _is_class_scores(scores):
+        return None
+    predicted = np.argmax(scores, axis=-1)
+    truth = np.asarray(labels)
+    if truth.ndim == predicted.ndim + 1:
+        truth = np.argmax(truth, axis=-1)
+    if truth.shape != predicted.shape:
+        return None
+    return float(np.mean(predicted == truth))
+
+
+def compare(float_outputs: list[np.ndarray] | None, quantized_outputs: list[np.ndarray],
+            labels: np.ndarray | None) -> AccuracyMetrics:
+    """Top-1 metrics on the first output (class scores: last dimension > 1) and per-output errors."""
+    first = np.asarray(quantized_outputs[0])
+    quantized_top1 = _top1(first, labels)
+    if float_outputs is None:
+        return AccuracyMetrics(len(first), None, quantized_top1, None, None, None)
+    if len(float_outputs) != len(quantized_outputs):
+        raise ValueError(f"{len(float_outputs)} float outputs but {len(quantized_outputs)} quantized outputs")
+    reference = np.asarray(float_outputs[0])
+    float_top1 = _top1(reference, labels)
+    agreement = (float(np.mean(np.argmax(reference, -1) == np.argmax(first, -1)))
+                 if _is_class_scores(first) and reference.shape == first.shape else None)
+    drop = None if float_top1 is None or quantized_top1 is None else (float_top1 - quantized_top1) * 100.0
+    errors = tuple(output_error(f, q) for f, q in zip(float_outputs, quantized_outputs))
+    return AccuracyMetrics(len(first), float_top1, quantized_top1, agreement, drop, errors)
+
+
+def outputs_identical(a: RunResult, b: RunResult) -> bool:
+    """True when both runs produced exactly the same dequantized outputs (shapes and values)."""
+    return len(a.outputs) == len(b.outputs) and all(
+        x.shape == y.shape and np.array_equal(x, y) for x, y in zip(a.outputs, b.outputs))
+
+
+def _max_difference(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    diffs = [float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))) if x.size else 0.0
+             for x, y in zip(a, b)]
+    return max(diffs, default=0.0)
+
+
+# -- the device's runtime, affordably -----------------------------------------------------------
+
+
+@dataclass
+class Evaluation:
+    result: RunResult             # the outputs used for accuracy (full set)
+    runtime_used: str             # "litert" or "tflm"
+    confirmation: dict[str, Any] | None   # TFLM targets: {"runtime", "samples", "identical", "max_abs_difference"}
+
+
+def evaluate(model: bytes, inputs: Sequence[np.ndarray], *, runtime: str, confirm_samples: int = 100,
+             arena_size: int | None = None, on_progress: Progress | None = None) -> Evaluation:
+    """Outputs of `model` on every sample, from the target's runtime or a runtime proven identical.
+
+    runtime "litert": batched LiteRT. runtime "tflm": TFLM on the first `confirm_samples`, LiteRT
+    (builtin kernels) on all; identical on the subset -> LiteRT's outputs are used for the full set,
+    otherwise TFLM runs the rest. Progress counts samples whose final outputs are known.
+    """
+    if runtime == "litert":
+        result = run_litert(model, inputs, on_progress=on_progress)
+        return Evaluation(result, "litert", None)
+    if runtime != "tflm":
+        raise ValueError(f"runtime must be 'litert' or 'tflm', got {runtime!r}")
+    n = len(inputs[0])
+    k = max(1, min(confirm_samples, n))
+    head = run_tflm(model, [x[:k] for x in inputs], arena_size=arena_size, on_progress=on_progress)
+    lite, confirmation = _confirm(model, inputs, head, k)
+    if lite is not None and k < n:
+        if on_progress:
+            on_progress(n)
+        return Evaluation(lite, "litert", confirmation)
+    if k == n:
+        return Evaluation(head, "tflm", confirmation)
+    rest = run_tflm(model, [x[k:] for x in inputs], arena_size=arena_size,
+                    on_progress=(lambda done: on_progress(k + done)) if on_progress else None)
+    outputs = [np.concatenate([a, b]) for a, b in zip(head.outputs, rest.outputs)]
+    why = confirmation.get("error") or f"LiteRT differed from TFLM on the first {k} samples"
+    full = RunResult("tflm", outputs, n, head.seconds + rest.seconds, batched=False,
+                     note=f"{why}; every sample ran in TFLM")
+    return Evaluation(full, "tflm", confirmation)
+
+
+def _confirm(model: bytes, inputs: Sequence[np.ndarray], head: RunResult,
+             k: int) -> tuple[RunResult | None, dict[str, Any]]:
+    """LiteRT's run over all samples if its first k outputs equal TFLM's (else None), and the record."""
+    record: dict[str, Any] = {"runtime": "tflm", "samples": k, "identical": False, "max_abs_difference": None}
+    try:
+        lite = run_litert(model, inputs, kernels=TFLM_CONFIRM_KERNELS)
+    except (RuntimeError, ValueError) as exc:  # LiteRT refused a model TFLM runs: TFLM it is
+        record["error"] = f"LiteRT could not run the model: {str(exc).splitlines()[0][:200]}"
+        return None, record
+    subset = [o[:k] for o in lite.outputs]
+    record["identical"] = all(np.array_equal(a, b) for a, b in zip(subset, head.outputs))
+    record["max_abs_difference"] = round(_max_difference(subset, head.outputs), 9)
+    return (lite if record["identical"] else None), record
+
+
+# -- per-layer error ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LayerError:
+    layer: str               # the quantized tensor's name, shortened when huge
+    op: str
+    rmse_over_scale: float   # sqrt(mean squared error) / scale; ~0.29 (1/sqrt(12)) is pure rounding noise
+    mean_abs_error: float
+    max_abs_error: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layer": self.layer, "op": self.op, "rmse_over_scale": _json_float(self.rmse_over_scale),
+                "mean_abs_error": _json_float(self.mean_abs_error), "max_abs_error": _json_float(self.max_abs_error)}
+
+
+def _json_float(value: float) -> float | None:
+    return round(value, 6) if math.isfinite(value) else None
+
+
+def per_layer_errors(converter: Any, debug_inputs: Sequence[np.ndarray], *, samples: int = 64) -> list[LayerError]:
+    """Per-layer quantization error of an int8 model, worst first (by rmse_over_scale).
+
+    `converter`: configured for int8 exactly as the model was made
+    (`edgeq.quantize.ptq.configured_converter`), so the debugger re-creates that model; it is used
+    up by the call. `debug_inputs`: float arrays, one per model input; the first `samples` rows.
+
+    Only for int8: the debugger builds its model with `mlir_quantize(...)`, which always quantizes
+    activations to int8 (int16x8 would be reported as int8), and float16/dynamic/float32 models
+    have no NumericVerify points to compare.
+    """
+    from edgeq._tf import captured_output, tf
+
+    tfm = tf()
+    count = max(1, min(samples, len(debug_inputs[0])))
+    arrays = [np.asarray(x[:count], dtype=np.float32) for x in debug_inputs]
+
+    def dataset() -> Any:
+        for i in range(count):
+            yield [x[i:i + 1] for x in arrays]
+
+    with captured_output(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        options = tfm.lite.experimental.QuantizationDebugOptions(
+            layer_debug_metrics={"mean_abs_error": lambda diffs: float(np.mean(np.abs(diffs)))})
+        debugger = tfm.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=dataset,
+                                                               debug_options=options)
+        debugger.run()
+        rows = [_layer_error(debugger, name, metrics) for name, metrics in debugger.layer_statistics.items()]
+    return sorted(rows, key=lambda r: (not math.isfinite(r.rmse_over_scale), -r.rmse_over_scale
+                                       if math.isfinite(r.rmse_over_scale) else 0.0))
+
+
+def _layer_error(debugger: Any, name: str, metrics: dict[str, float]) -> LayerError:
+    """One NumericVerify point: its quantized tensor's name, defining op and scale.
+
+    Mirrors `QuantizationDebugger.layer_statistics_dump` (which only writes CSV).
+    """
+    interp = debugger._quant_interpreter
+    tensor_index = int(debugger._numeric_verify_op_details[name]["inputs"][0])
+    op = interp._get_op_details(debugger._defining_op[tensor_index])["op_name"]
+    scales = interp._get_tensor_details(tensor_index, subgraph_index=0)["quantization_parameters"]["scales"]
+    scale = float(scales[0]) if len(scales) else 0.0
+    tensor_name, _ = debugger._get_operand_name_and_index(name)
+    mse = float(metrics.get("mean_squared_error", math.nan))
+    return LayerError(layer=_short_name(tensor_name), op=str(op),
+                      rmse_over_scale=math.sqrt(mse) / scale if scale > 0 and mse >= 0 else math.nan,
+                      mean_abs_error=float(metrics.get("mean_abs_error", math.nan)),
+                      max_abs_error=float(metrics.get("max_abs_error", math.nan)))
+
+
+_MAX_NAME = 60
+
+
+def _short_name(name: str) -> str:
+    """The converter joins fused op names with ';' (hundreds of characters): keep the first."""
+    first = name.split(";")[0]
+    first = re.sub(r"^(StatefulPartitionedCall(_\d+)?/)+", "", first)
+    return first if len(first) <= _MAX_NAME else "..." + first[-(_MAX_NAME - 3):]
