@@ -1,17 +1,24 @@
-"""Checks of a converted model against its target. One function per rule; its text is the
-user's message. Each returns a CheckResult; the pipeline fails (exit 3) if any fails.
+"""Checks of a converted model against its target: the gate before anything is emitted.
 
-The emulator (accuracy, exact tensor arena) adds its checks here as it lands.
+One function per rule; its text is the user's message, with by how much and what to try.
+Every check sees the same `CheckInput`: the model as read back from its bytes, the target,
+the mode, and what the emulator measured (memory, accuracy) when it ran.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Callable
 
 from edgeq.modes import MODES
-from edgeq.quantize.recipe import Recipe
 from edgeq.targets import TargetProfile
 from edgeq.tflite.reader import FLOAT_DTYPES, ModelInfo
+
+if TYPE_CHECKING:
+    from edgeq.emulator.accuracy import AccuracyMetrics
+    from edgeq.emulator.emulate import MemoryReport
+
+DEFAULT_MAX_ACCURACY_DROP = 1.0  # percentage points of top-1, float Keras vs quantized on the device runtime
 
 
 @dataclass(frozen=True)
@@ -20,71 +27,215 @@ class CheckResult:
     passed: bool
     message: str
     hint: str = ""
+    skipped: bool = False  # nothing to check (e.g. no labels): passed, but says why
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
-def check_ops(info: ModelInfo, target: TargetProfile, recipe: Recipe) -> CheckResult:
+@dataclass(frozen=True)
+class CheckInput:
+    info: ModelInfo
+    target: TargetProfile
+    mode: str
+    input_dtype: str
+    output_dtype: str
+    memory: MemoryReport | None = None
+    accuracy: AccuracyMetrics | None = None
+    max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP
+    fitting_targets: Callable[[int, int], list[str]] | None = None  # (flash, ram) -> names that fit
+
+
+def _ok(name: str, message: str) -> CheckResult:
+    return CheckResult(name, True, message)
+
+
+def _skip(name: str, message: str) -> CheckResult:
+    return CheckResult(name, True, message, skipped=True)
+
+
+def check_mode(c: CheckInput) -> CheckResult:
+    """The model's quantization mode is one the target runs."""
+    allowed = c.target.quantization.modes
+    if c.mode not in allowed:
+        return CheckResult(
+            "mode", False,
+            f"the model is {c.mode} ({MODES[c.mode].summary}); {c.target.name} runs {', '.join(allowed)}",
+            f"convert with --mode {c.target.quantization.default_mode}",
+        )
+    return _ok("mode", f"{c.mode} is supported by {c.target.name}")
+
+
+def check_ops(c: CheckInput) -> CheckResult:
     """Every op of the model has a kernel in the target's runtime."""
-    missing = [op for op in info.all_op_names if op not in target.supported_ops]
+    missing = [op for op in c.info.all_op_names if op not in c.target.supported_ops]
     if missing:
         return CheckResult(
             "ops", False,
-            f"{len(missing)} op(s) not supported by {target.name} ({target.ops.set}): {', '.join(missing)}",
+            f"{len(missing)} op(s) not supported by {c.target.name} ({c.target.ops.set}): {', '.join(missing)}",
             "replace the layers that produce them, or choose a target whose runtime has them",
         )
-    return CheckResult("ops", True, f"all {len(info.all_op_names)} op types supported by {target.ops.set}")
+    return _ok("ops", f"all {len(c.info.all_op_names)} op types supported by {c.target.ops.set}")
 
 
-def check_io_dtypes(info: ModelInfo, target: TargetProfile, recipe: Recipe) -> CheckResult:
+def _hybrid_ops(info: ModelInfo) -> list[str]:
+    """Ops computing in float from int8 constant weights: dynamic-range (hybrid) kernels."""
+    found = []
+    for op in info.ops:
+        ins = [info.tensors[i] for i in op.inputs if i >= 0]
+        outs = [info.tensors[i] for i in op.outputs]
+        int_weights = any(t.is_constant and t.dtype in ("int8", "int4") for t in ins)
+        float_act = any(not t.is_constant and t.dtype in FLOAT_DTYPES for t in ins + outs)
+        if int_weights and float_act:
+            found.append(f"{op.name} #{op.index}")
+    return found
+
+
+def _float16_ops(info: ModelInfo) -> list[str]:
+    """Ops computing from float16 data: the consumers of DEQUANTIZE(float16) and float16 ops."""
+    from_f16 = {out for op in info.ops if op.name == "DEQUANTIZE"
+                for i in op.inputs if i >= 0 and info.tensors[i].dtype == "float16" for out in op.outputs}
+    return [f"{op.name} #{op.index}" for op in info.ops if op.name != "DEQUANTIZE"
+            and any(i in from_f16 or info.tensors[i].dtype == "float16" for i in (*op.inputs, *op.outputs) if i >= 0)]
+
+
+def _short(name: str) -> str:
+    return name.split(";")[0][:60]
+
+
+def check_kernels(c: CheckInput) -> CheckResult:
+    """TFLite Micro has neither float16 kernels nor hybrid (int8 weights, float compute) ones."""
+    if c.target.runtime != "tflm":
+        return _skip("kernels", f"{c.target.runtime} has float16 and hybrid kernels")
+    problems = []
+    if f16 := _float16_ops(c.info):
+        problems.append(f"float16 weights feed {', '.join(f16[:6])}{' ...' if len(f16) > 6 else ''}"
+                        " (TFLM has no float16 kernels)")
+    if hybrid := _hybrid_ops(c.info):
+        problems.append(f"hybrid kernels {', '.join(hybrid[:6])}{' ...' if len(hybrid) > 6 else ''}"
+                        " (int8 weights with float activations; TFLM has none)")
+    if problems:
+        return CheckResult("kernels", False, "; ".join(problems),
+                           "convert with --mode int8 and calibration data (full integer)")
+    return _ok("kernels", "no float16 or hybrid kernels")
+
+
+def _interior_float_tensors(info: ModelInfo) -> list[str]:
+    """Float tensors other than the graph's own inputs and outputs (allowed at the edges)."""
+    edges = set(info.inputs) | set(info.outputs)
+    return [_short(t.name) for t in info.tensors if t.dtype in FLOAT_DTYPES and t.index not in edges]
+
+
+def check_integer_only(c: CheckInput) -> CheckResult:
+    """An integer-only target has no float tensor on the path between input and output."""
+    integer_target = all(MODES[m].integer_only for m in c.target.quantization.modes)
+    if not integer_target and not (c.target.runtime == "tflm" and MODES[c.mode].integer_only):
+        return _skip("integer_only", f"{c.target.name} also runs float; not required")
+    floats = _interior_float_tensors(c.info)
+    if floats:
+        return CheckResult(
+            "integer_only", False,
+            f"{len(floats)} float tensor(s) between input and output of an integer-only target: "
+            + ", ".join(floats[:5]) + (" ..." if len(floats) > 5 else ""),
+            "some layer has no integer kernel; `edgeq inspect` shows which ops stay float",
+        )
+    return _ok("integer_only", "no float tensors between input and output")
+
+
+def check_io_dtypes(c: CheckInput) -> CheckResult:
     """Inputs and outputs have the dtypes the target demands in this mode."""
     bad = [
         f"{kind} '{t.name}' is {t.dtype}, expected {want}"
         for kind, tensors, want in (
-            ("input", info.input_tensors, recipe.input_dtype),
-            ("output", info.output_tensors, recipe.output_dtype),
+            ("input", c.info.input_tensors, c.input_dtype),
+            ("output", c.info.output_tensors, c.output_dtype),
         )
         for t in tensors
         if t.dtype != want
     ]
     if bad:
-        return CheckResult("io_dtypes", False, "; ".join(bad), "the converter could not honour the I/O types")
-    return CheckResult("io_dtypes", True, f"inputs {recipe.input_dtype}, outputs {recipe.output_dtype}")
+        return CheckResult("io_dtypes", False, "; ".join(bad),
+                           f"convert with edgeq for {c.target.name}, which sets the I/O types it needs")
+    return _ok("io_dtypes", f"inputs {c.input_dtype}, outputs {c.output_dtype}")
 
 
-def check_integer_only(info: ModelInfo, target: TargetProfile, recipe: Recipe) -> CheckResult:
-    """An integer-only mode leaves no float tensor on a TFLM target (no float or hybrid kernels)."""
-    if target.runtime != "tflm" or not MODES[recipe.mode].integer_only:
-        return CheckResult("integer_only", True, "not required for this target and mode")
-    floats = [t.name for t in info.tensors if t.dtype in FLOAT_DTYPES]
-    if floats:
-        return CheckResult(
-            "integer_only", False,
-            f"{len(floats)} float tensor(s) remain in an integer-only model: {', '.join(floats[:5])}",
-            "some layer has no integer kernel; check `edgeq inspect` for the float ops",
-        )
-    return CheckResult("integer_only", True, "fully integer")
+def _elsewhere(c: CheckInput, flash: int, ram: int) -> str:
+    fits = c.fitting_targets(flash, ram) if c.fitting_targets else []
+    return f"; fits: {', '.join(fits)}" if fits else ""
 
 
-def check_flash(info: ModelInfo, target: TargetProfile, recipe: Recipe) -> CheckResult:
+def check_flash(c: CheckInput) -> CheckResult:
     """Model bytes plus the runtime's code fit in the target's flash."""
-    budget = target.memory.flash_bytes
-    need = info.file_bytes + target.memory.runtime_flash_bytes
-    if budget is None:
-        return CheckResult("flash", True, f"{need:,} B needed; target has no flash budget")
-    if need > budget:
+    m = c.target.memory
+    need = c.info.file_bytes + m.runtime_flash_bytes
+    if m.flash_bytes is None:
+        return _skip("flash", f"{need:,} B needed; {c.target.name} has no flash budget")
+    if need > m.flash_bytes:
+        ram = c.memory.ram_needed if c.memory else 0
         return CheckResult(
             "flash", False,
-            f"model {info.file_bytes:,} B + runtime {target.memory.runtime_flash_bytes:,} B = {need:,} B "
-            f"exceeds flash {budget:,} B by {need - budget:,} B",
-            "use a smaller model, int8 instead of a wider mode, or a target with more flash",
+            f"model {c.info.file_bytes:,} B + runtime {m.runtime_flash_bytes:,} B = {need:,} B "
+            f"exceeds flash {m.flash_bytes:,} B by {need - m.flash_bytes:,} B",
+            "use a smaller model, int8 instead of a wider mode, or a target with more flash"
+            + _elsewhere(c, c.info.file_bytes, ram),
         )
-    return CheckResult("flash", True, f"{need:,} B of {budget:,} B flash ({100 * need / budget:.1f}%)")
+    return _ok("flash", f"{need:,} B of {m.flash_bytes:,} B flash ({100 * need / m.flash_bytes:.1f}%)")
 
 
-ALL_CHECKS = (check_ops, check_io_dtypes, check_integer_only, check_flash)
+def check_ram(c: CheckInput) -> CheckResult:
+    """Arena (TFLM) or peak activations (LiteRT), plus margin and reserved RAM, fit the budget."""
+    mem = c.memory
+    if mem is None:
+        return _skip("ram", "not measured (no emulation)")
+    if mem.ram_needed is None and not mem.attempted:
+        return _skip("ram", f"not measured: {mem.note}")
+    if mem.ram_needed is None:
+        return CheckResult("ram", False, f"could not be measured: {mem.note}",
+                           "the arena is measured by running the model in TFLM; fix what stops it from running")
+    budget = c.target.memory.ram_bytes
+    parts = f"{mem.ram_label} {mem.ram_needed:,} B"
+    if mem.margin:
+        parts += f" + margin {mem.margin:,} B"
+    parts += f" + reserved {mem.reserved:,} B = {mem.ram_total:,} B"
+    if budget is None:
+        return _skip("ram", f"{parts}; {c.target.name} has no RAM budget")
+    if mem.ram_total > budget:
+        return CheckResult(
+            "ram", False, f"{parts} exceeds RAM {budget:,} B by {mem.ram_total - budget:,} B",
+            "use a model with smaller activations (fewer filters, more stride), int8 instead of int16x8, "
+            "or a target with more RAM" + _elsewhere(c, c.info.file_bytes, mem.ram_needed),
+        )
+    return _ok("ram", f"{parts} of {budget:,} B RAM ({100 * mem.ram_total / budget:.1f}%)")
 
 
-def run_checks(info: ModelInfo, target: TargetProfile, recipe: Recipe) -> list[CheckResult]:
-    return [check(info, target, recipe) for check in ALL_CHECKS]
+def check_accuracy(c: CheckInput) -> CheckResult:
+    """Top-1 accuracy on the device runtime is within --max-accuracy-drop of the float model."""
+    acc = c.accuracy
+    if acc is None:
+        return _skip("accuracy", "not evaluated (no --eval data)")
+    if acc.drop_points is None:
+        why = "no labels in the data" if acc.quantized_top1 is None else "no float reference model"
+        return _skip("accuracy", f"drop not checked: {why}")
+    summary = (f"float {100 * acc.float_top1:.2f}% -> quantized {100 * acc.quantized_top1:.2f}% "
+               f"on {acc.samples} samples: drop {acc.drop_points:+.2f} points")
+    if acc.drop_points > c.max_accuracy_drop:
+        return CheckResult(
+            "accuracy", False,
+            f"{summary}, over the limit of {c.max_accuracy_drop:g} by {acc.drop_points - c.max_accuracy_drop:.2f}",
+            "try more or more typical calibration data (--calibration-samples), --mode int16x8 where the "
+            "target allows it, quantization-aware training, or raise --max-accuracy-drop if this is acceptable",
+        )
+    return _ok("accuracy", f"{summary} (limit {c.max_accuracy_drop:g})")
+
+
+ALL_CHECKS = (check_mode, check_ops, check_kernels, check_integer_only, check_io_dtypes, check_flash,
+              check_ram, check_accuracy)
+
+
+def run_checks(c: CheckInput) -> list[CheckResult]:
+    return [check(c) for check in ALL_CHECKS]
+
+
+def gate_summary(checks: list[CheckResult], *, forced: bool = False) -> dict[str, Any]:
+    failed = [c.name for c in checks if not c.passed]
+    return {"passed": not failed, "failed": failed, "forced": forced and bool(failed)}

@@ -8,14 +8,18 @@ at once.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import click
 
 from edgeq import __version__
 from edgeq.errors import EdgeqError
+from edgeq.report import kib
+
+DEFAULT_DROP = 1.0  # keep in step with edgeq.checks.DEFAULT_MAX_ACCURACY_DROP (not imported: start-up time)
 
 
 class _Group(click.Group):
@@ -38,11 +42,84 @@ def _step(message: str) -> None:
     click.echo(click.style("• ", fg="cyan") + message, err=True)
 
 
-def _kib(n: int) -> str:
-    """Bytes for people: 4.3 KiB, 256 KiB, 1 MiB."""
-    if n >= 1 << 20:
-        return f"{n / (1 << 20):,.4g} MiB"
-    return f"{n / 1024:,.4g} KiB"
+def _progress_factory(quiet: bool) -> Callable[[str, int], Callable[[int], None]]:
+    """Progress bars on stderr, only when a person is watching (a terminal, not CI, not --json)."""
+    if quiet or os.environ.get("CI") or not sys.stderr.isatty():
+        return lambda label, total: (lambda done: None)
+
+    # A stream of its own on the terminal: the converter's fd-level capture must not swallow the bar.
+    terminal = open(os.dup(sys.stderr.fileno()), "w", buffering=1)  # noqa: SIM115 (lives as long as the command)
+
+    def start(label: str, total: int) -> Callable[[int], None]:
+        bar = click.progressbar(length=total, label=f"  {label}", file=terminal, show_pos=True)
+        bar.__enter__()
+
+        def advance(done: int) -> None:
+            bar.update(done - bar.pos)
+            if done >= total:
+                bar.__exit__(None, None, None)
+
+        return advance
+
+    return start
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def _summary(report: dict[str, Any]) -> None:
+    """The report's key facts in the terminal: accuracy, size, memory vs budget, latency, gate."""
+    emu = report["emulation"]
+    mode = emu["mode"]
+    acc = emu.get("accuracy")
+    if acc:
+        line = (f"  accuracy  float {_pct(acc['float_top1'])} -> {mode} {_pct(acc['quantized_top1'])}"
+                if acc["float_top1"] is not None else f"  accuracy  {mode} {_pct(acc['quantized_top1'])}")
+        if acc["drop_points"] is not None:
+            line += f" (drop {acc['drop_points']:+.2f} points)"
+        elif acc["quantized_top1"] is None and acc.get("errors"):
+            e = acc["errors"][0]
+            line = f"  output    SNR {e['snr_db']:.1f} dB, mean abs error {e['mean_abs']:.4g}, cosine {e['cosine']:.5f}"
+        line += f" on {acc['samples']} samples of {emu['data']['name']}"
+        conf = acc.get("confirmation")
+        if conf and conf["identical"]:
+            line += f" (LiteRT, bit-exact with TFLM on the first {conf['samples']})"
+        elif conf:
+            line += f" (TFLM: LiteRT differed on the first {conf['samples']})"
+        else:
+            line += f" ({acc['runtime_used']})"
+        click.echo(line)
+    sizes = report["sizes"]
+    if sizes.get("float32_tflite_bytes"):
+        click.echo(f"  size      float32 {kib(sizes['float32_tflite_bytes'])} -> {mode} "
+                   f"{kib(sizes['quantized_tflite_bytes'])} ({sizes['ratio']:.2f}x smaller)")
+    mem = emu["memory"]
+    f, r = mem["flash"], mem["ram"]
+    budget = f" of {kib(f['budget_bytes'])} ({100 * f['total_bytes'] / f['budget_bytes']:.1f}%)" if f["budget_bytes"] else ""
+    click.echo(f"  flash     model {f['model_bytes']:,} B + runtime {kib(f['runtime_bytes'])} = {kib(f['total_bytes'])}{budget}")
+    if r["needed_bytes"] is None:
+        click.echo(f"  RAM       not measured: {r['note']}")
+    else:
+        exact = " (exact, TFLM)" if r["tflm_arena"] else ""
+        budget = f" of {kib(r['budget_bytes'])} ({100 * r['total_bytes'] / r['budget_bytes']:.1f}%)" if r["budget_bytes"] else ""
+        click.echo(f"  RAM       {r['kind']} {r['needed_bytes']:,} B{exact} + margin {r['margin_bytes']:,} B + reserved "
+                   f"{kib(r['reserved_bytes'])} = {kib(r['total_bytes'])}{budget}")
+    lat = emu["latency"]
+    line = f"  latency   ~{lat['total_ms']:.3g} ms estimated on {report['target']['cpu']} @ {lat['clock_mhz']:g} MHz"
+    if emu.get("host_latency"):
+        line += f"; {emu['host_latency']['median_us']:.0f} µs measured on this host (LiteRT)"
+    click.echo(line)
+    layers = (emu.get("per_layer") or {}).get("worst") or []
+    if layers:
+        worst = layers[0]
+        click.echo(f"  per-layer worst: {worst['op']} '{worst['layer'][:48]}' RMSE/scale {worst['rmse_over_scale']:.2f}")
+    for c in report["checks"]:
+        mark = click.style("ok  ", fg="green") if c["passed"] else click.style("FAIL", fg="red")
+        click.echo(f"  {mark} {c['name']:<13} {c['message']}")
+    gate = report["gate"]
+    verdict = click.style("PASSED", fg="green") if gate["passed"] else click.style("FAILED", fg="red")
+    click.echo(f"  gate      {verdict}" + (" (outputs written anyway: --force)" if gate.get("forced") else ""))
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -70,6 +147,12 @@ def main() -> None:
               help="Representative data: a bundled set (`edgeq calibration list`), NAME:SPLIT, or your .npz/.npy.")
 @click.option("--calibration-samples", default=200, show_default=True, type=int,
               help="How many calibration samples the converter sees.")
+@click.option("-e", "--eval", "eval_set", default=None, metavar="SET",
+              help="Held-out data for the accuracy check. Default: the 'eval' split of a bundled calibration set.")
+@click.option("--no-eval", is_flag=True, help="Skip the accuracy check (memory and op checks still run).")
+@click.option("--max-accuracy-drop", default=DEFAULT_DROP, show_default=True, type=click.FloatRange(min=0),
+              help="Largest top-1 drop (percentage points, float vs quantized) the gate accepts.")
+@click.option("--force", is_flag=True, help="Write the outputs even if a check fails; the report says so.")
 @click.option("-o", "--output", "outdir", type=click.Path(path_type=Path), default=None,
               help="Output folder. Default: edgeq-out/<name>-<target>.")
 @click.option("--name", default=None, help="Base name of the outputs and C identifiers. Default: the model file name.")
@@ -77,36 +160,101 @@ def main() -> None:
 @click.option("--trust-model", is_flag=True,
               help="Allow Lambda layers (arbitrary Python). Only for models you wrote or fully trust.")
 def convert(model: Path, target: str, mode: str | None, calibration: str | None, calibration_samples: int,
-            outdir: Path | None, name: str | None, overwrite: bool, trust_model: bool) -> None:
-    """Quantize MODEL (.keras, .h5 or SavedModel dir) for a target and write deployable files.
+            eval_set: str | None, no_eval: bool, max_accuracy_drop: float, force: bool, outdir: Path | None,
+            name: str | None, overwrite: bool, trust_model: bool) -> None:
+    """Quantize MODEL (.keras, .h5 or SavedModel dir), check it against a target, write deployable files.
+
+    \b
+    Before anything is written, the quantized model runs in the target's runtime (TFLite Micro
+    for MCU targets, LiteRT otherwise): accuracy against the float model on held-out data, the
+    exact tensor arena, flash and RAM against the budgets, an estimated latency. If a check
+    fails, edgeq exits with code 3 and writes only the report.
 
     \b
     Writes, atomically:
       <name>.tflite                      the quantized model
-      <name>_model_data.cc / .h          the model as a C array (TFLM targets)
+      <name>_model_data.cc / .h          the model as a C array and k_<name>_tensor_arena_size (TFLM)
       <name>_op_resolver.h               a MicroMutableOpResolver with exactly the model's ops
-      report.json                        target, recipe, sizes, ops, versions, input hashes
+      report.json / report.md / .png     accuracy, sizes, memory, latency, per-layer error, checks
 
     \b
     Examples:
       edgeq convert model.keras --target mcu --calibration digits
-      edgeq convert model.h5 --target nrf52840 --calibration my_data.npz -o firmware/model
+      edgeq convert model.h5 --target nrf52840 --calibration my_data.npz --eval my_test.npz -o firmware/model
       edgeq convert saved_model_dir --target phone --mode float16
     """
+    from edgeq.pipeline import GateError
     from edgeq.pipeline import convert as run_convert
 
-    result = run_convert(model, target, mode=mode, calibration=calibration,
-                         calibration_samples=calibration_samples, outdir=outdir, name=name,
-                         overwrite=overwrite, trust_model=trust_model, on_step=_step)
+    evaluation = None if no_eval else (eval_set or "auto")
+    try:
+        result = run_convert(model, target, mode=mode, calibration=calibration,
+                             calibration_samples=calibration_samples, evaluation=evaluation,
+                             max_accuracy_drop=max_accuracy_drop, force=force, outdir=outdir, name=name,
+                             overwrite=overwrite, trust_model=trust_model, on_step=_step,
+                             progress=_progress_factory(quiet=False))
+    except GateError as exc:
+        click.echo(f"\n{model} does not fit {exc.result.target.name}:", err=True)
+        _summary(exc.result.report)
+        raise
     click.echo(f"\nconverted {model} for {result.target.name} ({result.recipe.mode}, {result.target.runtime})")
-    click.echo(f"  float32 {_kib(result.float_bytes)} -> {result.recipe.mode} {_kib(result.quantized_bytes)}"
-               f"  ({result.size_ratio:.2f}x smaller)")
-    click.echo(f"  ops: {', '.join(f'{k} x{v}' for k, v in result.info.op_counts().items())}")
-    for check in result.checks:
-        click.echo(f"  check {check.name}: {check.message}")
+    _summary(result.report)
     click.echo(f"wrote to {result.outdir}/")
     for path in result.files:
         click.echo(f"  {path.name:<32} {path.stat().st_size:>10,} B")
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-t", "--target", default="mcu", show_default=True, help="Target profile name or a path to a .toml.")
+@click.option("-d", "--data", default=None, metavar="SET",
+              help="Held-out data: a bundled set (its 'eval' split by default), NAME:SPLIT, or your .npz/.npy.")
+@click.option("-r", "--reference", type=click.Path(path_type=Path), default=None,
+              help="The float Keras model MODEL came from: accuracy drop and output error against it.")
+@click.option("--max-accuracy-drop", default=DEFAULT_DROP, show_default=True, type=click.FloatRange(min=0),
+              help="Largest top-1 drop (percentage points) that passes.")
+@click.option("--report", "report_dir", type=click.Path(path_type=Path), default=None,
+              help="Also write report.json, report.md and report.png to this folder.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing report.")
+@click.option("--trust-model", is_flag=True, help="Allow Lambda layers in the reference model.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (no progress output).")
+def emulate(model: Path, target: str, data: str | None, reference: Path | None, max_accuracy_drop: float,
+            report_dir: Path | None, overwrite: bool, trust_model: bool, as_json: bool) -> None:
+    """Check a .tflite against a target in the runtime the device uses, before flashing it.
+
+    \b
+    Memory: flash, and the exact TFLite Micro tensor arena (MCU targets; measured by running
+    the model, each trial in a child process) or LiteRT's peak activations. Latency: MACs x
+    the target's cycle costs, and LiteRT on this host. With --data: accuracy (and, with
+    --reference, the drop from the float model, output SNR and cosine similarity).
+    Exit code 3 when a check fails.
+
+    \b
+    Examples:
+      edgeq emulate model.tflite --target mcu
+      edgeq emulate model.tflite --target nrf52840 --data digits --reference model.keras --report out/
+    """
+    from edgeq.pipeline import GateError, emulate_file
+
+    step = (lambda message: None) if as_json else _step
+    try:
+        result = emulate_file(model, target, data=data, reference=reference, max_accuracy_drop=max_accuracy_drop,
+                              report_dir=report_dir, overwrite=overwrite, trust_model=trust_model, on_step=step,
+                              progress=_progress_factory(quiet=as_json))
+    except GateError as exc:
+        _show_emulation(exc.result, as_json)
+        raise
+    _show_emulation(result, as_json)
+
+
+def _show_emulation(result: Any, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(result.report, indent=2, sort_keys=True))
+        return
+    click.echo(f"\n{result.info.source} on {result.target.name} ({result.emulation.mode}, {result.target.runtime})")
+    _summary(result.report)
+    for path in result.files:
+        click.echo(f"  wrote {path}")
 
 
 @main.command()
@@ -134,23 +282,33 @@ def inspect(file: Path, as_json: bool) -> None:
 @click.option("--name", default=None, help="Base name of files and C identifiers. Default: the file name.")
 @click.option("--alignment", default=16, show_default=True, type=click.IntRange(min=16),
               help="Byte alignment of the model array (CMSIS-NN needs 16).")
+@click.option("--arena-margin", default=1024, show_default=True, type=click.IntRange(min=0),
+              help="Bytes added to the measured tensor arena in k_<name>_tensor_arena_size.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
-def export_c(file: Path, outdir: Path, name: str | None, alignment: int, overwrite: bool) -> None:
+def export_c(file: Path, outdir: Path, name: str | None, alignment: int, arena_margin: int, overwrite: bool) -> None:
     """Write TFLM C sources for a .tflite converted elsewhere.
 
     \b
-    Writes <name>_model_data.cc/.h and <name>_op_resolver.h; fails (exit 3) if the model
-    uses an op TensorFlow Lite Micro has no kernel for.
+    Writes <name>_model_data.cc/.h (with the exact tensor arena, measured by running the model
+    in TFLite Micro) and <name>_op_resolver.h; fails (exit 3) if the model uses an op
+    TensorFlow Lite Micro has no kernel for.
     """
-    from edgeq.export.atomic import write_files_atomically
-    from edgeq.export.c_arrays import c_identifier, tflm_sources
+    from edgeq.emulator.memory import measure_tflm_arena
+    from edgeq.export.atomic import check_output_dir, write_files_atomically
+    from edgeq.export.c_arrays import ArenaSize, c_identifier, tflm_sources
     from edgeq.tflite.reader import read_tflite, read_tflite_bytes
 
     data = read_tflite_bytes(file)
     info = read_tflite(data, source=str(file))
-    sources = tflm_sources(c_identifier(name or file.stem), data, info.all_op_names,
-                           alignment=alignment)
+    ident = c_identifier(name or file.stem)
+    names = [f"{ident}_model_data.cc", f"{ident}_model_data.h", f"{ident}_op_resolver.h"]
+    check_output_dir(outdir, names, overwrite=overwrite)
+    tflm_sources(ident, data, info.all_op_names, alignment=alignment)  # fails fast on ops TFLM lacks
+    arena = measure_tflm_arena(data, source=str(file))
+    sources = tflm_sources(ident, data, info.all_op_names, alignment=alignment,
+                           arena=ArenaSize(arena.smallest, arena_margin))
     written = write_files_atomically(outdir, sources.files, overwrite=overwrite)
+    click.echo(f"tensor arena: {arena.smallest:,} B measured in TFLite Micro + {arena_margin:,} B margin")
     for path in written:
         click.echo(f"wrote {path}")
 
@@ -169,7 +327,7 @@ def targets_list() -> None:
     for t in load_all():
         m = t.memory
         rows.append((t.name, t.kind, t.runtime, t.cpu, f"{t.clock_mhz:g}",
-                     _kib(m.flash_bytes) if m.flash_bytes else "-", _kib(m.ram_bytes) if m.ram_bytes else "-",
+                     kib(m.flash_bytes) if m.flash_bytes else "-", kib(m.ram_bytes) if m.ram_bytes else "-",
                      ",".join(t.quantization.modes)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:

@@ -1,28 +1,33 @@
 """convert(): the one place that strings the stages together.
 
-load target -> recipe -> calibration data -> model -> quantize -> read back -> check -> emit.
-Everything that can fail fast (target, mode, data file, output folder) is checked before
-TensorFlow is imported or a model is loaded.
+load target -> recipe -> data -> model -> quantize -> read back -> emulate -> check -> emit.
+Everything that can fail fast (target, mode, data files, output folder) is checked before
+TensorFlow is imported or a model is loaded. The gate decides what is emitted: a model that
+fails a check gets its report (json, md, png) and nothing a firmware build could pick up.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from edgeq.calibration import Dataset, load_dataset, validate_for_model
-from edgeq.checks import CheckResult, run_checks
+from edgeq.calibration import Dataset, list_bundled, load_dataset, validate_for_model
+from edgeq.checks import DEFAULT_MAX_ACCURACY_DROP, CheckInput, CheckResult, gate_summary, run_checks
 from edgeq.errors import TargetCheckError
 from edgeq.export.atomic import check_output_dir, write_files_atomically
-from edgeq.export.c_arrays import c_identifier, tflm_sources
+from edgeq.export.c_arrays import ArenaSize, c_identifier, tflm_sources
 from edgeq.quantize.recipe import DEFAULT_CALIBRATION_SAMPLES, Recipe, recipe_for
-from edgeq.report import SCHEMA_VERSION, library_versions, render_json, sha256_path
-from edgeq.targets import TargetProfile, load_target
+from edgeq.report import SCHEMA_VERSION, library_versions, render_json, render_markdown, render_png, sha256_path
+from edgeq.targets import TargetProfile, load_all, load_target
 from edgeq.tflite.reader import ModelInfo, read_tflite
 
+if TYPE_CHECKING:
+    from edgeq.emulator.emulate import Emulation, Progress
+
 Step = Callable[[str], None]
+REPORT_FILES = ("report.json", "report.md", "report.png")
 
 
 @dataclass
@@ -36,6 +41,8 @@ class ConvertResult:
     quantized_bytes: int
     info: ModelInfo
     checks: list[CheckResult]
+    emulation: Emulation
+    gate: dict[str, Any]
     report: dict[str, Any] = field(repr=False)
 
     @property
@@ -44,9 +51,31 @@ class ConvertResult:
 
 
 def output_names(name: str, target: TargetProfile) -> list[str]:
-    names = [f"{name}.tflite", "report.json"]
+    names = [f"{name}.tflite", *REPORT_FILES]
     if target.runtime == "tflm":
         names += [f"{name}_model_data.cc", f"{name}_model_data.h", f"{name}_op_resolver.h"]
+    return names
+
+
+def default_eval_set(calibration: str | None) -> str | None:
+    """For a bundled calibration set ("digits"), its held-out split ("digits:eval")."""
+    if not calibration or Path(calibration).exists():
+        return None
+    name, _, split = calibration.partition(":")
+    bundled = {b.name: b for b in list_bundled()}
+    if name in bundled and "eval" in bundled[name].splits and split != "eval":
+        return f"{name}:eval"
+    return None
+
+
+def fitting_targets(flash: int, ram: int) -> list[str]:
+    """Bundled targets whose budgets hold `flash` model bytes and `ram` arena/activation bytes."""
+    names = []
+    for t in load_all():
+        m = t.memory
+        if (m.flash_bytes is None or flash + m.runtime_flash_bytes <= m.flash_bytes) and (
+                m.ram_bytes is None or ram + m.arena_margin_bytes + m.reserved_ram_bytes <= m.ram_bytes):
+            names.append(t.name)
     return names
 
 
@@ -57,12 +86,25 @@ def convert(
     mode: str | None = None,
     calibration: str | None = None,
     calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
+    evaluation: str | None = "auto",
+    max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP,
+    force: bool = False,
     outdir: str | Path | None = None,
     name: str | None = None,
     overwrite: bool = False,
     trust_model: bool = False,
+    per_layer: bool = True,
     on_step: Step = lambda message: None,
+    progress: Progress | None = None,
 ) -> ConvertResult:
+    """Quantize, emulate, check and (if the gate passes, or `force`) emit.
+
+    `evaluation`: held-out data for accuracy; "auto" takes the eval split of a bundled
+    calibration set, None skips accuracy. Raises TargetCheckError (exit 3) after writing
+    the reports when a check fails and `force` is off.
+    """
+    from edgeq.emulator.emulate import emulate
+
     model_path = Path(model_path)
     profile = target if isinstance(target, TargetProfile) else load_target(target)
     name = c_identifier(name or model_path.name.removesuffix(model_path.suffix) or model_path.name)
@@ -71,6 +113,8 @@ def convert(
     recipe = recipe_for(profile, mode, have_calibration=calibration is not None,
                         calibration_samples=calibration_samples)
     data: Dataset | None = load_dataset(calibration) if calibration and recipe.calibration_samples else None
+    eval_spec = default_eval_set(calibration) if evaluation == "auto" else evaluation
+    eval_data = load_dataset(eval_spec, default_split="eval") if eval_spec else None
 
     on_step(f"loading {model_path} (TensorFlow start-up takes a few seconds)")
     from edgeq.loading import load_model
@@ -79,34 +123,85 @@ def convert(
     model = load_model(model_path, trust_model=trust_model)
     if data is not None:
         data = validate_for_model(data, model.input_specs, purpose="calibration")
+    if eval_data is not None:
+        eval_data = validate_for_model(eval_data, model.input_specs, purpose="evaluation")
 
     on_step("converting to float32 (reference size)")
     float_bytes = convert_float32(model)
     used = min(recipe.calibration_samples, data.num_samples) if data else 0
     on_step(f"quantizing: {recipe.mode}" + (f", calibrating on {used} samples of {data.name}" if data else ""))
-    quantized = quantize(model, recipe, data)
+    quantized = quantize(model, recipe, data, progress("calibrating", used) if progress and data else None)
     info = read_tflite(quantized, source=f"{name}.tflite")
 
-    checks = run_checks(info, profile, recipe)
-    failed = [c for c in checks if not c.passed]
-    if failed:
-        lines = "\n".join(f"  - {c.name}: {c.message}" + (f" (try: {c.hint})" if c.hint else "") for c in failed)
-        raise TargetCheckError(f"the converted model does not fit target '{profile.name}':\n{lines}")
+    check_input = CheckInput(info, profile, recipe.mode, recipe.input_dtype, recipe.output_dtype,
+                             max_accuracy_drop=max_accuracy_drop, fitting_targets=fitting_targets)
+    static = {c.name: c for c in run_checks(check_input)}
+    runnable = all(static[n].passed for n in ("mode", "ops", "kernels"))
+    reference = model.predict(list(eval_data.inputs)) if eval_data is not None else None
+    # No host timing here: convert's report must be byte-identical between runs (`edgeq emulate` times it).
+    emulation = emulate(quantized, info, profile, data=eval_data, reference=reference, can_run_tflm=runnable,
+                        host_latency=False, on_step=on_step, **({"progress": progress} if progress else {}))
+    if per_layer:
+        _per_layer(emulation, model, recipe, data, eval_data, on_step)
+    checks = run_checks(replace(check_input, memory=emulation.memory, accuracy=emulation.accuracy))
+    gate = gate_summary(checks, forced=force)
 
-    files: dict[str, bytes] = {f"{name}.tflite": quantized}
-    if profile.runtime == "tflm":
-        files.update(tflm_sources(name, quantized, info.all_op_names,
-                                 alignment=profile.memory.tensor_alignment).files)
-    report = _report(model, model_path, profile, recipe, data, used, float_bytes, info, checks, files)
-    files["report.json"] = render_json(report)
+    files: dict[str, bytes] = {}
+    if gate["passed"] or force:
+        files[f"{name}.tflite"] = quantized
+        if profile.runtime == "tflm":
+            arena = emulation.memory.arena
+            files.update(tflm_sources(name, quantized, info.all_op_names, alignment=profile.memory.tensor_alignment,
+                                      arena=ArenaSize(arena.smallest, emulation.memory.margin) if arena else None
+                                      ).files)
+    report = _report(model, model_path, profile, recipe, data, used, float_bytes, info, checks, gate, emulation,
+                     files)
+    files.update(_render_reports(report))
     on_step(f"writing {len(files)} files to {out}")
     written = write_files_atomically(out, files, overwrite=overwrite)
-    return ConvertResult(name, out, written, profile, recipe, len(float_bytes), len(quantized), info, checks, report)
+    result = ConvertResult(name, out, written, profile, recipe, len(float_bytes), len(quantized), info, checks,
+                           emulation, gate, report)
+    if not gate["passed"] and not force:
+        raise GateError(checks, profile, result, f"no .tflite or C files written; the report is in {out}/report.md")
+    return result
+
+
+class GateError(TargetCheckError):
+    """A check failed (exit 3). Carries the result, so callers can still show what was measured."""
+
+    def __init__(self, checks: list[CheckResult], profile: TargetProfile, result: Any, where: str = "",
+                 hint: str = "--force writes the outputs anyway and marks the report") -> None:
+        failed = [c for c in checks if not c.passed]
+        lines = "\n".join(f"  - {c.name}: {c.message}" + (f"\n    try: {c.hint}" if c.hint else "") for c in failed)
+        super().__init__(f"the model does not pass the checks for target '{profile.name}':\n{lines}"
+                         + (f"\n{where}" if where else ""), hint=hint)
+        self.result = result
+
+
+def _per_layer(emulation: Emulation, model: Any, recipe: Recipe, calibration: Dataset | None,
+               eval_data: Dataset | None, on_step: Step) -> None:
+    """The worst layers by TFLite's QuantizationDebugger (integer modes with calibration data only)."""
+    if recipe.mode != "int8" or calibration is None:
+        emulation.per_layer_note = f"per-layer error needs an int8 model with calibration data (mode {recipe.mode})"
+        return
+    from edgeq.emulator.accuracy import per_layer_errors
+    from edgeq.quantize.ptq import configured_converter
+
+    debug = eval_data or calibration
+    on_step(f"per-layer error: TFLite QuantizationDebugger on {min(64, debug.num_samples)} samples of {debug.name}")
+    layers = per_layer_errors(configured_converter(model, recipe, calibration), list(debug.inputs), samples=64)
+    emulation.per_layer = [layer for layer in layers if layer.rmse_over_scale > 0][:8]  # 0: no requantization
+    emulation.per_layer_note = (f"{len(layers)} quantized layers compared on {min(64, debug.num_samples)} samples of "
+                                f"{debug.name}; the {len(emulation.per_layer)} worst shown")
+
+
+def _render_reports(report: dict[str, Any]) -> dict[str, bytes]:
+    return {"report.json": render_json(report), "report.md": render_markdown(report), "report.png": render_png(report)}
 
 
 def _report(model: Any, model_path: Path, profile: TargetProfile, recipe: Recipe, data: Dataset | None,
-            used: int, float_bytes: bytes, info: ModelInfo, checks: list[CheckResult],
-            files: dict[str, bytes]) -> dict[str, Any]:
+            used: int, float_bytes: bytes, info: ModelInfo, checks: list[CheckResult], gate: dict[str, Any],
+            emulation: Emulation, files: dict[str, bytes]) -> dict[str, Any]:
     return {
         "schema_version": SCHEMA_VERSION,
         "versions": library_versions(),
@@ -121,10 +216,7 @@ def _report(model: Any, model_path: Path, profile: TargetProfile, recipe: Recipe
         "calibration": None if data is None else {
             "name": data.name, "sha256": data.sha256, "samples_available": data.num_samples, "samples_used": used,
         },
-        # File names and hashes only: absolute paths would make reports differ between checkouts.
-        "target": profile.to_dict() | {"source": profile.source.name,
-                                       "chain_files": [p.name for p in profile.chain_files],
-                                       "sha256": {p.name: sha256_path(p) for p in profile.chain_files}},
+        "target": target_dict(profile),
         "recipe": recipe.to_dict(),
         "sizes": {
             "float32_tflite_bytes": len(float_bytes),
@@ -132,13 +224,110 @@ def _report(model: Any, model_path: Path, profile: TargetProfile, recipe: Recipe
             "ratio": round(len(float_bytes) / info.file_bytes, 3),
             "parameter_bytes": info.parameter_bytes,
         },
-        "model": {
-            "fully_integer": info.is_fully_integer,
-            "ops": info.op_counts(),
-            "inputs": [info.tensors[i].to_dict() for i in info.inputs],
-            "outputs": [info.tensors[i].to_dict() for i in info.outputs],
-        },
+        "model": model_dict(info),
+        "emulation": emulation.to_dict(),
         "checks": [c.to_dict() for c in checks],
+        "gate": gate,
         "outputs": {n: hashlib.sha256(b).hexdigest() for n, b in sorted(files.items())},
     }
 
+
+def target_dict(profile: TargetProfile) -> dict[str, Any]:
+    # File names and hashes only: absolute paths would make reports differ between checkouts.
+    return profile.to_dict() | {"source": profile.source.name,
+                                "chain_files": [p.name for p in profile.chain_files],
+                                "sha256": {p.name: sha256_path(p) for p in profile.chain_files}}
+
+
+def model_dict(info: ModelInfo) -> dict[str, Any]:
+    return {
+        "fully_integer": info.is_fully_integer,
+        "ops": info.op_counts(),
+        "inputs": [info.tensors[i].to_dict() for i in info.inputs],
+        "outputs": [info.tensors[i].to_dict() for i in info.outputs],
+    }
+
+
+@dataclass
+class EmulateResult:
+    info: ModelInfo
+    target: TargetProfile
+    checks: list[CheckResult]
+    emulation: Emulation
+    gate: dict[str, Any]
+    report: dict[str, Any] = field(repr=False)
+    files: list[Path] = field(default_factory=list)
+
+
+def emulate_file(
+    tflite_path: str | Path,
+    target: str | TargetProfile = "mcu",
+    *,
+    data: str | None = None,
+    reference: str | Path | None = None,
+    max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP,
+    report_dir: str | Path | None = None,
+    overwrite: bool = False,
+    trust_model: bool = False,
+    on_step: Step = lambda message: None,
+    progress: Progress | None = None,
+) -> EmulateResult:
+    """Check a .tflite converted anywhere against a target: memory, latency, and accuracy on `data`.
+
+    `reference`: the float Keras model it came from, for accuracy drop and output error.
+    Raises GateError (exit 3) when a check fails, after writing the reports to `report_dir`.
+    """
+    from edgeq.emulator.emulate import emulate, infer_mode, input_specs
+    from edgeq.tflite.reader import read_tflite_bytes
+
+    tflite_path = Path(tflite_path)
+    profile = target if isinstance(target, TargetProfile) else load_target(target)
+    if report_dir is not None:
+        check_output_dir(Path(report_dir), list(REPORT_FILES), overwrite=overwrite)
+    model_bytes = read_tflite_bytes(tflite_path)
+    info = read_tflite(model_bytes, source=str(tflite_path))
+    dataset = load_dataset(data, default_split="eval") if data else None
+    if dataset is not None:
+        dataset = validate_for_model(dataset, input_specs(info), purpose="evaluation")
+    outputs = None
+    if reference is not None:
+        from edgeq.loading import load_model
+
+        on_step(f"loading the float reference {reference} (TensorFlow start-up takes a few seconds)")
+        ref_model = load_model(reference, trust_model=trust_model)
+        if dataset is not None:
+            outputs = ref_model.predict(list(validate_for_model(dataset, ref_model.input_specs,
+                                                                purpose="evaluation").inputs))
+    mode = infer_mode(info)
+    input_dtype, output_dtype = profile.io_dtypes(mode)
+    check_input = CheckInput(info, profile, mode, input_dtype, output_dtype, max_accuracy_drop=max_accuracy_drop,
+                             fitting_targets=fitting_targets)
+    static = {c.name: c for c in run_checks(check_input)}
+    runnable = all(static[n].passed for n in ("mode", "ops", "kernels"))
+    emulation = emulate(model_bytes, info, profile, data=dataset, reference=outputs, can_run_tflm=runnable,
+                        on_step=on_step, **({"progress": progress} if progress else {}))
+    emulation.per_layer_note = "per-layer error comes with `edgeq convert`, which has the converter and calibration data"
+    checks = run_checks(replace(check_input, memory=emulation.memory, accuracy=emulation.accuracy))
+    gate = gate_summary(checks)
+    report = {
+        "schema_version": SCHEMA_VERSION,
+        "versions": library_versions(),
+        "input": {"model": tflite_path.name, "format": "tflite", "sha256": sha256_path(tflite_path),
+                  "reference": None if reference is None else {"model": Path(reference).name,
+                                                               "sha256": sha256_path(Path(reference))}},
+        "target": target_dict(profile),
+        "sizes": {"quantized_tflite_bytes": info.file_bytes, "parameter_bytes": info.parameter_bytes},
+        "model": model_dict(info),
+        "emulation": emulation.to_dict(),
+        "checks": [c.to_dict() for c in checks],
+        "gate": gate,
+    }
+    result = EmulateResult(info, profile, checks, emulation, gate, report)
+    if report_dir is not None:
+        on_step(f"writing the report to {report_dir}")
+        result.files = write_files_atomically(Path(report_dir), _render_reports(report), overwrite=overwrite)
+    if not gate["passed"]:
+        where = f"the report is in {report_dir}/report.md" if report_dir is not None else ""
+        raise GateError(checks, profile, result, where, hint="convert again with another mode, QAT or a bigger "
+                                                             "target; `edgeq convert --help` shows the options")
+    return result

@@ -42,3 +42,206 @@ def sha256_path(path: Path) -> str:
 
 def render_json(report: dict[str, Any]) -> bytes:
     return (json.dumps(report, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
+
+
+def kib(n: int | float) -> str:
+    """Bytes for people: 4.3 KiB, 256 KiB, 1 MiB."""
+    if n >= 1 << 20:
+        return f"{n / (1 << 20):,.4g} MiB"
+    return f"{n / 1024:,.4g} KiB"
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.2f}%"
+
+
+def _b(n: int | None) -> str:
+    return "–" if n is None else f"{n:,} B"
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    cells = [[str(c).replace("|", "\\|") for c in row] for row in rows]
+    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
+            *("| " + " | ".join(row) + " |" for row in cells), ""]
+
+
+def render_markdown(report: dict[str, Any]) -> bytes:
+    """report.md: the same facts as report.json, as tables a person reads top to bottom."""
+    emu = report.get("emulation") or {}
+    gate = report.get("gate") or {}
+    target = report["target"]
+    name = report["input"]["model"]
+    verdict = "PASSED" if gate.get("passed") else ("FAILED — outputs written anyway (--force)" if gate.get("forced")
+                                                   else "FAILED — no model files written")
+    out = [f"# edgeq report: {name} for {target['name']}", "",
+           f"**Gate: {verdict}**" + (f" (failed: {', '.join(gate['failed'])})" if gate.get("failed") else ""), "",
+           f"Target `{target['name']}` ({target['description']}), runtime {target['runtime']}, "
+           f"mode {emu.get('mode') or report.get('recipe', {}).get('mode', '?')}.", ""]
+    out += _accuracy_md(emu)
+    out += _sizes_md(report)
+    out += _memory_md(emu)
+    out += _latency_md(emu)
+    out += _per_layer_md(emu)
+    out += ["## Checks", ""]
+    out += _table(["check", "result", "details", "what to try"],
+                  [[c["name"], "skipped" if c.get("skipped") else ("pass" if c["passed"] else "**FAIL**"),
+                    c["message"], c.get("hint") or ""] for c in report.get("checks", [])])
+    out += ["## Reproduce", ""]
+    inputs = [["model", report["input"]["model"], report["input"]["sha256"]]]
+    if report.get("calibration"):
+        inputs.append(["calibration", report["calibration"]["name"], report["calibration"]["sha256"]])
+    if emu.get("data"):
+        inputs.append(["evaluation", emu["data"]["name"], emu["data"]["sha256"]])
+    out += _table(["input", "name", "sha256"], inputs)
+    out += _table(["package", "version"], [[k, v] for k, v in sorted(report["versions"].items())])
+    return ("\n".join(out).rstrip() + "\n").encode()
+
+
+def _accuracy_md(emu: dict[str, Any]) -> list[str]:
+    acc = emu.get("accuracy")
+    out = ["## Accuracy", ""]
+    if not acc:
+        return out + ["Not evaluated: pass evaluation data (`--eval SET`).", ""]
+    out += _table(["", "float (Keras)", f"quantized ({acc['runtime_used']})"],
+                  [["top-1 accuracy", _pct(acc["float_top1"]), _pct(acc["quantized_top1"])]])
+    facts = [f"{acc['samples']} samples of `{emu['data']['name']}`."]
+    if acc.get("drop_points") is not None:
+        facts.append(f"Drop: {acc['drop_points']:+.2f} points.")
+    if acc.get("top1_agreement") is not None:
+        facts.append(f"Top-1 agreement with the float model: {_pct(acc['top1_agreement'])}.")
+    conf = acc.get("confirmation")
+    if conf:
+        same = "bit-identical to LiteRT" if conf["identical"] else "different from LiteRT"
+        facts.append(f"TFLM on the first {conf['samples']} samples was {same}; "
+                     f"the full set ran in {'LiteRT' if acc['runtime_used'] == 'litert' else 'TFLM'}.")
+    if acc.get("note"):
+        facts.append(acc["note"])
+    out += [" ".join(facts), ""]
+    if acc.get("errors"):
+        out += _table(["output", "mean abs error", "max abs error", "SNR (dB)", "cosine"],
+                      [[i, f"{e['mean_abs']:.4g}", f"{e['max_abs']:.4g}", f"{e['snr_db']:.1f}", f"{e['cosine']:.5f}"]
+                       for i, e in enumerate(acc["errors"])])
+    return out
+
+
+def _sizes_md(report: dict[str, Any]) -> list[str]:
+    s = report.get("sizes") or {}
+    rows = []
+    if s.get("float32_tflite_bytes"):
+        rows.append(["float32 .tflite", _b(s["float32_tflite_bytes"])])
+    rows.append(["quantized .tflite", _b(s["quantized_tflite_bytes"])])
+    if s.get("ratio"):
+        rows.append(["ratio", f"{s['ratio']:.2f}x smaller"])
+    rows.append(["parameter bytes", _b(s.get("parameter_bytes"))])
+    return ["## Sizes", "", *_table(["", "bytes"], rows)]
+
+
+def _memory_md(emu: dict[str, Any]) -> list[str]:
+    mem = emu.get("memory")
+    if not mem:
+        return []
+    f, r = mem["flash"], mem["ram"]
+    rows = [["flash", f"model {_b(f['model_bytes'])} + runtime {_b(f['runtime_bytes'])}", _b(f["total_bytes"]),
+             _b(f["budget_bytes"]), _share(f["total_bytes"], f["budget_bytes"])]]
+    need = "not measured" if r["needed_bytes"] is None else f"{r['kind']} {_b(r['needed_bytes'])}"
+    rows.append(["RAM", f"{need} + margin {_b(r['margin_bytes'])} + reserved {_b(r['reserved_bytes'])}",
+                 _b(r["total_bytes"]), _b(r["budget_bytes"]), _share(r["total_bytes"], r["budget_bytes"])])
+    out = ["## Memory", "", *_table(["", "made of", "total", "budget", "used"], rows)]
+    arena = r.get("tflm_arena")
+    if arena:
+        out += [f"TFLite Micro arena: smallest that runs **{arena['smallest']:,} B** (search of {arena['trials']} "
+                f"trials, each in a child process); the recording allocator reported {arena['recorded_total']:,} B "
+                f"(head {arena['recorded_head']:,} B planned activations, tail {arena['recorded_tail']:,} B "
+                f"persistent). The C files declare `kTensorArenaSize` = {r['firmware_arena_bytes']:,} B "
+                f"(smallest + margin).", ""]
+    act = r.get("litert_activations")
+    if act:
+        out += [f"LiteRT peak activations: {act['peak_bytes']:,} B at op #{act['peak_op_index']} "
+                f"({act['peak_op_name']}); without reuse all activations would take "
+                f"{act['total_activation_bytes']:,} B.", ""]
+    if r.get("note"):
+        out += [f"Note: {r['note']}", ""]
+    return out
+
+
+def _share(used: int, budget: int | None) -> str:
+    return "–" if not budget else f"{100 * used / budget:.1f}%"
+
+
+def _latency_md(emu: dict[str, Any]) -> list[str]:
+    lat = emu.get("latency")
+    if not lat:
+        return []
+    out = ["## Latency", "",
+           f"Estimated **{lat['total_ms']:.4g} ms** per inference on the device at {lat['clock_mhz']:g} MHz "
+           f"({lat['total_macs']:,} MACs; cycles per MAC from the target profile).", ""]
+    out += _table(["op kind", "ops", "MACs", "est. ms"],
+                  [[k, v["ops"], f"{v['macs']:,}", f"{v['ms']:.4g}"] for k, v in lat["by_kind"].items()])
+    slow = sorted(lat["ops"], key=lambda o: -o["ms"])[:5]
+    out += _table(["slowest ops", "kind", "MACs", "est. ms"],
+                  [[f"#{o['index']} {o['op']}", o["kind"], f"{o['macs']:,}", f"{o['ms']:.4g}"] for o in slow])
+    host = emu.get("host_latency")
+    if host:
+        out += [f"Measured on this host in LiteRT (1 thread): median {host['median_us']:.1f} µs, "
+                f"p90 {host['p90_us']:.1f} µs over {host['runs']} runs.", ""]
+    return out
+
+
+def _per_layer_md(emu: dict[str, Any]) -> list[str]:
+    layers = (emu.get("per_layer") or {}).get("worst") or []
+    note = (emu.get("per_layer") or {}).get("note")
+    out = ["## Per-layer error", ""]
+    if not layers:
+        return out + [note or "Not available.", ""]
+    out += ["Where quantization loses most, from TFLite's QuantizationDebugger (each layer's int8 output against "
+            "its float output for the same input; RMSE/scale near 0.29 is pure rounding noise).", ""]
+    out += _table(["layer", "op", "RMSE/scale", "mean abs error", "max abs error"],
+                  [[l["layer"], l["op"], f"{l['rmse_over_scale']:.3f}", f"{l['mean_abs_error']:.4g}",
+                    f"{l['max_abs_error']:.4g}"] for l in layers])
+    return out + ([note, ""] if note else [])
+
+
+def render_png(report: dict[str, Any]) -> bytes:
+    """report.png: per-layer error, size and accuracy before and after (matplotlib, Agg, no timestamps)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    emu = report.get("emulation") or {}
+    fig = Figure(figsize=(12, 4), dpi=100, layout="constrained")
+    ax_layers, ax_size, ax_acc = fig.subplots(1, 3, width_ratios=[2, 1, 1])
+    layers = (emu.get("per_layer") or {}).get("worst") or []
+    if layers:
+        names = [_shorten(l["layer"]) for l in layers][::-1]
+        ax_layers.barh(names, [l["rmse_over_scale"] for l in layers][::-1], color="#d95f02")
+        ax_layers.axvline(0.29, color="grey", linestyle="--", linewidth=1, label="rounding noise")
+        ax_layers.legend(loc="lower right", fontsize=8)
+        ax_layers.tick_params(axis="y", labelsize=7)
+    else:
+        ax_layers.text(0.5, 0.5, "per-layer error not available", ha="center", va="center")
+    ax_layers.set_title("Per-layer error (RMSE / scale), worst first")
+    sizes = report.get("sizes") or {}
+    bars = [("float32", sizes.get("float32_tflite_bytes")), ("quantized", sizes.get("quantized_tflite_bytes"))]
+    bars = [(k, v) for k, v in bars if v]
+    ax_size.bar([k for k, _ in bars], [v / 1024 for _, v in bars], color=["#7570b3", "#1b9e77"][-len(bars):])
+    ax_size.set_title("Model size (KiB)")
+    acc = emu.get("accuracy") or {}
+    points = [("float", acc.get("float_top1")), ("quantized", acc.get("quantized_top1"))]
+    points = [(k, v) for k, v in points if v is not None]
+    if points:
+        ax_acc.bar([k for k, _ in points], [100 * v for _, v in points], color=["#7570b3", "#1b9e77"][-len(points):])
+        low = min(100 * v for _, v in points)
+        ax_acc.set_ylim(max(0, low - 10), 100)
+    else:
+        ax_acc.text(0.5, 0.5, "no labelled evaluation data", ha="center", va="center")
+    ax_acc.set_title("Top-1 accuracy (%)")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def _shorten(name: str, limit: int = 40) -> str:
+    return name if len(name) <= limit else "…" + name[-(limit - 1):]

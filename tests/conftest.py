@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Before any test imports TensorFlow: the float reference outputs must match the CLI's bit for bit.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -47,7 +47,7 @@ def test_mcu_outputs_are_tflm_ready(converted):
     names = sorted(p.name for p in result.outdir.iterdir())
     assert names == sorted([
         "my_model_2.tflite", "my_model_2_model_data.cc", "my_model_2_model_data.h",
-        "my_model_2_op_resolver.h", "report.json",
+        "my_model_2_op_resolver.h", "report.json", "report.md", "report.png",
     ])
     info = read_tflite_file(result.outdir / "my_model_2.tflite")
     assert info.is_fully_integer
@@ -123,7 +123,8 @@ int main(int argc, char** argv) {
   if (reinterpret_cast<std::uintptr_t>(g_my_model_2_model_data) % 16 != 0) { std::printf("misaligned\n"); return 3; }
   auto resolver = make_my_model_2_op_resolver();
   if (resolver.added != k_my_model_2_op_count) { std::printf("ops %u\n", resolver.added); return 4; }
-  std::printf("ok %u bytes, %u ops\n", g_my_model_2_model_data_size, resolver.added);
+  std::printf("ok %u bytes, %u ops, arena %u\n", g_my_model_2_model_data_size, resolver.added,
+              k_my_model_2_tensor_arena_size);
   return 0;
 }
 """
@@ -159,6 +160,8 @@ def test_c_arrays_compile_and_match_the_tflite(converted, tmp_path):
     run = subprocess.run([str(exe), str(out / "my_model_2.tflite")], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout
     assert run.stdout.startswith("ok ")
+    arena = converted["mcu"].report["emulation"]["memory"]["ram"]["firmware_arena_bytes"]
+    assert run.stdout.strip().endswith(f"arena {arena}")
 
 
 def test_cli_run_is_byte_identical_to_library_run(converted, keras3_model_path, tmp_path):
@@ -233,4 +236,5 @@ def test_flash_budget_exceeded_is_a_target_check_failure(keras3_model_path, tmp_
     proc = run_edgeq("convert", str(keras3_model_path), "--target", str(board), "-c", "digits", "-o", str(tmp_path / "o"))
     assert proc.returncode == 3, proc.stderr
     assert "flash" in proc.stderr and "exceeds" in proc.stderr and "Traceback" not in proc.stderr
-    assert not (tmp_path / "o").exists()
+    # The gate writes the report, never the model files.
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["report.json", "report.md", "report.png"]

@@ -1,0 +1,187 @@
+"""emulate(): a quantized model in the runtime its device uses, measured before anything is emitted.
+
+Memory (flash, and the exact TFLM arena or LiteRT's peak activations), latency (MACs x the
+target's cycle costs, plus LiteRT on this host) and, with data, accuracy against the float
+model. The results feed the checks in edgeq/checks.py; nothing here decides pass or fail.
+
+TFLM runs in this process only after the arena search ran the model in a child process:
+an unsupported or malformed model must not take the caller down with it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from edgeq._tf import captured_output
+from edgeq.calibration import Dataset, InputSpec
+from edgeq.emulator.accuracy import AccuracyMetrics, Evaluation, LayerError, compare, evaluate
+from edgeq.emulator.latency import HostLatency, LatencyEstimate, estimate_latency, measure_host_latency
+from edgeq.emulator.memory import ActivationMemory, ArenaMeasurement, measure_tflm_arena, peak_activation_memory
+from edgeq.errors import TargetCheckError
+from edgeq.targets import TargetProfile
+from edgeq.tflite.reader import FLOAT_DTYPES, ModelInfo
+
+Progress = Callable[[str, int], Callable[[int], None]]  # (label, total) -> advance(n_done)
+
+
+def _no_progress(label: str, total: int) -> Callable[[int], None]:
+    return lambda done: None
+
+
+@dataclass(frozen=True)
+class MemoryReport:
+    flash_model: int
+    flash_runtime: int
+    flash_budget: int | None
+    ram_label: str                 # "arena" (TFLM) or "peak activations" (LiteRT)
+    ram_needed: int | None         # None: could not be measured (see note)
+    margin: int
+    reserved: int
+    ram_budget: int | None
+    arena: ArenaMeasurement | None = None
+    activations: ActivationMemory | None = None
+    note: str = ""
+    attempted: bool = True         # False: not measured because static checks already ruled TFLM out
+
+    @property
+    def flash_total(self) -> int:
+        return self.flash_model + self.flash_runtime
+
+    @property
+    def ram_total(self) -> int:
+        return (self.ram_needed or 0) + self.margin + self.reserved
+
+    @property
+    def firmware_arena(self) -> int | None:
+        """The kTensorArenaSize written into the C files: measured smallest + the target's margin."""
+        return None if self.arena is None else self.arena.smallest + self.margin
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "flash": {"model_bytes": self.flash_model, "runtime_bytes": self.flash_runtime,
+                      "total_bytes": self.flash_total, "budget_bytes": self.flash_budget},
+            "ram": {"kind": self.ram_label, "needed_bytes": self.ram_needed, "margin_bytes": self.margin,
+                    "reserved_bytes": self.reserved, "total_bytes": self.ram_total, "budget_bytes": self.ram_budget,
+                    "firmware_arena_bytes": self.firmware_arena,
+                    "tflm_arena": None if self.arena is None else self.arena.to_dict(),
+                    "litert_activations": None if self.activations is None else self.activations.to_dict(),
+                    "note": self.note},
+        }
+
+
+@dataclass
+class Emulation:
+    target: TargetProfile
+    mode: str
+    memory: MemoryReport
+    latency: LatencyEstimate
+    host: HostLatency | None = None
+    data: dict[str, Any] | None = None
+    evaluation: Evaluation | None = None
+    accuracy: AccuracyMetrics | None = None
+    per_layer: list[LayerError] = field(default_factory=list)
+    per_layer_note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        ev = self.evaluation
+        return {
+            "mode": self.mode,
+            "runtime": self.target.runtime,
+            "data": self.data,
+            "accuracy": None if self.accuracy is None else self.accuracy.to_dict() | {
+                "runtime_used": ev.runtime_used if ev else None,
+                "batched": ev.result.batched if ev else None,
+                "confirmation": ev.confirmation if ev else None,
+                "note": ev.result.note if ev else "",
+            },
+            "per_layer": {"worst": [e.to_dict() for e in self.per_layer], "note": self.per_layer_note},
+            "memory": self.memory.to_dict(),
+            "latency": self.latency.to_dict(),
+            # Wall-clock on this machine: differs from run to run, unlike everything else in the report.
+            "host_latency": None if self.host is None else self.host.to_dict() | {"varies_between_runs": True},
+        }
+
+
+def infer_mode(info: ModelInfo) -> str:
+    """The quantization mode a .tflite was converted in, from its tensors' dtypes."""
+    if any(t.dtype == "float16" for t in info.tensors):
+        return "float16"
+    edges = set(info.inputs) | set(info.outputs)
+    acts = {t.dtype for t in info.tensors if not t.is_constant and t.index not in edges}
+    acts = acts or {t.dtype for t in info.tensors if not t.is_constant}
+    int_weights = any(t.is_constant and t.dtype in ("int8", "int4") for t in info.tensors)
+    if acts & set(FLOAT_DTYPES):
+        return "dynamic" if int_weights else "float32"
+    return "int16x8" if "int16" in acts else "int8"
+
+
+def input_specs(info: ModelInfo) -> list[InputSpec]:
+    """What data for this .tflite must look like: float samples of each input's shape."""
+    return [InputSpec(t.name, (None, *(d if d > 0 else None for d in t.shape[1:])), "float32")
+            for t in info.input_tensors]
+
+
+def measure_memory(model: bytes, info: ModelInfo, target: TargetProfile, *, can_run_tflm: bool,
+                   source: str) -> MemoryReport:
+    m = target.memory
+    common = dict(flash_model=len(model), flash_runtime=m.runtime_flash_bytes, flash_budget=m.flash_bytes,
+                  reserved=m.reserved_ram_bytes, ram_budget=m.ram_bytes)
+    if target.runtime != "tflm":
+        act = peak_activation_memory(info, alignment=m.tensor_alignment)
+        return MemoryReport(ram_label="peak activations", ram_needed=act.peak_bytes, margin=m.arena_margin_bytes,
+                            activations=act, **common)
+    if not can_run_tflm:
+        return MemoryReport(ram_label="arena", ram_needed=None, margin=m.arena_margin_bytes, attempted=False,
+                            note="TFLM cannot run this model (see the failed checks)", **common)
+    try:
+        arena = measure_tflm_arena(model, source=source)
+    except TargetCheckError as exc:
+        return MemoryReport(ram_label="arena", ram_needed=None, margin=m.arena_margin_bytes, note=exc.message,
+                            **common)
+    return MemoryReport(ram_label="arena", ram_needed=arena.smallest, margin=m.arena_margin_bytes, arena=arena,
+                        **common)
+
+
+def emulate(
+    model: bytes,
+    info: ModelInfo,
+    target: TargetProfile,
+    *,
+    data: Dataset | None = None,
+    reference: Sequence[np.ndarray] | None = None,
+    can_run_tflm: bool = True,
+    confirm_samples: int = 100,
+    host_latency: bool = True,
+    on_step: Callable[[str], None] = lambda message: None,
+    progress: Progress = _no_progress,
+) -> Emulation:
+    """Measure `model` (already read back as `info`) for `target`; evaluate it on `data` if given.
+
+    `reference`: the float model's outputs on `data` (one array per output), for accuracy drop
+    and output error. `can_run_tflm`: False when static checks found ops or kernels TFLM lacks.
+    """
+    mode = infer_mode(info)
+    if target.runtime == "tflm" and can_run_tflm:
+        on_step("measuring the exact tensor arena in TFLite Micro (each trial in a child process)")
+    memory = measure_memory(model, info, target, can_run_tflm=can_run_tflm, source=info.source)
+    tflm_ok = target.runtime == "tflm" and memory.arena is not None
+    result = Emulation(target=target, mode=mode, memory=memory, latency=estimate_latency(info, target))
+    if host_latency:
+        with captured_output():  # LiteRT announces its XNNPACK delegate on stderr
+            result.host = measure_host_latency(model)
+    if data is None:
+        return result
+    runtime = "tflm" if tflm_ok else "litert"
+    note = "" if tflm_ok or target.runtime != "tflm" else " (TFLM cannot run it; LiteRT instead)"
+    on_step(f"evaluating on {data.num_samples} samples of {data.name} in {runtime}{note}")
+    arena = memory.firmware_arena if tflm_ok else None
+    result.evaluation = evaluate(model, list(data.inputs), runtime=runtime, confirm_samples=confirm_samples,
+                                 arena_size=arena, on_progress=progress("evaluating", data.num_samples))
+    result.accuracy = compare(None if reference is None else list(reference), result.evaluation.result.outputs,
+                              data.labels)
+    result.data = {"name": data.name, "sha256": data.sha256, "samples": data.num_samples,
+                   "labels": data.labels is not None}
+    return result
