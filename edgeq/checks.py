@@ -43,7 +43,7 @@ class CheckInput:
     memory: MemoryReport | None = None
     accuracy: AccuracyMetrics | None = None
     max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP
-    fitting_targets: Callable[[int, int], list[str]] | None = None  # (flash, ram) -> names that fit
+    fitting_targets: Callable[[int, int, str | None], list[str]] | None = None  # (flash, ram, runtime) -> fits
 
 
 def _ok(name: str, message: str) -> CheckResult:
@@ -160,7 +160,10 @@ def check_io_dtypes(c: CheckInput) -> CheckResult:
 
 
 def _elsewhere(c: CheckInput, flash: int, ram: int) -> str:
-    fits = c.fitting_targets(flash, ram) if c.fitting_targets else []
+    """Bundled targets that would hold the model: same runtime first, else any."""
+    if not c.fitting_targets:
+        return ""
+    fits = c.fitting_targets(flash, ram, c.target.runtime) or c.fitting_targets(flash, ram, None)
     return f"; fits: {', '.join(fits)}" if fits else ""
 
 
@@ -214,7 +217,8 @@ def check_accuracy(c: CheckInput) -> CheckResult:
     if acc is None:
         return _skip("accuracy", "not evaluated (no --eval data)")
     if acc.drop_points is None:
-        why = "no labels in the data" if acc.quantized_top1 is None else "no float reference model"
+        why = ("no top-1 accuracy (no labels in the data, or the first output is not a vector of class scores)"
+               if acc.quantized_top1 is None else "no float reference model")
         return _skip("accuracy", f"drop not checked: {why}")
     summary = (f"float {100 * acc.float_top1:.2f}% -> quantized {100 * acc.quantized_top1:.2f}% "
                f"on {acc.samples} samples: drop {acc.drop_points:+.2f} points")
@@ -222,7 +226,7 @@ def check_accuracy(c: CheckInput) -> CheckResult:
         return CheckResult(
             "accuracy", False,
             f"{summary}, over the limit of {c.max_accuracy_drop:g} by {acc.drop_points - c.max_accuracy_drop:.2f}",
-            "try more or more typical calibration data (--calibration-samples), --mode int16x8 where the "
+            "more or more typical calibration data (--calibration-samples), --mode int16x8 where the "
             "target allows it, quantization-aware training, or raise --max-accuracy-drop if this is acceptable",
         )
     return _ok("accuracy", f"{summary} (limit {c.max_accuracy_drop:g})")

@@ -68,8 +68,11 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}%"
 
 
-def _summary(report: dict[str, Any]) -> None:
+def _summary(report: dict[str, Any], err: bool = False) -> None:
     """The report's key facts in the terminal: accuracy, size, memory vs budget, latency, gate."""
+    def echo(text: str) -> None:
+        click.echo(text, err=err)
+
     emu = report["emulation"]
     mode = emu["mode"]
     acc = emu.get("accuracy")
@@ -89,37 +92,38 @@ def _summary(report: dict[str, Any]) -> None:
             line += f" (TFLM: LiteRT differed on the first {conf['samples']})"
         else:
             line += f" ({acc['runtime_used']})"
-        click.echo(line)
+        echo(line)
     sizes = report["sizes"]
     if sizes.get("float32_tflite_bytes"):
-        click.echo(f"  size      float32 {kib(sizes['float32_tflite_bytes'])} -> {mode} "
+        echo(f"  size      float32 {kib(sizes['float32_tflite_bytes'])} -> {mode} "
                    f"{kib(sizes['quantized_tflite_bytes'])} ({sizes['ratio']:.2f}x smaller)")
     mem = emu["memory"]
     f, r = mem["flash"], mem["ram"]
     budget = f" of {kib(f['budget_bytes'])} ({100 * f['total_bytes'] / f['budget_bytes']:.1f}%)" if f["budget_bytes"] else ""
-    click.echo(f"  flash     model {f['model_bytes']:,} B + runtime {kib(f['runtime_bytes'])} = {kib(f['total_bytes'])}{budget}")
+    echo(f"  flash     model {f['model_bytes']:,} B + runtime {kib(f['runtime_bytes'])} = {kib(f['total_bytes'])}{budget}")
     if r["needed_bytes"] is None:
-        click.echo(f"  RAM       not measured: {r['note']}")
+        echo(f"  RAM       not measured: {r['note']}")
     else:
-        exact = " (exact, TFLM)" if r["tflm_arena"] else ""
+        exact = " (smallest that runs in TFLM)" if r["tflm_arena"] else ""
         budget = f" of {kib(r['budget_bytes'])} ({100 * r['total_bytes'] / r['budget_bytes']:.1f}%)" if r["budget_bytes"] else ""
-        click.echo(f"  RAM       {r['kind']} {r['needed_bytes']:,} B{exact} + margin {r['margin_bytes']:,} B + reserved "
+        echo(f"  RAM       {r['kind']} {r['needed_bytes']:,} B{exact} + margin {r['margin_bytes']:,} B + reserved "
                    f"{kib(r['reserved_bytes'])} = {kib(r['total_bytes'])}{budget}")
     lat = emu["latency"]
     line = f"  latency   ~{lat['total_ms']:.3g} ms estimated on {report['target']['cpu']} @ {lat['clock_mhz']:g} MHz"
     if emu.get("host_latency"):
         line += f"; {emu['host_latency']['median_us']:.0f} µs measured on this host (LiteRT)"
-    click.echo(line)
+    echo(line)
     layers = (emu.get("per_layer") or {}).get("worst") or []
     if layers:
         worst = layers[0]
-        click.echo(f"  per-layer worst: {worst['op']} '{worst['layer'][:48]}' RMSE/scale {worst['rmse_over_scale']:.2f}")
+        echo(f"  per-layer worst: {worst['op']} '{worst['layer'][:48]}' RMSE/scale {worst['rmse_over_scale']:.2f}")
     for c in report["checks"]:
-        mark = click.style("ok  ", fg="green") if c["passed"] else click.style("FAIL", fg="red")
-        click.echo(f"  {mark} {c['name']:<13} {c['message']}")
+        mark = (click.style("skip", fg="yellow") if c.get("skipped") else click.style("ok  ", fg="green")
+                if c["passed"] else click.style("FAIL", fg="red"))
+        echo(f"  {mark} {c['name']:<13} {c['message']}")
     gate = report["gate"]
     verdict = click.style("PASSED", fg="green") if gate["passed"] else click.style("FAILED", fg="red")
-    click.echo(f"  gate      {verdict}" + (" (outputs written anyway: --force)" if gate.get("forced") else ""))
+    echo(f"  gate      {verdict}" + (" (outputs written anyway: --force)" if gate.get("forced") else ""))
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -195,7 +199,7 @@ def convert(model: Path, target: str, mode: str | None, calibration: str | None,
                              progress=_progress_factory(quiet=False))
     except GateError as exc:
         click.echo(f"\n{model} does not fit {exc.result.target.name}:", err=True)
-        _summary(exc.result.report)
+        _summary(exc.result.report, err=True)
         raise
     click.echo(f"\nconverted {model} for {result.target.name} ({result.recipe.mode}, {result.target.runtime})")
     _summary(result.report)
@@ -242,17 +246,18 @@ def emulate(model: Path, target: str, data: str | None, reference: Path | None, 
                               report_dir=report_dir, overwrite=overwrite, trust_model=trust_model, on_step=step,
                               progress=_progress_factory(quiet=as_json))
     except GateError as exc:
-        _show_emulation(exc.result, as_json)
+        _show_emulation(exc.result, as_json, err=True)
         raise
     _show_emulation(result, as_json)
 
 
-def _show_emulation(result: Any, as_json: bool) -> None:
+def _show_emulation(result: Any, as_json: bool, err: bool = False) -> None:
     if as_json:
         click.echo(json.dumps(result.report, indent=2, sort_keys=True))
         return
-    click.echo(f"\n{result.info.source} on {result.target.name} ({result.emulation.mode}, {result.target.runtime})")
-    _summary(result.report)
+    click.echo(f"\n{result.info.source} on {result.target.name} ({result.emulation.mode}, {result.target.runtime})",
+               err=err)
+    _summary(result.report, err=err)
     for path in result.files:
         click.echo(f"  wrote {path}")
 
@@ -304,6 +309,7 @@ def export_c(file: Path, outdir: Path, name: str | None, alignment: int, arena_m
     names = [f"{ident}_model_data.cc", f"{ident}_model_data.h", f"{ident}_op_resolver.h"]
     check_output_dir(outdir, names, overwrite=overwrite)
     tflm_sources(ident, data, info.all_op_names, alignment=alignment)  # fails fast on ops TFLM lacks
+    _require_tflm_kernels(info)
     arena = measure_tflm_arena(data, source=str(file))
     sources = tflm_sources(ident, data, info.all_op_names, alignment=alignment,
                            arena=ArenaSize(arena.smallest, arena_margin))
@@ -311,6 +317,19 @@ def export_c(file: Path, outdir: Path, name: str | None, alignment: int, arena_m
     click.echo(f"tensor arena: {arena.smallest:,} B measured in TFLite Micro + {arena_margin:,} B margin")
     for path in written:
         click.echo(f"wrote {path}")
+
+
+def _require_tflm_kernels(info: Any) -> None:
+    """float16 and hybrid models have no TFLM kernels: say so before trying to run them."""
+    from edgeq.checks import CheckInput, check_kernels
+    from edgeq.emulator.emulate import infer_mode
+    from edgeq.errors import TargetCheckError
+    from edgeq.targets import load_target
+
+    mode = infer_mode(info)
+    result = check_kernels(CheckInput(info, load_target("mcu"), mode, "int8", "int8"))
+    if not result.passed:
+        raise TargetCheckError(f"{info.source} is a {mode} model: {result.message}", hint=result.hint)
 
 
 @main.group()

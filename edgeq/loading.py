@@ -120,7 +120,7 @@ def _load_keras(path: Path, fmt: str, loader: Callable[[Path], Any], trust: bool
         InputSpec(name=str(getattr(t, "name", f"input_{i}")), shape=tuple(t.shape), dtype=_dtype_name(t.dtype))
         for i, t in enumerate(model.inputs)
     ]
-    tfm = tf()
+    tf()  # TensorFlow initialised (quietly) before the first call into the model
 
     def predict(xs: list[np.ndarray]) -> list[np.ndarray]:
         out = model(xs if len(xs) > 1 else xs[0], training=False)

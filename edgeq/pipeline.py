@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from edgeq.calibration import Dataset, list_bundled, load_dataset, validate_for_model
 from edgeq.checks import DEFAULT_MAX_ACCURACY_DROP, CheckInput, CheckResult, gate_summary, run_checks
-from edgeq.errors import TargetCheckError
+from edgeq.errors import CalibrationError, ModelLoadError, TargetCheckError
 from edgeq.export.atomic import check_output_dir, write_files_atomically
 from edgeq.export.c_arrays import ArenaSize, c_identifier, tflm_sources
 from edgeq.quantize.recipe import DEFAULT_CALIBRATION_SAMPLES, Recipe, recipe_for
@@ -68,10 +68,13 @@ def default_eval_set(calibration: str | None) -> str | None:
     return None
 
 
-def fitting_targets(flash: int, ram: int) -> list[str]:
-    """Bundled targets whose budgets hold `flash` model bytes and `ram` arena/activation bytes."""
+def fitting_targets(flash: int, ram: int, runtime: str | None = None) -> list[str]:
+    """Bundled targets (of `runtime`, if given) whose budgets hold `flash` model bytes and `ram`
+    arena/activation bytes."""
     names = []
     for t in load_all():
+        if runtime and t.runtime != runtime:
+            continue
         m = t.memory
         if (m.flash_bytes is None or flash + m.runtime_flash_bytes <= m.flash_bytes) and (
                 m.ram_bytes is None or ram + m.arena_margin_bytes + m.reserved_ram_bytes <= m.ram_bytes):
@@ -103,8 +106,6 @@ def convert(
     calibration set, None skips accuracy. Raises TargetCheckError (exit 3) after writing
     the reports when a check fails and `force` is off.
     """
-    from edgeq.emulator.emulate import emulate
-
     model_path = Path(model_path)
     profile = target if isinstance(target, TargetProfile) else load_target(target)
     name = c_identifier(name or model_path.name.removesuffix(model_path.suffix) or model_path.name)
@@ -133,17 +134,13 @@ def convert(
     quantized = quantize(model, recipe, data, progress("calibrating", used) if progress and data else None)
     info = read_tflite(quantized, source=f"{name}.tflite")
 
-    check_input = CheckInput(info, profile, recipe.mode, recipe.input_dtype, recipe.output_dtype,
-                             max_accuracy_drop=max_accuracy_drop, fitting_targets=fitting_targets)
-    static = {c.name: c for c in run_checks(check_input)}
-    runnable = all(static[n].passed for n in ("mode", "ops", "kernels"))
     reference = model.predict(list(eval_data.inputs)) if eval_data is not None else None
     # No host timing here: convert's report must be byte-identical between runs (`edgeq emulate` times it).
-    emulation = emulate(quantized, info, profile, data=eval_data, reference=reference, can_run_tflm=runnable,
-                        host_latency=False, on_step=on_step, **({"progress": progress} if progress else {}))
-    if per_layer:
-        _per_layer(emulation, model, recipe, data, eval_data, on_step)
-    checks = run_checks(replace(check_input, memory=emulation.memory, accuracy=emulation.accuracy))
+    checks, emulation = emulate_and_check(
+        quantized, info, profile, CheckInput(info, profile, recipe.mode, recipe.input_dtype, recipe.output_dtype,
+                                             max_accuracy_drop=max_accuracy_drop, fitting_targets=fitting_targets),
+        data=eval_data, reference=reference, host_latency=False, on_step=on_step, progress=progress,
+        per_layer=(lambda em: _per_layer(em, model, recipe, data, eval_data, on_step)) if per_layer else None)
     gate = gate_summary(checks, forced=force)
 
     files: dict[str, bytes] = {}
@@ -158,12 +155,31 @@ def convert(
                      files)
     files.update(_render_reports(report))
     on_step(f"writing {len(files)} files to {out}")
-    written = write_files_atomically(out, files, overwrite=overwrite)
+    # A rejected model must not sit next to a report that rejects it (left by an earlier run).
+    stale = [n for n in output_names(name, profile) if n not in files]
+    written = write_files_atomically(out, files, overwrite=overwrite, remove=stale)
     result = ConvertResult(name, out, written, profile, recipe, len(float_bytes), len(quantized), info, checks,
                            emulation, gate, report)
     if not gate["passed"] and not force:
         raise GateError(checks, profile, result, f"no .tflite or C files written; the report is in {out}/report.md")
     return result
+
+
+def emulate_and_check(model: bytes, info: ModelInfo, profile: TargetProfile, check_input: CheckInput, *,
+                      data: Dataset | None, reference: list[Any] | None, host_latency: bool, on_step: Step,
+                      progress: Progress | None,
+                      per_layer: Callable[[Emulation], None] | None = None) -> tuple[list[CheckResult], Emulation]:
+    """Static checks, then the emulator (TFLM only if they allow it), then every check again."""
+    from edgeq.emulator.emulate import emulate
+
+    static = {c.name: c for c in run_checks(check_input)}
+    runnable = all(static[n].passed for n in ("mode", "ops", "kernels"))
+    emulation = emulate(model, info, profile, data=data, reference=reference, can_run_tflm=runnable,
+                        host_latency=host_latency, on_step=on_step, **({"progress": progress} if progress else {}))
+    if per_layer:
+        per_layer(emulation)
+    checks = run_checks(replace(check_input, memory=emulation.memory, accuracy=emulation.accuracy))
+    return checks, emulation
 
 
 class GateError(TargetCheckError):
@@ -189,8 +205,13 @@ def _per_layer(emulation: Emulation, model: Any, recipe: Recipe, calibration: Da
 
     debug = eval_data or calibration
     on_step(f"per-layer error: TFLite QuantizationDebugger on {min(64, debug.num_samples)} samples of {debug.name}")
-    layers = per_layer_errors(configured_converter(model, recipe, calibration), list(debug.inputs), samples=64)
-    emulation.per_layer = [layer for layer in layers if layer.rmse_over_scale > 0][:8]  # 0: no requantization
+    try:
+        layers = per_layer_errors(configured_converter(model, recipe, calibration), list(debug.inputs), samples=64)
+    except Exception as exc:  # diagnostic only (and on the debugger's private API): never fail a convert
+        emulation.per_layer_note = f"TFLite's QuantizationDebugger failed: {type(exc).__name__}: {str(exc)[:200]}"
+        return
+    # Ops that only move int8 values (RESHAPE, MAX_POOL_2D) show float round-off, not quantization error.
+    emulation.per_layer = [layer for layer in layers if layer.rmse_over_scale > 1e-3][:8]
     emulation.per_layer_note = (f"{len(layers)} quantized layers compared on {min(64, debug.num_samples)} samples of "
                                 f"{debug.name}; the {len(emulation.per_layer)} worst shown")
 
@@ -277,10 +298,13 @@ def emulate_file(
     `reference`: the float Keras model it came from, for accuracy drop and output error.
     Raises GateError (exit 3) when a check fails, after writing the reports to `report_dir`.
     """
-    from edgeq.emulator.emulate import emulate, infer_mode, input_specs
+    from edgeq.emulator.emulate import infer_mode, input_specs
     from edgeq.tflite.reader import read_tflite_bytes
 
     tflite_path = Path(tflite_path)
+    if reference is not None and not data:
+        raise CalibrationError("--reference needs --data: the float model is compared on that data",
+                               hint="add --data SET (a bundled set such as 'digits', or your .npz)")
     profile = target if isinstance(target, TargetProfile) else load_target(target)
     if report_dir is not None:
         check_output_dir(Path(report_dir), list(REPORT_FILES), overwrite=overwrite)
@@ -295,6 +319,11 @@ def emulate_file(
 
         on_step(f"loading the float reference {reference} (TensorFlow start-up takes a few seconds)")
         ref_model = load_model(reference, trust_model=trust_model)
+        theirs = [tuple(s.shape[1:]) for s in ref_model.input_specs]
+        ours = [tuple(s.shape[1:]) for s in input_specs(info)]
+        if theirs != ours:
+            raise ModelLoadError(f"{reference}: the reference model takes inputs {theirs}, but {tflite_path.name} "
+                                 f"takes {ours}", hint="pass --reference the Keras model this .tflite was converted from")
         if dataset is not None:
             outputs = ref_model.predict(list(validate_for_model(dataset, ref_model.input_specs,
                                                                 purpose="evaluation").inputs))
@@ -302,12 +331,9 @@ def emulate_file(
     input_dtype, output_dtype = profile.io_dtypes(mode)
     check_input = CheckInput(info, profile, mode, input_dtype, output_dtype, max_accuracy_drop=max_accuracy_drop,
                              fitting_targets=fitting_targets)
-    static = {c.name: c for c in run_checks(check_input)}
-    runnable = all(static[n].passed for n in ("mode", "ops", "kernels"))
-    emulation = emulate(model_bytes, info, profile, data=dataset, reference=outputs, can_run_tflm=runnable,
-                        on_step=on_step, **({"progress": progress} if progress else {}))
+    checks, emulation = emulate_and_check(model_bytes, info, profile, check_input, data=dataset, reference=outputs,
+                                          host_latency=True, on_step=on_step, progress=progress)
     emulation.per_layer_note = "per-layer error comes with `edgeq convert`, which has the converter and calibration data"
-    checks = run_checks(replace(check_input, memory=emulation.memory, accuracy=emulation.accuracy))
     gate = gate_summary(checks)
     report = {
         "schema_version": SCHEMA_VERSION,

@@ -152,8 +152,10 @@ def _memory_md(emu: dict[str, Any]) -> list[str]:
         out += [f"TFLite Micro arena: smallest that runs **{arena['smallest']:,} B** (search of {arena['trials']} "
                 f"trials, each in a child process); the recording allocator reported {arena['recorded_total']:,} B "
                 f"(head {arena['recorded_head']:,} B planned activations, tail {arena['recorded_tail']:,} B "
-                f"persistent). The C files declare `kTensorArenaSize` = {r['firmware_arena_bytes']:,} B "
-                f"(smallest + margin).", ""]
+                f"persistent). Measured in TFLM's host build (reference kernels, 64-bit pointers): on the device, "
+                f"optimized kernels (CMSIS-NN) may ask for scratch buffers and pointers are smaller, which the "
+                f"target's margin is for. The C header declares `k_<name>_tensor_arena_size` = "
+                f"{r['firmware_arena_bytes']:,} B (smallest + margin).", ""]
     act = r.get("litert_activations")
     if act:
         out += [f"LiteRT peak activations: {act['peak_bytes']:,} B at op #{act['peak_op_index']} "

@@ -90,3 +90,29 @@ def litert_predict(tflite: bytes, x: np.ndarray) -> np.ndarray:
             y = (y - zp) * scale
         results.append(y[0])
     return np.stack(results)
+
+
+def plain_tflite(model, io: str = "int8") -> bytes:  # type: ignore[no-untyped-def]
+    """A Keras model through the plain TFLite converter (not edgeq): full integer with int8 or
+    int16 activations, calibrated on 8 seeded random samples, or io="float32" for no quantization.
+    For tests whose subject is a .tflite's structure, not edgeq's conversion."""
+    from edgeq._tf import tf as load_tf
+
+    tf = load_tf()
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if io != "float32":
+        rng = np.random.default_rng(0)
+        shapes = [tuple(i.shape[1:]) for i in model.inputs]
+
+        def representative():  # type: ignore[no-untyped-def]
+            for _ in range(8):
+                yield [rng.random((1, *s), dtype=np.float32) for s in shapes]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8 if io == "int16"
+            else tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = getattr(tf, io)
+        converter.inference_output_type = getattr(tf, io)
+    return bytes(converter.convert())

@@ -107,8 +107,10 @@ def _top1(scores: np.ndarray, labels: np.ndarray | None) -> float | None:
         return None
     predicted = np.argmax(scores, axis=-1)
     truth = np.asarray(labels)
-    if truth.ndim == predicted.ndim + 1:
-        truth = np.argmax(truth, axis=-1)
+    if truth.ndim == predicted.ndim + 1 and truth.shape[-1] == 1:
+        truth = truth[..., 0]                      # a column of class ids
+    elif truth.ndim == predicted.ndim + 1 and truth.shape[-1] == scores.shape[-1]:
+        truth = np.argmax(truth, axis=-1)          # one-hot rows
     if truth.shape != predicted.shape:
         return None
     return float(np.mean(predicted == truth))
@@ -130,12 +132,6 @@ def compare(float_outputs: list[np.ndarray] | None, quantized_outputs: list[np.n
     drop = None if float_top1 is None or quantized_top1 is None else (float_top1 - quantized_top1) * 100.0
     errors = tuple(output_error(f, q) for f, q in zip(float_outputs, quantized_outputs))
     return AccuracyMetrics(len(first), float_top1, quantized_top1, agreement, drop, errors)
-
-
-def outputs_identical(a: RunResult, b: RunResult) -> bool:
-    """True when both runs produced exactly the same dequantized outputs (shapes and values)."""
-    return len(a.outputs) == len(b.outputs) and all(
-        x.shape == y.shape and np.array_equal(x, y) for x, y in zip(a.outputs, b.outputs))
 
 
 def _max_difference(a: list[np.ndarray], b: list[np.ndarray]) -> float:

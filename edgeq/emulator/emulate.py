@@ -10,6 +10,7 @@ an unsupported or malformed model must not take the caller down with it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -20,7 +21,7 @@ from edgeq.calibration import Dataset, InputSpec
 from edgeq.emulator.accuracy import AccuracyMetrics, Evaluation, LayerError, compare, evaluate
 from edgeq.emulator.latency import HostLatency, LatencyEstimate, estimate_latency, measure_host_latency
 from edgeq.emulator.memory import ActivationMemory, ArenaMeasurement, measure_tflm_arena, peak_activation_memory
-from edgeq.errors import TargetCheckError
+from edgeq.errors import EdgeqError, ModelLoadError, TargetCheckError
 from edgeq.targets import TargetProfile
 from edgeq.tflite.reader import FLOAT_DTYPES, ModelInfo
 
@@ -105,6 +106,41 @@ class Emulation:
         }
 
 
+def keras_output_order(model: bytes, n_outputs: int) -> list[int]:
+    """Positions of the graph's outputs in Keras' order (output_0, output_1, ... of its signature).
+
+    The converter may list a multi-output graph's outputs in another order (seen: ':1' before
+    ':0'); the signature keeps Keras' names. Without a usable signature, graph order.
+    """
+    identity = list(range(n_outputs))
+    if n_outputs < 2:
+        return identity
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        with captured_output():
+            interp = Interpreter(model_content=model)
+        signatures = interp.get_signature_list()
+        if len(signatures) != 1:
+            return identity
+        details = interp.get_signature_runner(next(iter(signatures))).get_output_details()
+        graph = [d["index"] for d in interp.get_output_details()]
+    except (RuntimeError, ValueError, KeyError):
+        return identity
+    natural = sorted(details, key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)])
+    wanted = [details[n]["index"] for n in natural]
+    return [graph.index(i) for i in wanted] if sorted(wanted) == sorted(graph) else identity
+
+
+def _check_reference(reference: list[np.ndarray], quantized: list[np.ndarray], info: ModelInfo) -> None:
+    ref = [tuple(r.shape[1:]) for r in reference]
+    quant = [tuple(q.shape[1:]) for q in quantized]
+    if ref != quant:
+        raise ModelLoadError(f"the float reference model's outputs {ref} do not match the outputs of "
+                             f"{info.source} {quant}",
+                             hint="compare against the Keras model this .tflite was converted from")
+
+
 def infer_mode(info: ModelInfo) -> str:
     """The quantization mode a .tflite was converted in, from its tensors' dtypes."""
     if any(t.dtype == "float16" for t in info.tensors):
@@ -170,18 +206,28 @@ def emulate(
     tflm_ok = target.runtime == "tflm" and memory.arena is not None
     result = Emulation(target=target, mode=mode, memory=memory, latency=estimate_latency(info, target))
     if host_latency:
-        with captured_output():  # LiteRT announces its XNNPACK delegate on stderr
-            result.host = measure_host_latency(model)
+        try:
+            with captured_output():  # LiteRT announces its XNNPACK delegate on stderr
+                result.host = measure_host_latency(model)
+        except EdgeqError:
+            result.host = None  # a diagnostic: LiteRT failures show up in the evaluation anyway
     if data is None:
         return result
     runtime = "tflm" if tflm_ok else "litert"
     note = "" if tflm_ok or target.runtime != "tflm" else " (TFLM cannot run it; LiteRT instead)"
     on_step(f"evaluating on {data.num_samples} samples of {data.name} in {runtime}{note}")
     arena = memory.firmware_arena if tflm_ok else None
-    result.evaluation = evaluate(model, list(data.inputs), runtime=runtime, confirm_samples=confirm_samples,
-                                 arena_size=arena, on_progress=progress("evaluating", data.num_samples))
-    result.accuracy = compare(None if reference is None else list(reference), result.evaluation.result.outputs,
-                              data.labels)
+    try:
+        result.evaluation = evaluate(model, list(data.inputs), runtime=runtime, confirm_samples=confirm_samples,
+                                     arena_size=arena, on_progress=progress("evaluating", data.num_samples))
+    except (RuntimeError, ValueError) as exc:
+        raise TargetCheckError(f"{info.source}: {runtime} could not run the model on {data.name}: {exc}",
+                               hint="check the model with `edgeq inspect`; EDGEQ_VERBOSE=1 shows the runtime's log")
+    order = keras_output_order(model, len(info.outputs))
+    quantized = [result.evaluation.result.outputs[i] for i in order]
+    if reference is not None:
+        _check_reference(list(reference), quantized, info)
+    result.accuracy = compare(None if reference is None else list(reference), quantized, data.labels)
     result.data = {"name": data.name, "sha256": data.sha256, "samples": data.num_samples,
                    "labels": data.labels is not None}
     return result

@@ -62,10 +62,6 @@ class RunResult:
     note: str = ""                # e.g. why batching was not possible
     kernels: str = ""             # LiteRT kernel choice (see KERNELS); "" for TFLM
 
-    @property
-    def samples_per_second(self) -> float:
-        return self.samples / self.seconds if self.seconds > 0 else float("inf")
-
 
 # -- quantization at the edges ------------------------------------------------------------------
 

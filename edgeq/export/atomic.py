@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from edgeq.errors import OutputError
 
@@ -33,22 +33,26 @@ def check_output_dir(outdir: Path, filenames: list[str], *, overwrite: bool) -> 
     if not os.access(probe, os.W_OK | os.X_OK):
         raise OutputError(
             f"cannot write to {probe}: permission denied",
-            hint="choose another folder with -o",
+            hint="choose another output folder",
         )
     if not overwrite:
         existing = [name for name in filenames if (outdir / name).exists()]
         if existing:
             raise OutputError(
                 f"{len(existing)} output file(s) already exist in {outdir}: {', '.join(existing)}",
-                hint="pass --overwrite to replace them, or choose another folder with -o",
+                hint="pass --overwrite to replace them, or choose another output folder",
             )
 
 
 def write_files_atomically(
-    outdir: Path, files: Mapping[str, bytes], *, overwrite: bool
+    outdir: Path, files: Mapping[str, bytes], *, overwrite: bool, remove: Sequence[str] = ()
 ) -> list[Path]:
-    """Write all `files` (name -> bytes) into `outdir`, each complete or not at all."""
-    check_output_dir(outdir, list(files), overwrite=overwrite)
+    """Write all `files` (name -> bytes) into `outdir`, each complete or not at all.
+
+    `remove`: names of earlier outputs that must not survive this write (e.g. a model the gate
+    now rejects, next to a report that says so); deleted only after every new file is in place.
+    """
+    check_output_dir(outdir, [*files, *remove], overwrite=overwrite)
     try:
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -67,12 +71,14 @@ def write_files_atomically(
             os.chmod(tmp, 0o644)
         for tmp, final in staged:
             os.replace(tmp, final)
+        for name in remove:
+            (outdir / name).unlink(missing_ok=True)
         _fsync_dir(outdir)
     except OSError as exc:
         raise OutputError(
             f"writing outputs to {outdir} failed: {exc.strerror or exc}; "
             "no output was changed",
-            hint="free disk space or choose another folder with -o",
+            hint="free disk space or choose another output folder",
         ) from exc
     finally:
         for tmp, _ in staged:

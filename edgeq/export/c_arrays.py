@@ -66,8 +66,9 @@ def _arena_lines(ident: str, arena: ArenaSize | None) -> str:
     if arena is None:
         return ""
     return (
-        f"// Tensor arena: the smallest that runs this model in TensorFlow Lite Micro is {arena.measured} bytes\n"
-        f"// (measured by edgeq), plus a {arena.margin}-byte margin. Declare it 16-byte aligned:\n"
+        f"// Tensor arena: the smallest that runs this model in TensorFlow Lite Micro's host build is\n"
+        f"// {arena.measured} bytes (measured by edgeq), plus a {arena.margin}-byte margin for what differs on the\n"
+        f"// device (optimized kernels' scratch buffers, pointer size). Declare it 16-byte aligned:\n"
         f"//   constexpr int kTensorArenaSize = k_{ident}_tensor_arena_size;\n"
         f"//   alignas(16) static uint8_t tensor_arena[kTensorArenaSize];\n"
         f"constexpr unsigned int k_{ident}_tensor_arena_size = {arena.total};\n\n"
@@ -127,13 +128,13 @@ def op_resolver_source(name: str, op_names: list[str] | tuple[str, ...]) -> dict
         _banner(f"Op resolver for model '{ident}': {count} op(s)")
         + f"#ifndef {guard}\n#define {guard}\n\n"
         + '#include "tensorflow/lite/micro/micro_mutable_op_resolver.h"\n\n'
-        + f"// Number of distinct ops the model uses; the resolver holds exactly these.\n"
+        + "// Number of distinct ops the model uses; the resolver holds exactly these.\n"
         + f"constexpr unsigned int k_{ident}_op_count = {count};\n"
         + f"using {ident}_op_resolver_t = {resolver};\n\n"
-        + f"// Registers the model's ops on an existing resolver.\n"
+        + "// Registers the model's ops on an existing resolver.\n"
         + f"inline TfLiteStatus register_{ident}_ops({resolver}& resolver) {{\n"
         + f"{adds}\n  return kTfLiteOk;\n}}\n\n"
-        + f"// Returns a resolver with the model's ops registered.\n"
+        + "// Returns a resolver with the model's ops registered.\n"
         + f"inline {resolver} make_{ident}_op_resolver() {{\n"
         + f"  {resolver} resolver;\n  register_{ident}_ops(resolver);\n  return resolver;\n}}\n\n"
         + f"#endif  // {guard}\n"

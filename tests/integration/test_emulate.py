@@ -7,6 +7,7 @@ TFLM in a child process with exactly that arena and with 16 bytes less.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -82,7 +83,8 @@ def test_reports_render(mcu):
     md = (mcu.outdir / "report.md").read_text()
     for section in SECTIONS:
         assert section in md, section
-    assert "**Gate: PASSED**" in md and "kTensorArenaSize" in md
+    arena = mcu.report["emulation"]["memory"]["ram"]["firmware_arena_bytes"]
+    assert "**Gate: PASSED**" in md and f"_tensor_arena_size` = {arena:,} B" in md
     png = (mcu.outdir / "report.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
     import matplotlib.image
@@ -176,19 +178,44 @@ def test_emulate_cli_agrees_with_convert(mcu, keras3_model_path, tmp_path):
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["report.json", "report.md", "report.png"]
 
 
-def test_unrepresentative_calibration_fails_the_accuracy_gate(keras3_model_path, digits, tmp_path):
-    """Calibrated on inputs 20x too dark, activations saturate on real data: the drop is caught."""
+def test_unrepresentative_calibration_fails_the_accuracy_gate(mcu, keras3_model_path, digits, tmp_path):
+    """Calibrated on inputs 20x too dark, activations saturate on real data: the drop is caught.
+    The folder holds an earlier run's outputs: the rejected model must not survive next to its report."""
     dark = tmp_path / "dark.npz"
     np.savez(dark, x=digits["calibration"].inputs[0] * 0.05, y=digits["calibration"].labels)
     out = tmp_path / "o"
+    shutil.copytree(mcu.outdir, out)
     proc = run_edgeq("convert", str(keras3_model_path), "-t", "mcu", "-c", str(dark), "--eval", "digits",
-                     "-o", str(out))
+                     "-o", str(out), "--overwrite")
     assert proc.returncode == 3, proc.stderr
     assert "accuracy" in proc.stderr and "over the limit of 1" in proc.stderr and "calibration" in proc.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["gate"]["failed"] == ["accuracy"]
     assert report["emulation"]["accuracy"]["drop_points"] > 1
-    assert not (out / "my_model_2.tflite").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["report.json", "report.md", "report.png"]
+
+
+def test_multi_output_models_compare_each_output_with_its_own_float_output(tmp_path, digits):
+    """The converter lists this model's outputs as ':1' before ':0'; pairing by position would
+    compare a 3-way head with a 10-way one (or two different heads of the same shape)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    x = keras.Input((8, 8, 1), name="image")
+    features = keras.layers.Flatten()(keras.layers.Conv2D(8, 3, activation="relu")(x))
+    first = keras.layers.Dense(10, activation="softmax", name="digit")(features)
+    second = keras.layers.Dense(3, activation="softmax", name="coarse")(keras.layers.Dense(16)(features))
+    keras.Model(x, [first, second]).save(tmp_path / "two.keras")
+    result = convert(tmp_path / "two.keras", "iot", calibration="digits", outdir=tmp_path / "o")
+    acc = result.report["emulation"]["accuracy"]
+    assert len(acc["errors"]) == 2
+    assert all(e["snr_db"] > 15 and e["cosine"] > 0.97 for e in acc["errors"]), acc["errors"]
+    assert acc["top1_agreement"] > 0.9
+
+
+def test_reference_without_data_is_bad_input(mcu, keras3_model_path):
+    proc = run_edgeq("emulate", str(mcu.outdir / "my_model_2.tflite"), "--reference", str(keras3_model_path))
+    assert proc.returncode == 2 and "--reference needs --data" in proc.stderr
 
 
 def test_max_accuracy_drop_must_not_be_negative(mcu):

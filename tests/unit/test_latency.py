@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import os
 
-import numpy as np
 import pytest
 
+from conftest import plain_tflite
 from edgeq.emulator.latency import (KINDS, HostLatency, LatencyEstimate, count_macs, estimate_latency,
                                     measure_host_latency)
 from edgeq.errors import TFLiteFormatError
@@ -37,9 +37,6 @@ def models() -> dict[str, bytes]:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
-    from edgeq._tf import tf as load_tf
-
-    tf = load_tf()
     keras.utils.set_random_seed(0)
     x = keras.Input((8, 8, 1))
     conv = keras.layers.Conv2D(8, 3)(x)
@@ -54,21 +51,8 @@ def models() -> dict[str, bytes]:
         keras.layers.GlobalAveragePooling2D(),         # MEAN over 8x8x3
     ])
 
-    rng = np.random.default_rng(0)
-
-    def representative():  # type: ignore[no-untyped-def]
-        for _ in range(8):
-            yield [rng.random((1, 8, 8, 1), dtype=np.float32)]
-
-    converter = tf.lite.TFLiteConverter.from_keras_model(cnn)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
-    return {"float32": bytes(tf.lite.TFLiteConverter.from_keras_model(cnn).convert()),
-            "int8": bytes(converter.convert()),
-            "pools": bytes(tf.lite.TFLiteConverter.from_keras_model(pools).convert())}
+    return {"float32": plain_tflite(cnn, io="float32"), "int8": plain_tflite(cnn),
+            "pools": plain_tflite(pools, io="float32")}
 
 
 def _info(models: dict[str, bytes], name: str) -> ModelInfo:

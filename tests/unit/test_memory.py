@@ -15,11 +15,10 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pytest
 
+from conftest import plain_tflite
 from edgeq.emulator import memory
 from edgeq.emulator.memory import (ActivationMemory, ArenaMeasurement, measure_tflm_arena,
                                    peak_activation_memory)
@@ -27,29 +26,6 @@ from edgeq.errors import TargetCheckError
 from edgeq.tflite.reader import ModelInfo, OpInfo, TensorInfo, read_tflite
 
 # -- fixtures -------------------------------------------------------------------------------------
-
-
-def _convert(tf: Any, model: Any, *, io: str = "int8", quantize: bool = True) -> bytes:
-    """Full-integer conversion (int8, or int16 activations with int8 weights), or plain float32."""
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    if quantize:
-        rng = np.random.default_rng(0)
-        shapes = [tuple(i.shape[1:]) for i in model.inputs]
-
-        def representative():  # type: ignore[no-untyped-def]
-            for _ in range(8):
-                yield [rng.random((1, *s), dtype=np.float32) for s in shapes]
-
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = representative
-        if io == "int16":
-            converter.target_spec.supported_ops = [
-                tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
-        else:
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = getattr(tf, io)
-        converter.inference_output_type = getattr(tf, io)
-    return converter.convert()
 
 
 @pytest.fixture(scope="module")
@@ -74,11 +50,11 @@ def models() -> dict[str, bytes]:
     with_sign = tf.function(lambda x: tf.math.sign(x), input_signature=[tf.TensorSpec([1, 4], tf.float32)])
     concrete = with_sign.get_concrete_function()
     return {
-        "cnn": _convert(tf, cnn),
-        "autoencoder": _convert(tf, autoencoder),
-        "chain": _convert(tf, chain),
-        "two_inputs_int16": _convert(tf, two_inputs, io="int16"),
-        "two_inputs_float": _convert(tf, two_inputs, quantize=False),
+        "cnn": plain_tflite(cnn),
+        "autoencoder": plain_tflite(autoencoder),
+        "chain": plain_tflite(chain),
+        "two_inputs_int16": plain_tflite(two_inputs, io="int16"),
+        "two_inputs_float": plain_tflite(two_inputs, io="float32"),
         "sign": tf.lite.TFLiteConverter.from_concrete_functions([concrete], with_sign).convert(),
     }
 

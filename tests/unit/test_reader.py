@@ -24,6 +24,7 @@ from ai_edge_litert import schema_py_generated as schema
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import plain_tflite
 from edgeq.errors import TFLiteFormatError
 from edgeq.tflite import reader
 from edgeq.tflite.inspect_format import format_inspect
@@ -40,7 +41,6 @@ def tflite_models() -> dict[str, bytes]:
     """A tiny Keras 3 CNN converted to float32 and to full int8 (untrained: only structure matters)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
-    import tensorflow as tf
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential([
@@ -50,21 +50,7 @@ def tflite_models() -> dict[str, bytes]:
         keras.layers.Flatten(),
         keras.layers.Dense(10, activation="softmax"),
     ])
-    float_model = tf.lite.TFLiteConverter.from_keras_model(model).convert()
-
-    rng = np.random.default_rng(0)
-
-    def representative():
-        for _ in range(8):
-            yield [rng.random((1, 8, 8, 1), dtype=np.float32)]
-
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
-    return {"float32": bytes(float_model), "int8": bytes(converter.convert())}
+    return {"float32": plain_tflite(model, io="float32"), "int8": plain_tflite(model)}
 
 
 @pytest.fixture(scope="session")

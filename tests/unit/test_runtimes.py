@@ -261,3 +261,14 @@ def test_per_layer_errors_for_int8(example, eval_set) -> None:
     assert all(math.isfinite(v) for r in rows for v in (r.rmse_over_scale, r.mean_abs_error, r.max_abs_error))
     assert scores == sorted(scores, reverse=True)
     assert all(len(r.layer) <= 60 for r in rows)
+
+
+def test_labels_as_a_column_of_class_ids_count_like_a_vector() -> None:
+    from edgeq.emulator.accuracy import compare
+
+    rng = np.random.default_rng(3)
+    scores = rng.random((50, 4)).astype(np.float32)
+    labels = rng.integers(0, 4, 50)
+    expected = float(np.mean(scores.argmax(1) == labels))
+    for y in (labels, labels[:, None], np.eye(4)[labels]):
+        assert compare([scores], [scores], y).quantized_top1 == pytest.approx(expected)
