@@ -114,6 +114,14 @@ def _load_keras(path: Path, fmt: str, loader: Callable[[Path], Any], trust: bool
             ) from exc
         first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
         raise ModelLoadError(f"{path}: cannot load the Keras model: {first[:300]}") from exc
+    return from_keras_object(model, path, fmt)
+
+
+def from_keras_object(model: Any, path: Path, fmt: str) -> LoadedModel:
+    """A LoadedModel for an in-memory Keras 3 or tf_keras model (loaded, folded or QAT-trained).
+
+    `path` and `fmt` name where it came from, for reports and messages.
+    """
     module = type(model).__module__
     saved_by = f"{'tf_keras' if module.startswith('tf_keras') else 'keras'} {_framework_version(module)}"
     specs = [
