@@ -92,10 +92,10 @@ def litert_predict(tflite: bytes, x: np.ndarray) -> np.ndarray:
     return np.stack(results)
 
 
-def plain_tflite(model, io: str = "int8") -> bytes:  # type: ignore[no-untyped-def]
+def plain_tflite(model, io: str = "int8", data: np.ndarray | None = None) -> bytes:  # type: ignore[no-untyped-def]
     """A Keras model through the plain TFLite converter (not edgeq): full integer with int8 or
-    int16 activations, calibrated on 8 seeded random samples, or io="float32" for no quantization.
-    For tests whose subject is a .tflite's structure, not edgeq's conversion."""
+    int16 activations, calibrated on `data[:200]` (default: 8 seeded random samples), or
+    io="float32" for no quantization. For tests about a .tflite's structure, or edgeq vs plain."""
     from edgeq._tf import tf as load_tf
 
     tf = load_tf()
@@ -105,6 +105,10 @@ def plain_tflite(model, io: str = "int8") -> bytes:  # type: ignore[no-untyped-d
         shapes = [tuple(i.shape[1:]) for i in model.inputs]
 
         def representative():  # type: ignore[no-untyped-def]
+            if data is not None:
+                for i in range(min(200, len(data))):
+                    yield [data[i:i + 1]]
+                return
             for _ in range(8):
                 yield [rng.random((1, *s), dtype=np.float32) for s in shapes]
 
