@@ -156,6 +156,17 @@ def main() -> None:
 @click.option("--no-eval", is_flag=True, help="Skip the accuracy check (memory and op checks still run).")
 @click.option("--max-accuracy-drop", default=DEFAULT_DROP, show_default=True, type=click.FloatRange(min=0),
               help="Largest top-1 drop (percentage points, float vs quantized) the gate accepts.")
+@click.option("--qat", is_flag=True,
+              help="Quantization-aware training (tfmot quantize_model, fine-tuned) instead of PTQ. int8 only.")
+@click.option("--train", "train_set", default=None, metavar="SET",
+              help="Labelled training data for --qat. Default: the 'train' split of a bundled calibration set.")
+@click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1),
+              help="QAT: most epochs (early stopping on validation loss ends sooner).")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="QAT: batch size.")
+@click.option("--learning-rate", default=1e-4, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="QAT: Adam learning rate (fine-tuning: keep it small).")
+@click.option("--compare", is_flag=True, help="Run PTQ and QAT on the same model and data; report both side by "
+                                               "side (the outputs are QAT's).")
 @click.option("--force", is_flag=True, help="Write the outputs even if a check fails; the report says so.")
 @click.option("-o", "--output", "outdir", type=click.Path(path_type=Path), default=None,
               help="Output folder. Default: edgeq-out/<name>-<target>.")
@@ -164,7 +175,8 @@ def main() -> None:
 @click.option("--trust-model", is_flag=True,
               help="Allow Lambda layers (arbitrary Python). Only for models you wrote or fully trust.")
 def convert(model: Path, target: str, mode: str | None, calibration: str | None, calibration_samples: int,
-            eval_set: str | None, no_eval: bool, max_accuracy_drop: float, force: bool, outdir: Path | None,
+            eval_set: str | None, no_eval: bool, max_accuracy_drop: float, qat: bool, train_set: str | None,
+            epochs: int, batch_size: int, learning_rate: float, compare: bool, force: bool, outdir: Path | None,
             name: str | None, overwrite: bool, trust_model: bool) -> None:
     """Quantize MODEL (.keras, .h5 or SavedModel dir), check it against a target, write deployable files.
 
@@ -186,23 +198,32 @@ def convert(model: Path, target: str, mode: str | None, calibration: str | None,
       edgeq convert model.keras --target mcu --calibration digits
       edgeq convert model.h5 --target nrf52840 --calibration my_data.npz --eval my_test.npz -o firmware/model
       edgeq convert saved_model_dir --target phone --mode float16
+      edgeq convert model.keras --target mcu --calibration digits --qat --compare
     """
     from edgeq.pipeline import GateError
     from edgeq.pipeline import convert as run_convert
 
     evaluation = None if no_eval else (eval_set or "auto")
+    settings = None
+    if qat or compare:
+        from edgeq.quantize.qat import TrainSettings
+
+        settings = TrainSettings(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate)
     try:
         result = run_convert(model, target, mode=mode, calibration=calibration,
                              calibration_samples=calibration_samples, evaluation=evaluation,
-                             max_accuracy_drop=max_accuracy_drop, force=force, outdir=outdir, name=name,
+                             max_accuracy_drop=max_accuracy_drop, qat=qat, train=train_set or "auto",
+                             train_settings=settings, compare=compare, force=force, outdir=outdir, name=name,
                              overwrite=overwrite, trust_model=trust_model, on_step=_step,
                              progress=_progress_factory(quiet=False))
     except GateError as exc:
         click.echo(f"\n{model} does not fit {exc.result.target.name}:", err=True)
         _summary(exc.result.report, err=True)
         raise
-    click.echo(f"\nconverted {model} for {result.target.name} ({result.recipe.mode}, {result.target.runtime})")
+    method = "QAT" if result.report.get("method") == "qat" else "PTQ"
+    click.echo(f"\nconverted {model} for {result.target.name} ({result.recipe.mode} {method}, {result.target.runtime})")
     _summary(result.report)
+    _comparison(result.report)
     click.echo(f"wrote to {result.outdir}/")
     for path in result.files:
         click.echo(f"  {path.name:<32} {path.stat().st_size:>10,} B")
@@ -249,6 +270,21 @@ def emulate(model: Path, target: str, data: str | None, reference: Path | None, 
         _show_emulation(exc.result, as_json, err=True)
         raise
     _show_emulation(result, as_json)
+
+
+def _comparison(report: dict[str, Any]) -> None:
+    rows = report.get("comparison")
+    if not rows:
+        return
+    click.echo("\n  PTQ vs QAT on the same data (the outputs are QAT's):")
+    click.echo(f"    {'':<5} {'top-1':>8} {'drop':>7} {'SNR dB':>7} {'.tflite':>9} {'RAM':>9} {'est. ms':>8}  gate")
+    for method, r in rows.items():
+        top1 = "-" if r["quantized_top1"] is None else f"{100 * r['quantized_top1']:.2f}%"
+        drop = "-" if r["drop_points"] is None else f"{r['drop_points']:+.2f}"
+        snr = "-" if r["snr_db"] is None else f"{r['snr_db']:.1f}"
+        ram = "-" if r["ram_bytes"] is None else f"{r['ram_bytes']:,}"
+        click.echo(f"    {method.upper():<5} {top1:>8} {drop:>7} {snr:>7} {r['tflite_bytes']:>9,} {ram:>9} "
+                   f"{r['latency_ms']:>8.3g}  {'pass' if r['gate_passed'] else 'FAIL'}")
 
 
 def _show_emulation(result: Any, as_json: bool, err: bool = False) -> None:

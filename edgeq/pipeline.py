@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from edgeq.calibration import Dataset, list_bundled, load_dataset, validate_for_model
 from edgeq.checks import DEFAULT_MAX_ACCURACY_DROP, CheckInput, CheckResult, gate_summary, run_checks
-from edgeq.errors import CalibrationError, ModelLoadError, TargetCheckError
+from edgeq.errors import CalibrationError, ModelLoadError, RecipeError, TargetCheckError
 from edgeq.export.atomic import check_output_dir, write_files_atomically
 from edgeq.export.c_arrays import ArenaSize, c_identifier, tflm_sources
 from edgeq.quantize.recipe import DEFAULT_CALIBRATION_SAMPLES, Recipe, recipe_for
@@ -25,6 +25,7 @@ from edgeq.tflite.reader import ModelInfo, read_tflite
 
 if TYPE_CHECKING:
     from edgeq.emulator.emulate import Emulation, Progress
+    from edgeq.quantize.qat import TrainSettings  # noqa: F811
 
 Step = Callable[[str], None]
 REPORT_FILES = ("report.json", "report.md", "report.png")
@@ -57,15 +58,20 @@ def output_names(name: str, target: TargetProfile) -> list[str]:
     return names
 
 
-def default_eval_set(calibration: str | None) -> str | None:
-    """For a bundled calibration set ("digits"), its held-out split ("digits:eval")."""
+def default_split_of(calibration: str | None, split: str) -> str | None:
+    """For a bundled calibration set ("digits"), another of its splits ("digits:eval")."""
     if not calibration or Path(calibration).exists():
         return None
-    name, _, split = calibration.partition(":")
+    name, _, given = calibration.partition(":")
     bundled = {b.name: b for b in list_bundled()}
-    if name in bundled and "eval" in bundled[name].splits and split != "eval":
-        return f"{name}:eval"
+    if name in bundled and split in bundled[name].splits and given != split:
+        return f"{name}:{split}"
     return None
+
+
+def default_eval_set(calibration: str | None) -> str | None:
+    """For a bundled calibration set ("digits"), its held-out split ("digits:eval")."""
+    return default_split_of(calibration, "eval")
 
 
 def fitting_targets(flash: int, ram: int, runtime: str | None = None) -> list[str]:
@@ -91,6 +97,10 @@ def convert(
     calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
     evaluation: str | None = "auto",
     max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP,
+    qat: bool = False,
+    train: str | None = "auto",
+    train_settings: TrainSettings | None = None,
+    compare: bool = False,
     force: bool = False,
     outdir: str | Path | None = None,
     name: str | None = None,
@@ -100,47 +110,61 @@ def convert(
     on_step: Step = lambda message: None,
     progress: Progress | None = None,
 ) -> ConvertResult:
-    """Quantize, emulate, check and (if the gate passes, or `force`) emit.
+    """Quantize (PTQ, or QAT with `qat`), emulate, check and (if the gate passes, or `force`) emit.
 
     `evaluation`: held-out data for accuracy; "auto" takes the eval split of a bundled
-    calibration set, None skips accuracy. Raises TargetCheckError (exit 3) after writing
-    the reports when a check fails and `force` is off.
+    calibration set, None skips accuracy. `train`: QAT's training data ("auto": the bundled
+    set's train split). `compare`: run PTQ and QAT on the same model and data and report both;
+    the outputs are QAT's. Raises GateError (exit 3) after writing the reports when a check
+    fails and `force` is off.
     """
     model_path = Path(model_path)
     profile = target if isinstance(target, TargetProfile) else load_target(target)
     name = c_identifier(name or model_path.name.removesuffix(model_path.suffix) or model_path.name)
     out = Path(outdir) if outdir is not None else Path("edgeq-out") / f"{name}-{profile.name}"
     check_output_dir(out, output_names(name, profile), overwrite=overwrite)
-    recipe = recipe_for(profile, mode, have_calibration=calibration is not None,
+    qat = qat or compare
+    recipe = recipe_for(profile, mode, have_calibration=calibration is not None or qat,
                         calibration_samples=calibration_samples)
-    data: Dataset | None = load_dataset(calibration) if calibration and recipe.calibration_samples else None
+    if qat and recipe.mode != "int8":
+        raise RecipeError(f"quantization-aware training makes int8 models; mode '{recipe.mode}' is not possible",
+                          hint="drop --mode (or pass --mode int8), or drop --qat for PTQ in this mode")
     eval_spec = default_eval_set(calibration) if evaluation == "auto" else evaluation
     eval_data = load_dataset(eval_spec, default_split="eval") if eval_spec else None
+    train_data = _train_data(train, calibration) if qat else None
+    data: Dataset | None = load_dataset(calibration) if calibration and recipe.calibration_samples else None
 
     on_step(f"loading {model_path} (TensorFlow start-up takes a few seconds)")
     from edgeq.loading import load_model
-    from edgeq.quantize.ptq import convert_float32, quantize
+    from edgeq.quantize.ptq import convert_float32
 
     model = load_model(model_path, trust_model=trust_model)
-    if data is not None:
-        data = validate_for_model(data, model.input_specs, purpose="calibration")
-    if eval_data is not None:
-        eval_data = validate_for_model(eval_data, model.input_specs, purpose="evaluation")
+    if qat and model.keras_model is None:
+        raise RecipeError(f"{model_path}: quantization-aware training needs a Keras model (.keras or .h5), "
+                          "not a SavedModel", hint="drop --qat for post-training quantization")
+    data, eval_data, train_data = (None if d is None else validate_for_model(d, model.input_specs, purpose=p)
+                                   for d, p in ((data, "calibration"), (eval_data, "evaluation"),
+                                                (train_data, "training")))
+    data = data or train_data  # QAT without --calibration: the converter's ranges come from training data
 
     on_step("converting to float32 (reference size)")
     float_bytes = convert_float32(model)
-    used = min(recipe.calibration_samples, data.num_samples) if data else 0
-    on_step(f"quantizing: {recipe.mode}" + (f", calibrating on {used} samples of {data.name}" if data else ""))
-    quantized = quantize(model, recipe, data, progress("calibrating", used) if progress and data else None)
-    info = read_tflite(quantized, source=f"{name}.tflite")
-
     reference = model.predict(list(eval_data.inputs)) if eval_data is not None else None
-    # No host timing here: convert's report must be byte-identical between runs (`edgeq emulate` times it).
-    checks, emulation = emulate_and_check(
-        quantized, info, profile, CheckInput(info, profile, recipe.mode, recipe.input_dtype, recipe.output_dtype,
-                                             max_accuracy_drop=max_accuracy_drop, fitting_targets=fitting_targets),
-        data=eval_data, reference=reference, host_latency=False, on_step=on_step, progress=progress,
-        per_layer=(lambda em: _per_layer(em, model, recipe, data, eval_data, on_step)) if per_layer else None)
+    candidates: dict[str, _Candidate] = {}
+    if not qat or compare:
+        candidates["ptq"] = _ptq(model, model_path, recipe, data, name, profile, eval_data, reference,
+                                 max_accuracy_drop, per_layer, on_step, progress)
+    qat_result = None
+    if qat:
+        assert train_data is not None
+        from edgeq.quantize.qat import TrainSettings
+
+        qat_model, qat_result = _qat(model, model_path, train_data, train_settings or TrainSettings(), on_step,
+                                     progress)
+        candidates["qat"] = _emulated(qat_model, "qat", recipe, data, name, profile, eval_data, reference,
+                                      max_accuracy_drop, per_layer, on_step, progress)
+    chosen = candidates["qat" if qat else "ptq"]
+    checks, emulation, quantized, info = chosen.checks, chosen.emulation, chosen.quantized, chosen.info
     gate = gate_summary(checks, forced=force)
 
     files: dict[str, bytes] = {}
@@ -151,8 +175,13 @@ def convert(
             files.update(tflm_sources(name, quantized, info.all_op_names, alignment=profile.memory.tensor_alignment,
                                       arena=ArenaSize(arena.smallest, emulation.memory.margin) if arena else None
                                       ).files)
+    used = min(recipe.calibration_samples, data.num_samples) if data else 0
     report = _report(model, model_path, profile, recipe, data, used, float_bytes, info, checks, gate, emulation,
                      files)
+    report["method"] = "qat" if qat else "ptq"
+    report["folded_batchnorm"] = list(candidates["ptq"].folded) if "ptq" in candidates else []
+    report["qat"] = None if qat_result is None else qat_result.to_dict()
+    report["comparison"] = {k: c.summary(float_bytes) for k, c in candidates.items()} if compare else None
     files.update(_render_reports(report))
     on_step(f"writing {len(files)} files to {out}")
     # A rejected model must not sit next to a report that rejects it (left by an earlier run).
@@ -163,6 +192,102 @@ def convert(
     if not gate["passed"] and not force:
         raise GateError(checks, profile, result, f"no .tflite or C files written; the report is in {out}/report.md")
     return result
+
+
+@dataclass
+class _Candidate:
+    """One way of quantizing the model, emulated and checked (PTQ, QAT; both with --compare)."""
+
+    quantized: bytes
+    info: ModelInfo
+    checks: list[CheckResult]
+    emulation: Emulation
+    folded: tuple[str, ...] = ()
+
+    def summary(self, float_bytes: bytes) -> dict[str, Any]:
+        acc, mem = self.emulation.accuracy, self.emulation.memory
+        return {
+            "float_top1": acc.float_top1 if acc else None,
+            "quantized_top1": acc.quantized_top1 if acc else None,
+            "drop_points": acc.drop_points if acc else None,
+            "snr_db": acc.errors[0].snr_db if acc and acc.errors else None,
+            "tflite_bytes": len(self.quantized),
+            "ratio": round(len(float_bytes) / len(self.quantized), 3),
+            "ram_bytes": mem.ram_needed,
+            "latency_ms": self.emulation.latency.to_dict()["total_ms"],
+            "gate_passed": all(c.passed for c in self.checks),
+        }
+
+
+def _train_data(train: str | None, calibration: str | None) -> Dataset:
+    spec = default_split_of(calibration, "train") if train == "auto" else train
+    if not spec:
+        raise CalibrationError("quantization-aware training needs training data with labels",
+                               hint="pass --train SET (a bundled set such as 'digits', or your .npz with x and y)")
+    return load_dataset(spec, default_split="train")
+
+
+def _ptq(model: Any, model_path: Path, recipe: Recipe, data: Dataset | None, name: str, profile: TargetProfile,
+         eval_data: Dataset | None, reference: list[Any] | None, max_drop: float, per_layer: bool, on_step: Step,
+         progress: Progress | None) -> _Candidate:
+    """Post-training quantization, with Dense->BatchNormalization pairs folded first."""
+    folded: tuple[str, ...] = ()
+    if model.keras_model is not None:
+        from edgeq.loading import from_keras_object
+        from edgeq.quantize.fold import fold_dense_batchnorm
+
+        sample = data or eval_data
+        if sample is not None:
+            result = fold_dense_batchnorm(model.keras_model, [x[:32] for x in sample.inputs])
+            if result.folded:
+                on_step(f"folded BatchNormalization into Dense: {', '.join(result.folded)} "
+                        f"(max output difference {result.max_abs_difference:.1e})")
+                model, folded = from_keras_object(result.model, model_path, model.format), result.folded
+    candidate = _emulated(model, "ptq", recipe, data, name, profile, eval_data, reference, max_drop, per_layer,
+                          on_step, progress)
+    candidate.folded = folded
+    return candidate
+
+
+def _qat(model: Any, model_path: Path, train: Dataset, settings: TrainSettings, on_step: Step,
+         progress: Progress | None) -> tuple[Any, Any]:
+    from edgeq.loading import from_keras_object
+    from edgeq.quantize.qat import quantization_aware_train
+
+    on_step(f"quantization-aware training on {train.num_samples} samples of {train.name} "
+            f"(up to {settings.epochs} epochs, early stopping on validation loss)")
+    bar = progress("training (epochs)", settings.epochs) if progress else None
+    result = quantization_aware_train(model.keras_model, train, settings,
+                                      on_epoch=(lambda epoch, total, logs: bar(epoch + 1)) if bar else None)
+    if bar:
+        bar(settings.epochs)
+    last = {k: v[-1] for k, v in result.history.items() if v}
+    on_step(f"trained {result.epochs_run} epoch(s){' (stopped early)' if result.stopped_early else ''}: "
+            + ", ".join(f"{k} {v:.4g}" for k, v in sorted(last.items())) + f"; loss {result.loss} ({result.loss_source})")
+    return from_keras_object(result.model, model_path, model.format), result
+
+
+def _emulated(model: Any, method: str, recipe: Recipe, data: Dataset | None, name: str, profile: TargetProfile,
+              eval_data: Dataset | None, reference: list[Any] | None, max_drop: float, per_layer: bool,
+              on_step: Step, progress: Progress | None) -> _Candidate:
+    from edgeq.quantize.ptq import quantize
+
+    used = min(recipe.calibration_samples, data.num_samples) if data else 0
+    on_step(f"{method.upper()}: converting to {recipe.mode}"
+            + (f", calibrating on {used} samples of {data.name}" if data else ""))
+    quantized = quantize(model, recipe, data, progress("calibrating", used) if progress and data else None)
+    info = read_tflite(quantized, source=f"{name}.tflite")
+    # No host timing here: convert's report must be byte-identical between runs (`edgeq emulate` times it).
+    checks, emulation = emulate_and_check(
+        quantized, info, profile, CheckInput(info, profile, recipe.mode, recipe.input_dtype, recipe.output_dtype,
+                                             max_accuracy_drop=max_drop, fitting_targets=fitting_targets),
+        data=eval_data, reference=reference, host_latency=False, on_step=on_step, progress=progress,
+        per_layer=(lambda em: _per_layer(em, model, recipe, data, eval_data, on_step)) if per_layer and method == "ptq"
+        else None)
+    if method == "qat":
+        emulation.per_layer_note = ("per-layer error is measured for PTQ: TFLite's QuantizationDebugger needs the float "
+                                    "model, and a QAT model carries fake-quant ranges of its own")
+    return _Candidate(quantized, info, checks, emulation)
 
 
 def emulate_and_check(model: bytes, info: ModelInfo, profile: TargetProfile, check_input: CheckInput, *,

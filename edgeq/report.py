@@ -77,6 +77,7 @@ def render_markdown(report: dict[str, Any]) -> bytes:
            f"**Gate: {verdict}**" + (f" (failed: {', '.join(gate['failed'])})" if gate.get("failed") else ""), "",
            f"Target `{target['name']}` ({target['description']}), runtime {target['runtime']}, "
            f"mode {emu.get('mode') or report.get('recipe', {}).get('mode', '?')}.", ""]
+    out += _method_md(report)
     out += _accuracy_md(emu)
     out += _sizes_md(report)
     out += _memory_md(emu)
@@ -95,6 +96,33 @@ def render_markdown(report: dict[str, Any]) -> bytes:
     out += _table(["input", "name", "sha256"], inputs)
     out += _table(["package", "version"], [[k, v] for k, v in sorted(report["versions"].items())])
     return ("\n".join(out).rstrip() + "\n").encode()
+
+
+def _method_md(report: dict[str, Any]) -> list[str]:
+    out = []
+    if report.get("folded_batchnorm"):
+        out += [f"BatchNormalization folded into the Dense layer before it (the converter leaves these as "
+                f"MUL/ADD): {', '.join(report['folded_batchnorm'])}.", ""]
+    qat = report.get("qat")
+    if qat:
+        last = {k: v[-1] for k, v in qat["history"].items() if v}
+        out += ["## Quantization-aware training", "",
+                f"tfmot `quantize_model` (default 8-bit scheme), fine-tuned {qat['epochs_run']} epoch(s)"
+                + (" (stopped early on validation loss)" if qat["stopped_early"] else "")
+                + f"; loss {qat['loss']} ({qat['loss_source']})"
+                + ("; rebuilt from Keras 3 as tf_keras first" if qat.get("bridged") else "") + ".", ""]
+        if last:
+            out += _table(["last epoch", "value"], [[k, f"{v:.4g}"] for k, v in sorted(last.items())])
+    rows = report.get("comparison")
+    if rows:
+        out += ["## PTQ vs QAT", ""]
+        out += _table(["method", "top-1", "drop (points)", "SNR (dB)", ".tflite", "RAM", "est. ms", "gate"],
+                      [[m.upper(), _pct(r["quantized_top1"]),
+                        "–" if r["drop_points"] is None else f"{r['drop_points']:+.2f}",
+                        "–" if r["snr_db"] is None else f"{r['snr_db']:.1f}", _b(r["tflite_bytes"]),
+                        _b(r["ram_bytes"]), f"{r['latency_ms']:.4g}", "pass" if r["gate_passed"] else "FAIL"]
+                       for m, r in rows.items()])
+    return out
 
 
 def _accuracy_md(emu: dict[str, Any]) -> list[str]:
