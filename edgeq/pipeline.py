@@ -256,11 +256,20 @@ def _qat(model: Any, model_path: Path, train: Dataset, settings: TrainSettings, 
 
     on_step(f"quantization-aware training on {train.num_samples} samples of {train.name} "
             f"(up to {settings.epochs} epochs, early stopping on validation loss)")
-    bar = progress("training (epochs)", settings.epochs) if progress else None
-    result = quantization_aware_train(model.keras_model, train, settings,
-                                      on_epoch=(lambda epoch, total, logs: bar(epoch + 1)) if bar else None)
-    if bar:
-        bar(settings.epochs)
+    state: dict[str, Any] = {"epoch": 0}
+
+    def on_batch(index: int, per_epoch: int) -> None:  # one bar over every batch of every epoch
+        if "bar" not in state:
+            state["bar"], state["total"] = progress("training", settings.epochs * per_epoch), settings.epochs * per_epoch
+        state["bar"](state["epoch"] * per_epoch + index + 1)
+
+    def on_epoch(epoch: int, total: int, logs: dict[str, Any]) -> None:
+        state["epoch"] = epoch + 1
+
+    result = quantization_aware_train(model.keras_model, train, settings, on_epoch=on_epoch if progress else None,
+                                      on_batch=on_batch if progress else None)
+    if "bar" in state:
+        state["bar"](state["total"])  # early stopping ends before the last batch
     last = {k: v[-1] for k, v in result.history.items() if v}
     on_step(f"trained {result.epochs_run} epoch(s){' (stopped early)' if result.stopped_early else ''}: "
             + ", ".join(f"{k} {v:.4g}" for k, v in sorted(last.items())) + f"; loss {result.loss} ({result.loss_source})")
