@@ -277,7 +277,7 @@ def _comparison(report: dict[str, Any]) -> None:
     if not rows:
         return
     click.echo("\n  PTQ vs QAT on the same data (the outputs are QAT's):")
-    click.echo(f"    {'':<5} {'top-1':>8} {'drop':>7} {'SNR dB':>7} {'.tflite':>9} {'RAM':>9} {'est. ms':>8}  gate")
+    click.echo(f"    {'':<5} {'top-1':>8} {'drop':>7} {'SNR dB*':>7} {'.tflite':>9} {'RAM':>9} {'est. ms':>8}  gate")
     for method, r in rows.items():
         top1 = "-" if r["quantized_top1"] is None else f"{100 * r['quantized_top1']:.2f}%"
         drop = "-" if r["drop_points"] is None else f"{r['drop_points']:+.2f}"
@@ -285,6 +285,7 @@ def _comparison(report: dict[str, Any]) -> None:
         ram = "-" if r["ram_bytes"] is None else f"{r['ram_bytes']:,}"
         click.echo(f"    {method.upper():<5} {top1:>8} {drop:>7} {snr:>7} {r['tflite_bytes']:>9,} {ram:>9} "
                    f"{r['latency_ms']:>8.3g}  {'pass' if r['gate_passed'] else 'FAIL'}")
+    click.echo("    * against the original float model; QAT's fine-tuning moves its weights away from it")
 
 
 def _show_emulation(result: Any, as_json: bool, err: bool = False) -> None:

@@ -126,6 +126,13 @@ def convert(
     qat = qat or compare
     recipe = recipe_for(profile, mode, have_calibration=calibration is not None or qat,
                         calibration_samples=calibration_samples)
+    if qat and not recipe.per_channel:
+        raise RecipeError(f"target '{profile.name}' wants per-tensor weights, but QAT trains with tfmot's default "
+                          "scheme, which quantizes conv weights per channel",
+                          hint="drop --qat (PTQ honours per_channel = false), or use a per-channel target")
+    if qat and model_path.is_dir():
+        raise RecipeError(f"{model_path}: quantization-aware training needs a Keras model (.keras or .h5), "
+                          "not a SavedModel", hint="drop --qat for post-training quantization")
     if qat and recipe.mode != "int8":
         raise RecipeError(f"quantization-aware training makes int8 models; mode '{recipe.mode}' is not possible",
                           hint="drop --mode (or pass --mode int8), or drop --qat for PTQ in this mode")
@@ -150,10 +157,12 @@ def convert(
     on_step("converting to float32 (reference size)")
     float_bytes = convert_float32(model)
     reference = model.predict(list(eval_data.inputs)) if eval_data is not None else None
+    # Dense->BatchNormalization folded for both methods: tfmot folds Conv+BN itself, not Dense+BN.
+    model, folded = _fold(model, model_path, data or eval_data, on_step)
     candidates: dict[str, _Candidate] = {}
     if not qat or compare:
-        candidates["ptq"] = _ptq(model, model_path, recipe, data, name, profile, eval_data, reference,
-                                 max_accuracy_drop, per_layer, on_step, progress)
+        candidates["ptq"] = _emulated(model, "ptq", recipe, data, name, profile, eval_data, reference,
+                                      max_accuracy_drop, per_layer, on_step, progress)
     qat_result = None
     if qat:
         assert train_data is not None
@@ -179,7 +188,7 @@ def convert(
     report = _report(model, model_path, profile, recipe, data, used, float_bytes, info, checks, gate, emulation,
                      files)
     report["method"] = "qat" if qat else "ptq"
-    report["folded_batchnorm"] = list(candidates["ptq"].folded) if "ptq" in candidates else []
+    report["folded_batchnorm"] = list(folded)
     report["qat"] = None if qat_result is None else qat_result.to_dict()
     report["comparison"] = {k: c.summary(float_bytes) for k, c in candidates.items()} if compare else None
     files.update(_render_reports(report))
@@ -202,7 +211,6 @@ class _Candidate:
     info: ModelInfo
     checks: list[CheckResult]
     emulation: Emulation
-    folded: tuple[str, ...] = ()
 
     def summary(self, float_bytes: bytes) -> dict[str, Any]:
         acc, mem = self.emulation.accuracy, self.emulation.memory
@@ -227,26 +235,19 @@ def _train_data(train: str | None, calibration: str | None) -> Dataset:
     return load_dataset(spec, default_split="train")
 
 
-def _ptq(model: Any, model_path: Path, recipe: Recipe, data: Dataset | None, name: str, profile: TargetProfile,
-         eval_data: Dataset | None, reference: list[Any] | None, max_drop: float, per_layer: bool, on_step: Step,
-         progress: Progress | None) -> _Candidate:
-    """Post-training quantization, with Dense->BatchNormalization pairs folded first."""
-    folded: tuple[str, ...] = ()
-    if model.keras_model is not None:
-        from edgeq.loading import from_keras_object
-        from edgeq.quantize.fold import fold_dense_batchnorm
+def _fold(model: Any, model_path: Path, sample: Dataset | None, on_step: Step) -> tuple[Any, tuple[str, ...]]:
+    """Dense->BatchNormalization pairs folded into the Dense, verified on `sample` (1e-5)."""
+    if model.keras_model is None or sample is None:
+        return model, ()
+    from edgeq.loading import from_keras_object
+    from edgeq.quantize.fold import fold_dense_batchnorm
 
-        sample = data or eval_data
-        if sample is not None:
-            result = fold_dense_batchnorm(model.keras_model, [x[:32] for x in sample.inputs])
-            if result.folded:
-                on_step(f"folded BatchNormalization into Dense: {', '.join(result.folded)} "
-                        f"(max output difference {result.max_abs_difference:.1e})")
-                model, folded = from_keras_object(result.model, model_path, model.format), result.folded
-    candidate = _emulated(model, "ptq", recipe, data, name, profile, eval_data, reference, max_drop, per_layer,
-                          on_step, progress)
-    candidate.folded = folded
-    return candidate
+    result = fold_dense_batchnorm(model.keras_model, [x[:32] for x in sample.inputs])
+    if not result.folded:
+        return model, ()
+    on_step(f"folded BatchNormalization into Dense: {', '.join(result.folded)} "
+            f"(max output difference {result.max_abs_difference:.1e})")
+    return from_keras_object(result.model, model_path, model.format), result.folded
 
 
 def _qat(model: Any, model_path: Path, train: Dataset, settings: TrainSettings, on_step: Step,
@@ -266,13 +267,21 @@ def _qat(model: Any, model_path: Path, train: Dataset, settings: TrainSettings, 
     def on_epoch(epoch: int, total: int, logs: dict[str, Any]) -> None:
         state["epoch"] = epoch + 1
 
-    result = quantization_aware_train(model.keras_model, train, settings, on_epoch=on_epoch if progress else None,
-                                      on_batch=on_batch if progress else None)
+    try:
+        result = quantization_aware_train(model.keras_model, train, settings,
+                                          on_epoch=on_epoch if progress else None,
+                                          on_batch=on_batch if progress else None)
+    except CalibrationError as exc:
+        if exc.message.startswith(train.name):
+            raise
+        raise CalibrationError(f"training data '{train.name}': {exc.message}", hint=exc.hint) from exc
     if "bar" in state:
         state["bar"](state["total"])  # early stopping ends before the last batch
-    last = {k: v[-1] for k, v in result.history.items() if v}
-    on_step(f"trained {result.epochs_run} epoch(s){' (stopped early)' if result.stopped_early else ''}: "
-            + ", ".join(f"{k} {v:.4g}" for k, v in sorted(last.items())) + f"; loss {result.loss} ({result.loss_source})")
+    best = (result.best_epoch or result.epochs_run) - 1
+    kept = {k: v[best] for k, v in result.history.items() if len(v) > best}
+    on_step(f"trained {result.epochs_run} epoch(s){' (stopped early)' if result.stopped_early else ''}; "
+            f"kept epoch {best + 1}: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(kept.items()))
+            + f"; loss {result.loss}, {result.loss_source.split(':')[0]}")
     return from_keras_object(result.model, model_path, model.format), result
 
 

@@ -105,18 +105,20 @@ def _method_md(report: dict[str, Any]) -> list[str]:
                 f"MUL/ADD): {', '.join(report['folded_batchnorm'])}.", ""]
     qat = report.get("qat")
     if qat:
-        last = {k: v[-1] for k, v in qat["history"].items() if v}
+        best = (qat.get("best_epoch") or qat["epochs_run"]) - 1
+        last = {k: v[best] for k, v in qat["history"].items() if len(v) > best}
         out += ["## Quantization-aware training", "",
                 f"tfmot `quantize_model` (default 8-bit scheme), fine-tuned {qat['epochs_run']} epoch(s)"
                 + (" (stopped early on validation loss)" if qat["stopped_early"] else "")
                 + f"; loss {qat['loss']} ({qat['loss_source']})"
                 + ("; rebuilt from Keras 3 as tf_keras first" if qat.get("bridged") else "") + ".", ""]
         if last:
-            out += _table(["last epoch", "value"], [[k, f"{v:.4g}"] for k, v in sorted(last.items())])
+            out += _table([f"epoch {best + 1} (kept)", "value"], [[k, f"{v:.4g}"] for k, v in sorted(last.items())])
     rows = report.get("comparison")
     if rows:
         out += ["## PTQ vs QAT", ""]
-        out += _table(["method", "top-1", "drop (points)", "SNR (dB)", ".tflite", "RAM", "est. ms", "gate"],
+        out += _table(["method", "top-1", "drop (points)", "SNR vs original float (dB)", ".tflite", "RAM", "est. ms",
+                       "gate"],
                       [[m.upper(), _pct(r["quantized_top1"]),
                         "–" if r["drop_points"] is None else f"{r['drop_points']:+.2f}",
                         "–" if r["snr_db"] is None else f"{r['snr_db']:.1f}", _b(r["tflite_bytes"]),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -428,8 +429,14 @@ def _as_tf_keras(model: Any, inputs: Sequence[np.ndarray]) -> tuple[Any, bool]:
 
 def _quantize(model: Any) -> Any:
     """`tfmot.quantization.keras.quantize_model`, with its refusals explained."""
+    legacy = os.environ.get("TF_USE_LEGACY_KERAS")
     with captured_output():
         import tensorflow_model_optimization as tfmot
+    # Importing tfmot sets TF_USE_LEGACY_KERAS=1 for the whole process; do not leak that to callers.
+    if legacy is None:
+        os.environ.pop("TF_USE_LEGACY_KERAS", None)
+    else:
+        os.environ["TF_USE_LEGACY_KERAS"] = legacy
 
     try:
         with captured_output():
