@@ -11,6 +11,7 @@ their TensorFlow graph.
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,12 @@ from edgeq.calibration import InputSpec
 from edgeq.errors import ModelLoadError
 
 SUPPORTED = ".keras (Keras 3 or 2), .h5/.hdf5 (Keras 2 or 3), or a SavedModel directory"
+
+# A .keras file is a zip that Keras decompresses into memory: bound what it may claim to hold.
+MAX_ARCHIVE_BYTES = 2 * 1024**3  # total uncompressed size of all members
+MAX_ARCHIVE_BYTES_ENV = "EDGEQ_MAX_ARCHIVE_BYTES"  # overrides MAX_ARCHIVE_BYTES (read at check time)
+MAX_COMPRESSION_RATIO = 1000  # uncompressed / compressed, for members larger than RATIO_CHECK_BYTES
+RATIO_CHECK_BYTES = 10 * 1024**2
 
 
 @dataclass
@@ -88,15 +95,68 @@ def _tf_keras_loader(trust: bool) -> Callable[[Path], Any]:
 def _load_keras_archive(path: Path, trust: bool) -> LoadedModel:
     """A .keras zip: Keras 3 or tf_keras, decided by the version recorded inside."""
     if not zipfile.is_zipfile(path):
-        raise ModelLoadError(f"{path}: not a .keras archive (not a zip file); the file is corrupt or misnamed")
+        raise ModelLoadError(f"{path}: not a .keras archive (not a zip file); the file is corrupt or misnamed",
+                             hint="a .keras file is the zip written by model.save('model.keras'); an HDF5 file "
+                                  "should end in .h5")
     try:
         with zipfile.ZipFile(path) as archive:
+            _check_archive_members(path, archive.infolist())
             meta = json.loads(archive.read("metadata.json"))
     except (KeyError, ValueError, zipfile.BadZipFile, OSError) as exc:
-        raise ModelLoadError(f"{path}: .keras archive has no readable metadata.json ({exc})") from exc
+        raise ModelLoadError(f"{path}: .keras archive has no readable metadata.json ({exc})",
+                             hint="the file is damaged or was not written by Keras; save the model again "
+                                  "with model.save('model.keras')") from exc
     version = str(meta.get("keras_version", ""))
     loader = _tf_keras_loader(trust) if version.startswith("2.") else _keras3_loader(trust)
     return _load_keras(path, "keras", loader, trust)
+
+
+def _max_archive_bytes() -> int:
+    raw = os.environ.get(MAX_ARCHIVE_BYTES_ENV, "").strip()
+    if not raw:
+        return MAX_ARCHIVE_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ModelLoadError(f"{MAX_ARCHIVE_BYTES_ENV}={raw!r} is not a positive number of bytes",
+                             hint=f"unset it to use the default limit of {MAX_ARCHIVE_BYTES:,} bytes")
+    return value
+
+
+def _unsafe_member_name(name: str) -> bool:
+    """An absolute path, a drive letter or a '..' component: a name that could escape a folder."""
+    normal = name.replace("\\", "/")
+    if normal.startswith("/") or (len(normal) > 1 and normal[1] == ":") or "\0" in normal:
+        return True
+    return ".." in normal.split("/")
+
+
+def _check_archive_members(path: Path, members: list[zipfile.ZipInfo]) -> None:
+    """Refuse a .keras zip with unsafe member names or a decompressed size out of all proportion
+    (a zip bomb), from the central directory alone: before anything is decompressed."""
+    for info in members:
+        if _unsafe_member_name(info.filename):
+            raise ModelLoadError(
+                f"{path}: refused: the .keras archive has a member named {info.filename!r}, a path outside the "
+                "archive (absolute or with '..'); Keras never writes such names",
+                hint="the file was crafted or damaged; save the model again with model.save('model.keras')")
+        if info.file_size > RATIO_CHECK_BYTES and info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1):
+            ratio = info.file_size / max(info.compress_size, 1)
+            raise ModelLoadError(
+                f"{path}: refused: member {info.filename!r} of the .keras archive expands {ratio:,.0f}x "
+                f"({info.compress_size:,} -> {info.file_size:,} bytes), more than {MAX_COMPRESSION_RATIO}x: "
+                "a zip bomb, not model weights",
+                hint="the file was crafted or damaged; save the model again with model.save('model.keras')")
+    limit = _max_archive_bytes()
+    total = sum(info.file_size for info in members)
+    if total > limit:
+        raise ModelLoadError(
+            f"{path}: refused: the .keras archive would decompress to {total:,} bytes, more than the limit of "
+            f"{limit:,} bytes",
+            hint=f"if this really is your model, raise the limit with {MAX_ARCHIVE_BYTES_ENV}=<bytes>; "
+            "otherwise the file was crafted or damaged")
 
 
 def _load_keras(path: Path, fmt: str, loader: Callable[[Path], Any], trust: bool) -> LoadedModel:
@@ -113,7 +173,10 @@ def _load_keras(path: Path, fmt: str, loader: Callable[[Path], Any], trust: bool
                 "or fully trust this file",
             ) from exc
         first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-        raise ModelLoadError(f"{path}: cannot load the Keras model: {first[:300]}") from exc
+        raise ModelLoadError(f"{path}: cannot load the Keras model: {first[:300]}",
+                             hint="check that the file is complete and was saved by Keras (model.save); "
+                                  "custom layers must be registered with keras.saving.register_keras_serializable"
+                             ) from exc
     return from_keras_object(model, path, fmt)
 
 

@@ -29,6 +29,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 IO_DTYPES = ("auto", "float32", "int8", "uint8", "int16")
+PROFILE_HINT = ("compare with a bundled profile (`edgeq targets show mcu`, targets/*.toml); a board usually "
+                "needs only inherits = \"<class>\", kind = \"board\" and the keys that differ")
 
 
 def _opt(**meta: Any) -> Any:
@@ -123,11 +125,21 @@ def available_targets(root: Path | None = None) -> list[str]:
 
 def load_target(name_or_path: str, root: Path | None = None) -> TargetProfile:
     """Load a bundled profile by name, or a user's profile from a .toml path."""
-    root = root or targets_root()
+    try:
+        return _load_target(name_or_path, root or targets_root())
+    except TargetProfileError as exc:
+        if exc.hint is None:  # every profile error says what to try
+            exc.hint = PROFILE_HINT
+        raise
+
+
+def _load_target(name_or_path: str, root: Path) -> TargetProfile:
     if name_or_path.endswith(".toml") or os.sep in name_or_path:
         path = Path(name_or_path)
         if not path.is_file():
-            raise TargetProfileError(f"target profile {path} does not exist or is not a file")
+            raise TargetProfileError(f"target profile {path} does not exist or is not a file",
+                                     hint=f"check the path, or use a bundled target: "
+                                          f"{', '.join(available_targets(root))}")
         search = [path.parent, root]
     else:
         path = root / f"{name_or_path}.toml"
@@ -165,7 +177,9 @@ def _resolve_chain(path: Path, search: list[Path]) -> tuple[dict[str, Any], list
     while current is not None:
         if current.resolve() in [p.resolve() for p in chain]:
             cycle = " -> ".join(p.stem for p in [*chain, current])
-            raise TargetProfileError(f"{path}: inheritance cycle: {cycle}")
+            raise TargetProfileError(f"{path}: inheritance cycle: {cycle}",
+                                     hint="the chain must end in a profile without 'inherits' (a class "
+                                          "profile such as mcu, iot or phone)")
         chain.append(current)
         raw = _read_toml(current)
         parent = raw.get("inherits")
