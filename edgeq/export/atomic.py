@@ -1,16 +1,19 @@
 """Write a set of output files so that a failure never leaves half-written or lost files.
 
-Each file is written to a temporary file in the destination folder, flushed and fsynced,
-and only when *every* file of the set has been written are they moved into place with
-os.replace (atomic per file on POSIX). A failure while writing (disk full, an exception,
-KeyboardInterrupt) removes the temporary files and leaves existing outputs untouched. The
-renames themselves are not one transaction: were one to fail, earlier files of the set
-would already be new, but no file is ever partial.
+Each file is written to a temporary file in the destination folder, flushed and fsynced.
+Only when *every* file of the set has been written are they moved into place with os.replace
+(atomic per file on POSIX). Before the first rename, every existing output the set replaces
+or removes is kept under a hard link (a copy where links are not supported), so a failure
+during the renames (disk full, an exception, KeyboardInterrupt) puts the old files back. On
+any failure the temporary files are removed and existing outputs are left as they were.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import secrets
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -20,21 +23,42 @@ from edgeq.errors import OutputError
 TMP_PREFIX = ".edgeq-tmp-"
 
 
+def _reason(exc: OSError) -> str:
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if exc.errno == errno.EROFS:
+        return "read-only file system"
+    return (exc.strerror or str(exc)).lower()
+
+
 def check_output_dir(outdir: Path, filenames: list[str], *, overwrite: bool) -> None:
     """Fail early, before any expensive work, if the outputs could not be written."""
+    outdir = Path(outdir)
     if outdir.exists() and not outdir.is_dir():
         raise OutputError(
             f"output path {outdir} is a file, not a folder",
             hint="pass -o with a folder path (it is created if missing)",
         )
     probe = outdir
-    while not probe.exists():
+    while not probe.exists() and probe != probe.parent:
         probe = probe.parent
-    if not os.access(probe, os.W_OK | os.X_OK):
+    if not probe.is_dir():
         raise OutputError(
-            f"cannot write to {probe}: permission denied",
-            hint="choose another output folder",
+            f"cannot create output folder {outdir}: {probe} is a file, not a folder",
+            hint="pass -o with a folder path (it is created if missing)",
         )
+    hint = "choose another output folder"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write to {probe}: permission denied", hint=hint)
+    # os.access says yes to root everywhere, and knows nothing of read-only mounts: try it.
+    try:
+        fd, name = tempfile.mkstemp(prefix=TMP_PREFIX, suffix="-probe", dir=probe)
+    except OSError as exc:
+        raise OutputError(f"cannot write to {probe}: {_reason(exc)}", hint=hint) from exc
+    try:
+        os.close(fd)
+    finally:
+        Path(name).unlink(missing_ok=True)
     if not overwrite:
         existing = [name for name in filenames if (outdir / name).exists()]
         if existing:
@@ -44,21 +68,37 @@ def check_output_dir(outdir: Path, filenames: list[str], *, overwrite: bool) -> 
             )
 
 
+def _keep_old(path: Path, outdir: Path) -> Path:
+    """A second name for `path` in `outdir` (hard link, or a copy), to put it back on failure."""
+    backup = outdir / f"{TMP_PREFIX}{secrets.token_hex(6)}-old-{path.name}"
+    try:
+        os.link(path, backup, follow_symlinks=False)
+    except OSError:
+        shutil.copy2(path, backup, follow_symlinks=False)
+    return backup
+
+
 def write_files_atomically(
     outdir: Path, files: Mapping[str, bytes], *, overwrite: bool, remove: Sequence[str] = ()
 ) -> list[Path]:
-    """Write all `files` (name -> bytes) into `outdir`, each complete or not at all.
+    """Write all `files` (name -> bytes) into `outdir`: all of them, or none and the old ones kept.
 
     `remove`: names of earlier outputs that must not survive this write (e.g. a model the gate
-    now rejects, next to a report that says so); deleted only after every new file is in place.
+    now rejects, next to a report that says so); deleted only after every new file is in place,
+    and restored like the others if anything fails.
     """
+    outdir = Path(outdir)
+    remove = [name for name in remove if name not in files]
     check_output_dir(outdir, [*files, *remove], overwrite=overwrite)
     try:
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"cannot create output folder {outdir}: {exc.strerror}") from exc
+        raise OutputError(f"cannot create output folder {outdir}: {_reason(exc)}",
+                          hint="choose another output folder") from exc
 
     staged: list[tuple[Path, Path]] = []
+    backups: dict[Path, Path] = {}  # existing output -> its kept old version
+    changed: list[Path] = []  # outputs already replaced or removed, in order
     try:
         for name, data in files.items():
             fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=f"-{name}", dir=outdir)
@@ -69,21 +109,46 @@ def write_files_atomically(
                 handle.flush()
                 os.fsync(handle.fileno())
             os.chmod(tmp, 0o644)
+        stale = [outdir / name for name in remove if os.path.lexists(outdir / name)]
+        for final in [final for _, final in staged] + stale:
+            if os.path.lexists(final):
+                backups[final] = _keep_old(final, outdir)
         for tmp, final in staged:
+            changed.append(final)
             os.replace(tmp, final)
-        for name in remove:
-            (outdir / name).unlink(missing_ok=True)
+        for final in stale:
+            changed.append(final)
+            final.unlink()
         _fsync_dir(outdir)
-    except OSError as exc:
-        raise OutputError(
-            f"writing outputs to {outdir} failed: {exc.strerror or exc}; "
-            "no output was changed",
-            hint="free disk space or choose another output folder",
-        ) from exc
+    except BaseException as exc:
+        restored = _roll_back(changed, backups)
+        if isinstance(exc, OSError):
+            what = "no output was changed" if restored else "some old outputs could not be restored"
+            raise OutputError(
+                f"writing outputs to {outdir} failed: {_reason(exc)}; {what}",
+                hint="free disk space or choose another output folder",
+            ) from exc
+        raise
     finally:
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)
+        for backup in backups.values():
+            backup.unlink(missing_ok=True)
     return [final for _, final in staged]
+
+
+def _roll_back(changed: list[Path], backups: dict[Path, Path]) -> bool:
+    """Put back what `changed` replaced or removed; a new file that had no old version goes."""
+    ok = True
+    for final in reversed(changed):
+        try:
+            if final in backups:
+                os.replace(backups[final], final)
+            else:
+                final.unlink(missing_ok=True)
+        except OSError:
+            ok = False
+    return ok
 
 
 def _fsync_dir(path: Path) -> None:
