@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,7 +28,9 @@ class _Group(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                warnings.showwarning = _show_warning
+                return super().invoke(ctx)
         except EdgeqError as exc:
             click.secho(f"error: {exc.message}", fg="red", err=True)
             if exc.hint:
@@ -36,6 +39,18 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted; no output was changed", err=True)
             ctx.exit(130)
+
+
+_default_showwarning = warnings.showwarning
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """edgeq's own warnings (e.g. constant calibration data) as one line; others as Python prints them."""
+    if category.__module__.startswith("edgeq"):
+        click.secho(f"warning: {message}", fg="yellow", err=True)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
 
 
 def _step(message: str) -> None:

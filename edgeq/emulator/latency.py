@@ -203,7 +203,13 @@ def estimate_latency(info: ModelInfo, target: TargetProfile) -> LatencyEstimate:
                            total_ms=_ms(cycles, target.clock_mhz))
 
 
+MAX_WORK = 10**15
+"""MACs per op beyond any real model (a crafted file can declare shapes of 2^31 in 100 dims):
+counts saturate here so that cycles stay finite and reports stay valid JSON."""
+
+
 def _cost(op: OpInfo, kind: str, work: int, target: TargetProfile) -> OpCost:
+    work = min(work, MAX_WORK)
     per_unit = getattr(target.latency, kind) if kind != "other" else 0.0
     cycles = work * per_unit + target.latency.op_overhead
     return OpCost(index=op.index, op=op.name, kind=kind, macs=work, cycles=cycles,

@@ -451,4 +451,6 @@ def _live_ranges(info: ModelInfo) -> dict[int, tuple[int, int]]:
                 last[i] = max(last.get(i, step), step)
     for i in info.outputs:
         first.setdefault(i, 0)
+    for i in info.inputs:  # an input no op reads is still filled by the caller before the first op
+        last.setdefault(i, first[i])
     return {i: (first[i], last[i]) for i in first if not info.tensors[i].is_constant}

@@ -58,7 +58,7 @@ def configured_converter(model: LoadedModel, recipe: Recipe, calibration: Datase
 
 
 _OP_ERROR = re.compile(r"'(tf\.[A-Za-z0-9_]+)' op is neither a custom op nor a flex op")
-_LOCATION = re.compile(r'loc\(.*?"([^"]+)"')
+_LOCATION = re.compile(r'loc\((?:fused\[)?(.*?)\]?\)')
 
 
 def _run(converter: Any, model: LoadedModel) -> bytes:
@@ -71,10 +71,21 @@ def _run(converter: Any, model: LoadedModel) -> bytes:
     return bytes(result)
 
 
+def _layer_names(text: str) -> list[str]:
+    """Layer paths from MLIR locations: loc(fused["Erf:", "model/layer/Erf@__inference_..."])."""
+    names = set()
+    for group in _LOCATION.findall(text):
+        for item in re.findall(r'"([^"]+)"', group):
+            item = item.split("@")[0]
+            if "/" in item and "PartitionedCall" not in item:
+                names.add(item)
+    return sorted(names)[:5]
+
+
 def _explain(model: LoadedModel, text: str) -> ConversionError:
     ops = sorted(set(_OP_ERROR.findall(text)))
     if ops:
-        where = sorted(set(_LOCATION.findall(text)))[:5]
+        where = _layer_names(text)
         return ConversionError(
             f"{model.path}: the model uses TensorFlow op(s) that no TFLite builtin covers: {', '.join(ops)}"
             + (f" (at {', '.join(where)})" if where else ""),
