@@ -23,6 +23,8 @@ import numpy as np
 import pytest
 
 from conftest import plain_tflite, run_edgeq
+from tflite_mutations import (buffer_index_out_of_range, opcode_index_out_of_range, patched,
+                              same_tensor_in_and_out, tensor_index_out_of_range)
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -182,44 +184,6 @@ def test_bad_tflite_file(tmp_path: Path, int8_model: bytes, command: str, kind: 
 # -- 3. structurally broken .tflite ----------------------------------------------------------------
 
 
-def _patched(data: bytes, mutate: Callable[[Any], None]) -> bytes:
-    """Unpack a trusted model, let `mutate` change the object tree, re-serialise (as test_reader does)."""
-    import flatbuffers
-    from ai_edge_litert import schema_py_generated as schema
-
-    model = schema.ModelT.InitFromPackedBuf(data, 0)
-    mutate(model)
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
-
-
-def _find_op(model: Any, name: str) -> Any:
-    from ai_edge_litert import schema_py_generated as schema
-
-    codes = [max(c.deprecatedBuiltinCode, c.builtinCode) for c in model.operatorCodes]
-    wanted = getattr(schema.BuiltinOperator, name)
-    return next(op for op in model.subgraphs[0].operators if codes[op.opcodeIndex] == wanted)
-
-
-def _tensor_index(m: Any) -> None:
-    op = _find_op(m, "CONV_2D")
-    op.inputs = [op.inputs[0], 57, op.inputs[2]]
-
-
-def _opcode_index(m: Any) -> None:
-    _find_op(m, "SOFTMAX").opcodeIndex = len(m.operatorCodes)
-
-
-def _buffer_index(m: Any) -> None:
-    m.subgraphs[0].tensors[3].buffer = len(m.buffers) + 5
-
-
-def _same_in_out(m: Any) -> None:
-    op = _find_op(m, "MAX_POOL_2D")
-    op.outputs = [op.inputs[0]]
-
-
 def _input_quant(**changes: Any) -> Callable[[Any], None]:
     def mutate(m: Any) -> None:
         quant = m.subgraphs[0].tensors[m.subgraphs[0].inputs[0]].quantization
@@ -229,10 +193,10 @@ def _input_quant(**changes: Any) -> Callable[[Any], None]:
 
 
 STRUCTURAL = {
-    "tensor-index": (_tensor_index, ["refers to tensor 57", "has only"]),
-    "opcode-index": (_opcode_index, ["uses operator code 8", "only 8 operator codes"]),
-    "buffer-index": (_buffer_index, ["tensor 3 (", "uses buffer"]),
-    "same-in-out": (_same_in_out, ["(MAX_POOL_2D)", "as both input and output"]),
+    "tensor-index": (tensor_index_out_of_range, ["refers to tensor 57", "has only"]),
+    "opcode-index": (opcode_index_out_of_range, ["uses operator code 8", "only 8 operator codes"]),
+    "buffer-index": (buffer_index_out_of_range, ["tensor 3 (", "uses buffer"]),
+    "same-in-out": (same_tensor_in_and_out, ["(MAX_POOL_2D)", "as both input and output"]),
     "scale-zero": (_input_quant(scale=[0.0]), ["scale 0.0"]),
     "scale-nan": (_input_quant(scale=[float("nan")]), ["scale nan"]),
     "scale-inf": (_input_quant(scale=[float("inf")]), ["scale inf"]),
@@ -245,7 +209,7 @@ STRUCTURAL = {
 def test_structurally_broken_tflite(tmp_path: Path, int8_model: bytes, command: str, case: str) -> None:
     mutate, words = STRUCTURAL[case]
     path = tmp_path / "broken.tflite"
-    path.write_bytes(_patched(int8_model, mutate))
+    path.write_bytes(patched(int8_model, mutate))
     out = tmp_path / "out"
     proc = run_edgeq(*_tflite_cmd(command, path, out))
     assert_user_error(proc, "broken.tflite", *words)

@@ -25,6 +25,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import plain_tflite
+from tflite_mutations import buffer_index_out_of_range as _tensor_buffer
+from tflite_mutations import find_op as _find_op
+from tflite_mutations import opcode_index_out_of_range as _opcode
+from tflite_mutations import patched as _patched
+from tflite_mutations import same_tensor_in_and_out as _same_in_out
+from tflite_mutations import tensor_index_out_of_range as _op_input
 from edgeq.errors import TFLiteFormatError
 from edgeq.tflite import reader
 from edgeq.tflite.inspect_format import format_inspect
@@ -62,21 +68,6 @@ def _interpreter(data: bytes) -> Any:
     from ai_edge_litert.interpreter import Interpreter
 
     return Interpreter(model_content=data)
-
-
-def _patched(data: bytes, mutate: Callable[[Any], None], tail: bytes = b"") -> bytes:
-    """Unpack a trusted model, let `mutate` change the object tree, re-serialise (+ optional tail)."""
-    model = schema.ModelT.InitFromPackedBuf(data, 0)
-    mutate(model)
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output()) + tail
-
-
-def _find_op(model: Any, name: str) -> Any:
-    codes = [max(c.deprecatedBuiltinCode, c.builtinCode) for c in model.operatorCodes]
-    wanted = getattr(schema.BuiltinOperator, name)
-    return next(op for op in model.subgraphs[0].operators if codes[op.opcodeIndex] == wanted)
 
 
 def _expect_error(data: bytes, *fragments: str, source: str = "model.tflite") -> TFLiteFormatError:
@@ -245,26 +236,8 @@ def test_reserialised_model_is_unchanged(int8_model: bytes) -> None:
     assert again.parameter_bytes == original.parameter_bytes
 
 
-def _op_input(m: Any) -> None:
-    op = _find_op(m, "CONV_2D")
-    op.inputs = [op.inputs[0], 57, op.inputs[2]]
-
-
 def _op_output_optional(m: Any) -> None:
     _find_op(m, "SOFTMAX").outputs = [-1]
-
-
-def _opcode(m: Any) -> None:
-    _find_op(m, "SOFTMAX").opcodeIndex = len(m.operatorCodes)
-
-
-def _tensor_buffer(m: Any) -> None:
-    m.subgraphs[0].tensors[3].buffer = len(m.buffers) + 5
-
-
-def _same_in_out(m: Any) -> None:
-    op = _find_op(m, "MAX_POOL_2D")
-    op.outputs = [op.inputs[0]]
 
 
 def _graph_input(m: Any) -> None:
