@@ -120,3 +120,20 @@ def plain_tflite(model, io: str = "int8", data: np.ndarray | None = None) -> byt
         converter.inference_input_type = getattr(tf, io)
         converter.inference_output_type = getattr(tf, io)
     return bytes(converter.convert())
+
+
+@pytest.fixture(scope="session")
+def tiny_cnn_tflite() -> dict[str, bytes]:
+    """A tiny Keras 3 CNN through the plain converter, float32 and full int8 (untrained: for tests
+    about a .tflite's structure)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(4, 3, activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Flatten(),
+        keras.layers.Dense(10, activation="softmax"),
+    ])
+    return {"float32": plain_tflite(model, io="float32"), "int8": plain_tflite(model)}

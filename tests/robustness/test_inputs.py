@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from conftest import plain_tflite, run_edgeq
+from conftest import run_edgeq
 from tflite_mutations import (buffer_index_out_of_range, opcode_index_out_of_range, patched,
                               same_tensor_in_and_out, tensor_index_out_of_range)
 
@@ -62,17 +62,8 @@ def keras_mod():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="module")
-def int8_model(keras_mod) -> bytes:  # type: ignore[no-untyped-def]
-    """The small CNN of tests/unit/test_reader.py, full int8 (untrained: only structure matters)."""
-    keras = keras_mod
-    model = keras.Sequential([
-        keras.Input((8, 8, 1)),
-        keras.layers.Conv2D(4, 3, activation="relu"),
-        keras.layers.MaxPooling2D(),
-        keras.layers.Flatten(),
-        keras.layers.Dense(10, activation="softmax"),
-    ])
-    return plain_tflite(model)
+def int8_model(tiny_cnn_tflite: dict[str, bytes]) -> bytes:
+    return tiny_cnn_tflite["int8"]
 
 
 @pytest.fixture(scope="module")

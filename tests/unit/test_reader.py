@@ -24,7 +24,6 @@ from ai_edge_litert import schema_py_generated as schema
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import plain_tflite
 from tflite_mutations import buffer_index_out_of_range as _tensor_buffer
 from tflite_mutations import find_op as _find_op
 from tflite_mutations import opcode_index_out_of_range as _opcode
@@ -43,20 +42,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
-def tflite_models() -> dict[str, bytes]:
-    """A tiny Keras 3 CNN converted to float32 and to full int8 (untrained: only structure matters)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
-
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input((8, 8, 1)),
-        keras.layers.Conv2D(4, 3, activation="relu"),
-        keras.layers.MaxPooling2D(),
-        keras.layers.Flatten(),
-        keras.layers.Dense(10, activation="softmax"),
-    ])
-    return {"float32": plain_tflite(model, io="float32"), "int8": plain_tflite(model)}
+def tflite_models(tiny_cnn_tflite: dict[str, bytes]) -> dict[str, bytes]:
+    return tiny_cnn_tflite
 
 
 @pytest.fixture(scope="session")
