@@ -43,3 +43,12 @@ def buffer_index_out_of_range(m: Any) -> None:
 def same_tensor_in_and_out(m: Any) -> None:
     op = find_op(m, "MAX_POOL_2D")
     op.outputs = [op.inputs[0]]
+
+
+def input_quantization(**changes: Any) -> Callable[[Any], None]:
+    """A mutator setting fields of the first input's quantization (scale=[0.0], zeroPoint=[300], ...)."""
+    def mutate(m: Any) -> None:
+        quant = m.subgraphs[0].tensors[m.subgraphs[0].inputs[0]].quantization
+        for key, value in changes.items():
+            setattr(quant, key, value)
+    return mutate

@@ -23,8 +23,9 @@ import numpy as np
 import pytest
 
 from conftest import run_edgeq
-from tflite_mutations import (buffer_index_out_of_range, opcode_index_out_of_range, patched,
-                              same_tensor_in_and_out, tensor_index_out_of_range)
+from tflite_mutations import input_quantization as _input_quant
+from tflite_mutations import (buffer_index_out_of_range, opcode_index_out_of_range, patched, same_tensor_in_and_out,
+                              tensor_index_out_of_range)
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -173,14 +174,6 @@ def test_bad_tflite_file(tmp_path: Path, int8_model: bytes, command: str, kind: 
 
 
 # -- 3. structurally broken .tflite ----------------------------------------------------------------
-
-
-def _input_quant(**changes: Any) -> Callable[[Any], None]:
-    def mutate(m: Any) -> None:
-        quant = m.subgraphs[0].tensors[m.subgraphs[0].inputs[0]].quantization
-        for key, value in changes.items():
-            setattr(quant, key, value)
-    return mutate
 
 
 STRUCTURAL = {

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from tflite_mutations import buffer_index_out_of_range as _tensor_buffer
 from tflite_mutations import find_op as _find_op
+from tflite_mutations import input_quantization as _input_quant
 from tflite_mutations import opcode_index_out_of_range as _opcode
 from tflite_mutations import patched as _patched
 from tflite_mutations import same_tensor_in_and_out as _same_in_out
@@ -237,14 +238,6 @@ def _graph_output(m: Any) -> None:
 
 def _no_subgraphs(m: Any) -> None:
     m.subgraphs = []
-
-
-def _input_quant(**changes: Any) -> Callable[[Any], None]:
-    def mutate(m: Any) -> None:
-        quant = m.subgraphs[0].tensors[m.subgraphs[0].inputs[0]].quantization
-        for key, value in changes.items():
-            setattr(quant, key, value)
-    return mutate
 
 
 def _conv_weight_quant(**changes: Any) -> Callable[[Any], None]:
