@@ -174,6 +174,11 @@ def convert(
                                       max_accuracy_drop, per_layer, on_step, progress)
     chosen = candidates["qat" if qat else "ptq"]
     checks, emulation, quantized, info = chosen.checks, chosen.emulation, chosen.quantized, chosen.info
+    if compare and candidates["ptq"].emulation.per_layer:
+        # The debugger needs the float model, so only PTQ has per-layer statistics: show where PTQ loses.
+        emulation.per_layer = candidates["ptq"].emulation.per_layer
+        emulation.per_layer_note = ("per-layer error of the PTQ model (QuantizationDebugger needs the float model; "
+                                    "QAT carries fake-quant ranges of its own): " + candidates["ptq"].emulation.per_layer_note)
     gate = gate_summary(checks, forced=force)
 
     files: dict[str, bytes] = {}
