@@ -1,0 +1,1 @@
+"""Talking to a real or simulated device: the framed serial protocol (see docs/protocol.md)."""
