@@ -312,7 +312,7 @@ def free_batch_dimension(model: bytes) -> bytes:
     if m.SubgraphsLength() != 1:
         raise _Unbatchable(f"the model has {m.SubgraphsLength()} subgraphs (control flow): batching not attempted")
     graph = m.Subgraphs(0)
-    codes = [_op_name(m.OperatorCodes(i), schema) for i in range(m.OperatorCodesLength())]
+    codes = [_op_name(m.OperatorCodes(i)) for i in range(m.OperatorCodesLength())]
     ops = [graph.Operators(i) for i in range(graph.OperatorsLength())]
     used = sorted({codes[op.OpcodeIndex()] for op in ops})
     unsafe = [c for c in used if c in _UNSAFE_OPS or c.startswith("CUSTOM")]
@@ -325,12 +325,11 @@ def free_batch_dimension(model: bytes) -> bytes:
     return bytes(buf)
 
 
-def _op_name(code: Any, schema: Any) -> str:
+def _op_name(code: Any) -> str:
+    from edgeq.tflite.reader import OP_NAMES
+
     builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
-    for name, value in vars(schema.BuiltinOperator).items():
-        if value == builtin and name.isupper():
-            return name
-    return "?"
+    return OP_NAMES.get(builtin, f"UNKNOWN_{builtin}")
 
 
 def _free_reshape(m: Any, graph: Any, op: Any, shape_tensors: set[int], schema: Any) -> None:

@@ -30,7 +30,7 @@ MAX_FILE_BYTES = 2 * 1024**3
 
 _HINT = "the file is corrupt or not produced by the TFLite converter; re-export it"
 
-_OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if k.isupper() and isinstance(v, int)}
+OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if k.isupper() and isinstance(v, int)}
 _DTYPES = {v: k.lower() for k, v in vars(schema.TensorType).items() if k.isupper() and isinstance(v, int)}
 FLOAT_DTYPES = frozenset({"float16", "float32", "float64", "bfloat16", "float8_e4m3fn", "float8_e5m2",
                           "complex64", "complex128"})
@@ -339,7 +339,7 @@ class _Parser:
         builtin = max(code.DeprecatedBuiltinCode(), code.BuiltinCode())
         if builtin == schema.BuiltinOperator.CUSTOM:
             return "CUSTOM:" + self.string(code, _OC_CUSTOM_CODE, "custom operator name")
-        return _OP_NAMES.get(builtin, f"UNKNOWN_{builtin}")
+        return OP_NAMES.get(builtin, f"UNKNOWN_{builtin}")
 
     def _buffer_size(self, index: int, buffer: schema.Buffer) -> int:
         _, inline = self._vector(buffer, _B_DATA, 1, f"buffer {index} data")
