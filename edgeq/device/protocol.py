@@ -259,16 +259,17 @@ class HelloReply:
 class InferReply:
     time: int
     unit: int
+    count: int  # inferences since the device booted, this one included: it going down means a reset
     output: bytes = field(default=b"")
 
     def build(self) -> bytes:
-        return struct.pack("<IB", self.time, self.unit) + bytes(self.output)
+        return struct.pack("<IBI", self.time, self.unit, self.count) + bytes(self.output)
 
     @classmethod
     def parse(cls, payload: bytes) -> InferReply:
         r = _Reader(payload, "INFER_REPLY")
-        time, unit = r.take("<IB")
-        return cls(time, unit, r.rest())
+        time, unit, count = r.take("<IBI")
+        return cls(time, unit, count, r.rest())
 
 
 @dataclass(frozen=True)

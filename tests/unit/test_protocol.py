@@ -109,7 +109,7 @@ HELLO = HelloReply(
 
 def test_payload_round_trips():
     assert HelloReply.parse(HELLO.build()) == HELLO
-    reply = InferReply(1234, TimeUnit.CYCLES, b"\x01\x02")
+    reply = InferReply(1234, TimeUnit.CYCLES, 77, b"\x01\x02")
     assert InferReply.parse(reply.build()) == reply
     err = ErrorFrame(ErrorCode.INVOKE_FAILED, "Invoke() returned 1 — arena too small")
     assert ErrorFrame.parse(err.build()) == err and err.code_name == "INVOKE_FAILED"
@@ -165,6 +165,7 @@ C_DEVICE = r"""
 
 static edgeq_parser parser;
 static uint8_t tx[EDGEQ_MAX_FRAME];
+static uint32_t count;
 
 typedef size_t (*infer_fn)(const uint8_t *in, size_t n, uint8_t *out, size_t cap, uint32_t *time);
 
@@ -215,7 +216,7 @@ static void handle_frame(infer_fn infer) {
                          EDGEQ_MAX_PAYLOAD - EDGEQ_INFER_REPLY_HEADER, &t);
         if (n == (size_t)-1) { send_error(parser.seq, EDGEQ_ERR_BAD_PAYLOAD, "output too big"); return; }
         send_payload(EDGEQ_INFER_REPLY, parser.seq,
-                     edgeq_build_infer_reply(pl, EDGEQ_MAX_PAYLOAD, t, EDGEQ_TIME_US, NULL, n));
+                     edgeq_build_infer_reply(pl, EDGEQ_MAX_PAYLOAD, t, EDGEQ_TIME_US, ++count, NULL, n));
     } else {
         send_error(parser.seq, EDGEQ_ERR_UNKNOWN_TYPE, "unknown frame type");
     }
@@ -321,6 +322,7 @@ def test_c_device_infer_bad_crc_then_resync(device):
     assert (reply.type, reply.seq) == (FrameType.INFER_REPLY, 2)
     infer = InferReply.parse(reply.payload)
     assert infer.output == data[::-1] and infer.time == 2024 and infer.unit == TimeUnit.MICROSECONDS
+    assert infer.count == 1
 
     corrupt = bytearray(encode_frame(FrameType.INFER, 3, data))
     corrupt[-2] ^= 0x40

@@ -162,12 +162,13 @@ size_t edgeq_build_hello_reply(uint8_t *out, size_t cap, const uint8_t model_sha
     return at;
 }
 
-size_t edgeq_build_infer_reply(uint8_t *out, size_t cap, uint32_t time, uint8_t unit,
+size_t edgeq_build_infer_reply(uint8_t *out, size_t cap, uint32_t time, uint8_t unit, uint32_t count,
                                const uint8_t *output, size_t output_len) {
     if (cap < EDGEQ_INFER_REPLY_HEADER + output_len) return 0;
     if (output && output_len) memmove(out + EDGEQ_INFER_REPLY_HEADER, output, output_len);
     put_u32(out, time);
     out[4] = unit;
+    put_u32(out + 5, count);
     return EDGEQ_INFER_REPLY_HEADER + output_len;
 }
 

@@ -113,10 +113,12 @@ size_t edgeq_build_hello_reply(uint8_t *out, size_t cap, const uint8_t model_sha
                                uint32_t arena_size, uint32_t arena_used,
                                const edgeq_tensor_info *inputs, uint8_t n_inputs,
                                const edgeq_tensor_info *outputs, uint8_t n_outputs);
-/* INFER_REPLY = time u32 | unit u8 | output bytes. output may be NULL when the caller already
- * copied output_len bytes to out + EDGEQ_INFER_REPLY_HEADER (avoids a second buffer). */
-#define EDGEQ_INFER_REPLY_HEADER 5u
-size_t edgeq_build_infer_reply(uint8_t *out, size_t cap, uint32_t time, uint8_t unit,
+/* INFER_REPLY = time u32 | unit u8 | count u32 | output bytes. count is the number of inferences
+ * since boot, this one included (the host detects a device reset when it goes down). output may
+ * be NULL when the caller already copied output_len bytes to out + EDGEQ_INFER_REPLY_HEADER
+ * (avoids a second buffer). */
+#define EDGEQ_INFER_REPLY_HEADER 9u
+size_t edgeq_build_infer_reply(uint8_t *out, size_t cap, uint32_t time, uint8_t unit, uint32_t count,
                                const uint8_t *output, size_t output_len);
 /* ERROR = code u8 | UTF-8 message (truncated to fit cap). message may be NULL. */
 size_t edgeq_build_error(uint8_t *out, size_t cap, uint8_t code, const char *message);
