@@ -8,6 +8,7 @@ from __future__ import annotations
 
 EXIT_BAD_INPUT = 2
 EXIT_TARGET_CHECK = 3
+EXIT_DEVICE = 4  # the device or the link to it failed (edgeq device-check)
 
 
 class EdgeqError(Exception):

@@ -61,6 +61,7 @@ class RunResult:
     batched: bool                 # LiteRT: True when the batch dimension was resized
     note: str = ""                # e.g. why batching was not possible
     kernels: str = ""             # LiteRT kernel choice (see KERNELS); "" for TFLM
+    raw_outputs: list[np.ndarray] | None = None  # TFLM: the outputs as the model's dtype, before dequantizing
 
 
 # -- quantization at the edges ------------------------------------------------------------------
@@ -404,8 +405,9 @@ def run_tflm(model: bytes, inputs: Sequence[np.ndarray], *, arena_size: int | No
             raise RuntimeError(f"TFLite Micro failed between samples {begin} and {stop - 1}: {exc}\n{detail}") from exc
         if on_progress:
             on_progress(stop)
-    outputs = [_dequantize_detail(np.concatenate(r), d) for r, d in zip(rows, out_details)]
-    return RunResult("tflm", outputs, n, time.perf_counter() - start, batched=False)
+    raw = [np.concatenate(r) for r in rows]
+    outputs = [_dequantize_detail(r, d) for r, d in zip(raw, out_details)]
+    return RunResult("tflm", outputs, n, time.perf_counter() - start, batched=False, raw_outputs=raw)
 
 
 def _tflm_chunk(interp: Any, xs: list[np.ndarray], rows: list[list[np.ndarray]], begin: int, stop: int) -> None:
