@@ -184,6 +184,10 @@ def main() -> None:
 @click.option("--compare", is_flag=True, help="Run PTQ and QAT on the same model and data; report both side by "
                                                "side (the outputs are QAT's).")
 @click.option("--force", is_flag=True, help="Write the outputs even if a check fails; the report says so.")
+@click.option("--harness", is_flag=True, help="Also write the test-harness firmware for `edgeq device-check` "
+              "(see `edgeq firmware --help`). TFLM targets only.")
+@click.option("--max-payload", default=4096, show_default=True, type=click.IntRange(min=64, max=65535),
+              help="With --harness: the largest protocol frame payload (EDGEQ_MAX_PAYLOAD).")
 @click.option("-o", "--output", "outdir", type=click.Path(path_type=Path), default=None,
               help="Output folder. Default: edgeq-out/<name>-<target>.")
 @click.option("--name", default=None, help="Base name of the outputs and C identifiers. Default: the model file name.")
@@ -192,8 +196,8 @@ def main() -> None:
               help="Allow Lambda layers (arbitrary Python). Only for models you wrote or fully trust.")
 def convert(model: Path, target: str, mode: str | None, calibration: str | None, calibration_samples: int,
             eval_set: str | None, no_eval: bool, max_accuracy_drop: float, qat: bool, train_set: str | None,
-            epochs: int, batch_size: int, learning_rate: float, compare: bool, force: bool, outdir: Path | None,
-            name: str | None, overwrite: bool, trust_model: bool) -> None:
+            epochs: int, batch_size: int, learning_rate: float, compare: bool, force: bool, harness: bool,
+            max_payload: int, outdir: Path | None, name: str | None, overwrite: bool, trust_model: bool) -> None:
     """Quantize MODEL (.keras, .h5 or SavedModel dir), check it against a target, write deployable files.
 
     \b
@@ -208,6 +212,7 @@ def convert(model: Path, target: str, mode: str | None, calibration: str | None,
       <name>_model_data.cc / .h          the model as a C array and k_<name>_tensor_arena_size (TFLM)
       <name>_op_resolver.h               a MicroMutableOpResolver with exactly the model's ops
       report.json / report.md / .png     accuracy, sizes, memory, latency, per-layer error, checks
+      README.md, edgeq_*.c/.h, ports/    with --harness: firmware for `edgeq device-check`
 
     \b
     Examples:
@@ -230,7 +235,8 @@ def convert(model: Path, target: str, mode: str | None, calibration: str | None,
                              calibration_samples=calibration_samples, evaluation=evaluation,
                              max_accuracy_drop=max_accuracy_drop, qat=qat, train=train_set or "auto",
                              train_settings=settings, compare=compare, force=force, outdir=outdir, name=name,
-                             overwrite=overwrite, trust_model=trust_model, on_step=_step,
+                             overwrite=overwrite, trust_model=trust_model, harness=harness, max_payload=max_payload,
+                             on_step=_step,
                              progress=_progress_factory(quiet=False))
     except GateError as exc:
         click.echo(f"\n{model} does not fit {exc.result.target.name}:", err=True)
@@ -241,8 +247,17 @@ def convert(model: Path, target: str, mode: str | None, calibration: str | None,
     _summary(result.report)
     _comparison(result.report)
     click.echo(f"wrote to {result.outdir}/")
+    harness = result.report.get("harness")
+    own = set(harness["files"]) - {f"{result.name}_model_data.cc", f"{result.name}_model_data.h",
+                                   f"{result.name}_op_resolver.h"} if harness else set()
     for path in result.files:
-        click.echo(f"  {path.name:<32} {path.stat().st_size:>10,} B")
+        if path.relative_to(result.outdir).as_posix() not in own:
+            click.echo(f"  {path.name:<32} {path.stat().st_size:>10,} B")
+    if harness:
+        size = harness.get("cortex_m_size") or {}
+        flash = (f"; Cortex-M4F: model {size['model']['bytes']:,} B + harness {size['harness']['flash']:,} B flash, "
+                 f"harness RAM {size['harness']['ram']:,} B") if "model" in size else ""
+        click.echo(f"  + the device-check harness firmware: {len(own)} files, start with README.md{flash}")
 
 
 @main.command()
@@ -385,6 +400,86 @@ def _require_tflm_kernels(info: Any) -> None:
         raise TargetCheckError(f"{info.source} is a {mode} model: {result.message}", hint=result.hint)
 
 
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-t", "--target", default="mcu", show_default=True,
+              help="A TFLM target profile (its arena margin and flash budget are used).")
+@click.option("-o", "--output", "outdir", type=click.Path(path_type=Path), default=None,
+              help="Output folder. Default: edgeq-out/<name>-firmware.")
+@click.option("--name", default=None, help="Base name of the C identifiers. Default: the file name.")
+@click.option("--arena-margin", default=None, type=click.IntRange(min=0),
+              help="Bytes added to the measured tensor arena. Default: the target's margin.")
+@click.option("--max-payload", default=4096, show_default=True, type=click.IntRange(min=64, max=65535),
+              help="EDGEQ_MAX_PAYLOAD: the largest frame payload; the device holds two such buffers in RAM.")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+def firmware(model: Path, target: str, outdir: Path | None, name: str | None, arena_margin: int | None,
+             max_payload: int, overwrite: bool) -> None:
+    """Write a test-harness firmware source tree for MODEL.tflite (TFLite Micro).
+
+    \b
+    Flashed on a board, it answers `edgeq device-check` over a serial port: HELLO (model
+    SHA-256, arena, tensors) and INFER (input bytes in; output bytes and the Invoke() time
+    out). The folder holds the model's C arrays and op resolver, the TFLM glue, the protocol
+    in plain C99 (no malloc, no TFLM), the three hooks a port supplies (edgeq_platform.h:
+    read bytes, write bytes, a microsecond timer), example ports (Arduino, Zephyr, bare-metal
+    Cortex-M, POSIX) and a README on building and flashing.
+
+    \b
+    With arm-none-eabi-gcc installed, the model data and the protocol code are compiled for a
+    Cortex-M4F, and their flash and RAM go into edgeq_firmware.json.
+
+    \b
+    Examples:
+      edgeq firmware edgeq-out/digits_cnn-mcu/digits_cnn.tflite -o harness/
+      edgeq convert model.keras --target mcu --calibration digits --harness   # the same, in one go
+    """
+    from edgeq.device.firmware import firmware_with_sizes
+    from edgeq.emulator.memory import measure_tflm_arena
+    from edgeq.export.atomic import check_output_dir, write_files_atomically
+    from edgeq.export.c_arrays import ArenaSize, c_identifier, tflm_sources
+    from edgeq.targets import load_target
+    from edgeq.tflite.reader import read_tflite, read_tflite_bytes
+
+    profile = load_target(target)
+    if profile.runtime != "tflm":
+        raise EdgeqError(f"target '{profile.name}' runs {profile.runtime}, and the harness firmware is for TFLite Micro",
+                         hint="pick a microcontroller target (edgeq targets list), e.g. --target mcu")
+    data = read_tflite_bytes(model)
+    info = read_tflite(data, source=str(model))
+    ident = c_identifier(name or model.stem)
+    out = outdir if outdir is not None else Path("edgeq-out") / f"{ident}-firmware"
+    check_output_dir(out, ["README.md", "edgeq_firmware.json"], overwrite=overwrite)
+    tflm_sources(ident, data, info.all_op_names)  # fails fast on ops TFLM lacks
+    _require_tflm_kernels(info)
+    _step("measuring the tensor arena in TFLite Micro")
+    arena = measure_tflm_arena(data, source=str(model))
+    margin = profile.memory.arena_margin_bytes if arena_margin is None else arena_margin
+    _step("writing the harness and compiling its C parts for Cortex-M4F")
+    built, size = firmware_with_sizes(data, info, name=ident, arena=ArenaSize(arena.smallest, margin),
+                                      target_name=profile.name, max_payload=max_payload,
+                                      alignment=profile.memory.tensor_alignment)
+    written = write_files_atomically(out, built.files, overwrite=overwrite)
+    click.echo(f"\nharness firmware for {model.name} ({built.manifest['model_sha256'][:16]}…), target {profile.name}")
+    click.echo(f"  arena     {arena.smallest:,} B measured in TFLM + {margin:,} B margin = "
+               f"k_{ident}_tensor_arena_size {arena.smallest + margin:,} B")
+    _firmware_sizes(size, len(data), profile)
+    click.echo(f"wrote {len(written)} files to {out}/ (start with {out / 'README.md'})")
+    click.echo(f"then: edgeq device-check --port PORT --model {model} --data SET")
+
+
+def _firmware_sizes(size: Any, model_bytes: int, profile: Any) -> None:
+    if size is None:
+        click.echo("  flash     (install gcc-arm-none-eabi for Cortex-M flash and RAM figures)")
+        return
+    runtime = profile.memory.runtime_flash_bytes
+    total = size.model_size + size.harness_flash + runtime
+    click.echo(f"  flash     model {size.model_size:,} B in {size.model_section} + harness {size.harness_flash:,} B "
+               f"+ TFLM ~{kib(runtime)} (target profile) = {kib(total)} of {kib(profile.memory.flash_bytes)}")
+    click.echo(f"  RAM       harness {size.harness_ram:,} B (protocol buffers for {size.max_payload:,}-byte frames) "
+               f"+ the arena")
+    click.echo(f"  compiled  with {size.compiler} {' '.join(size.cpu_flags)}")
 
 @main.command("device-check")
 @click.option("-p", "--port", required=True,

@@ -51,10 +51,14 @@ class ConvertResult:
         return self.float_bytes / self.quantized_bytes
 
 
-def output_names(name: str, target: TargetProfile) -> list[str]:
+def output_names(name: str, target: TargetProfile, harness: bool = False) -> list[str]:
     names = [f"{name}.tflite", *REPORT_FILES]
     if target.runtime == "tflm":
         names += [f"{name}_model_data.cc", f"{name}_model_data.h", f"{name}_op_resolver.h"]
+        if harness:
+            from edgeq.device.firmware import harness_file_names
+
+            names += [n for n in harness_file_names(name) if n not in names]
     return names
 
 
@@ -107,6 +111,8 @@ def convert(
     overwrite: bool = False,
     trust_model: bool = False,
     per_layer: bool = True,
+    harness: bool = False,
+    max_payload: int = 4096,
     on_step: Step = lambda message: None,
     progress: Progress | None = None,
 ) -> ConvertResult:
@@ -116,13 +122,17 @@ def convert(
     calibration set, None skips accuracy. `train`: QAT's training data ("auto": the bundled
     set's train split). `compare`: run PTQ and QAT on the same model and data and report both;
     the outputs are QAT's. Raises GateError (exit 3) after writing the reports when a check
-    fails and `force` is off.
+    fails and `force` is off. `harness`: also write the device-check test-harness firmware
+    (edgeq.device.firmware) next to the C files, with frames of up to `max_payload` bytes.
     """
     model_path = Path(model_path)
     profile = target if isinstance(target, TargetProfile) else load_target(target)
+    if harness and profile.runtime != "tflm":
+        raise RecipeError(f"--harness builds TFLite Micro firmware, but target '{profile.name}' runs {profile.runtime}",
+                          hint="drop --harness, or pick a microcontroller target such as --target mcu")
     name = c_identifier(name or model_path.name.removesuffix(model_path.suffix) or model_path.name)
     out = Path(outdir) if outdir is not None else Path("edgeq-out") / f"{name}-{profile.name}"
-    check_output_dir(out, output_names(name, profile), overwrite=overwrite)
+    check_output_dir(out, output_names(name, profile, harness), overwrite=overwrite)
     qat = qat or compare
     recipe = recipe_for(profile, mode, have_calibration=calibration is not None or qat,
                         calibration_samples=calibration_samples)
@@ -189,6 +199,16 @@ def convert(
             files.update(tflm_sources(name, quantized, info.all_op_names, alignment=profile.memory.tensor_alignment,
                                       arena=ArenaSize(arena.smallest, emulation.memory.margin) if arena else None
                                       ).files)
+    harness_manifest = None
+    if harness and files and emulation.memory.arena:
+        from edgeq.device.firmware import firmware_with_sizes
+
+        on_step("writing the device-check harness firmware and compiling its C parts for Cortex-M4F")
+        firmware, _ = firmware_with_sizes(quantized, info, name=name, target_name=profile.name,
+                                          arena=ArenaSize(emulation.memory.arena.smallest, emulation.memory.margin),
+                                          max_payload=max_payload, alignment=profile.memory.tensor_alignment)
+        files.update(firmware.files)
+        harness_manifest = firmware.manifest
     used = min(recipe.calibration_samples, data.num_samples) if data else 0
     report = _report(model, model_path, profile, recipe, data, used, float_bytes, info, checks, gate, emulation,
                      files)
@@ -196,10 +216,11 @@ def convert(
     report["folded_batchnorm"] = list(folded)
     report["qat"] = None if qat_result is None else qat_result.to_dict()
     report["comparison"] = {k: c.summary(float_bytes) for k, c in candidates.items()} if compare else None
+    report["harness"] = harness_manifest
     files.update(_render_reports(report))
     on_step(f"writing {len(files)} files to {out}")
     # A rejected model must not sit next to a report that rejects it (left by an earlier run).
-    stale = [n for n in output_names(name, profile) if n not in files]
+    stale = [n for n in output_names(name, profile, harness) if n not in files]
     written = write_files_atomically(out, files, overwrite=overwrite, remove=stale)
     result = ConvertResult(name, out, written, profile, recipe, len(float_bytes), len(quantized), info, checks,
                            emulation, gate, report)

@@ -189,6 +189,9 @@ class SimDevice:
         if event.version != PROTOCOL_VERSION:
             return self._error(event.seq, ErrorCode.BAD_VERSION, f"protocol version {PROTOCOL_VERSION} only")
         if event.type == FrameType.HELLO:
+            if event.payload:  # strict v1 payloads, as edgeq_device.c
+                return self._error(event.seq, ErrorCode.BAD_PAYLOAD,
+                                   f"HELLO carries no payload, got {len(event.payload)} bytes")
             return self._hello(event.seq)
         if event.type == FrameType.INFER:
             return self._infer(event, fd)

@@ -1,11 +1,14 @@
 """Write a set of output files so that a failure never leaves half-written or lost files.
 
-Each file is written to a temporary file in the destination folder, flushed and fsynced.
+Names are relative paths, "/" separated; they may lead into subfolders ("ports/zephyr/src/main.c"),
+which are created as needed (never above the output folder: absolute names and ".." are refused).
+Each file is written to a temporary file in its destination folder, flushed and fsynced.
 Only when *every* file of the set has been written are they moved into place with os.replace
 (atomic per file on POSIX). Before the first rename, every existing output the set replaces
 or removes is kept under a hard link (a copy where links are not supported), so a failure
 during the renames (disk full, an exception, KeyboardInterrupt) puts the old files back. On
-any failure the temporary files are removed and existing outputs are left as they were.
+any failure the temporary files are removed, subfolders created for the set are removed again,
+and existing outputs are left as they were.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import os
 import secrets
 import shutil
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Mapping, Sequence
 
 from edgeq.errors import OutputError
@@ -31,9 +34,31 @@ def _reason(exc: OSError) -> str:
     return (exc.strerror or str(exc)).lower()
 
 
+def _check_names(names: Sequence[str]) -> None:
+    """Output names are relative paths inside the output folder: no absolute path, no "..", no "."."""
+    for name in names:
+        if (not name or "\\" in name or PurePosixPath(name).is_absolute() or PureWindowsPath(name).drive
+                or any(part in ("", ".", "..") for part in name.split("/"))):
+            raise OutputError(f"refusing to write output {name!r}: names must be relative paths inside the output "
+                              "folder (no absolute path, no '..')", hint="this is a bug in edgeq; please report it")
+    as_set = set(names)
+    for name in names:
+        for parent in PurePosixPath(name).parents:
+            if str(parent) in as_set:
+                raise OutputError(f"output {str(parent)!r} would be both a file and the folder of {name!r}",
+                                  hint="this is a bug in edgeq; please report it")
+
+
+def _folders(names: Sequence[str]) -> list[str]:
+    """Every subfolder the names lead into, parents before children ("a", "a/b", ...)."""
+    found = {str(parent) for name in names for parent in PurePosixPath(name).parents if str(parent) != "."}
+    return sorted(found, key=lambda f: (f.count("/"), f))
+
+
 def check_output_dir(outdir: Path, filenames: list[str], *, overwrite: bool) -> None:
     """Fail early, before any expensive work, if the outputs could not be written."""
     outdir = Path(outdir)
+    _check_names(filenames)
     if outdir.exists() and not outdir.is_dir():
         raise OutputError(
             f"output path {outdir} is a file, not a folder",
@@ -59,6 +84,12 @@ def check_output_dir(outdir: Path, filenames: list[str], *, overwrite: bool) -> 
         os.close(fd)
     finally:
         Path(name).unlink(missing_ok=True)
+    for folder in _folders(filenames):
+        if os.path.lexists(outdir / folder) and not (outdir / folder).is_dir():
+            raise OutputError(
+                f"cannot create folder {outdir / folder}: it is a file, not a folder",
+                hint="move that file away, or choose another output folder",
+            )
     if not overwrite:
         existing = [name for name in filenames if (outdir / name).exists()]
         if existing:
@@ -68,9 +99,9 @@ def check_output_dir(outdir: Path, filenames: list[str], *, overwrite: bool) -> 
             )
 
 
-def _keep_old(path: Path, outdir: Path) -> Path:
-    """A second name for `path` in `outdir` (hard link, or a copy), to put it back on failure."""
-    backup = outdir / f"{TMP_PREFIX}{secrets.token_hex(6)}-old-{path.name}"
+def _keep_old(path: Path) -> Path:
+    """A second name for `path` in its folder (hard link, or a copy), to put it back on failure."""
+    backup = path.parent / f"{TMP_PREFIX}{secrets.token_hex(6)}-old-{path.name}"
     try:
         os.link(path, backup, follow_symlinks=False)
     except OSError:
@@ -99,11 +130,19 @@ def write_files_atomically(
     staged: list[tuple[Path, Path]] = []
     backups: dict[Path, Path] = {}  # existing output -> its kept old version
     changed: list[Path] = []  # outputs already replaced or removed, in order
+    created: list[Path] = []  # subfolders made for this set, parents first
+    failed = True
     try:
+        for folder in _folders(list(files)):
+            path = outdir / folder
+            if not os.path.lexists(path):
+                path.mkdir()
+                created.append(path)
         for name, data in files.items():
-            fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=f"-{name}", dir=outdir)
+            final = outdir / name
+            fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=f"-{final.name}", dir=final.parent)
             tmp = Path(tmp_name)
-            staged.append((tmp, outdir / name))
+            staged.append((tmp, final))
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
                 handle.flush()
@@ -112,14 +151,16 @@ def write_files_atomically(
         stale = [outdir / name for name in remove if os.path.lexists(outdir / name)]
         for final in [final for _, final in staged] + stale:
             if os.path.lexists(final):
-                backups[final] = _keep_old(final, outdir)
+                backups[final] = _keep_old(final)
         for tmp, final in staged:
             changed.append(final)
             os.replace(tmp, final)
         for final in stale:
             changed.append(final)
             final.unlink()
-        _fsync_dir(outdir)
+        for folder in {final.parent for final in changed} | {outdir, *(p.parent for p in created)}:
+            _fsync_dir(folder)
+        failed = False
     except BaseException as exc:
         restored = _roll_back(changed, backups)
         if isinstance(exc, OSError):
@@ -134,6 +175,12 @@ def write_files_atomically(
             tmp.unlink(missing_ok=True)
         for backup in backups.values():
             backup.unlink(missing_ok=True)
+        if failed:
+            for folder in reversed(created):  # children first; only if nothing else appeared in them
+                try:
+                    folder.rmdir()
+                except OSError:
+                    pass
     return [final for _, final in staged]
 
 

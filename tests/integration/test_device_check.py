@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -245,3 +246,51 @@ def test_fault_specs_parse_or_explain():
 
 def test_device_error_exit_code_is_distinct():
     assert DeviceError("x").exit_code == 4
+
+
+# -- the harness firmware, from the CLI ------------------------------------------------------------
+
+
+def test_cli_firmware_writes_the_tree_with_cortex_m_sizes(digits_int8, tmp_path):
+    out = tmp_path / "fw"
+    result = run_edgeq("firmware", str(digits_int8), "-o", str(out), "--max-payload", "1024")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / "edgeq_firmware.json").read_text())
+    model = digits_int8.read_bytes()
+    assert manifest["model_sha256"] == hashlib.sha256(model).hexdigest() and manifest["max_payload"] == 1024
+    for rel in ("README.md", "edgeq_platform.h", "edgeq_harness.cc", "ports/zephyr/src/main.c",
+                "ports/arduino/edgeq_harness/edgeq_harness.ino", "digits_int8_model_data.cc"):
+        assert (out / rel).is_file(), rel
+    size = manifest["cortex_m_size"]
+    assert size["model"]["bytes"] == len(model) and size["model"]["section"].startswith(".rodata")
+    assert 0 < size["harness"]["flash"] < 16 * 1024 and size["harness"]["ram"] < 3 * 1024  # 1 KiB frames
+    assert f"model {len(model):,} B in .rodata" in result.stdout
+    again = run_edgeq("firmware", str(digits_int8), "-o", str(out))
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+    lite = run_edgeq("firmware", str(digits_int8), "--target", "iot", "-o", str(tmp_path / "x"))
+    assert lite.returncode == 2 and "harness firmware is for TFLite Micro" in lite.stderr
+
+
+def test_convert_harness_then_device_sim_then_device_check(tmp_path):
+    """The whole user flow: convert with --harness, 'flash' it (the virtual device), check it."""
+    out = tmp_path / "out"
+    example = Path(__file__).resolve().parents[2] / "examples" / "digits_cnn.keras"
+    result = run_edgeq("convert", str(example), "--calibration", "digits", "--harness", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "the device-check harness firmware" in result.stdout
+    model = out / "digits_cnn.tflite"
+    report = json.loads((out / "report.json").read_text())
+    assert report["harness"]["model_sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
+    assert report["harness"]["cortex_m_size"]["model"]["bytes"] == model.stat().st_size
+    assert (out / "ports" / "baremetal" / "main.c").is_file() and (out / "edgeq_firmware.json").is_file()
+    proc, port = _start_sim(str(model))
+    try:
+        check_result = run_edgeq("device-check", "-p", port, "-m", str(model), "-d", "digits", "-n", "50",
+                                 "-o", str(tmp_path / "dc"))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    assert check_result.returncode == 0, check_result.stderr
+    assert "bit-exact with the emulator: 50 of 50" in check_result.stdout
+    iot = run_edgeq("convert", str(example), "--target", "iot", "--harness", "-o", str(tmp_path / "iot"))
+    assert iot.returncode == 2 and "--harness builds TFLite Micro firmware" in iot.stderr

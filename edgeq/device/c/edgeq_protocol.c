@@ -65,6 +65,8 @@ void edgeq_parser_init(edgeq_parser *p) {
 
 void edgeq_parser_reset(edgeq_parser *p) { p->state = ST_SOF; }
 
+int edgeq_parser_busy(const edgeq_parser *p) { return p->state != ST_SOF; }
+
 edgeq_status edgeq_parser_feed(edgeq_parser *p, uint8_t byte) {
     switch (p->state) {
     case ST_SOF:

@@ -22,7 +22,13 @@ extern "C" {
 #define EDGEQ_CRC_SIZE 2u
 #define EDGEQ_FRAME_OVERHEAD (EDGEQ_HEADER_SIZE + EDGEQ_CRC_SIZE)
 
-/* Largest payload this build accepts and sends. Override with -DEDGEQ_MAX_PAYLOAD=n (<= 65535). */
+/* Build settings shared by every translation unit that includes this header (EDGEQ_MAX_PAYLOAD must
+ * be the same everywhere: it sizes edgeq_parser). A generated firmware tree writes its own
+ * edgeq_config.h next to this file; the packaged default one sets nothing. */
+#include "edgeq_config.h"
+
+/* Largest payload this build accepts and sends: edgeq_config.h, or -DEDGEQ_MAX_PAYLOAD=n given to
+ * every file (<= 65535). */
 #ifndef EDGEQ_MAX_PAYLOAD
 #define EDGEQ_MAX_PAYLOAD 4096u
 #endif
@@ -96,6 +102,9 @@ size_t edgeq_encode_frame(uint8_t *out, size_t cap, uint8_t type, uint8_t seq,
 void edgeq_parser_init(edgeq_parser *p);
 /* Drop any partial frame: call when the line was idle mid-frame (see docs: inter-byte timeout). */
 void edgeq_parser_reset(edgeq_parser *p);
+/* Nonzero while a frame is partly received (after SOF, before its last CRC byte): the state in
+ * which the inter-byte timeout applies. */
+int edgeq_parser_busy(const edgeq_parser *p);
 /* Returns EDGEQ_NEED_MORE for most bytes. After FRAME_READY the frame stays readable until the
  * next call to edgeq_parser_feed. */
 edgeq_status edgeq_parser_feed(edgeq_parser *p, uint8_t byte);

@@ -1,0 +1,417 @@
+"""The test-harness firmware source tree for one model, and a Cortex-M size check of it.
+
+`build_firmware` returns every file of a folder that builds into a firmware answering the edgeq
+device protocol (docs/protocol.md) with the model in TensorFlow Lite Micro: the model's C arrays and
+op resolver (edgeq.export.c_arrays), the generated TFLM glue (edgeq_harness.cc and its config
+header), the portable C device loop (edgeq/device/c) and example ports (Arduino, Zephyr, bare-metal
+Cortex-M, POSIX) in ports/. Write it with edgeq.export.atomic.write_files_atomically.
+
+`cross_compile` compiles the parts that need no TFLM (model data, protocol, device loop, bare-metal
+port) with arm-none-eabi-gcc and reports their flash and RAM, when that toolchain is installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from string import Template
+from typing import Any, Mapping
+
+import numpy as np
+
+from edgeq import __version__
+from edgeq.errors import EdgeqError, TargetCheckError
+from edgeq.export.c_arrays import ArenaSize, c_identifier, tflm_sources
+from edgeq.tflite.reader import ModelInfo, TensorInfo
+
+DEFAULT_MAX_PAYLOAD = 4096  # edgeq_protocol.h's default EDGEQ_MAX_PAYLOAD
+PAYLOAD_LIMIT = 0xFFFF  # the u16 length field
+MIN_PAYLOAD = 64  # edgeq_device.h refuses smaller (a HELLO_REPLY needs room)
+INFER_REPLY_HEADER = 9  # time u32 | unit u8 | count u32
+MAX_RANK = 8  # edgeq_protocol.h's EDGEQ_MAX_RANK
+FRAME_OVERHEAD = 8
+DEVICE_OVERHEAD = 64  # edgeq_device beyond its two buffers (parser fields, pointers, read chunk), rounded up
+
+# Copied verbatim from edgeq/device/c into the tree (same relative path, "/" separated).
+STATIC_FILES = (
+    "edgeq_protocol.h", "edgeq_protocol.c", "edgeq_device.h", "edgeq_device.c", "edgeq_platform.h",
+    "edgeq_harness.h",
+    "ports/arduino/edgeq_harness/edgeq_harness.ino",
+    "ports/zephyr/CMakeLists.txt", "ports/zephyr/prj.conf", "ports/zephyr/src/main.c",
+    "ports/baremetal/main.c",
+    "ports/posix/edgeq_platform_posix.c",
+)
+# Schema TensorType numbers (as in edgeq_protocol.h's enum edgeq_dtype and the TFLite schema).
+_SCHEMA_DTYPES = {"float32": 0, "float16": 1, "int32": 2, "uint8": 3, "int64": 4, "string": 5, "bool": 6,
+                  "int16": 7, "complex64": 8, "int8": 9, "float64": 10, "complex128": 11, "uint64": 12,
+                  "uint32": 15, "uint16": 16}
+_ITEM_SIZES = {"float32": 4, "float16": 2, "int32": 4, "uint8": 1, "int64": 8, "bool": 1, "int16": 2,
+               "complex64": 8, "int8": 1, "float64": 8, "complex128": 16, "uint64": 8, "uint32": 4, "uint16": 2}
+DEFAULT_CPU_FLAGS = ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16")
+
+
+@dataclass(frozen=True)
+class Firmware:
+    """A firmware source tree: relative path ("/" separated) -> contents, and what it holds."""
+
+    files: dict[str, bytes]
+    manifest: dict[str, Any]
+
+    @property
+    def ident(self) -> str:
+        return str(self.manifest["model_id"])
+
+
+@dataclass(frozen=True)
+class ObjectSize:
+    """arm-none-eabi-size (Berkeley) of one object file: text (code + rodata), data, bss."""
+
+    text: int
+    data: int
+    bss: int
+
+    @property
+    def flash(self) -> int:
+        return self.text + self.data  # initialised data is stored in flash and copied to RAM
+
+    @property
+    def ram(self) -> int:
+        return self.data + self.bss
+
+
+@dataclass(frozen=True)
+class CrossSize:
+    """What the Cortex-M cross compiler says about the firmware parts that need no TFLM."""
+
+    compiler: str  # `arm-none-eabi-gcc --version`, first line
+    cpu_flags: tuple[str, ...]
+    objects: dict[str, ObjectSize]  # source path in the tree -> its object's size
+    model_symbol: str  # g_<id>_model_data
+    model_section: str  # the ELF section holding it, e.g. ".rodata.g_<id>_model_data"
+    model_size: int  # its symbol size, == len(model)
+    harness_flash: int  # protocol + device loop + bare-metal port: text + data
+    harness_ram: int  # their data + bss, plus sizeof(edgeq_device) that edgeq_harness.cc declares
+    device_struct: int  # sizeof(edgeq_device) on the target (parser + tx frame + read chunk)
+    note: str = ("edgeq_harness.cc (the TFLM glue) and TFLM itself are not compiled: TFLM's headers and "
+                 "library are not part of edgeq; the figures cover the model data and the edgeq C code only")
+    max_payload: int = DEFAULT_MAX_PAYLOAD
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "compiler": self.compiler, "cpu_flags": list(self.cpu_flags),
+            "objects": {k: {"text": v.text, "data": v.data, "bss": v.bss} for k, v in self.objects.items()},
+            "model": {"symbol": self.model_symbol, "section": self.model_section, "bytes": self.model_size},
+            "harness": {"flash": self.harness_flash, "ram": self.harness_ram, "device_struct": self.device_struct},
+            "max_payload": self.max_payload, "note": self.note,
+        }
+
+
+# --- the tree -----------------------------------------------------------------------------------
+
+def _package_file(relative: str) -> bytes:
+    return resources.files("edgeq.device").joinpath(relative).read_bytes()
+
+
+def _template(name: str) -> Template:
+    return Template(_package_file(f"templates/{name}").decode())
+
+
+def _static_shape(t: TensorInfo) -> tuple[int, ...]:
+    """The shape TFLM allocates: the reader keeps the shape signature (-1 for a free batch
+    dimension), where the flatbuffer's static shape, which TFLM uses, says 1."""
+    return tuple(1 if d < 0 else int(d) for d in t.shape)
+
+
+def _tensor_bytes(t: TensorInfo, which: str, source: str) -> int:
+    if t.dtype not in _ITEM_SIZES:
+        raise TargetCheckError(f"{which} '{t.name}' of {source} is {t.dtype}, which the device protocol cannot carry",
+                               hint="use int8, uint8, int16, int32 or float32 model inputs and outputs")
+    if len(t.shape) > MAX_RANK:
+        raise TargetCheckError(f"{which} '{t.name}' of {source} has rank {len(t.shape)}, above {MAX_RANK}",
+                               hint="reshape the model's inputs/outputs to at most 8 dimensions")
+    return _ITEM_SIZES[t.dtype] * math.prod(_static_shape(t))
+
+
+def _c_float(x: float) -> str:
+    return f"{float(np.float32(x)):.9e}f"  # 9 significant digits: the float32 round-trips exactly
+
+
+def _tensor_json(t: TensorInfo, nbytes: int) -> dict[str, Any]:
+    scale, zero_point = _quant(t)
+    return {"name": t.name, "dtype": t.dtype, "dtype_code": _SCHEMA_DTYPES[t.dtype],
+            "shape": list(_static_shape(t)),
+            "scale": scale, "zero_point": zero_point, "bytes": nbytes}
+
+
+def _quant(t: TensorInfo) -> tuple[float, int]:
+    if len(t.scales) == 1:  # per-tensor; per-channel is not described by the protocol
+        return float(np.float32(t.scales[0])), int(t.zero_points[0]) if t.zero_points else 0
+    return 0.0, 0
+
+
+def _c_tensor(t: TensorInfo) -> str:
+    scale, zero_point = _quant(t)
+    dims = ", ".join(str(d) for d in _static_shape(t)) or "0"
+    return f"{{{_SCHEMA_DTYPES[t.dtype]}, {len(t.shape)}, {{{dims}}}, {_c_float(scale)}, {zero_point}}}"
+
+
+def _shape_text(tensors: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{t['dtype']} {t['shape']}" + (f" (scale {t['scale']:.6g}, zero point {t['zero_point']})"
+                                                    if t["scale"] else "") for t in tensors)
+
+
+def build_firmware(model: bytes, info: ModelInfo, *, name: str, arena: ArenaSize, target_name: str,
+                   max_payload: int = DEFAULT_MAX_PAYLOAD, alignment: int = 16) -> Firmware:
+    """The firmware folder for `model` (its .tflite bytes, read into `info`): files and manifest.
+
+    Raises TargetCheckError when the model cannot be served by protocol version 1 (inputs or outputs
+    above `max_payload`, dynamic shapes, an op TFLM lacks), EdgeqError for a bad max_payload.
+    """
+    if not MIN_PAYLOAD <= max_payload <= PAYLOAD_LIMIT:
+        raise EdgeqError(f"--max-payload {max_payload} is out of range",
+                         hint=f"choose a value from {MIN_PAYLOAD} to {PAYLOAD_LIMIT} (default {DEFAULT_MAX_PAYLOAD})")
+    ident = c_identifier(name)
+    source = info.source
+    if not info.inputs or not info.outputs:
+        raise TargetCheckError(f"{source} has no inputs or no outputs", hint="re-export the model")
+    if len(info.inputs) > 255 or len(info.outputs) > 255:
+        raise TargetCheckError(f"{source} has more than 255 inputs or outputs",
+                               hint="the device protocol counts them in one byte")
+    in_sizes = [_tensor_bytes(t, "input", source) for t in info.input_tensors]
+    out_sizes = [_tensor_bytes(t, "output", source) for t in info.output_tensors]
+    input_bytes, output_bytes = sum(in_sizes), sum(out_sizes)
+    reply_bytes = output_bytes + INFER_REPLY_HEADER
+    # HELLO_REPLY: version, max payload, sha256, arena size/used, two counts, 10 + 4 x rank per tensor
+    hello_bytes = 1 + 2 + 32 + 8 + 2 + sum(10 + 4 * len(t.shape) for t in (*info.input_tensors, *info.output_tensors))
+    needed = max(input_bytes, reply_bytes, hello_bytes)
+    if needed > max_payload:
+        if input_bytes > max_payload:
+            what = f"its inputs take {input_bytes} bytes"
+        elif reply_bytes > max_payload:
+            what = f"its outputs take {output_bytes} bytes (+{INFER_REPLY_HEADER} reply header = {reply_bytes})"
+        else:
+            what = f"the HELLO reply describing its tensors takes {hello_bytes} bytes"
+        if needed > PAYLOAD_LIMIT:
+            raise TargetCheckError(
+                f"model '{ident}' cannot be checked on a device: {what}, above the protocol's "
+                f"{PAYLOAD_LIMIT}-byte frame limit (version 1 has no chunking)",
+                hint="check a model with smaller inputs/outputs, or compare outputs with `edgeq emulate` instead")
+        raise TargetCheckError(
+            f"model '{ident}' does not fit one protocol frame: {what}, above the maximum payload of "
+            f"{max_payload} bytes (version 1 of the device protocol has no chunking)",
+            hint=f"rebuild the firmware with a larger --max-payload (at least {needed}, at most {PAYLOAD_LIMIT}); "
+                 "the device needs about twice that in RAM")
+
+    c_sources = tflm_sources(ident, model, info.all_op_names, arena=arena, alignment=alignment)
+    digest = hashlib.sha256(model).hexdigest()
+    inputs = [_tensor_json(t, n) for t, n in zip(info.input_tensors, in_sizes)]
+    outputs = [_tensor_json(t, n) for t, n in zip(info.output_tensors, out_sizes)]
+    device_ram = 2 * max_payload + FRAME_OVERHEAD + DEVICE_OVERHEAD
+    subs = {
+        "ident": ident, "version": __version__, "target": target_name, "sha256": digest, "model_bytes": len(model),
+        "arena_total": arena.total, "arena_measured": arena.measured, "arena_margin": arena.margin,
+        "inputs_desc": _shape_text(inputs), "outputs_desc": _shape_text(outputs), "input_bytes": input_bytes,
+        "reply_bytes": reply_bytes, "max_payload": max_payload, "min_payload": max(MIN_PAYLOAD, needed),
+        "device_ram": device_ram,
+    }
+
+    files: dict[str, bytes] = {rel: _package_file(f"c/{rel}") for rel in STATIC_FILES}
+    files.update(c_sources.files)
+    files["edgeq_config.h"] = _config_header(max_payload).encode()
+    files["edgeq_harness_config.h"] = _harness_config(ident, digest, len(model), target_name, info, input_bytes,
+                                                      output_bytes).encode()
+    files["edgeq_harness.cc"] = _template("edgeq_harness.cc.tmpl").substitute(subs).encode()
+    files["README.md"] = _template("README.md.tmpl").substitute(subs).encode()
+    manifest: dict[str, Any] = {
+        "edgeq_version": __version__, "protocol_version": 1, "model_id": ident, "target": target_name,
+        "model_sha256": digest, "model_bytes": len(model),
+        "arena": {"total": arena.total, "measured": arena.measured, "margin": arena.margin,
+                  "symbol": f"k_{ident}_tensor_arena_size"},
+        "inputs": inputs, "outputs": outputs, "input_bytes": input_bytes, "output_bytes": output_bytes,
+        "max_payload": max_payload, "device_buffers_bytes": device_ram,
+        "model_symbol": f"g_{ident}_model_data",
+    }
+    manifest["files"] = sorted([*files, "edgeq_firmware.json"])
+    files["edgeq_firmware.json"] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    return Firmware(dict(sorted(files.items())), manifest)
+
+
+def _config_header(max_payload: int) -> str:
+    return (
+        "/* edgeq device build settings, included by edgeq_protocol.h in every translation unit, so that\n"
+        " * all of them agree on EDGEQ_MAX_PAYLOAD (it sizes edgeq_parser). Generated by edgeq "
+        f"{__version__}. */\n"
+        "#ifndef EDGEQ_CONFIG_H\n#define EDGEQ_CONFIG_H\n\n"
+        "/* Largest frame payload: this model's INFER request and reply fit. RAM ~ 2 x this value. A\n"
+        " * -DEDGEQ_MAX_PAYLOAD=n given to every file overrides it (edgeq_harness.cc checks it still fits). */\n"
+        f"#ifndef EDGEQ_MAX_PAYLOAD\n#define EDGEQ_MAX_PAYLOAD {max_payload}u\n#endif\n\n"
+        "#endif /* EDGEQ_CONFIG_H */\n"
+    )
+
+
+def _harness_config(ident: str, digest: str, model_bytes: int, target: str, info: ModelInfo,
+                    input_bytes: int, output_bytes: int) -> str:
+    sha = bytes.fromhex(digest)
+    sha_rows = ",\n".join("    " + ", ".join(f"0x{b:02x}" for b in sha[i:i + 8]) for i in range(0, 32, 8))
+    ins = ",\n".join(f"    {_c_tensor(t)}" for t in info.input_tensors)
+    outs = ",\n".join(f"    {_c_tensor(t)}" for t in info.output_tensors)
+    guard = "EDGEQ_HARNESS_CONFIG_H"
+    return (
+        f"/* The model behind this edgeq test harness. Generated by edgeq {__version__}; do not edit. */\n"
+        f"#ifndef {guard}\n#define {guard}\n\n"
+        f'#define EDGEQ_MODEL_ID "{ident}"\n'
+        f'#define EDGEQ_TARGET "{c_identifier(target)}"\n'
+        f"#define EDGEQ_MODEL_BYTES {model_bytes}u\n"
+        f'#define EDGEQ_MODEL_SHA256_HEX "{digest}"\n'
+        "/* SHA-256 of the .tflite flatbuffer (g_" + ident + "_model_data), reported in HELLO_REPLY. */\n"
+        "#define EDGEQ_MODEL_SHA256 { \\\n" + sha_rows.replace("\n", " \\\n") + " \\\n}\n\n"
+        "/* Inputs and outputs in model order: {dtype (schema TensorType), rank, {dims}, scale, zero point}.\n"
+        " * The harness reports the interpreter's own values once AllocateTensors succeeded. */\n"
+        f"#define EDGEQ_MODEL_N_INPUTS {len(info.inputs)}u\n"
+        f"#define EDGEQ_MODEL_N_OUTPUTS {len(info.outputs)}u\n"
+        f"#define EDGEQ_MODEL_INPUT_BYTES {input_bytes}u  /* an INFER payload */\n"
+        f"#define EDGEQ_MODEL_OUTPUT_BYTES {output_bytes}u /* an INFER_REPLY payload minus its 9-byte header */\n"
+        "#define EDGEQ_MODEL_INPUTS { \\\n" + ins.replace("\n", " \\\n") + " \\\n}\n"
+        "#define EDGEQ_MODEL_OUTPUTS { \\\n" + outs.replace("\n", " \\\n") + " \\\n}\n\n"
+        f"#endif /* {guard} */\n"
+    )
+
+
+# --- Cortex-M size check --------------------------------------------------------------------------
+
+class CrossCompileError(EdgeqError):
+    """The Cortex-M cross compiler refused a file of the firmware tree."""
+
+
+def _run(cmd: list[str], what: str, cwd: Path) -> str:
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=300)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-25:])
+        raise CrossCompileError(f"{what} failed (exit {proc.returncode}):\n{tail}",
+                                hint="this is a bug in the generated firmware sources; please report it with the "
+                                     "compiler output above")
+    return proc.stdout
+
+
+_DEVICE_PROBE = "#include \"edgeq_device.h\"\nedgeq_device edgeq_size_probe_device;\n"
+
+
+def cross_compile(files: Mapping[str, bytes] | Path, *, cpu_flags: tuple[str, ...] = DEFAULT_CPU_FLAGS,
+                  cpu_hz: int = 64_000_000) -> CrossSize | None:
+    """Compile the model data, protocol, device loop and bare-metal port for Cortex-M and size them.
+
+    `files`: a Firmware's files or a folder holding such a tree. Returns None when arm-none-eabi-gcc,
+    -g++, -size or -nm is not on PATH. The C files are compiled with -Wall -Wextra -Werror; a failure
+    raises CrossCompileError with the compiler's last lines. edgeq_harness.cc is not compiled (no TFLM).
+    """
+    tools = {t: shutil.which(f"arm-none-eabi-{t}") for t in ("gcc", "g++", "size", "nm")}
+    if not all(tools.values()):
+        return None
+    gcc, gxx, size, nm = (str(tools[t]) for t in ("gcc", "g++", "size", "nm"))
+    with tempfile.TemporaryDirectory(prefix="edgeq-cross-") as tmp:
+        root = Path(tmp) / "tree"
+        if isinstance(files, Path):
+            shutil.copytree(files, root)
+        else:
+            for rel, data in files.items():
+                path = root / rel
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+        model_cc = sorted(p.name for p in root.glob("*_model_data.cc"))
+        if len(model_cc) != 1:
+            raise CrossCompileError(f"expected one *_model_data.cc in the firmware tree, found {len(model_cc)}")
+        ident = model_cc[0][: -len("_model_data.cc")]
+        (root / "edgeq_size_probe.c").write_text(_DEVICE_PROBE)
+        common = [*cpu_flags, "-Os", "-ffunction-sections", "-fdata-sections", "-I.", "-c"]
+        c_flags = ["-std=c99", "-Wall", "-Wextra", "-Werror", f"-DEDGEQ_CPU_HZ={cpu_hz}"]
+        sources = {
+            model_cc[0]: [gxx, "-std=c++17", "-Wall", "-Wextra", "-Werror", "-fno-exceptions", "-fno-rtti"],
+            "edgeq_protocol.c": [gcc, *c_flags], "edgeq_device.c": [gcc, *c_flags],
+            "ports/baremetal/main.c": [gcc, *c_flags], "edgeq_size_probe.c": [gcc, *c_flags],
+        }
+        objects: dict[str, Path] = {}
+        for rel, cmd in sources.items():
+            obj = root / "obj" / (rel.replace("/", "__") + ".o")
+            obj.parent.mkdir(exist_ok=True)
+            _run([*cmd, *common, rel, "-o", str(obj)], f"arm-none-eabi compile of {rel}", root)
+            objects[rel] = obj
+        sizes: dict[str, ObjectSize] = {}
+        for rel, obj in objects.items():
+            lines = _run([size, "-B", str(obj)], f"arm-none-eabi-size of {rel}", root).splitlines()
+            text, data, bss = (int(v) for v in lines[1].split()[:3])
+            sizes[rel] = ObjectSize(text, data, bss)
+        symbol = f"g_{ident}_model_data"
+        section, model_size = _symbol_section(size, nm, objects[model_cc[0]], symbol, root)
+        _, device_struct = _symbol_section(size, nm, objects["edgeq_size_probe.c"], "edgeq_size_probe_device", root)
+        version = _run([gcc, "--version"], "arm-none-eabi-gcc --version", root).splitlines()[0].strip()
+    del sizes["edgeq_size_probe.c"]
+    harness = [sizes[k] for k in ("edgeq_protocol.c", "edgeq_device.c", "ports/baremetal/main.c")]
+    max_payload = _max_payload(files)
+    return CrossSize(
+        compiler=version, cpu_flags=tuple(cpu_flags), objects=sizes, model_symbol=symbol, model_section=section,
+        model_size=model_size, harness_flash=sum(s.flash for s in harness),
+        harness_ram=sum(s.ram for s in harness) + device_struct, device_struct=device_struct, max_payload=max_payload,
+    )
+
+
+def _symbol_section(size: str, nm: str, obj: Path, symbol: str, cwd: Path) -> tuple[str, int]:
+    """(section name, size) of a defined symbol in an object: nm -S for the size, size -A for the section."""
+    symbols = _run([nm, "-S", "--defined-only", str(obj)], f"arm-none-eabi-nm of {obj.name}", cwd)
+    found = None
+    for line in symbols.splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[3] == symbol:
+            found = int(parts[1], 16)
+    if found is None:
+        raise CrossCompileError(f"symbol {symbol} not found in {obj.name}")
+    sections = _run([size, "-A", str(obj)], f"arm-none-eabi-size -A of {obj.name}", cwd)
+    for line in sections.splitlines():
+        parts = line.split()
+        if parts and parts[0].endswith(f".{symbol}"):  # -fdata-sections: one section per object
+            return parts[0], found
+    raise CrossCompileError(f"no section named after {symbol} in {obj.name} (compiled without -fdata-sections?)")
+
+
+def _max_payload(files: Mapping[str, bytes] | Path) -> int:
+    """The tree's EDGEQ_MAX_PAYLOAD, from its edgeq_config.h."""
+    if isinstance(files, Path):
+        config = files / "edgeq_config.h"
+        text = config.read_bytes() if config.is_file() else b""
+    else:
+        text = files.get("edgeq_config.h", b"")
+    match = re.search(rb"#define EDGEQ_MAX_PAYLOAD (\d+)u", text)
+    return int(match.group(1)) if match else DEFAULT_MAX_PAYLOAD
+
+
+def harness_file_names(name: str) -> list[str]:
+    """Every file build_firmware writes for a model called `name` (to check an output folder early)."""
+    ident = c_identifier(name)
+    return sorted([*STATIC_FILES, "edgeq_config.h", "edgeq_harness_config.h", "edgeq_harness.cc", "README.md",
+                   "edgeq_firmware.json", f"{ident}_model_data.h", f"{ident}_model_data.cc",
+                   f"{ident}_op_resolver.h"])
+
+
+def firmware_with_sizes(model: bytes, info: ModelInfo, *, name: str, arena: ArenaSize, target_name: str,
+                        max_payload: int = DEFAULT_MAX_PAYLOAD, alignment: int = 16
+                        ) -> tuple[Firmware, CrossSize | None]:
+    """build_firmware, then the Cortex-M size check; the sizes go into edgeq_firmware.json too.
+
+    Without the arm-none-eabi toolchain the manifest says so instead of giving sizes.
+    """
+    firmware = build_firmware(model, info, name=name, arena=arena, target_name=target_name, max_payload=max_payload,
+                              alignment=alignment)
+    size = cross_compile(firmware.files)
+    manifest = dict(firmware.manifest)
+    manifest["cortex_m_size"] = size.to_dict() if size else {
+        "note": "arm-none-eabi-gcc not found: install gcc-arm-none-eabi for flash and RAM figures"}
+    files = dict(firmware.files)
+    files["edgeq_firmware.json"] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    return Firmware(files, manifest), size
