@@ -83,6 +83,7 @@ def render_markdown(report: dict[str, Any]) -> bytes:
     out += _memory_md(emu)
     out += _latency_md(emu)
     out += _per_layer_md(emu)
+    out += _harness_md(report.get("harness"))
     out += ["## Checks", ""]
     out += _table(["check", "result", "details", "what to try"],
                   [[c["name"], "skipped" if c.get("skipped") else ("pass" if c["passed"] else "**FAIL**"),
@@ -277,3 +278,21 @@ def render_png(report: dict[str, Any]) -> bytes:
 
 def _shorten(name: str, limit: int = 40) -> str:
     return name if len(name) <= limit else "…" + name[-(limit - 1):]
+
+
+def _harness_md(harness: dict[str, Any] | None) -> list[str]:
+    """The device-check harness firmware (convert --harness) and its Cortex-M sizes."""
+    if not harness:
+        return []
+    out = ["## Harness firmware (`edgeq device-check`)", "",
+           f"{len(harness['files'])} files (start with README.md) for model SHA-256 `{harness['model_sha256'][:16]}…`, "
+           f"frames up to {harness['max_payload']:,} bytes.", ""]
+    size = harness.get("cortex_m_size") or {}
+    if "model" not in size:
+        return out + [size.get("note", ""), ""]
+    out += _table(["part (arm-none-eabi-size)", "flash", "RAM"],
+                  [[f"model array `{size['model']['symbol']}` in `{size['model']['section']}`",
+                    f"{size['model']['bytes']:,} B", "0 B"],
+                   ["protocol + device loop + bare-metal port", f"{size['harness']['flash']:,} B",
+                    f"{size['harness']['ram']:,} B"]])
+    return out + [f"{size['compiler']}, `{' '.join(size['cpu_flags'])}`. {size['note']}.", ""]

@@ -282,6 +282,8 @@ def test_convert_harness_then_device_sim_then_device_check(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["harness"]["model_sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
     assert report["harness"]["cortex_m_size"]["model"]["bytes"] == model.stat().st_size
+    markdown = (out / "report.md").read_text()
+    assert "## Harness firmware" in markdown and f"| {model.stat().st_size:,} B | 0 B |" in markdown
     assert (out / "ports" / "baremetal" / "main.c").is_file() and (out / "edgeq_firmware.json").is_file()
     proc, port = _start_sim(str(model))
     try:
