@@ -541,8 +541,10 @@ def device_check(port: str, baud: int, model: Path, data: str, limit: int | None
         click.echo(f"wrote {', '.join(str(p) for p in result.written)}")
     run = report["run"]
     if result.verdict == "incomplete":
+        differing = report["agreement"]["differing"]
         raise DeviceError(f"the run stopped at sample {run['stopped_at']} with {run['missing']} of {run['requested']} "
-                          f"samples missing: {run['stopped_because']}",
+                          f"samples missing: {run['stopped_because']}"
+                          + (f" (and {differing} answered samples differ from the emulator)" if differing else ""),
                           hint="the accuracy in the report covers only the answered samples; fix the link or the "
                                "device and run again")
     if result.verdict == "mismatch":
@@ -567,7 +569,7 @@ def device_check(port: str, baud: int, model: Path, data: str, limit: int | None
               help="Tensor arena bytes (default: measured smallest + --arena-margin, as `edgeq firmware` does).")
 @click.option("--arena-margin", default=1024, show_default=True, type=click.IntRange(min=0),
               help="Bytes added to the measured arena.")
-@click.option("--max-payload", default=4096, show_default=True, type=click.IntRange(min=16, max=65535),
+@click.option("--max-payload", default=4096, show_default=True, type=click.IntRange(min=64, max=65535),
               help="Largest frame payload, like the firmware's EDGEQ_MAX_PAYLOAD.")
 def device_sim(model: Path, faults: tuple[str, ...], link_path: Path | None, arena: int | None, arena_margin: int,
                max_payload: int) -> None:

@@ -209,6 +209,9 @@ def convert(
                                           max_payload=max_payload, alignment=profile.memory.tensor_alignment)
         files.update(firmware.files)
         harness_manifest = firmware.manifest
+    elif harness and files:
+        on_step("--harness: no harness firmware written, because TFLite Micro could not run the model "
+                "(see the failed checks)")
     used = min(recipe.calibration_samples, data.num_samples) if data else 0
     report = _report(model, model_path, profile, recipe, data, used, float_bytes, info, checks, gate, emulation,
                      files)

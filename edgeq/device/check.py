@@ -213,12 +213,14 @@ def _report(model_path: Path, model: bytes, data_name: str, data_sha: str, port:
     differing = []
     for i in done:
         for k, (got, want) in enumerate(zip(run.outputs[i], expected)):
-            want_i = want[i:i + 1].reshape(got.shape)
-            if not np.array_equal(got, want_i):
+            want_i = want[i:i + 1].reshape(got.shape).astype(got.dtype)
+            if got.tobytes() != want_i.tobytes():  # bytes, not values: NaN == NaN, -0.0 != +0.0
                 wide = np.float64 if got.dtype.kind == "f" else np.int64
                 diff = np.abs(got.astype(wide) - want_i.astype(wide))
-                differing.append({"sample": i, "output": k, "elements": int(np.count_nonzero(diff)),
-                                  "max_difference": diff.max().item()})
+                unequal = got.view(f"u{got.dtype.itemsize}") != want_i.view(f"u{got.dtype.itemsize}")
+                finite = np.nan_to_num(diff, nan=0.0, posinf=0.0)
+                differing.append({"sample": i, "output": k, "elements": int(np.count_nonzero(unequal)),
+                                  "max_difference": finite.max().item()})
                 break
     device_scores = None
     if done:

@@ -55,6 +55,8 @@ _SCHEMA_DTYPES = {"float32": 0, "float16": 1, "int32": 2, "uint8": 3, "int64": 4
                   "uint32": 15, "uint16": 16}
 _ITEM_SIZES = {"float32": 4, "float16": 2, "int32": 4, "uint8": 1, "int64": 8, "bool": 1, "int16": 2,
                "complex64": 8, "int8": 1, "float64": 8, "complex128": 16, "uint64": 8, "uint32": 4, "uint16": 2}
+# The tensor types the protocol's dtype byte names (edgeq_protocol.h's enum edgeq_dtype).
+_WIRE_DTYPES = {"float32", "float16", "int32", "uint8", "int64", "int16", "int8"}
 DEFAULT_CPU_FLAGS = ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16")
 
 
@@ -131,9 +133,9 @@ def _static_shape(t: TensorInfo) -> tuple[int, ...]:
 
 
 def _tensor_bytes(t: TensorInfo, which: str, source: str) -> int:
-    if t.dtype not in _ITEM_SIZES:
+    if t.dtype not in _WIRE_DTYPES:
         raise TargetCheckError(f"{which} '{t.name}' of {source} is {t.dtype}, which the device protocol cannot carry",
-                               hint="use int8, uint8, int16, int32 or float32 model inputs and outputs")
+                               hint="use int8, uint8, int16, int32, int64, float16 or float32 model inputs and outputs")
     if len(t.shape) > MAX_RANK:
         raise TargetCheckError(f"{which} '{t.name}' of {source} has rank {len(t.shape)}, above {MAX_RANK}",
                                hint="reshape the model's inputs/outputs to at most 8 dimensions")

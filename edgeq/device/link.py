@@ -112,6 +112,8 @@ class DeviceLink:
                               hint="the firmware and this edgeq speak different protocol versions; regenerate "
                                    "the harness with `edgeq firmware` and reflash") from exc
         self.hello_reply = reply  # HELLO does not touch the inference count: a reset is still seen after it
+        # Replies are at most the device's max payload: a false SOF then cannot hold the decoder long.
+        self.decoder = FrameDecoder(max_payload=max(64, reply.max_payload))
         return reply
 
     def infer(self, payload: bytes, *, sample: int) -> InferResult:
@@ -143,17 +145,20 @@ class DeviceLink:
     def _request(self, frame_type: int, payload: bytes, expect: int, *, timeout: float, attempts: int,
                  what: str) -> tuple[Frame, int]:
         problems: list[str] = []
+        sent: set[int] = set()  # every attempt's seq: INFER is idempotent, a reply to any of them will do
+        self._flush()  # the host speaks first, so whatever is waiting now answers an earlier request
         for attempt in range(1, attempts + 1):
             if attempt > 1:
                 self.stats.resends += 1
                 time.sleep(self.resend_pause)  # lets the device's inter-byte timeout drop a partial frame
             seq = self._next_seq()
+            sent.add(seq)
             self.stats.requests += 1
-            self.port.write(encode_frame(frame_type, seq, payload, version=PROTOCOL_VERSION))
-            outcome = self._await(seq, expect, timeout)
+            self._write(encode_frame(frame_type, seq, payload, version=PROTOCOL_VERSION))
+            outcome = self._await(sent, expect, timeout)
             if isinstance(outcome, Frame) and outcome.type == expect:
                 return outcome, attempt
-            if isinstance(outcome, Frame):  # an ERROR frame for this seq
+            if isinstance(outcome, Frame):  # an ERROR frame for this request
                 error = _parse_error(outcome)
                 if error.code not in _TRANSIENT:
                     raise DeviceError(f"{what}: the device answered ERROR {error.code_name}"
@@ -171,8 +176,12 @@ class DeviceLink:
                                "hangs on this sample may be out of stack or arena; a slow model needs a longer "
                                "--timeout")
 
-    def _await(self, seq: int, expect: int, timeout: float) -> Frame | str:
-        """The reply frame (or an ERROR frame) for `seq`, or a string saying what went wrong."""
+    def _await(self, sent: set[int], expect: int, timeout: float) -> Frame | str:
+        """The reply (or ERROR) to one of the `sent` seqs, or a string saying what went wrong.
+
+        Every frame of a chunk is looked at before giving up on it: a reply right behind a damaged
+        frame (a log line with a stray 0xA5, say) is still taken.
+        """
         deadline = time.monotonic() + timeout
         last_byte = time.monotonic()
         while True:
@@ -181,22 +190,56 @@ class DeviceLink:
                 self.decoder.reset()
                 self.stats.timeouts += 1
                 return f"no reply within {timeout:g} s"
-            chunk = self.port.read(max(1, self.port.in_waiting))
+            chunk = self._read()
             now = time.monotonic()
             if not chunk:
                 if self.decoder.in_frame and now - last_byte > INTER_BYTE_TIMEOUT:
                     self.decoder.reset()  # a frame that stopped halfway (dropped bytes) never completes
                 continue
             last_byte = now
+            damaged = None
             for event in self.decoder.feed(chunk):
                 if isinstance(event, (BadCrc, BadLength)):
                     self.stats.bad_frames += 1
-                    return f"a damaged reply ({event})"
-                if event.seq == seq and event.type in (expect, FrameType.ERROR):
+                    damaged = damaged or f"a damaged reply ({event})"
+                elif event.type in (expect, FrameType.ERROR) and event.seq in sent:
                     return event
-                if event.type == FrameType.ERROR and _parse_error(event).code in _TRANSIENT:
-                    return event  # the device cannot trust the seq of a frame it got damaged
-                self.stats.stale_replies += 1
+                elif event.type == FrameType.ERROR and event.seq == 0 and \
+                        _parse_error(event).code == ErrorCode.BAD_LENGTH:
+                    return event  # BAD_LENGTH carries seq 0: the device could not read ours
+                else:
+                    self.stats.stale_replies += 1
+            if damaged:
+                return damaged
+
+    # -- the port ---------------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        self.decoder.reset()
+        try:
+            self.port.reset_input_buffer()
+        except OSError as exc:  # pyserial's SerialException is an OSError
+            raise _port_error("reading from", exc) from exc
+
+    def _write(self, frame: bytes) -> None:
+        try:
+            if hasattr(self.port, "write_timeout"):  # a big frame at a low baud rate takes a while
+                self.port.write_timeout = max(10.0, 3 * 10 * len(frame) / max(self._baud(), 1))
+            self.port.write(frame)
+        except OSError as exc:
+            raise _port_error("writing to", exc) from exc
+
+    def _read(self) -> bytes:
+        try:
+            return self.port.read(max(1, self.port.in_waiting))
+        except OSError as exc:
+            raise _port_error("reading from", exc) from exc
+
+
+def _port_error(what: str, exc: OSError) -> DeviceError:
+    return DeviceError(f"{what} the serial port failed: {exc}",
+                       hint="a board with native USB drops its port when it resets; check the cable and power, "
+                            "then run again")
 
 
 def _count_went_down(last: int, now: int) -> bool:

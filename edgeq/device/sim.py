@@ -179,6 +179,7 @@ class SimDevice:
                 reply = self._answer(event, fd)
                 if reply:
                     _write_all(fd, reply)
+                last_byte = time.monotonic()  # answering may take long: the next bytes are not late
 
     def _answer(self, event: Frame | Exception, fd: int) -> bytes | None:
         if isinstance(event, BadCrc):
@@ -202,8 +203,11 @@ class SimDevice:
         if any(f.kind == "wrong-hash" for f in self.faults):
             sha = hashlib.sha256(b"another model" + sha).digest()
         reply = HelloReply(sha, self.arena_size, self.arena_used, self.runner.inputs, self.runner.outputs,
-                           max_payload=self.max_payload)
-        return encode_frame(FrameType.HELLO_REPLY, seq, reply.build())
+                           max_payload=self.max_payload).build()
+        if len(reply) > self.max_payload:  # as edgeq_device.c: a reply never exceeds the frame limit
+            return self._error(seq, ErrorCode.BAD_PAYLOAD, f"the HELLO reply needs {len(reply)} bytes, "
+                                                           f"EDGEQ_MAX_PAYLOAD is {self.max_payload}")
+        return encode_frame(FrameType.HELLO_REPLY, seq, reply)
 
     def _infer(self, frame: Frame, fd: int) -> bytes | None:
         index = self.infer_seen

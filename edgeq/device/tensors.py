@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from edgeq.device.protocol import DType, TensorInfo
+from edgeq.errors import EdgeqError
 from edgeq.tflite.reader import ModelInfo
 from edgeq.tflite.reader import TensorInfo as ModelTensor
 
@@ -22,7 +23,9 @@ def dtype_code(name: str) -> int:
     try:
         return int(_BY_NAME[name])
     except KeyError:
-        raise ValueError(f"the device protocol has no code for tensor type {name}") from None
+        raise EdgeqError(f"the device protocol cannot carry a {name} tensor",
+                         hint="use int8, uint8, int16, int32, int64, float16 or float32 model inputs and outputs"
+                         ) from None
 
 
 def numpy_dtype(code: int) -> np.dtype:

@@ -145,13 +145,13 @@ void edgeq_device_init(edgeq_device *d, const edgeq_model_desc *m, edgeq_infer_f
 size_t edgeq_device_poll(edgeq_device *d) {
     size_t i, n = edgeq_platform_read(d->rx, sizeof d->rx);
     uint32_t now = edgeq_platform_micros();
-    if (n == 0) {
-        /* unsigned difference: correct across the 2^32 wrap of the microsecond counter */
-        if (edgeq_parser_busy(&d->parser) &&
-            (uint32_t)(now - d->last_rx_us) >= (uint32_t)EDGEQ_INTERBYTE_TIMEOUT_US)
-            edgeq_parser_reset(&d->parser);
-        return 0;
-    }
+    if (n > sizeof d->rx) n = sizeof d->rx; /* a port that returns more than cap must not overrun rx */
+    /* unsigned difference: correct across the 2^32 wrap of the microsecond counter. Checked before
+     * new bytes too, for ports whose read blocks or a loop that polls rarely. */
+    if (edgeq_parser_busy(&d->parser) &&
+        (uint32_t)(now - d->last_rx_us) >= (uint32_t)EDGEQ_INTERBYTE_TIMEOUT_US)
+        edgeq_parser_reset(&d->parser);
+    if (n == 0) return 0;
     d->last_rx_us = now;
     for (i = 0; i < n; i++) {
         switch (edgeq_parser_feed(&d->parser, d->rx[i])) {

@@ -1,12 +1,15 @@
 // edgeq test harness for Arduino boards (any core with Serial and micros()).
 //
 // Copy the generated files from the top of the firmware folder next to this sketch (the .cc files
-// renamed .cpp; README.md shows the commands), install the "Arduino_TensorFlowLite" library for
-// your board, then build and upload with the Arduino IDE or arduino-cli.
+// renamed .cpp; README.md shows the commands), install the TFLM library from
+// github.com/tensorflow/tflite-micro-arduino-examples (not the old 2.4.0-ALPHA "Arduino_TensorFlowLite"
+// of the Library Manager, whose MicroInterpreter takes an ErrorReporter), then build and upload with the Arduino IDE or arduino-cli.
 //
 // Serial (USB CDC on most boards) carries binary protocol frames: nothing else may print to it
 // while a frame is sent. TFLM's own error messages go to the same port on some boards; the host
 // skips such text between frames.
+
+#include <TensorFlowLite.h>  // names the TFLM library for the Arduino builder (tflite-micro-arduino-examples)
 
 #include "edgeq_harness.h"
 #include "edgeq_platform.h"
@@ -26,8 +29,17 @@ extern "C" size_t edgeq_platform_read(uint8_t *buf, size_t cap) {
 }
 
 extern "C" void edgeq_platform_write(const uint8_t *buf, size_t len) {
+  unsigned stalls = 0;
   while (len) {
     size_t n = Serial.write(buf, len);  // may send fewer bytes when the TX buffer is full
+    if (n == 0) {
+      // USB CDC with no host attached accepts nothing: give up on this reply rather than hang;
+      // the host resends what it does not get.
+      if (++stalls > 1000) return;
+      delay(1);
+      continue;
+    }
+    stalls = 0;
     buf += n;
     len -= n;
   }
