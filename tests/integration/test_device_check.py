@@ -186,6 +186,16 @@ def _start_sim(*args: str) -> tuple[subprocess.Popen, str]:
     return proc, port
 
 
+def _check_against_sim(model: Path, sim_args: list[str], check_args: list[str]) -> subprocess.CompletedProcess:
+    """`edgeq device-check` in one process against `edgeq device-sim` in another, stopped after."""
+    proc, port = _start_sim(str(model), *sim_args)
+    try:
+        return run_edgeq("device-check", "-p", port, "-m", str(model), "-d", "digits", *check_args)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+
+
 def test_cli_device_sim_and_device_check(digits_int8, tmp_path):
     link = tmp_path / "board"
     proc, port = _start_sim(str(digits_int8), "--link", str(link), "--fault", "crc@2")
@@ -215,13 +225,7 @@ def test_cli_device_sim_and_device_check(digits_int8, tmp_path):
     (["--fault", "flip@1"], 3, "differs from the emulator on 1 of 400 samples (first: 1)"),
 ])
 def test_cli_exit_codes(digits_int8, tmp_path, args, code, words):
-    proc, port = _start_sim(str(digits_int8), *args)
-    try:
-        result = run_edgeq("device-check", "-p", port, "-m", str(digits_int8), "-d", "digits", "--timeout", "0.3",
-                           "-o", str(tmp_path / "out"))
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=30)
+    result = _check_against_sim(digits_int8, args, ["--timeout", "0.3", "-o", str(tmp_path / "out")])
     assert result.returncode == code, result.stderr
     assert words in result.stderr and "hint:" in result.stderr and "Traceback" not in result.stderr
 
@@ -285,13 +289,7 @@ def test_convert_harness_then_device_sim_then_device_check(tmp_path):
     markdown = (out / "report.md").read_text()
     assert "## Harness firmware" in markdown and f"| {model.stat().st_size:,} B | 0 B |" in markdown
     assert (out / "ports" / "baremetal" / "main.c").is_file() and (out / "edgeq_firmware.json").is_file()
-    proc, port = _start_sim(str(model))
-    try:
-        check_result = run_edgeq("device-check", "-p", port, "-m", str(model), "-d", "digits", "-n", "50",
-                                 "-o", str(tmp_path / "dc"))
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=30)
+    check_result = _check_against_sim(model, [], ["-n", "50", "-o", str(tmp_path / "dc")])
     assert check_result.returncode == 0, check_result.stderr
     assert "bit-exact with the emulator: 50 of 50" in check_result.stdout
     iot = run_edgeq("convert", str(example), "--target", "iot", "--harness", "-o", str(tmp_path / "iot"))
