@@ -1,0 +1,139 @@
+"""The precision explorer's outputs: a table for the terminal (and markdown), and size-vs-error PNG."""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Any
+
+from edgeq.precision.simulate import PrecisionResult
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.2f}%"
+
+
+def _num(x: float | None) -> str:
+    if x is None:
+        return "–"
+    if math.isinf(x):
+        return "inf"
+    return f"{x:.3g}"
+
+
+def format_rows(result: PrecisionResult) -> list[list[str]]:
+    rows = []
+    for f in result.formats:
+        runs = "" if f.target_runs is None else ("yes" if f.target_runs else "no")
+        rows.append([f.label, f"{f.weight_bytes:,}", _num(f.mean_logit_diff), _num(f.max_logit_diff),
+                     _pct(f.top1_agreement), _pct(f.accuracy), *([runs] if result.target else []),
+                     f.note])
+    return rows
+
+
+def _header(result: PrecisionResult) -> list[str]:
+    return ["format", "weight bytes", "mean |Δ logit|", "max |Δ logit|", "top-1 = FP32", "accuracy",
+            *([f"runs on {result.target}"] if result.target else []), "note"]
+
+
+def render_text(result: PrecisionResult) -> str:
+    header, rows = _header(result), format_rows(result)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    right = {1, 2, 3, 4, 5}
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    out = [f"{result.model} on {result.samples} samples of {result.data}: {result.parameters:,} parameters "
+           f"({result.kernel_parameters:,} in kernels)", "", line(header), line(["-" * w for w in widths])]
+    out += [line(r) for r in rows]
+    out += [""] + [f"note: {n}" for n in result.notes]
+    if result.channel_gains:
+        g = result.channel_gains[0]
+        out.append(f"per-channel beats per-tensor most in {g.layer}/{g.weight} {list(g.shape)}: INT8 weight MSE "
+                   f"{g.per_tensor_mse:.3g} -> {g.per_channel_mse:.3g} ({_gain(g.gain)})")
+    if result.dot_products:
+        out += ["", "one output element per layer, |error| vs float64 (products in the format, FP32 sums):"]
+        for d in result.dot_products:
+            errs = ", ".join(f"{k} {v:.2g}" for k, v in d.errors.items())
+            out.append(f"  {d.layer:<24} {d.terms:>5} terms  value {d.reference:+.5g}  {errs}")
+    if result.target:
+        notes = {f.label: f.target_note for f in result.formats if f.target_note}
+        out += ["", f"what {result.target} can run:"] + [f"  {k}: {v}" for k, v in notes.items()]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _gain(gain: float) -> str:
+    return "per-tensor error only" if math.isinf(gain) else f"{gain:.1f}x lower"
+
+
+def render_markdown(result: PrecisionResult) -> str:
+    header, rows = _header(result), format_rows(result)
+    out = [f"# Precision of {result.model}", "",
+           f"{result.samples} samples of {result.data}; {result.parameters:,} parameters, "
+           f"{result.kernel_parameters:,} of them in kernels.", "",
+           "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+    out += [""] + [f"Note: {n}." for n in result.notes] + [""]
+    if result.channel_gains:
+        out += ["## Per channel vs per tensor (INT8 symmetric weights)", "",
+                "| layer | weight | shape | MSE per tensor | MSE per channel | gain |", "|---|---|---|---:|---:|---:|"]
+        out += [f"| {g.layer} | {g.weight} | {list(g.shape)} | {g.per_tensor_mse:.3g} | {g.per_channel_mse:.3g} | "
+                f"{_gain(g.gain)} |" for g in result.channel_gains]
+        out += [""]
+    if result.dot_products:
+        names = list(result.dot_products[0].errors)
+        out += ["## One dot product per layer", "",
+                "One output element from the layer's real input (first sample); |error| against float64.", "",
+                "| layer | terms | value | " + " | ".join(names) + " |", "|---|---:|---:|" + "---:|" * len(names)]
+        out += [f"| {d.layer} | {d.terms} | {d.reference:+.5g} | " + " | ".join(f"{d.errors[n]:.2g}" for n in names)
+                + " |" for d in result.dot_products]
+        out += [""]
+    return "\n".join(out)
+
+
+def render_png(result: PrecisionResult) -> bytes:
+    """Weight size vs mean logit difference, one labelled point per format (log-log)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [f for f in result.formats if f.mean_logit_diff is not None and f.name != "fp32"]
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+    floor = min((f.mean_logit_diff for f in points if f.mean_logit_diff and f.mean_logit_diff > 0), default=1e-6)
+    for f in points:
+        y = f.mean_logit_diff if f.mean_logit_diff > 0 else floor / 10
+        color = {"int": "tab:blue", "fp8": "tab:orange", "float": "tab:green", "policy": "tab:red"}[
+            _kind(f.name)]
+        marker = "o" if f.target_runs is None else ("o" if f.target_runs else "x")
+        ax.scatter(f.weight_bytes, y, color=color, marker=marker, s=50)
+        ax.annotate(f.label, (f.weight_bytes, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    fp32 = next((f for f in result.formats if f.name == "fp32"), None)
+    if fp32:
+        ax.axvline(fp32.weight_bytes, color="grey", linestyle=":", linewidth=1)
+        ax.annotate("FP32 size", (fp32.weight_bytes, floor), fontsize=7, color="grey")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("weight bytes")
+    ax.set_ylabel("mean |Δ logit| vs FP32")
+    title = f"{result.model}: size vs error per number format"
+    if result.target:
+        title += f" (x: {result.target} cannot run it)"
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _kind(name: str) -> str:
+    from edgeq.precision.simulate import FORMATS
+
+    return str(FORMATS[name]["kind"])
+
+
+def to_json(result: PrecisionResult) -> dict[str, Any]:
+    return {"schema_version": 1, "command": "precision", **result.to_dict()}

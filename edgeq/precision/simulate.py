@@ -1,0 +1,423 @@
+"""`edgeq precision`: what each number format would do to *this* model, before choosing a target.
+
+Each weight format is simulated by rounding the model's weights to it and back (fake quantization)
+and running the float model on the data: the difference from FP32 is the format's own error, with
+nothing else changed. Two variants also run the activations in BF16 / FP16 (a Keras dtype policy),
+where the model's layers allow it. For each format: the bytes its weights take, the mean and max
+difference of the model's logits from FP32, top-1 agreement with FP32, and accuracy on the labels.
+
+Sizes are exact by construction: a quantized kernel takes parameters x bits / 8 bytes (INT4 packs
+two per byte, rounded up per tensor) plus 4 bytes per scale and, for asymmetric schemes, 4 bytes per
+zero point; everything that is not a kernel (biases, normalization) stays FP32, 4 bytes each, as in
+TFLite, where biases are 32-bit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edgeq.precision.formats import quantize_dequantize
+
+# name -> how the weights are stored. "activations" variants also compute in that float type.
+FormatSpec = dict[str, Any]
+FORMATS: dict[str, FormatSpec] = {
+    "fp32": {"kind": "float", "bits": 32, "label": "FP32 (reference)"},
+    "fp16": {"kind": "float", "bits": 16, "dtype": "float16", "label": "FP16 weights"},
+    "bf16": {"kind": "float", "bits": 16, "dtype": "bfloat16", "label": "BF16 weights"},
+    "fp8_e4m3": {"kind": "fp8", "bits": 8, "dtype": "float8_e4m3fn", "label": "FP8 E4M3 weights (per-tensor scale)"},
+    "fp8_e5m2": {"kind": "fp8", "bits": 8, "dtype": "float8_e5m2", "label": "FP8 E5M2 weights (per-tensor scale)"},
+    "int8_sym_tensor": {"kind": "int", "bits": 8, "scheme": "symmetric", "per_channel": False,
+                        "label": "INT8 symmetric, per tensor"},
+    "int8_sym_channel": {"kind": "int", "bits": 8, "scheme": "symmetric", "per_channel": True,
+                         "label": "INT8 symmetric, per channel"},
+    "int8_asym_tensor": {"kind": "int", "bits": 8, "scheme": "asymmetric", "per_channel": False,
+                         "label": "INT8 asymmetric, per tensor"},
+    "int8_asym_channel": {"kind": "int", "bits": 8, "scheme": "asymmetric", "per_channel": True,
+                          "label": "INT8 asymmetric, per channel"},
+    "int4_sym_channel": {"kind": "int", "bits": 4, "scheme": "symmetric", "per_channel": True,
+                         "label": "INT4 symmetric, per channel"},
+    "fp16_act": {"kind": "policy", "bits": 16, "dtype": "float16", "label": "FP16 weights and activations"},
+    "bf16_act": {"kind": "policy", "bits": 16, "dtype": "bfloat16", "label": "BF16 weights and activations"},
+}
+
+# What TFLite's runtimes (as edgeq's modes use them) can store and run, per format.
+_RUNS: dict[str, tuple[tuple[str, ...], str]] = {
+    "fp32": (("float32",), "float32 mode"),
+    "fp16": (("float16",), "float16 mode: FP16 weights, computed in FP32 (LiteRT)"),
+    "bf16": ((), "no TFLite runtime stores BF16 weights"),
+    "fp8_e4m3": ((), "no TFLite runtime stores FP8 weights"),
+    "fp8_e5m2": ((), "no TFLite runtime stores FP8 weights"),
+    "int8_sym_tensor": (("int8", "int16x8", "dynamic"), "int8 weights (per tensor when the target asks for it)"),
+    "int8_sym_channel": (("int8", "int16x8", "dynamic"), "TFLite's int8 weights: symmetric, per channel"),
+    "int8_asym_tensor": ((), "TFLite's int8 weights are symmetric (zero point 0); activations are asymmetric"),
+    "int8_asym_channel": ((), "TFLite's int8 weights are symmetric (zero point 0)"),
+    "int4_sym_channel": ((), "edgeq's converter modes do not produce INT4 weights"),
+    "fp16_act": ((), "FP16 compute needs a GPU/NPU delegate; edgeq's modes compute in FP32 or integers"),
+    "bf16_act": ((), "no TFLite runtime computes in BF16"),
+}
+
+_KERNEL_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel", "recurrent_kernel", "embeddings")
+
+
+@dataclass
+class FormatResult:
+    name: str
+    label: str
+    bits: int
+    weight_bytes: int
+    mean_logit_diff: float | None
+    max_logit_diff: float | None
+    top1_agreement: float | None      # fraction of samples whose argmax equals FP32's
+    accuracy: float | None            # fraction correct on the labels
+    target_runs: bool | None = None   # None when no target was given
+    target_note: str = ""
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        for key in ("mean_logit_diff", "max_logit_diff", "top1_agreement", "accuracy"):
+            if out[key] is not None:
+                out[key] = round(float(out[key]), 8)
+        return out
+
+
+@dataclass
+class LayerChannelGain:
+    layer: str
+    weight: str
+    shape: tuple[int, ...]
+    per_tensor_mse: float
+    per_channel_mse: float
+
+    @property
+    def gain(self) -> float:
+        return self.per_tensor_mse / self.per_channel_mse if self.per_channel_mse > 0 else math.inf
+
+    def to_dict(self) -> dict[str, Any]:
+        gain = self.gain
+        return {"layer": self.layer, "weight": self.weight, "shape": list(self.shape),
+                "per_tensor_mse": self.per_tensor_mse, "per_channel_mse": self.per_channel_mse,
+                "gain": None if math.isinf(gain) else round(gain, 4)}
+
+
+@dataclass
+class DotProduct:
+    """One output element of a layer computed from its real input in several precisions."""
+
+    layer: str
+    terms: int                 # length of the dot product
+    reference: float           # float64
+    errors: dict[str, float]   # format -> |value - reference|
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layer": self.layer, "terms": self.terms, "reference": self.reference,
+                "errors": {k: float(v) for k, v in self.errors.items()}}
+
+
+@dataclass
+class PrecisionResult:
+    model: str
+    data: str
+    samples: int
+    parameters: int
+    kernel_parameters: int
+    formats: list[FormatResult]
+    channel_gains: list[LayerChannelGain]
+    dot_products: list[DotProduct]
+    target: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "data": self.data, "samples": self.samples, "parameters": self.parameters,
+                "kernel_parameters": self.kernel_parameters, "target": self.target,
+                "formats": [f.to_dict() for f in self.formats],
+                "per_channel_vs_per_tensor": [g.to_dict() for g in self.channel_gains],
+                "dot_products": [d.to_dict() for d in self.dot_products], "notes": self.notes}
+
+
+# -- weights ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Weight:
+    index: int                # position in model.get_weights()
+    layer: str
+    name: str
+    kernel: bool
+    depthwise: bool
+
+
+def _weights(model: Any) -> list[_Weight]:
+    """Every weight of the model, in get_weights() order, marked kernel or not."""
+    out: list[_Weight] = []
+    seen: dict[int, int] = {}
+    flat = model.weights
+    for i, variable in enumerate(flat):
+        seen[id(variable)] = i
+    for layer in model.layers:
+        for variable in layer.weights:
+            i = seen.get(id(variable))
+            if i is None:
+                continue
+            name = str(getattr(variable, "path", None) or variable.name).split("/")[-1].split(":")[0]
+            shape = tuple(variable.shape)
+            kernel = name in _KERNEL_NAMES and len(shape) >= 2
+            out.append(_Weight(i, layer.name, name, kernel, name == "depthwise_kernel"))
+    if len(out) != len(flat):  # nested models, shared layers: fall back to shape alone
+        out = [_Weight(i, f"weight {i}", str(getattr(v, "name", i)), len(tuple(v.shape)) >= 2, False)
+               for i, v in enumerate(flat)]
+    return sorted(out, key=lambda w: w.index)
+
+
+def _channels_last(w: np.ndarray, depthwise: bool) -> np.ndarray:
+    """The kernel as (..., channels): TFLite's per-channel axis is the output channel, which Keras
+    keeps last; a depthwise kernel's channels are in x multiplier (its last two axes)."""
+    return w.reshape(*w.shape[:-2], w.shape[-2] * w.shape[-1]) if depthwise else w
+
+
+def _transform(w: np.ndarray, spec: FormatSpec, depthwise: bool) -> np.ndarray:
+    import ml_dtypes
+
+    kind = spec["kind"]
+    if kind in ("float", "policy") and spec.get("dtype"):
+        dtype = getattr(ml_dtypes, spec["dtype"]) if spec["dtype"] == "bfloat16" else np.dtype(spec["dtype"])
+        return w.astype(dtype).astype(np.float32)
+    if kind == "fp8":
+        dtype = getattr(ml_dtypes, spec["dtype"])
+        top = float(ml_dtypes.finfo(dtype).max)
+        peak = float(np.max(np.abs(w))) or 1.0
+        scale = peak / top
+        return ((w / scale).astype(dtype).astype(np.float32) * scale).astype(np.float32)
+    if kind == "int":
+        flat = _channels_last(w, depthwise)
+        quantized = quantize_dequantize(flat, bits=spec["bits"], scheme=spec["scheme"],
+                                        axis=-1 if spec["per_channel"] else None)
+        return np.asarray(quantized.dequantized, dtype=np.float32).reshape(w.shape)
+    return w
+
+
+def weight_bytes(weights: Sequence[np.ndarray], meta: Sequence[_Weight], spec: FormatSpec) -> int:
+    """Exact storage of the weights in `spec`: kernels in the format (+ scales), the rest FP32."""
+    total = 0
+    for w, m in zip(weights, meta):
+        if spec["kind"] in ("float", "policy"):
+            total += w.size * spec["bits"] // 8
+        elif not m.kernel:
+            total += w.size * 4
+        elif spec["kind"] == "fp8":
+            total += w.size + 4  # one byte each, one float32 scale per tensor
+        else:
+            bits = spec["bits"]
+            channels = _channels_last(w, m.depthwise).shape[-1] if spec["per_channel"] else 1
+            params = math.ceil(w.size * bits / 8)
+            per_scale = 4 + (4 if spec["scheme"] == "asymmetric" else 0)
+            total += params + channels * per_scale
+    return total
+
+
+# -- running --------------------------------------------------------------------------------------
+
+
+def _switch_off_softmax(model: Any) -> Callable[[], None] | None:
+    """Make a final softmax linear (so differences are in logits); returns the undo, or None."""
+    last = model.layers[-1]
+    activation = getattr(last, "activation", None)
+    if getattr(activation, "__name__", "") != "softmax":
+        return None
+    import keras
+
+    last.activation = keras.activations.linear
+
+    def undo() -> None:
+        last.activation = activation
+
+    return undo
+
+
+def _predict(model: Any, inputs: Sequence[np.ndarray], batch: int = 256, dtype: Any = np.float32) -> np.ndarray:
+    outs = []
+    n = len(inputs[0])
+    for start in range(0, n, batch):
+        chunk = [np.asarray(x[start:start + batch]).astype(dtype) for x in inputs]
+        result = model(chunk if len(chunk) > 1 else chunk[0], training=False)
+        if isinstance(result, (list, tuple)):
+            result = result[0]
+        outs.append(np.asarray(result, dtype=np.float32))
+    return np.concatenate(outs)
+
+
+def _policy_clone(model: Any, dtype: str) -> Any:
+    """The model rebuilt with every layer computing in `dtype` (Keras 3 dtype policy)."""
+    import keras
+
+    def clone(layer: Any) -> Any:
+        config = layer.get_config()
+        config["dtype"] = dtype
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _top1(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean(np.argmax(a, -1) == np.argmax(b, -1)))
+
+
+def _accuracy(scores: np.ndarray, labels: np.ndarray | None) -> float | None:
+    if labels is None or scores.ndim < 2 or scores.shape[-1] < 2:
+        return None
+    truth = np.asarray(labels)
+    if truth.ndim == scores.ndim:
+        truth = np.argmax(truth, -1) if truth.shape[-1] == scores.shape[-1] else truth[..., 0]
+    return float(np.mean(np.argmax(scores, -1) == truth))
+
+
+def simulate(model: Any, inputs: Sequence[np.ndarray], labels: np.ndarray | None, *, model_name: str,
+             data_name: str, target: Any = None, formats: Sequence[str] = tuple(FORMATS),
+             on_step: Callable[[str], None] = lambda message: None) -> PrecisionResult:
+    """Run `model` (a Keras model) on `inputs` with its weights in each of `formats`."""
+    meta = _weights(model)
+    original = [np.asarray(w) for w in model.get_weights()]
+    kernel_params = sum(w.size for w, m in zip(original, meta) if m.kernel)
+    notes = []
+    if not kernel_params:
+        notes.append("the model has no kernels (Dense/Conv weights): integer formats change nothing")
+    undo = _switch_off_softmax(model)
+    if undo:
+        notes.append("the final softmax is switched off while measuring: differences are in logits")
+    results: list[FormatResult] = []
+    try:
+        reference = _predict(model, inputs)
+        for name in formats:
+            spec = FORMATS[name]
+            on_step(f"{spec['label']}")
+            size = weight_bytes(original, meta, spec)
+            note = ""
+            try:
+                if spec["kind"] == "policy":
+                    runner = _policy_clone(model, spec["dtype"])
+                    out = _predict(runner, inputs)  # each layer casts its inputs to its compute dtype
+                else:
+                    model.set_weights([_transform(w, spec, m.depthwise) if (m.kernel or spec["kind"] == "float")
+                                       else w for w, m in zip(original, meta)])
+                    out = _predict(model, inputs)
+            except Exception as exc:  # noqa: BLE001 (a layer without a kernel for that dtype: report, go on)
+                results.append(FormatResult(name, spec["label"], spec["bits"], size, None, None, None, None,
+                                            note=f"cannot run: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"))
+                continue
+            finally:
+                model.set_weights(original)
+            diff = np.abs(out.astype(np.float64) - reference.astype(np.float64))
+            if not np.all(np.isfinite(diff)):
+                note = "some outputs are Inf or NaN in this format (overflow)"
+            finite = diff[np.isfinite(diff)]
+            results.append(FormatResult(
+                name, spec["label"], spec["bits"], size,
+                float(finite.mean()) if finite.size else math.inf, float(finite.max()) if finite.size else math.inf,
+                _top1(out, reference), _accuracy(out, labels), note=note))
+        gains = _channel_gains(original, meta)
+        dots = _dot_products(model, inputs, on_step)
+    finally:
+        if undo:
+            undo()
+    if target is not None:
+        for r in results:
+            modes, why = _RUNS[r.name]
+            runs = any(m in target.quantization.modes for m in modes)
+            if modes and not runs:
+                why += f"; not among {target.name}'s modes ({', '.join(target.quantization.modes)})"
+            if r.name == "int8_sym_tensor" and runs and target.quantization.per_channel:
+                why += f"; {target.name} uses per-channel"
+            r.target_runs, r.target_note = runs, why
+    return PrecisionResult(model_name, data_name, len(inputs[0]), sum(w.size for w in original), kernel_params,
+                           results, gains, dots, None if target is None else target.name, notes)
+
+
+def _channel_gains(weights: Sequence[np.ndarray], meta: Sequence[_Weight]) -> list[LayerChannelGain]:
+    """INT8 symmetric weight error per tensor vs per channel, for every kernel, largest gain first."""
+    gains = []
+    for w, m in zip(weights, meta):
+        if not m.kernel:
+            continue
+        flat = _channels_last(w, m.depthwise).astype(np.float64)
+        errors = []
+        for axis in (None, -1):
+            dq = quantize_dequantize(flat, bits=8, scheme="symmetric", axis=axis).dequantized
+            errors.append(float(np.mean((np.asarray(dq, dtype=np.float64) - flat) ** 2)))
+        gains.append(LayerChannelGain(m.layer, m.name, tuple(w.shape), errors[0], errors[1]))
+    return sorted(gains, key=lambda g: -g.gain if not math.isinf(g.gain) else -1e300)
+
+
+# -- one dot product per layer ----------------------------------------------------------------------
+
+
+def _dot_products(model: Any, inputs: Sequence[np.ndarray], on_step: Callable[[str], None]) -> list[DotProduct]:
+    """For each Dense / Conv2D: one output element from the layer's real input on the first sample,
+    computed in float64 (reference), FP32, BF16 and FP16 (inputs and weights rounded, products summed
+    in FP32, as hardware with FP32 accumulators does) and INT8 (symmetric, int32 accumulation)."""
+    import keras
+
+    on_step("dot products per layer")
+    out = []
+    sample = [np.asarray(x[:1], dtype=np.float32) for x in inputs]
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if kind not in ("Dense", "Conv2D") or getattr(layer, "kernel", None) is None:
+            continue
+        if kind == "Conv2D" and (tuple(layer.dilation_rate) != (1, 1) or layer.groups != 1):
+            continue
+        try:
+            probe = keras.Model(model.inputs, layer.input)
+            x = np.asarray(probe(sample, training=False), dtype=np.float32)[0]
+        except Exception:  # noqa: BLE001 (layers not reachable from the inputs: skip them)
+            continue
+        kernel = np.asarray(layer.kernel, dtype=np.float32)
+        if kind == "Dense":
+            vector = x.reshape(-1, x.shape[-1])[0]
+            weights = kernel
+        else:
+            vector, weights = _center_patch(x, layer), kernel.reshape(-1, kernel.shape[-1])
+        products = vector[:, None] * weights
+        j = int(np.argmax(np.abs(products.sum(axis=0))))  # the output with the largest magnitude
+        w = weights[:, j]
+        out.append(DotProduct(layer.name, int(w.size), float(np.dot(vector.astype(np.float64), w.astype(np.float64))),
+                              _dot_errors(vector, w)))
+    return out
+
+
+def _center_patch(x: np.ndarray, layer: Any) -> np.ndarray:
+    """The input patch (flattened like the kernel) behind the centre output pixel of a Conv2D."""
+    kh, kw = layer.kernel_size
+    sh, sw = layer.strides
+    h, w, _ = x.shape
+    if layer.padding == "same":
+        oh, ow = math.ceil(h / sh), math.ceil(w / sw)
+        pad_h = max((oh - 1) * sh + kh - h, 0)
+        pad_w = max((ow - 1) * sw + kw - w, 0)
+        x = np.pad(x, ((pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
+    else:
+        oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
+    r, c = (oh // 2) * sh, (ow // 2) * sw
+    return x[r:r + kh, c:c + kw, :].reshape(-1)
+
+
+def _dot_errors(x: np.ndarray, w: np.ndarray) -> dict[str, float]:
+    import ml_dtypes
+
+    reference = float(np.dot(x.astype(np.float64), w.astype(np.float64)))
+    errors = {"fp32": abs(float(np.dot(x, w)) - reference)}
+    for name, dtype in (("bf16", ml_dtypes.bfloat16), ("fp16", np.float16)):
+        xr = x.astype(dtype).astype(np.float32)
+        wr = w.astype(dtype).astype(np.float32)
+        errors[name] = abs(float(np.sum(xr * wr, dtype=np.float32)) - reference)
+    qx = quantize_dequantize(x, bits=8, scheme="symmetric", axis=None)
+    qw = quantize_dequantize(w, bits=8, scheme="symmetric", axis=None)
+    acc = int(np.sum(qx.q.astype(np.int64) * qw.q.astype(np.int64)))  # what an int32 accumulator holds
+    errors["int8"] = abs(acc * float(qx.scales) * float(qw.scales) - reference)
+    return errors

@@ -1,0 +1,130 @@
+"""edgeq precision and edgeq formats on the bundled example: real Keras model, real data."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeq.precision.simulate import FORMATS, simulate
+from tests.conftest import run_edgeq
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "digits_cnn.keras"
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    from edgeq.loading import load_model
+
+    return load_model(EXAMPLE)
+
+
+@pytest.fixture(scope="module")
+def result(loaded, digits):
+    from edgeq.targets import load_target
+
+    data = digits["eval"]
+    return simulate(loaded.keras_model, data.inputs, data.labels, model_name=EXAMPLE.name, data_name=data.name,
+                    target=load_target("mcu"))
+
+
+def by_name(result):
+    return {f.name: f for f in result.formats}
+
+
+def test_every_format_ran(result):
+    formats = by_name(result)
+    assert set(formats) == set(FORMATS)
+    assert all(f.mean_logit_diff is not None and not f.note.startswith("cannot run") for f in formats.values()), \
+        [f.note for f in formats.values()]
+    assert formats["fp32"].mean_logit_diff == 0 and formats["fp32"].top1_agreement == 1.0
+
+
+def test_half_precision_formats_agree_with_fp32(result):
+    formats = by_name(result)
+    for name in ("fp16", "bf16", "fp16_act", "bf16_act"):
+        assert formats[name].top1_agreement >= 0.99, name
+    # FP16 keeps 10 mantissa bits, BF16 7: FP16 is the closer one
+    assert formats["fp16"].mean_logit_diff < formats["bf16"].mean_logit_diff
+
+
+def test_int4_is_the_worst_and_per_channel_helps(result):
+    formats = by_name(result)
+    int4 = formats["int4_sym_channel"].mean_logit_diff
+    assert all(int4 >= f.mean_logit_diff for f in formats.values()), {f.name: f.mean_logit_diff for f in formats.values()}
+    assert formats["int8_sym_channel"].mean_logit_diff <= formats["int8_sym_tensor"].mean_logit_diff
+    assert all(g.per_channel_mse <= g.per_tensor_mse for g in result.channel_gains)
+    gains = [g.gain for g in result.channel_gains]
+    assert gains == sorted(gains, reverse=True) and gains[0] > 1
+
+
+def test_sizes_are_exact(result, loaded):
+    weights = loaded.keras_model.get_weights()
+    kernels = [w for w in weights if w.ndim >= 2]
+    others = sum(w.size for w in weights if w.ndim < 2)
+    params = sum(w.size for w in weights)
+    channels = sum(w.shape[-1] for w in kernels)  # no depthwise layers in this model
+    k = sum(w.size for w in kernels)
+    expected = {
+        "fp32": 4 * params, "fp16": 2 * params, "bf16": 2 * params, "fp16_act": 2 * params, "bf16_act": 2 * params,
+        "fp8_e4m3": k + 4 * len(kernels) + 4 * others, "fp8_e5m2": k + 4 * len(kernels) + 4 * others,
+        "int8_sym_tensor": k + 4 * len(kernels) + 4 * others,
+        "int8_sym_channel": k + 4 * channels + 4 * others,
+        "int8_asym_tensor": k + 8 * len(kernels) + 4 * others,
+        "int8_asym_channel": k + 8 * channels + 4 * others,
+        "int4_sym_channel": sum(math.ceil(w.size / 2) for w in kernels) + 4 * channels + 4 * others,
+    }
+    assert {f.name: f.weight_bytes for f in result.formats} == expected
+    assert result.parameters == params and result.kernel_parameters == k
+
+
+def test_dot_products_show_each_format_s_error(result):
+    assert [d.layer for d in result.dot_products]  # every Dense/Conv2D of the model
+    for d in result.dot_products:
+        assert d.errors["fp32"] < d.errors["bf16"], d
+        assert d.errors["fp32"] < d.errors["int8"], d
+
+
+def test_target_marks(result):
+    formats = by_name(result)
+    assert formats["int8_sym_channel"].target_runs is True
+    assert formats["bf16"].target_runs is False and formats["int4_sym_channel"].target_runs is False
+    assert "symmetric" in formats["int8_asym_channel"].target_note
+
+
+def test_cli_precision_writes_table_json_and_png(tmp_path):
+    out = tmp_path / "p"
+    cli = run_edgeq("precision", str(EXAMPLE), "--data", "digits", "--target", "mcu", "-n", "100", "-o", str(out))
+    assert cli.returncode == 0, cli.stderr
+    assert "INT4 symmetric, per channel" in cli.stdout and "runs on mcu" in cli.stdout
+    report = json.loads((out / "precision.json").read_text())
+    assert report["samples"] == 100 and len(report["formats"]) == len(FORMATS)
+    assert (out / "precision.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "## Per channel vs per tensor" in (out / "precision.md").read_text()
+    again = run_edgeq("precision", str(EXAMPLE), "--data", "digits", "-o", str(out))
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+
+
+def test_cli_formats():
+    cli = run_edgeq("formats", "85.125", "-2.5", "65520", "1e-8")
+    assert cli.returncode == 0, cli.stderr
+    assert "0 10000101 01010100100000000000000" in cli.stdout   # 85.125 in FP32
+    assert "1 10000000 01000000000000000000000" in cli.stdout   # -2.5: a negative number is a value, not an option
+    assert "overflow: 65520 rounds to +Inf in FP16" in cli.stdout
+    assert "underflow: 1e-08" in cli.stdout
+    data = json.loads(run_edgeq("formats", "0.5", "--bits", "4", "--json").stdout)
+    assert data  # valid JSON (no NaN literals)
+    bad = run_edgeq("formats", "abc")
+    assert bad.returncode == 2 and "error:" in bad.stderr and "Traceback" not in bad.stderr
+    lonely = run_edgeq("formats", "1", "--zero-point", "3")
+    assert lonely.returncode == 2 and "--zero-point needs --scale" in lonely.stderr
+
+
+def test_fake_quantization_keeps_the_model_unchanged(loaded, digits, result):
+    """simulate() restores the weights and the softmax: the model predicts as before."""
+    model = loaded.keras_model
+    probs = np.asarray(model(digits["eval"].inputs[0][:8], training=False))
+    assert np.allclose(probs.sum(-1), 1.0, atol=1e-5)
