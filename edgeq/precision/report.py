@@ -9,6 +9,12 @@ from typing import Any
 from edgeq.precision.simulate import PrecisionResult
 
 
+SHORT = {"fp16": "FP16", "bf16": "BF16", "fp8_e4m3": "FP8 E4M3", "fp8_e5m2": "FP8 E5M2",
+         "int8_sym_tensor": "INT8 sym/tensor", "int8_sym_channel": "INT8 sym/channel",
+         "int8_asym_tensor": "INT8 asym/tensor", "int8_asym_channel": "INT8 asym/channel",
+         "int4_sym_channel": "INT4 sym/channel", "fp16_act": "FP16 weights+act", "bf16_act": "BF16 weights+act"}
+
+
 def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.2f}%"
 
@@ -102,13 +108,19 @@ def render_png(result: PrecisionResult) -> bytes:
     points = [f for f in result.formats if f.mean_logit_diff is not None and f.name != "fp32"]
     fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
     floor = min((f.mean_logit_diff for f in points if f.mean_logit_diff and f.mean_logit_diff > 0), default=1e-6)
-    for f in points:
+    # Points of one size sit in a column: label them left and right in turn so the labels stay apart.
+    side: dict[int, int] = {}
+    for f in sorted(points, key=lambda f: f.mean_logit_diff):
         y = f.mean_logit_diff if f.mean_logit_diff > 0 else floor / 10
         color = {"int": "tab:blue", "fp8": "tab:orange", "float": "tab:green", "policy": "tab:red"}[
             _kind(f.name)]
         marker = "o" if f.target_runs is None else ("o" if f.target_runs else "x")
         ax.scatter(f.weight_bytes, y, color=color, marker=marker, s=50)
-        ax.annotate(f.label, (f.weight_bytes, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        column = round(math.log10(f.weight_bytes) * 20)
+        turn = side[column] = side.get(column, -1) + 1
+        left = turn % 2 == 1
+        ax.annotate(SHORT.get(f.name, f.label), (f.weight_bytes, y), textcoords="offset points",
+                    xytext=(-6 if left else 6, 3), ha="right" if left else "left", fontsize=8)
     fp32 = next((f for f in result.formats if f.name == "fp32"), None)
     if fp32:
         ax.axvline(fp32.weight_bytes, color="grey", linestyle=":", linewidth=1)
