@@ -319,8 +319,10 @@ def _float_notes(value: float, stored: float, cls: str, frac: int, f: FloatForma
         half = f.smallest_subnormal / 2
         ss = f"{f.smallest_subnormal:.3g}"
         zero = "-0" if stored == 0 and math.copysign(1.0, stored) < 0 else "0"
-        if abs(value) == half:
-            notes.append(f"underflow: {v} is exactly half of {f.name}'s smallest subnormal {ss}; "
+        via32 = float(np.float32(value)) if f.bits < 32 else value  # narrow formats are cast from FP32
+        if abs(via32) == half:
+            first = "" if via32 == value else f" once rounded to FP32 ({via32:.9g})"
+            notes.append(f"underflow: {v} is exactly half of {f.name}'s smallest subnormal {ss}{first}; "
                          f"the tie rounds to even and it becomes {zero}")
         else:
             notes.append(f"underflow: {v} is below {f.name}'s smallest subnormal {ss} / 2 "

@@ -38,7 +38,8 @@ def format_rows(result: PrecisionResult) -> list[list[str]]:
 
 
 def _header(result: PrecisionResult) -> list[str]:
-    return ["format", "weight bytes", "mean |Δ logit|", "max |Δ logit|", "top-1 = FP32", "accuracy",
+    what = _what(result)
+    return ["format", "weight bytes", f"mean |Δ {what}|", f"max |Δ {what}|", "top-1 = FP32", "accuracy",
             *([f"runs on {result.target}"] if result.target else []), "note"]
 
 
@@ -69,8 +70,16 @@ def render_text(result: PrecisionResult) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+def _what(result: PrecisionResult) -> str:
+    return {"logits": "logit", "probabilities": "probability"}.get(result.output_kind, "output")
+
+
 def _gain(gain: float) -> str:
-    return "per-tensor error only" if math.isinf(gain) else f"{gain:.1f}x lower"
+    if math.isinf(gain):
+        return "exact per channel"
+    if gain >= 1:
+        return f"{gain:.1f}x lower"
+    return f"{1 / gain:.1f}x higher"
 
 
 def render_markdown(result: PrecisionResult) -> str:
@@ -105,7 +114,10 @@ def render_png(result: PrecisionResult) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = [f for f in result.formats if f.mean_logit_diff is not None and f.name != "fp32"]
+    points = [f for f in result.formats
+              if f.mean_logit_diff is not None and math.isfinite(f.mean_logit_diff) and f.name != "fp32"]
+    left_out = [SHORT.get(f.name, f.label) for f in result.formats
+                if f.mean_logit_diff is not None and not math.isfinite(f.mean_logit_diff)]
     fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
     floor = min((f.mean_logit_diff for f in points if f.mean_logit_diff and f.mean_logit_diff > 0), default=1e-6)
     # Points of one size sit in a column: label them left and right in turn so the labels stay apart.
@@ -128,7 +140,9 @@ def render_png(result: PrecisionResult) -> bytes:
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("weight bytes")
-    ax.set_ylabel("mean |Δ logit| vs FP32")
+    ax.set_ylabel(f"mean |Δ {_what(result)}| vs FP32")
+    if left_out:
+        ax.text(0.01, 0.01, f"not shown (overflow): {', '.join(left_out)}", transform=ax.transAxes, fontsize=7)
     title = f"{result.model}: size vs error per number format"
     if result.target:
         title += f" (x: {result.target} cannot run it)"

@@ -6,10 +6,11 @@ nothing else changed. Two variants also run the activations in BF16 / FP16 (a Ke
 where the model's layers allow it. For each format: the bytes its weights take, the mean and max
 difference of the model's logits from FP32, top-1 agreement with FP32, and accuracy on the labels.
 
-Sizes are exact by construction: a quantized kernel takes parameters x bits / 8 bytes (INT4 packs
-two per byte, rounded up per tensor) plus 4 bytes per scale and, for asymmetric schemes, 4 bytes per
-zero point; everything that is not a kernel (biases, normalization) stays FP32, 4 bytes each, as in
-TFLite, where biases are 32-bit.
+Sizes are edgeq's exact accounting of the weights (not a TFLite file size, which adds metadata,
+stores zero points as int64 and folds BatchNormalization away): the float formats store every
+parameter at their width; an integer or FP8 format stores the kernels at its width (INT4 packs two
+per byte, rounded up per tensor) plus 4 bytes per scale and, for asymmetric schemes, 4 bytes per
+zero point, and keeps everything else (biases, normalization) FP32, as TFLite keeps biases 32-bit.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ _RUNS: dict[str, tuple[tuple[str, ...], str]] = {
     "int8_asym_tensor": ((), "TFLite's int8 weights are symmetric (zero point 0); activations are asymmetric"),
     "int8_asym_channel": ((), "TFLite's int8 weights are symmetric (zero point 0)"),
     "int4_sym_channel": ((), "edgeq's converter modes do not produce INT4 weights"),
-    "fp16_act": ((), "FP16 compute needs a GPU/NPU delegate; edgeq's modes compute in FP32 or integers"),
+    "fp16_act": ((), "FP16 compute needs a GPU/NPU delegate (or XNNPACK's FP16 path on ARMv8.2 CPUs); edgeq's "
+                     "modes compute in FP32 or integers"),
     "bf16_act": ((), "no TFLite runtime computes in BF16"),
 }
 
@@ -81,9 +83,20 @@ class FormatResult:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         for key in ("mean_logit_diff", "max_logit_diff", "top1_agreement", "accuracy"):
-            if out[key] is not None:
-                out[key] = round(float(out[key]), 8)
+            out[key] = _json_number(out[key], 8)
         return out
+
+
+def _json_number(x: float | None, digits: int | None = None) -> float | str | None:
+    """JSON has no Inf or NaN: they become "inf", "-inf", "nan" (as `edgeq formats --json` writes them)."""
+    if x is None:
+        return None
+    x = float(x)
+    if math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return round(x, digits) if digits is not None else x
 
 
 @dataclass
@@ -96,7 +109,10 @@ class LayerChannelGain:
 
     @property
     def gain(self) -> float:
-        return self.per_tensor_mse / self.per_channel_mse if self.per_channel_mse > 0 else math.inf
+        """per-tensor MSE / per-channel MSE: above 1 when per channel is better."""
+        if self.per_channel_mse > 0:
+            return self.per_tensor_mse / self.per_channel_mse
+        return 1.0 if self.per_tensor_mse == 0 else math.inf
 
     def to_dict(self) -> dict[str, Any]:
         gain = self.gain
@@ -115,8 +131,8 @@ class DotProduct:
     errors: dict[str, float]   # format -> |value - reference|
 
     def to_dict(self) -> dict[str, Any]:
-        return {"layer": self.layer, "terms": self.terms, "reference": self.reference,
-                "errors": {k: float(v) for k, v in self.errors.items()}}
+        return {"layer": self.layer, "terms": self.terms, "reference": _json_number(self.reference),
+                "errors": {k: _json_number(v) for k, v in self.errors.items()}}
 
 
 @dataclass
@@ -131,9 +147,11 @@ class PrecisionResult:
     dot_products: list[DotProduct]
     target: str | None = None
     notes: list[str] = field(default_factory=list)
+    output_kind: str = "logits"  # what the differences are measured on: logits, probabilities, outputs
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "data": self.data, "samples": self.samples, "parameters": self.parameters,
+                "output_kind": self.output_kind,
                 "kernel_parameters": self.kernel_parameters, "target": self.target,
                 "formats": [f.to_dict() for f in self.formats],
                 "per_channel_vs_per_tensor": [g.to_dict() for g in self.channel_gains],
@@ -149,7 +167,18 @@ class _Weight:
     layer: str
     name: str
     kernel: bool
-    depthwise: bool
+    depthwise: bool           # channels are in x multiplier: the last two axes together
+    channel_axis: int = -1    # the output-channel axis TFLite quantizes per channel
+
+
+def _layout(layer: Any, name: str) -> tuple[bool, int]:
+    """(depthwise, channel axis) of a kernel, from the layer's class (Keras 3 names every one 'kernel')."""
+    kind = type(layer).__name__
+    if kind.startswith("DepthwiseConv") or name == "depthwise_kernel":
+        return True, -1
+    if kind.endswith("Transpose") and name == "kernel":  # (..., out, in)
+        return False, -2
+    return False, -1
 
 
 def _weights(model: Any) -> list[_Weight]:
@@ -167,37 +196,50 @@ def _weights(model: Any) -> list[_Weight]:
             name = str(getattr(variable, "path", None) or variable.name).split("/")[-1].split(":")[0]
             shape = tuple(variable.shape)
             kernel = name in _KERNEL_NAMES and len(shape) >= 2
-            out.append(_Weight(i, layer.name, name, kernel, name == "depthwise_kernel"))
+            depthwise, axis = _layout(layer, name)
+            out.append(_Weight(i, layer.name, name, kernel, depthwise, axis))
     if len(out) != len(flat):  # nested models, shared layers: fall back to shape alone
         out = [_Weight(i, f"weight {i}", str(getattr(v, "name", i)), len(tuple(v.shape)) >= 2, False)
                for i, v in enumerate(flat)]
     return sorted(out, key=lambda w: w.index)
 
 
-def _channels_last(w: np.ndarray, depthwise: bool) -> np.ndarray:
-    """The kernel as (..., channels): TFLite's per-channel axis is the output channel, which Keras
-    keeps last; a depthwise kernel's channels are in x multiplier (its last two axes)."""
-    return w.reshape(*w.shape[:-2], w.shape[-2] * w.shape[-1]) if depthwise else w
+def _channels_last(w: np.ndarray, meta: _Weight) -> np.ndarray:
+    """The kernel as (..., channels): TFLite's per-channel axis is the output channel, last in most
+    Keras kernels, next to last in transposed convolutions; a depthwise kernel's channels are
+    in x multiplier (its last two axes)."""
+    if meta.depthwise:
+        return w.reshape(*w.shape[:-2], w.shape[-2] * w.shape[-1])
+    return np.moveaxis(w, meta.channel_axis, -1) if meta.channel_axis != -1 else w
 
 
-def _transform(w: np.ndarray, spec: FormatSpec, depthwise: bool) -> np.ndarray:
+def _from_channels_last(flat: np.ndarray, meta: _Weight, shape: tuple[int, ...]) -> np.ndarray:
+    if meta.depthwise:
+        return flat.reshape(shape)
+    return np.moveaxis(flat, -1, meta.channel_axis) if meta.channel_axis != -1 else flat
+
+
+def _transform(w: np.ndarray, spec: FormatSpec, meta: _Weight) -> np.ndarray:
     import ml_dtypes
 
     kind = spec["kind"]
     if kind in ("float", "policy") and spec.get("dtype"):
         dtype = getattr(ml_dtypes, spec["dtype"]) if spec["dtype"] == "bfloat16" else np.dtype(spec["dtype"])
-        return w.astype(dtype).astype(np.float32)
+        with np.errstate(over="ignore"):  # overflow to Inf is the point: it is reported, not warned about
+            return w.astype(dtype).astype(np.float32)
     if kind == "fp8":
         dtype = getattr(ml_dtypes, spec["dtype"])
         top = float(ml_dtypes.finfo(dtype).max)
-        peak = float(np.max(np.abs(w))) or 1.0
+        peak = float(np.max(np.abs(w))) if w.size else 0.0
+        if peak == 0:
+            return w  # an all-zero kernel is stored exactly
         scale = peak / top
         return ((w / scale).astype(dtype).astype(np.float32) * scale).astype(np.float32)
     if kind == "int":
-        flat = _channels_last(w, depthwise)
+        flat = _channels_last(w, meta)
         quantized = quantize_dequantize(flat, bits=spec["bits"], scheme=spec["scheme"],
                                         axis=-1 if spec["per_channel"] else None)
-        return np.asarray(quantized.dequantized, dtype=np.float32).reshape(w.shape)
+        return _from_channels_last(np.asarray(quantized.dequantized, dtype=np.float32), meta, w.shape)
     return w
 
 
@@ -213,7 +255,7 @@ def weight_bytes(weights: Sequence[np.ndarray], meta: Sequence[_Weight], spec: F
             total += w.size + 4  # one byte each, one float32 scale per tensor
         else:
             bits = spec["bits"]
-            channels = _channels_last(w, m.depthwise).shape[-1] if spec["per_channel"] else 1
+            channels = _channels_last(w, m).shape[-1] if spec["per_channel"] else 1
             params = math.ceil(w.size * bits / 8)
             per_scale = 4 + (4 if spec["scheme"] == "asymmetric" else 0)
             total += params + channels * per_scale
@@ -223,37 +265,60 @@ def weight_bytes(weights: Sequence[np.ndarray], meta: Sequence[_Weight], spec: F
 # -- running --------------------------------------------------------------------------------------
 
 
-def _switch_off_softmax(model: Any) -> Callable[[], None] | None:
-    """Make a final softmax linear (so differences are in logits); returns the undo, or None."""
-    last = model.layers[-1]
-    activation = getattr(last, "activation", None)
-    if getattr(activation, "__name__", "") != "softmax":
-        return None
+def _keras_of(model: Any) -> Any:
+    """The Keras package a model belongs to: keras (3) or tf_keras (2)."""
+    if type(model).__module__.startswith("tf_keras"):
+        import tf_keras
+
+        return tf_keras
     import keras
 
-    last.activation = keras.activations.linear
+    return keras
+
+
+def _logits(model: Any) -> tuple[Callable[[], None] | None, str]:
+    """Switch a single output's final softmax or sigmoid off, so differences are in logits.
+
+    Returns (undo or None, what the measured output is: "logits", "probabilities" or "outputs").
+    """
+    if len(model.outputs) != 1:
+        return None, "outputs"
+    last = model.layers[-1]
+    if type(last).__name__ == "Softmax":
+        return None, "probabilities"  # a Softmax layer has no activation to switch off
+    activation = getattr(last, "activation", None)
+    if getattr(activation, "__name__", "") not in ("softmax", "sigmoid"):
+        return None, "outputs"
+    last.activation = _keras_of(model).activations.linear
 
     def undo() -> None:
         last.activation = activation
 
-    return undo
+    return undo, "logits"
 
 
-def _predict(model: Any, inputs: Sequence[np.ndarray], batch: int = 256, dtype: Any = np.float32) -> np.ndarray:
+def _first_output(result: Any) -> Any:
+    if isinstance(result, dict):
+        return next(iter(result.values()))
+    if isinstance(result, (list, tuple)):
+        return result[0]
+    return result
+
+
+def _predict(model: Any, inputs: Sequence[np.ndarray], batch: int = 256) -> np.ndarray:
+    """The model's first output on every sample, as float32."""
     outs = []
     n = len(inputs[0])
     for start in range(0, n, batch):
-        chunk = [np.asarray(x[start:start + batch]).astype(dtype) for x in inputs]
+        chunk = [np.asarray(x[start:start + batch]) for x in inputs]
         result = model(chunk if len(chunk) > 1 else chunk[0], training=False)
-        if isinstance(result, (list, tuple)):
-            result = result[0]
-        outs.append(np.asarray(result, dtype=np.float32))
+        outs.append(np.asarray(_first_output(result), dtype=np.float32))
     return np.concatenate(outs)
 
 
 def _policy_clone(model: Any, dtype: str) -> Any:
-    """The model rebuilt with every layer computing in `dtype` (Keras 3 dtype policy)."""
-    import keras
+    """The model rebuilt with every layer computing in `dtype` (a Keras dtype policy)."""
+    keras = _keras_of(model)
 
     def clone(layer: Any) -> Any:
         config = layer.get_config()
@@ -265,7 +330,9 @@ def _policy_clone(model: Any, dtype: str) -> Any:
     return copy
 
 
-def _top1(a: np.ndarray, b: np.ndarray) -> float:
+def _top1(a: np.ndarray, b: np.ndarray) -> float | None:
+    if a.ndim < 2 or a.shape[-1] < 2:
+        return None  # one column: argmax says nothing
     return float(np.mean(np.argmax(a, -1) == np.argmax(b, -1)))
 
 
@@ -288,9 +355,15 @@ def simulate(model: Any, inputs: Sequence[np.ndarray], labels: np.ndarray | None
     notes = []
     if not kernel_params:
         notes.append("the model has no kernels (Dense/Conv weights): integer formats change nothing")
-    undo = _switch_off_softmax(model)
+    if len(model.outputs) > 1:
+        names = [getattr(t, "name", str(i)) for i, t in enumerate(model.outputs)]
+        notes.append(f"the model has {len(names)} outputs; differences, top-1 and accuracy are measured on the "
+                     f"first ({names[0]})")
+    undo, output_kind = _logits(model)
     if undo:
-        notes.append("the final softmax is switched off while measuring: differences are in logits")
+        notes.append("the final softmax/sigmoid is switched off while measuring: differences are in logits")
+    elif output_kind == "probabilities":
+        notes.append("the model ends in a Softmax layer: differences are in probabilities, not logits")
     results: list[FormatResult] = []
     try:
         reference = _predict(model, inputs)
@@ -304,7 +377,7 @@ def simulate(model: Any, inputs: Sequence[np.ndarray], labels: np.ndarray | None
                     runner = _policy_clone(model, spec["dtype"])
                     out = _predict(runner, inputs)  # each layer casts its inputs to its compute dtype
                 else:
-                    model.set_weights([_transform(w, spec, m.depthwise) if (m.kernel or spec["kind"] == "float")
+                    model.set_weights([_transform(w, spec, m) if (m.kernel or spec["kind"] == "float")
                                        else w for w, m in zip(original, meta)])
                     out = _predict(model, inputs)
             except Exception as exc:  # noqa: BLE001 (a layer without a kernel for that dtype: report, go on)
@@ -314,12 +387,12 @@ def simulate(model: Any, inputs: Sequence[np.ndarray], labels: np.ndarray | None
             finally:
                 model.set_weights(original)
             diff = np.abs(out.astype(np.float64) - reference.astype(np.float64))
-            if not np.all(np.isfinite(diff)):
-                note = "some outputs are Inf or NaN in this format (overflow)"
-            finite = diff[np.isfinite(diff)]
+            bad = int(np.count_nonzero(~np.isfinite(diff)))
+            if bad:
+                note = f"overflow: {bad} of {diff.size} outputs are Inf or NaN in this format"
             results.append(FormatResult(
                 name, spec["label"], spec["bits"], size,
-                float(finite.mean()) if finite.size else math.inf, float(finite.max()) if finite.size else math.inf,
+                math.inf if bad else float(diff.mean()), math.inf if bad else float(diff.max()),
                 _top1(out, reference), _accuracy(out, labels), note=note))
         gains = _channel_gains(original, meta)
         dots = _dot_products(model, inputs, on_step)
@@ -335,8 +408,10 @@ def simulate(model: Any, inputs: Sequence[np.ndarray], labels: np.ndarray | None
             if r.name == "int8_sym_tensor" and runs and target.quantization.per_channel:
                 why += f"; {target.name} uses per-channel"
             r.target_runs, r.target_note = runs, why
+    if not dots and any(m.kernel for m in meta):
+        notes.append("no dot products: no Dense/Conv2D layer's input could be reached from the model's inputs")
     return PrecisionResult(model_name, data_name, len(inputs[0]), sum(w.size for w in original), kernel_params,
-                           results, gains, dots, None if target is None else target.name, notes)
+                           results, gains, dots, None if target is None else target.name, notes, output_kind)
 
 
 def _channel_gains(weights: Sequence[np.ndarray], meta: Sequence[_Weight]) -> list[LayerChannelGain]:
@@ -345,7 +420,7 @@ def _channel_gains(weights: Sequence[np.ndarray], meta: Sequence[_Weight]) -> li
     for w, m in zip(weights, meta):
         if not m.kernel:
             continue
-        flat = _channels_last(w, m.depthwise).astype(np.float64)
+        flat = _channels_last(w, m).astype(np.float64)
         errors = []
         for axis in (None, -1):
             dq = quantize_dequantize(flat, bits=8, scheme="symmetric", axis=axis).dequantized
@@ -361,7 +436,7 @@ def _dot_products(model: Any, inputs: Sequence[np.ndarray], on_step: Callable[[s
     """For each Dense / Conv2D: one output element from the layer's real input on the first sample,
     computed in float64 (reference), FP32, BF16 and FP16 (inputs and weights rounded, products summed
     in FP32, as hardware with FP32 accumulators does) and INT8 (symmetric, int32 accumulation)."""
-    import keras
+    keras = _keras_of(model)
 
     on_step("dot products per layer")
     out = []
@@ -413,8 +488,9 @@ def _dot_errors(x: np.ndarray, w: np.ndarray) -> dict[str, float]:
     reference = float(np.dot(x.astype(np.float64), w.astype(np.float64)))
     errors = {"fp32": abs(float(np.dot(x, w)) - reference)}
     for name, dtype in (("bf16", ml_dtypes.bfloat16), ("fp16", np.float16)):
-        xr = x.astype(dtype).astype(np.float32)
-        wr = w.astype(dtype).astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            xr = x.astype(dtype).astype(np.float32)
+            wr = w.astype(dtype).astype(np.float32)
         errors[name] = abs(float(np.sum(xr * wr, dtype=np.float32)) - reference)
     qx = quantize_dequantize(x, bits=8, scheme="symmetric", axis=None)
     qw = quantize_dequantize(w, bits=8, scheme="symmetric", axis=None)

@@ -23,7 +23,12 @@ def loaded():
 
 
 @pytest.fixture(scope="module")
-def result(loaded, digits):
+def before(loaded):
+    return [np.array(w, copy=True) for w in loaded.keras_model.get_weights()]
+
+
+@pytest.fixture(scope="module")
+def result(loaded, digits, before):
     from edgeq.targets import load_target
 
     data = digits["eval"]
@@ -115,16 +120,84 @@ def test_cli_formats():
     assert "1 10000000 01000000000000000000000" in cli.stdout   # -2.5: a negative number is a value, not an option
     assert "overflow: 65520 rounds to +Inf in FP16" in cli.stdout
     assert "underflow: 1e-08" in cli.stdout
-    data = json.loads(run_edgeq("formats", "0.5", "--bits", "4", "--json").stdout)
-    assert data  # valid JSON (no NaN literals)
+    raw = run_edgeq("formats", "0.5", "nan", "65520", "--bits", "4", "--json").stdout
+    # strict JSON: non-finite values are strings, never the bare NaN / Infinity tokens
+    assert json.loads(raw, parse_constant=lambda token: pytest.fail(f"bare {token} in --json output"))
     bad = run_edgeq("formats", "abc")
     assert bad.returncode == 2 and "error:" in bad.stderr and "Traceback" not in bad.stderr
     lonely = run_edgeq("formats", "1", "--zero-point", "3")
     assert lonely.returncode == 2 and "--zero-point needs --scale" in lonely.stderr
 
 
-def test_fake_quantization_keeps_the_model_unchanged(loaded, digits, result):
+def test_fake_quantization_keeps_the_model_unchanged(loaded, digits, result, before):
     """simulate() restores the weights and the softmax: the model predicts as before."""
     model = loaded.keras_model
+    after = model.get_weights()
+    assert len(after) == len(before) and all(np.array_equal(a, b) for a, b in zip(after, before))
     probs = np.asarray(model(digits["eval"].inputs[0][:8], training=False))
     assert np.allclose(probs.sum(-1), 1.0, atol=1e-5)
+    assert result.output_kind == "logits"
+
+
+# -- layouts and outputs the bundled model does not have --------------------------------------------
+
+
+def _run(model, x, labels=None):
+    return simulate(model, [x], labels, model_name="m", data_name="d")
+
+
+def test_depthwise_and_transposed_kernels_are_quantized_per_output_channel():
+    import keras
+
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((8, 8, 3))
+    y = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(inp)
+    y = keras.layers.Conv2DTranspose(5, 3, name="up")(y)
+    out = keras.layers.Dense(4, name="head")(keras.layers.Flatten()(y))
+    model = keras.Model(inp, out)
+    dw = model.get_layer("dw")
+    kernel = np.asarray(dw.kernel)
+    kernel[..., 0, :] *= 100.0  # one input channel much larger: per channel must help a lot
+    dw.kernel.assign(kernel)
+    x = np.random.default_rng(0).normal(size=(16, 8, 8, 3)).astype(np.float32)
+    result = _run(model, x)
+    gains = {g.layer: g for g in result.channel_gains}
+    assert gains["dw"].gain > 2  # ~3: channel 0 keeps its error, the other two lose theirs; 1.0 if per tensor
+    weights = model.get_weights()
+    kernels = {"dw": 3, "up": 5, "head": 4}  # output channels: depthwise 3 x multiplier 1, transposed 5
+    k = sum(w.size for w in weights if w.ndim >= 2)
+    others = sum(w.size for w in weights if w.ndim < 2)
+    sizes = {f.name: f.weight_bytes for f in result.formats}
+    assert sizes["int8_sym_channel"] == k + 4 * sum(kernels.values()) + 4 * others
+
+
+def test_overflow_is_reported_and_json_stays_valid():
+    import keras
+
+    from edgeq.precision.report import render_png, to_json
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="big")])
+    kernel = np.ones((4, 3), np.float32)
+    kernel[0] = 1e5  # FP16's largest is 65504
+    model.get_layer("big").kernel.assign(kernel)
+    result = _run(model, np.ones((8, 4), np.float32))
+    fp16 = next(f for f in result.formats if f.name == "fp16")
+    assert math.isinf(fp16.mean_logit_diff) and fp16.note.startswith("overflow:")
+    text = json.dumps(to_json(result), allow_nan=False)  # no bare Infinity / NaN
+    assert '"inf"' in text
+    assert render_png(result)[:4] == b"\x89PNG"
+
+
+def test_sigmoid_and_several_outputs():
+    import keras
+
+    inp = keras.Input((4,))
+    hidden = keras.layers.Dense(8, activation="relu")(inp)
+    model = keras.Model(inp, {"score": keras.layers.Dense(1, activation="sigmoid", name="score")(hidden),
+                              "aux": keras.layers.Dense(2, name="aux")(hidden)})
+    result = _run(model, np.random.default_rng(1).normal(size=(32, 4)).astype(np.float32))
+    assert any("2 outputs" in n for n in result.notes) and result.output_kind == "outputs"
+    single = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
+    result = _run(single, np.ones((8, 4), np.float32))
+    assert result.output_kind == "logits"
+    assert all(f.top1_agreement is None for f in result.formats)  # argmax of one column says nothing
