@@ -201,3 +201,15 @@ def test_sigmoid_and_several_outputs():
     result = _run(single, np.ones((8, 4), np.float32))
     assert result.output_kind == "logits"
     assert all(f.top1_agreement is None for f in result.formats)  # argmax of one column says nothing
+
+
+def test_a_tf_keras_model_runs_every_format():
+    import tensorflow  # noqa: F401  (tf_keras needs TF imported first)
+    import tf_keras
+
+    model = tf_keras.Sequential([tf_keras.Input((8, 8, 1)), tf_keras.layers.Conv2D(4, 3, activation="relu"),
+                                 tf_keras.layers.Flatten(), tf_keras.layers.Dense(10, activation="softmax")])
+    result = _run(model, np.random.default_rng(0).normal(size=(16, 8, 8, 1)).astype(np.float32))
+    assert all(f.mean_logit_diff is not None and not f.note for f in result.formats), [f.note for f in result.formats]
+    assert [d.layer for d in result.dot_products] == [layer.name for layer in model.layers if layer.weights]
+    assert result.output_kind == "logits"
