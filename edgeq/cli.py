@@ -149,8 +149,10 @@ def main() -> None:
     \b
     Typical use:
       edgeq targets list                         # what can I deploy to?
-      edgeq convert model.keras --target mcu --calibration digits
+      edgeq precision model.keras --data digits --target mcu    # what would each format cost?
+      edgeq convert model.keras --target mcu --calibration digits --harness
       edgeq inspect edgeq-out/model-mcu/model.tflite
+      edgeq device-check --port /dev/ttyACM0 --model edgeq-out/model-mcu/model.tflite --data digits
 
     Exit codes: 0 ok, 2 bad input (file, data, option), 3 the model does not fit the target,
     4 the device stopped answering (device-check).
