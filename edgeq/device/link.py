@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from edgeq.device.protocol import (
+    INTER_BYTE_TIMEOUT,
     PROTOCOL_VERSION,
     BadCrc,
     BadLength,
@@ -30,7 +31,6 @@ from edgeq.device.protocol import (
 )
 from edgeq.errors import EXIT_DEVICE, EdgeqError
 
-INTER_BYTE_TIMEOUT = 0.1  # seconds idle mid-frame after which a partial frame is dropped (both ends)
 HELLO_TIMEOUT = 1.0
 HELLO_ATTEMPTS = 5  # a board may still be booting (an Arduino resets when the port opens)
 INFER_ATTEMPTS = 4  # the first try and 3 resends

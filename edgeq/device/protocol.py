@@ -20,6 +20,8 @@ CRC_SIZE = 2
 FRAME_OVERHEAD = HEADER_SIZE + CRC_SIZE
 DEFAULT_MAX_PAYLOAD = 4096  # the C side's EDGEQ_MAX_PAYLOAD default
 LENGTH_LIMIT = 0xFFFF  # what the u16 length field can carry
+INFER_REPLY_HEADER = 9  # time u32 | unit u8 | count u32, before the output bytes
+INTER_BYTE_TIMEOUT = 0.1  # seconds idle mid-frame after which either end drops a partial frame
 
 
 class FrameType(IntEnum):

@@ -30,6 +30,8 @@ import numpy as np
 
 from edgeq.device.protocol import (
     DEFAULT_MAX_PAYLOAD,
+    INFER_REPLY_HEADER,
+    INTER_BYTE_TIMEOUT,
     PROTOCOL_VERSION,
     BadCrc,
     BadLength,
@@ -46,7 +48,6 @@ from edgeq.device.protocol import (
 from edgeq.device.tensors import nbytes, numpy_dtype, unpack, wire_tensors
 from edgeq.tflite.reader import ModelInfo
 
-INTER_BYTE_TIMEOUT = 0.1
 BOOT_BANNER = b"\r\nedgeq-sim: boot\r\n"
 REBOOT_SECONDS = 0.2
 FAULT_KINDS = ("drop", "crc", "slow", "reset", "mute", "flip", "wrong-hash")
@@ -227,7 +228,7 @@ class SimDevice:
         if len(frame.payload) != runner.input_bytes:
             return self._error(frame.seq, ErrorCode.BAD_PAYLOAD,
                                f"INFER carries {len(frame.payload)} bytes, the model takes {runner.input_bytes}")
-        if runner.output_bytes + 9 > self.max_payload:
+        if runner.output_bytes + INFER_REPLY_HEADER > self.max_payload:
             return self._error(frame.seq, ErrorCode.BAD_PAYLOAD, "the outputs do not fit one frame")
         try:
             output, micros = runner.run(frame.payload)
