@@ -195,9 +195,9 @@ def _stream(link: DeviceLink, payloads: list[bytes], wire_out: tuple[TensorInfo,
 
 
 def _top1(scores: np.ndarray, labels: np.ndarray | None) -> float | None:
-    from edgeq.emulator.accuracy import _top1 as top1
+    from edgeq.emulator.accuracy import top1_accuracy
 
-    return None if scores.shape[0] == 0 else top1(scores, labels)
+    return None if scores.shape[0] == 0 else top1_accuracy(scores, labels)
 
 
 def _pct(x: float | None) -> float | None:

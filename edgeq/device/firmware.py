@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 import shutil
 import subprocess
@@ -29,6 +28,7 @@ import numpy as np
 
 from edgeq import __version__
 from edgeq.device.protocol import INFER_REPLY_HEADER
+from edgeq.device.tensors import WIRE_DTYPES, nbytes, wire_tensor
 from edgeq.errors import EdgeqError, TargetCheckError
 from edgeq.export.c_arrays import ArenaSize, c_identifier, tflm_sources
 from edgeq.tflite.reader import ModelInfo, TensorInfo
@@ -49,14 +49,6 @@ STATIC_FILES = (
     "ports/baremetal/main.c",
     "ports/posix/edgeq_platform_posix.c",
 )
-# Schema TensorType numbers (as in edgeq_protocol.h's enum edgeq_dtype and the TFLite schema).
-_SCHEMA_DTYPES = {"float32": 0, "float16": 1, "int32": 2, "uint8": 3, "int64": 4, "string": 5, "bool": 6,
-                  "int16": 7, "complex64": 8, "int8": 9, "float64": 10, "complex128": 11, "uint64": 12,
-                  "uint32": 15, "uint16": 16}
-_ITEM_SIZES = {"float32": 4, "float16": 2, "int32": 4, "uint8": 1, "int64": 8, "bool": 1, "int16": 2,
-               "complex64": 8, "int8": 1, "float64": 8, "complex128": 16, "uint64": 8, "uint32": 4, "uint16": 2}
-# The tensor types the protocol's dtype byte names (edgeq_protocol.h's enum edgeq_dtype).
-_WIRE_DTYPES = {"float32", "float16", "int32", "uint8", "int64", "int16", "int8"}
 DEFAULT_CPU_FLAGS = ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16")
 
 
@@ -126,43 +118,30 @@ def _template(name: str) -> Template:
     return Template(_package_file(f"templates/{name}").decode())
 
 
-def _static_shape(t: TensorInfo) -> tuple[int, ...]:
-    """The shape TFLM allocates: the reader keeps the shape signature (-1 for a free batch
-    dimension), where the flatbuffer's static shape, which TFLM uses, says 1."""
-    return tuple(1 if d < 0 else int(d) for d in t.shape)
-
-
 def _tensor_bytes(t: TensorInfo, which: str, source: str) -> int:
-    if t.dtype not in _WIRE_DTYPES:
+    if t.dtype not in WIRE_DTYPES:
         raise TargetCheckError(f"{which} '{t.name}' of {source} is {t.dtype}, which the device protocol cannot carry",
                                hint="use int8, uint8, int16, int32, int64, float16 or float32 model inputs and outputs")
     if len(t.shape) > MAX_RANK:
         raise TargetCheckError(f"{which} '{t.name}' of {source} has rank {len(t.shape)}, above {MAX_RANK}",
                                hint="reshape the model's inputs/outputs to at most 8 dimensions")
-    return _ITEM_SIZES[t.dtype] * math.prod(_static_shape(t))
+    return nbytes(wire_tensor(t))
 
 
 def _c_float(x: float) -> str:
     return f"{float(np.float32(x)):.9e}f"  # 9 significant digits: the float32 round-trips exactly
 
 
-def _tensor_json(t: TensorInfo, nbytes: int) -> dict[str, Any]:
-    scale, zero_point = _quant(t)
-    return {"name": t.name, "dtype": t.dtype, "dtype_code": _SCHEMA_DTYPES[t.dtype],
-            "shape": list(_static_shape(t)),
-            "scale": scale, "zero_point": zero_point, "bytes": nbytes}
-
-
-def _quant(t: TensorInfo) -> tuple[float, int]:
-    if len(t.scales) == 1:  # per-tensor; per-channel is not described by the protocol
-        return float(np.float32(t.scales[0])), int(t.zero_points[0]) if t.zero_points else 0
-    return 0.0, 0
+def _tensor_json(t: TensorInfo, size: int) -> dict[str, Any]:
+    wire = wire_tensor(t)  # what the device reports in HELLO: the host checks it against the same function
+    return {"name": t.name, "dtype": t.dtype, "dtype_code": wire.dtype, "shape": list(wire.shape),
+            "scale": wire.scale, "zero_point": wire.zero_point, "bytes": size}
 
 
 def _c_tensor(t: TensorInfo) -> str:
-    scale, zero_point = _quant(t)
-    dims = ", ".join(str(d) for d in _static_shape(t)) or "0"
-    return f"{{{_SCHEMA_DTYPES[t.dtype]}, {len(t.shape)}, {{{dims}}}, {_c_float(scale)}, {zero_point}}}"
+    wire = wire_tensor(t)
+    dims = ", ".join(str(d) for d in wire.shape) or "0"
+    return f"{{{wire.dtype}, {len(wire.shape)}, {{{dims}}}, {_c_float(wire.scale)}, {wire.zero_point}}}"
 
 
 def _shape_text(tensors: list[dict[str, Any]]) -> str:

@@ -15,13 +15,14 @@ from edgeq.errors import EdgeqError
 from edgeq.tflite.reader import ModelInfo
 from edgeq.tflite.reader import TensorInfo as ModelTensor
 
-_BY_NAME = {"float32": DType.FLOAT32, "float16": DType.FLOAT16, "int32": DType.INT32, "uint8": DType.UINT8,
+# Model tensor types the protocol's dtype byte can name (schema TensorType numbers).
+WIRE_DTYPES = {"float32": DType.FLOAT32, "float16": DType.FLOAT16, "int32": DType.INT32, "uint8": DType.UINT8,
             "int64": DType.INT64, "int16": DType.INT16, "int8": DType.INT8}
 
 
 def dtype_code(name: str) -> int:
     try:
-        return int(_BY_NAME[name])
+        return int(WIRE_DTYPES[name])
     except KeyError:
         raise EdgeqError(f"the device protocol cannot carry a {name} tensor",
                          hint="use int8, uint8, int16, int32, int64, float16 or float32 model inputs and outputs"
@@ -38,7 +39,7 @@ def wire_tensor(tensor: ModelTensor) -> TensorInfo:
     scale = float(np.float32(tensor.scales[0])) if tensor.scales else 0.0
     zero_point = int(tensor.zero_points[0]) if tensor.zero_points else 0
     # The reader keeps the shape signature (-1 for a free batch); TFLM allocates the static shape, 1 there.
-    return TensorInfo(dtype_code(tensor.dtype), tuple(int(d) if d > 0 else 1 for d in tensor.shape), scale,
+    return TensorInfo(dtype_code(tensor.dtype), tuple(1 if d < 0 else int(d) for d in tensor.shape), scale,
                       zero_point)
 
 

@@ -101,7 +101,7 @@ def _is_class_scores(output: np.ndarray) -> bool:
     return output.ndim >= 2 and output.shape[-1] > 1
 
 
-def _top1(scores: np.ndarray, labels: np.ndarray | None) -> float | None:
+def top1_accuracy(scores: np.ndarray, labels: np.ndarray | None) -> float | None:
     """Fraction of samples whose argmax matches the label (labels as ids or one-hot rows)."""
     if labels is None or not _is_class_scores(scores):
         return None
@@ -120,13 +120,13 @@ def compare(float_outputs: list[np.ndarray] | None, quantized_outputs: list[np.n
             labels: np.ndarray | None) -> AccuracyMetrics:
     """Top-1 metrics on the first output (class scores: last dimension > 1) and per-output errors."""
     first = np.asarray(quantized_outputs[0])
-    quantized_top1 = _top1(first, labels)
+    quantized_top1 = top1_accuracy(first, labels)
     if float_outputs is None:
         return AccuracyMetrics(len(first), None, quantized_top1, None, None, None)
     if len(float_outputs) != len(quantized_outputs):
         raise ValueError(f"{len(float_outputs)} float outputs but {len(quantized_outputs)} quantized outputs")
     reference = np.asarray(float_outputs[0])
-    float_top1 = _top1(reference, labels)
+    float_top1 = top1_accuracy(reference, labels)
     agreement = (float(np.mean(np.argmax(reference, -1) == np.argmax(first, -1)))
                  if _is_class_scores(first) and reference.shape == first.shape else None)
     drop = None if float_top1 is None or quantized_top1 is None else (float_top1 - quantized_top1) * 100.0

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeq.emulator.accuracy import top1_accuracy
 from edgeq.precision.formats import quantize_dequantize
 
 # name -> how the weights are stored. "activations" variants also compute in that float type.
@@ -336,15 +337,6 @@ def _top1(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(np.mean(np.argmax(a, -1) == np.argmax(b, -1)))
 
 
-def _accuracy(scores: np.ndarray, labels: np.ndarray | None) -> float | None:
-    if labels is None or scores.ndim < 2 or scores.shape[-1] < 2:
-        return None
-    truth = np.asarray(labels)
-    if truth.ndim == scores.ndim:
-        truth = np.argmax(truth, -1) if truth.shape[-1] == scores.shape[-1] else truth[..., 0]
-    return float(np.mean(np.argmax(scores, -1) == truth))
-
-
 def simulate(model: Any, inputs: Sequence[np.ndarray], labels: np.ndarray | None, *, model_name: str,
              data_name: str, target: Any = None, formats: Sequence[str] = tuple(FORMATS),
              on_step: Callable[[str], None] = lambda message: None) -> PrecisionResult:
@@ -393,7 +385,7 @@ def simulate(model: Any, inputs: Sequence[np.ndarray], labels: np.ndarray | None
             results.append(FormatResult(
                 name, spec["label"], spec["bits"], size,
                 math.inf if bad else float(diff.mean()), math.inf if bad else float(diff.max()),
-                _top1(out, reference), _accuracy(out, labels), note=note))
+                _top1(out, reference), top1_accuracy(out, labels), note=note))
         gains = _channel_gains(original, meta)
         dots = _dot_products(model, inputs, on_step)
     finally:
