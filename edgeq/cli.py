@@ -104,7 +104,9 @@ def _summary(report: dict[str, Any], err: bool = False) -> None:
         if conf and conf["identical"]:
             line += f" (LiteRT, bit-exact with TFLM on the first {conf['samples']})"
         elif conf:
-            line += f" (TFLM: LiteRT differed on the first {conf['samples']})"
+            from edgeq.emulator.accuracy import confirmation_summary
+
+            line += f" (TFLM; {confirmation_summary(conf)})"
         else:
             line += f" ({acc['runtime_used']})"
         echo(line)

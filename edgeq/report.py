@@ -142,10 +142,11 @@ def _accuracy_md(emu: dict[str, Any]) -> list[str]:
         facts.append(f"Top-1 agreement with the float model: {_pct(acc['top1_agreement'])}.")
     conf = acc.get("confirmation")
     if conf:
-        same = "bit-identical to LiteRT" if conf["identical"] else "different from LiteRT"
-        facts.append(f"TFLM on the first {conf['samples']} samples was {same}; "
+        from edgeq.emulator.accuracy import confirmation_summary
+
+        facts.append(f"{confirmation_summary(conf)}; "
                      f"the full set ran in {'LiteRT' if acc['runtime_used'] == 'litert' else 'TFLM'}.")
-    if acc.get("note"):
+    if acc.get("note") and not (conf and acc["runtime_used"] == "tflm"):  # TFLM's note restates the line above
         facts.append(acc["note"])
     out += [" ".join(facts), ""]
     if acc.get("errors"):

@@ -68,28 +68,74 @@ def float_predictions(keras3_model_path, digits) -> np.ndarray:
     return load_model(keras3_model_path).predict(list(digits["eval"].inputs))[0]
 
 
-def litert_predict(tflite: bytes, x: np.ndarray) -> np.ndarray:
-    """Run a .tflite on float inputs in LiteRT, quantizing/dequantizing at the edges."""
-    from ai_edge_litert.interpreter import Interpreter
+def _quantize_like_tflite(x: np.ndarray, dtype: np.dtype, scale: float, zero_point: int) -> np.ndarray:
+    """Written here, not taken from edgeq: round half away from zero in float32, as TFLite's QUANTIZE."""
+    if not scale:
+        return x.astype(dtype)
+    v = x.astype(np.float32) / np.float32(scale)
+    v = np.trunc(v + np.copysign(np.float32(0.5), v)) + np.float32(zero_point)
+    info = np.iinfo(dtype)
+    return np.clip(v, info.min, info.max).astype(dtype)
 
-    it = Interpreter(model_content=tflite)
-    it.allocate_tensors()
-    inp, out = it.get_input_details()[0], it.get_output_details()[0]
-    results = []
-    for sample in x:
-        value = sample[None]
-        if inp["dtype"] != np.float32:
-            scale, zp = inp["quantization"]
-            info = np.iinfo(inp["dtype"])
-            value = np.clip(np.round(value / scale + zp), info.min, info.max).astype(inp["dtype"])
-        it.set_tensor(inp["index"], value)
-        it.invoke()
-        y = it.get_tensor(out["index"]).astype(np.float32)
-        if out["dtype"] != np.float32:
-            scale, zp = out["quantization"]
-            y = (y - zp) * scale
-        results.append(y[0])
-    return np.stack(results)
+
+def predict_raw(runtime: str, tflite: bytes, x: np.ndarray) -> tuple[np.ndarray, float, int]:
+    """The first output of a one-input .tflite on float samples `x`, run one sample at a time in
+    `runtime`, before dequantizing: (outputs, scale, zero point).
+
+    runtime: "litert" (LiteRT's builtin kernels, the ones edgeq compares with TFLM), "xnnpack"
+    (LiteRT's default, XNNPACK applied, as on a phone) or "tflm" (TensorFlow Lite Micro).
+    Independent of edgeq's runtimes module, so a test can check which runtime made a figure.
+    """
+    if runtime == "tflm":
+        from tflite_micro.python.tflite_micro import runtime as micro
+
+        interp = micro.Interpreter.from_bytes(tflite)
+        inp, out = interp.get_input_details(0), interp.get_output_details(0)
+
+        def invoke(q: np.ndarray) -> np.ndarray:
+            interp.set_input(q, 0)
+            interp.invoke()
+            return np.array(interp.get_output(0), copy=True)
+    else:
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+        resolver = {"litert": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES, "xnnpack": OpResolverType.AUTO}
+        lite = Interpreter(model_content=tflite, experimental_op_resolver_type=resolver[runtime])
+        lite.allocate_tensors()
+        inp, out = lite.get_input_details()[0], lite.get_output_details()[0]
+
+        def invoke(q: np.ndarray) -> np.ndarray:
+            lite.set_tensor(inp["index"], q)
+            lite.invoke()
+            return lite.get_tensor(out["index"])
+    in_scale, in_zero = _scale_zero(inp)
+    rows = [invoke(_quantize_like_tflite(sample[None], np.dtype(inp["dtype"]), in_scale, in_zero))[0] for sample in x]
+    scale, zero = _scale_zero(out)
+    return np.stack(rows), scale, zero
+
+
+def _scale_zero(detail: dict) -> tuple[float, int]:
+    quantization = detail.get("quantization_parameters") or {}
+    scales, zeros = quantization.get("scales", ()), quantization.get("zero_points", ())
+    if len(scales):
+        return float(scales[0]), int(zeros[0])
+    scale, zero = detail.get("quantization", (0.0, 0))
+    return float(scale), int(zero)
+
+
+def predict(runtime: str, tflite: bytes, x: np.ndarray) -> np.ndarray:
+    """predict_raw's outputs, dequantized to float32."""
+    raw, scale, zero = predict_raw(runtime, tflite, x)
+    if not scale:
+        return raw.astype(np.float32)
+    return ((raw.astype(np.float32) - np.float32(zero)) * np.float32(scale)).astype(np.float32)
+
+
+def reported_runtime(accuracy: dict) -> str:
+    """predict()'s name for the runtime and kernels a report's accuracy section says it used."""
+    used, kernels = accuracy["runtime_used"], accuracy["kernels"]
+    assert (used, kernels) in (("tflm", None), ("litert", "builtin"), ("litert", "default")), accuracy
+    return "tflm" if used == "tflm" else ("litert" if kernels == "builtin" else "xnnpack")
 
 
 def plain_tflite(model, io: str = "int8", data: np.ndarray | None = None) -> bytes:  # type: ignore[no-untyped-def]
@@ -137,3 +183,25 @@ def tiny_cnn_tflite() -> dict[str, bytes]:
         keras.layers.Dense(10, activation="softmax"),
     ])
     return {"float32": plain_tflite(model, io="float32"), "int8": plain_tflite(model)}
+
+
+def stand_in_a_cpu_whose_litert_differs(monkeypatch: pytest.MonkeyPatch, sample: int = 3) -> None:
+    """Make the emulator meet a CPU where LiteRT's kernels differ from TFLM, on any machine: the
+    real LiteRT run, with the first element of `sample`'s first output moved by one LSB."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgeq.emulator import accuracy
+
+    real = accuracy.run_litert
+
+    def run_litert(model: bytes, inputs, **kwargs):  # type: ignore[no-untyped-def]
+        result = real(model, inputs, **kwargs)
+        raw, out = result.raw_outputs[0], result.outputs[0]
+        scale, _ = _scale_zero(Interpreter(model_content=model).get_output_details()[0])
+        assert raw.dtype.kind == "i" and scale, "the stand-in needs a quantized output"
+        step = 1 if raw.flat[sample * raw[0].size] < np.iinfo(raw.dtype).max else -1
+        raw.reshape(len(raw), -1)[sample, 0] += step
+        out.reshape(len(out), -1)[sample, 0] += np.float32(step * scale)
+        return result
+
+    monkeypatch.setattr(accuracy, "run_litert", run_litert)

@@ -147,7 +147,7 @@ def _max_difference(a: list[np.ndarray], b: list[np.ndarray]) -> float:
 class Evaluation:
     result: RunResult             # the outputs used for accuracy (full set)
     runtime_used: str             # "litert" or "tflm"
-    confirmation: dict[str, Any] | None   # TFLM targets: {"runtime", "samples", "identical", "max_abs_difference"}
+    confirmation: dict[str, Any] | None   # TFLM targets: how LiteRT compared with TFLM (see _confirm)
 
 
 def evaluate(model: bytes, inputs: Sequence[np.ndarray], *, runtime: str, confirm_samples: int = 100,
@@ -156,7 +156,9 @@ def evaluate(model: bytes, inputs: Sequence[np.ndarray], *, runtime: str, confir
 
     runtime "litert": batched LiteRT. runtime "tflm": TFLM on the first `confirm_samples`, LiteRT
     (builtin kernels) on all; identical on the subset -> LiteRT's outputs are used for the full set,
-    otherwise TFLM runs the rest. Progress counts samples whose final outputs are known.
+    otherwise TFLM runs the rest. Whether LiteRT matches TFLM depends on the CPU (LiteRT picks
+    kernels by CPU features), so both branches happen in the field. Progress counts samples whose
+    final outputs are known.
     """
     if runtime == "litert":
         result = run_litert(model, inputs, on_progress=on_progress)
@@ -176,25 +178,70 @@ def evaluate(model: bytes, inputs: Sequence[np.ndarray], *, runtime: str, confir
     rest = run_tflm(model, [x[k:] for x in inputs], arena_size=arena_size,
                     on_progress=(lambda done: on_progress(k + done)) if on_progress else None)
     outputs = [np.concatenate([a, b]) for a, b in zip(head.outputs, rest.outputs)]
-    why = confirmation.get("error") or f"LiteRT differed from TFLM on the first {k} samples"
+    raw = [np.concatenate([a, b]) for a, b in zip(head.raw_outputs or [], rest.raw_outputs or [])]
     full = RunResult("tflm", outputs, n, head.seconds + rest.seconds, batched=False,
-                     note=f"{why}; every sample ran in TFLM")
+                     note=f"{confirmation_summary(confirmation)}; every sample ran in TFLM", raw_outputs=raw)
     return Evaluation(full, "tflm", confirmation)
 
 
 def _confirm(model: bytes, inputs: Sequence[np.ndarray], head: RunResult,
              k: int) -> tuple[RunResult | None, dict[str, Any]]:
-    """LiteRT's run over all samples if its first k outputs equal TFLM's (else None), and the record."""
-    record: dict[str, Any] = {"runtime": "tflm", "samples": k, "identical": False, "max_abs_difference": None}
+    """LiteRT's run over all samples if its first k outputs equal TFLM's (else None), and the record.
+
+    The record: `identical`; `differing_samples` (of the k); `max_lsb_difference`, the largest
+    difference of the raw integer outputs (None where an output is float); `max_abs_difference`,
+    the same after dequantizing; `error` when LiteRT could not run the model at all.
+    """
+    record: dict[str, Any] = {"runtime": "tflm", "samples": k, "identical": False, "max_abs_difference": None,
+                              "differing_samples": None, "max_lsb_difference": None}
     try:
         lite = run_litert(model, inputs, kernels=TFLM_CONFIRM_KERNELS)
     except (RuntimeError, ValueError) as exc:  # LiteRT refused a model TFLM runs: TFLM it is
         record["error"] = f"LiteRT could not run the model: {str(exc).splitlines()[0][:200]}"
         return None, record
-    subset = [o[:k] for o in lite.outputs]
-    record["identical"] = all(np.array_equal(a, b) for a, b in zip(subset, head.outputs))
-    record["max_abs_difference"] = round(_max_difference(subset, head.outputs), 9)
+    differing, lsb = raw_disagreement([o[:k] for o in lite.raw_outputs or []], head.raw_outputs or [])
+    record["identical"] = differing == 0
+    record["differing_samples"] = differing
+    record["max_lsb_difference"] = lsb
+    record["max_abs_difference"] = round(_max_difference([o[:k] for o in lite.outputs], head.outputs), 9)
     return (lite if record["identical"] else None), record
+
+
+def raw_disagreement(ours: Sequence[np.ndarray], theirs: Sequence[np.ndarray]) -> tuple[int, int | None]:
+    """How two runs' raw outputs (one array per output, samples on axis 0) differ: the number of
+    samples with any element unequal, and the largest difference in output LSB (None when an
+    output is float, where an LSB means nothing). NaN equals NaN here."""
+    if len(ours) != len(theirs) or not ours:
+        raise ValueError(f"cannot compare runs with {len(ours)} and {len(theirs)} outputs")
+    differing = np.zeros(len(ours[0]), dtype=bool)
+    lsb: int | None = 0
+    for a, b in zip(ours, theirs):
+        if a.shape != b.shape:
+            raise ValueError(f"cannot compare outputs of shapes {a.shape} and {b.shape}")
+        if a.dtype.kind in "iu" and b.dtype.kind in "iu":
+            unequal = a != b
+            if lsb is not None and a.size:
+                lsb = max(lsb, int(np.max(np.abs(a.astype(np.int64) - b.astype(np.int64)))))
+        else:
+            unequal = ~np.isclose(a, b, rtol=0.0, atol=0.0, equal_nan=True)
+            lsb = None
+        differing |= unequal.reshape(len(a), -1).any(axis=1)
+    return int(differing.sum()), lsb
+
+
+def confirmation_summary(confirmation: dict[str, Any]) -> str:
+    """One phrase for how LiteRT compared with TFLM on the confirmation subset (report.json's record)."""
+    k = confirmation["samples"]
+    if confirmation.get("error"):
+        return confirmation["error"]
+    if confirmation["identical"]:
+        return f"LiteRT was bit-exact with TFLM on the first {k} samples"
+    differing = confirmation.get("differing_samples")
+    lsb = confirmation.get("max_lsb_difference")
+    how = (f"by up to {lsb} LSB" if lsb is not None
+           else f"by up to {confirmation.get('max_abs_difference') or 0:g}")
+    on = f"{differing} of the first {k} samples" if differing is not None else f"the first {k} samples"
+    return f"LiteRT's kernels on this CPU differed from TFLM {how} on {on}"
 
 
 # -- per-layer error ----------------------------------------------------------------------------

@@ -94,6 +94,9 @@ class Emulation:
             "data": self.data,
             "accuracy": None if self.accuracy is None else self.accuracy.to_dict() | {
                 "runtime_used": ev.runtime_used if ev else None,
+                # LiteRT's kernel choice (runtimes.KERNELS): "builtin" when checked against TFLM,
+                # "default" (XNNPACK applied) for LiteRT targets; None for TFLM.
+                "kernels": (ev.result.kernels or None) if ev else None,
                 "batched": ev.result.batched if ev else None,
                 "confirmation": ev.confirmation if ev else None,
                 "note": ev.result.note if ev else "",

@@ -61,7 +61,7 @@ class RunResult:
     batched: bool                 # LiteRT: True when the batch dimension was resized
     note: str = ""                # e.g. why batching was not possible
     kernels: str = ""             # LiteRT kernel choice (see KERNELS); "" for TFLM
-    raw_outputs: list[np.ndarray] | None = None  # TFLM: the outputs as the model's dtype, before dequantizing
+    raw_outputs: list[np.ndarray] | None = None  # the outputs in the model's dtype, before dequantizing
 
 
 # -- quantization at the edges ------------------------------------------------------------------
@@ -194,7 +194,7 @@ def run_litert(model: bytes, inputs: Sequence[np.ndarray], *, batch_size: int = 
         outputs = _per_sample_litert(original, xs, 0, on_progress)
     result = [_dequantize_detail(q, d) for q, d in zip(outputs, out_details)]
     return RunResult("litert", result, n, time.perf_counter() - start, batched=not note, note=note,
-                     kernels=kernels)
+                     kernels=kernels, raw_outputs=outputs)
 
 
 def _per_sample_litert(interp: Any, xs: list[np.ndarray], first: int, on_progress: Progress | None,
