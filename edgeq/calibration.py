@@ -1,4 +1,4 @@
-"""Calibration and evaluation data: the bundled sets in calibration_sets/ and the user's own .npz/.npy.
+"""Calibration and evaluation data: the bundled sets in edgeq/data/calibration_sets/ and the user's own .npz/.npy.
 
 NumPy only (no TensorFlow). Files are read with allow_pickle=False. Every problem raises
 CalibrationError naming the file, the array and the sample, with a hint on what to try.
@@ -18,15 +18,15 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from edgeq.errors import CalibrationError
+from edgeq.resources import calibration_root
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-ENV_DIR = "EDGEQ_CALIBRATION_DIR"
 SUPPORTED_SUFFIXES = (".npz", ".npy")
-REBUILD_HINT = "rebuild with `python scripts/build_calibration_sets.py` or restore the files from git (`git checkout -- calibration_sets`)"
+REBUILD_HINT = "rebuild with `python scripts/build_calibration_sets.py`, restore them from git (`git checkout -- edgeq/data/calibration_sets`) or reinstall edgeq"
 SAVE_HINT = "save your data with np.savez(path, x=inputs, y=labels) (several inputs: x0=..., x1=...)"
 CORRUPT_HINT = "re-create or re-download the file; " + SAVE_HINT
 
@@ -79,16 +79,6 @@ class BundledSet:
     directory: Path = Path()
     preprocessing: str = ""
     origin: str = ""
-
-
-def calibration_root() -> Path:
-    """Folder holding one sub-folder per bundled set; $EDGEQ_CALIBRATION_DIR overrides it."""
-    env = os.environ.get(ENV_DIR)
-    if env:
-        return Path(env).expanduser()
-    import edgeq
-
-    return Path(edgeq.__file__).resolve().parent.parent / "calibration_sets"
 
 
 def _read_manifest(directory: Path) -> BundledSet:

@@ -759,16 +759,22 @@ def device_sim(model: Path, faults: tuple[str, ...], link_path: Path | None, are
 
 @main.group()
 def targets() -> None:
-    """List and show target profiles (targets/*.toml)."""
+    """List and show target profiles (edgeq/data/targets/*.toml; --target also takes a path)."""
 
 
 @targets.command("list")
 def targets_list() -> None:
     """A table of all target profiles."""
+    from edgeq.resources import TARGETS_DIR_ENV, targets_root
     from edgeq.targets import load_all
 
+    profiles = load_all()
+    if not profiles:
+        click.echo(f"no target profiles in {targets_root()}"
+                   + (f" (set by {TARGETS_DIR_ENV})" if os.environ.get(TARGETS_DIR_ENV) else ""), err=True)
+        return
     rows = [("NAME", "KIND", "RUNTIME", "CPU", "MHZ", "FLASH", "RAM", "MODES")]
-    for t in load_all():
+    for t in profiles:
         m = t.memory
         rows.append((t.name, t.kind, t.runtime, t.cpu, f"{t.clock_mhz:g}",
                      kib(m.flash_bytes) if m.flash_bytes else "-", kib(m.ram_bytes) if m.ram_bytes else "-",
@@ -815,15 +821,20 @@ def targets_show(name: str, as_json: bool) -> None:
 
 @main.group()
 def calibration() -> None:
-    """Bundled calibration/evaluation data sets (calibration_sets/)."""
+    """Bundled calibration/evaluation data sets (edgeq/data/calibration_sets/)."""
 
 
 @calibration.command("list")
 def calibration_list() -> None:
     """The bundled sets, their splits and sample counts."""
     from edgeq.calibration import list_bundled
+    from edgeq.resources import CALIBRATION_DIR_ENV, calibration_root
 
-    for s in list_bundled():
+    sets = list_bundled()
+    if not sets:
+        click.echo(f"no bundled data sets in {calibration_root()}"
+                   + (f" (set by {CALIBRATION_DIR_ENV})" if os.environ.get(CALIBRATION_DIR_ENV) else ""), err=True)
+    for s in sets:
         click.echo(f"{s.name}: {s.description}")
         click.echo(f"  source: {s.source}; license: {s.license}")
         for split, info in s.splits.items():

@@ -26,7 +26,7 @@ class EdgeqError(Exception):
 
 
 class TargetProfileError(EdgeqError):
-    """A target profile (targets/*.toml) is malformed or unknown."""
+    """A target profile (edgeq/data/targets/*.toml, or a path) is malformed or unknown."""
 
 
 class CalibrationError(EdgeqError):

@@ -1,4 +1,4 @@
-"""Target profiles: hardware described as data (targets/*.toml), loaded into frozen dataclasses.
+"""Target profiles: hardware described as data (edgeq/data/targets/*.toml), loaded into frozen dataclasses.
 
 A profile either describes a class of device (`kind = "class"`: phone, iot, mcu) or a
 concrete board that `inherits` from one and overrides what differs. Tables merge key by
@@ -22,6 +22,7 @@ from typing import Any
 
 from edgeq.errors import TargetProfileError
 from edgeq.modes import MODES, activation_dtype
+from edgeq.resources import targets_root
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -29,7 +30,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 IO_DTYPES = ("auto", "float32", "int8", "uint8", "int16")
-PROFILE_HINT = ("compare with a bundled profile (`edgeq targets show mcu`, targets/*.toml); a board usually "
+PROFILE_HINT = ("compare with a bundled profile (`edgeq targets show mcu`, edgeq/data/targets/*.toml); a board usually "
                 "needs only inherits = \"<class>\", kind = \"board\" and the keys that differ")
 
 
@@ -48,7 +49,7 @@ class Quantization:
 
 @dataclass(frozen=True)
 class OpSupport:
-    set: str = _opt(doc="op set in targets/op_sets/ (generated from the runtime)")
+    set: str = _opt(doc="op set in edgeq/data/targets/op_sets/ (generated from the runtime)")
     exclude: tuple[str, ...] = _opt(doc="ops of the set this target lacks")
 
 
@@ -110,12 +111,6 @@ class TargetProfile:
 # Keys a profile file may hold, by table; derived from the dataclasses so they cannot drift.
 _TABLES: dict[str, type] = {"quantization": Quantization, "ops": OpSupport, "memory": Memory, "latency": Latency}
 _TOP_KEYS = ("kind", "description", "runtime", "cpu", "clock_mhz", "inherits")
-
-
-def targets_root() -> Path:
-    """The folder of bundled profiles; EDGEQ_TARGETS_DIR overrides it."""
-    env = os.environ.get("EDGEQ_TARGETS_DIR")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "targets"
 
 
 def available_targets(root: Path | None = None) -> list[str]:
@@ -322,7 +317,7 @@ def _check_semantics(p: TargetProfile, sources: dict[str, Path], path: Path) -> 
         raise TargetProfileError(f"{sources.get('quantization.modes', path)}: [quantization] modes lists a mode twice")
     if not p.ops.set.replace("_", "").isalnum():
         raise TargetProfileError(f"{sources.get('ops.set', path)}: [ops] set '{p.ops.set}' must be a plain name "
-                                 "(a file in targets/op_sets/)")
+                                 "(a file in edgeq/data/targets/op_sets/)")
     if q.default_mode not in q.modes:
         raise TargetProfileError(
             f"{sources.get('quantization.default_mode', path)}: default_mode '{q.default_mode}' "

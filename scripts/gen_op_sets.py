@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generate targets/op_sets/*.toml from the installed runtimes, never by hand.
+"""Generate edgeq/data/targets/op_sets/*.toml from the installed runtimes, never by hand.
 
 - tflm.toml: builtin ops that TFLite Micro has a kernel for in the installed tflite-micro
   wheel (its `tflite::micro::Register_<OP>()` symbols) *and* a MicroMutableOpResolver method
@@ -54,7 +54,7 @@ def render(name: str, description: str, source: str, ops: list[str]) -> str:
 
 
 def main() -> int:
-    out = ROOT / "targets" / "op_sets"
+    out = ROOT / "edgeq" / "data" / "targets" / "op_sets"
     out.mkdir(parents=True, exist_ok=True)
     kernels = tflm_kernel_registrations()
     tflm_ops = sorted(op for op in RESOLVER_METHODS if op in kernels)

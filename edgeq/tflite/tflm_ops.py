@@ -5,7 +5,7 @@ Transcribed from tensorflow/lite/micro/micro_mutable_op_resolver.h (TFLMRegistra
 names follow the CamelCase of the op, but not all (CUMSUM -> AddCumSum, BATCH_MATMUL ->
 AddBatchMatMul, UNIDIRECTIONAL_SEQUENCE_LSTM -> AddUnidirectionalSequenceLSTM), which is
 why this is a table and not a rule. Which of these the installed TFLM actually has kernels
-for is decided by scripts/gen_op_sets.py (targets/op_sets/tflm.toml).
+for is decided by scripts/gen_op_sets.py (edgeq/data/targets/op_sets/tflm.toml).
 """
 
 from __future__ import annotations

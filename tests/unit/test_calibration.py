@@ -42,7 +42,7 @@ IMG = [InputSpec("image", (None, 8, 8, 1), "float32")]
 
 
 def manifest(name: str) -> dict:
-    return tomllib.loads((REPO / "calibration_sets" / name / "manifest.toml").read_text(encoding="utf-8"))
+    return tomllib.loads((REPO / "edgeq" / "data" / "calibration_sets" / name / "manifest.toml").read_text(encoding="utf-8"))
 
 
 def save_npz(path: Path, **arrays) -> Path:
@@ -64,7 +64,7 @@ def error_of(fn, *args, **kwargs) -> CalibrationError:
 @pytest.fixture
 def copied_root(tmp_path, monkeypatch) -> Path:
     root = tmp_path / "sets"
-    shutil.copytree(REPO / "calibration_sets" / "digits", root / "digits")
+    shutil.copytree(REPO / "edgeq" / "data" / "calibration_sets" / "digits", root / "digits")
     monkeypatch.setenv("EDGEQ_CALIBRATION_DIR", str(root))
     return root
 
@@ -73,7 +73,7 @@ def copied_root(tmp_path, monkeypatch) -> Path:
 
 def test_calibration_root_is_repo_folder_and_env_overrides(tmp_path, monkeypatch):
     monkeypatch.delenv("EDGEQ_CALIBRATION_DIR", raising=False)
-    assert calibration_root() == REPO / "calibration_sets"
+    assert calibration_root() == REPO / "edgeq" / "data" / "calibration_sets"
     monkeypatch.setenv("EDGEQ_CALIBRATION_DIR", str(tmp_path))
     assert calibration_root() == tmp_path
 
@@ -99,7 +99,7 @@ def test_list_bundled():
 @pytest.mark.parametrize("split", SPLITS)
 def test_bundled_split_matches_manifest(name, split):
     info = manifest(name)["splits"][split]
-    path = REPO / "calibration_sets" / name / info["file"]
+    path = REPO / "edgeq" / "data" / "calibration_sets" / name / info["file"]
     assert hashlib.sha256(path.read_bytes()).hexdigest() == info["sha256"]
     data = load_dataset(f"{name}:{split}")
     assert data.name == f"{name}:{split}" and data.source == path and data.sha256 == info["sha256"]
@@ -136,7 +136,7 @@ def test_bundled_splits_are_disjoint(name):
 
 
 def test_bundled_files_are_small():
-    total = sum(p.stat().st_size for p in (REPO / "calibration_sets").rglob("*.npz"))
+    total = sum(p.stat().st_size for p in (REPO / "edgeq" / "data" / "calibration_sets").rglob("*.npz"))
     assert total < 4_000_000
 
 

@@ -27,7 +27,7 @@ from edgeq.targets import TargetProfile, available_targets, load_all, load_targe
 from edgeq.tflite.tflm_ops import RESOLVER_METHODS
 
 REPO = Path(__file__).resolve().parents[2]
-TARGETS = REPO / "targets"
+TARGETS = REPO / "edgeq" / "data" / "targets"
 MCU_TOML = (TARGETS / "mcu.toml").read_text()
 
 # Builtin ops TensorFlow Lite Micro has no kernel for (LiteRT has them all).
@@ -519,7 +519,7 @@ def test_supported_ops_doc_content(profiles: dict[str, TargetProfile]) -> None:
     text = render_supported_ops_markdown(all_profiles)
     # Deterministic, whatever the order of the profiles.
     assert text == render_supported_ops_markdown(list(reversed(all_profiles)))
-    assert "scripts/gen_docs.py" in text and "targets/*.toml" in text
+    assert "scripts/gen_docs.py" in text and "edgeq/data/targets/*.toml" in text
     assert profiles["mcu"].op_set_source in text and profiles["phone"].op_set_source in text
     lines = text.splitlines()
     header = next(line for line in lines if line.startswith("| Op |"))
