@@ -68,6 +68,17 @@ def float_predictions(keras3_model_path, digits) -> np.ndarray:
     return load_model(keras3_model_path).predict(list(digits["eval"].inputs))[0]
 
 
+LITERT_TFLM_MAX_LSB = 4
+"""How far LiteRT's builtin kernels may be from TFLM at an int8 output. They run the same integer
+arithmetic, but ruy picks its kernels by CPU features, and a requantization rounded one LSB
+apart inside the network can grow in later layers: the digits CNN differed by 1 LSB on an AMD
+EPYC (AVX2), and by 3 LSB on one of 400 samples with ruy's portable kernels (RUY_PATHS=1, see
+scripts/kernel_paths.py). A wider gap means a broken kernel, not another CPU."""
+
+LITERT_TFLM_MAX_DIFFERING = 0.10
+"""Largest fraction of samples on which the two may differ at all (2 of 50 on that AMD EPYC)."""
+
+
 def _quantize_like_tflite(x: np.ndarray, dtype: np.dtype, scale: float, zero_point: int) -> np.ndarray:
     """Written here, not taken from edgeq: round half away from zero in float32, as TFLite's QUANTIZE."""
     if not scale:

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import predict, predict_raw, reported_runtime, run_edgeq
+from conftest import (LITERT_TFLM_MAX_DIFFERING, LITERT_TFLM_MAX_LSB, predict, predict_raw, reported_runtime,
+                      run_edgeq)
 from edgeq.pipeline import convert
 from edgeq.tflite.reader import read_tflite_file
 from edgeq.tflite.tflm_ops import RESOLVER_METHODS
@@ -69,17 +70,18 @@ def test_litert_float_io_targets(converted):
         assert not (converted[target].outdir / "my_model_2_model_data.cc").exists()
 
 
-def test_tflm_and_litert_agree_within_1_lsb_and_the_report_says_which_ran(converted, digits):
+def test_tflm_and_litert_stay_close_and_the_report_says_which_ran(converted, digits):
     """TFLM (the device's runtime) and LiteRT's builtin kernels give the same int8 outputs or
-    differ by 1 LSB. Which samples differ, if any, belongs to this CPU: LiteRT picks its kernels by
-    CPU features. The report's confirmation must describe this machine's difference exactly, and
-    the emulator must have run TFLM wherever LiteRT differed on the confirmation subset."""
+    outputs a few LSB apart. Which samples differ, if any, belongs to this CPU: LiteRT picks its
+    kernels by CPU features. The report's confirmation must describe this machine's difference
+    exactly, and the emulator must have run TFLM wherever LiteRT differed on the confirmation subset."""
     tflite = (converted["mcu"].outdir / "my_model_2.tflite").read_bytes()
     x = digits["eval"].inputs[0]
     micro, _, _ = predict_raw("tflm", tflite, x)
     lite, _, _ = predict_raw("litert", tflite, x)
     lsb = np.abs(micro.astype(np.int64) - lite.astype(np.int64))
-    assert lsb.max() <= 1, f"LiteRT and TFLM differ by {lsb.max()} LSB"
+    assert lsb.max() <= LITERT_TFLM_MAX_LSB, f"LiteRT and TFLM differ by {lsb.max()} LSB"
+    assert np.count_nonzero(lsb.max(axis=1)) <= LITERT_TFLM_MAX_DIFFERING * len(x)
     acc = converted["mcu"].report["emulation"]["accuracy"]
     conf = acc["confirmation"]
     head = lsb[:conf["samples"]]

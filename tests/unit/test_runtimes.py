@@ -154,10 +154,11 @@ def test_wrong_input_shape_is_a_calibration_error(models) -> None:
 # -- TFLite Micro and the confirmation ----------------------------------------------------------
 
 
-def test_tflm_and_litert_builtin_kernels_agree_within_1_lsb(models, eval_set) -> None:
+def test_tflm_and_litert_builtin_kernels_stay_close(models, eval_set) -> None:
     """LiteRT picks its kernels by CPU features, so whether its builtin kernels are bit-exact with
-    TFLM belongs to the machine; within 1 LSB they agree everywhere. Its default (XNNPACK) path
-    may be a few LSB off, which can move a top-1."""
+    TFLM belongs to the machine; a few LSB apart on a few samples at most, everywhere. Its default
+    (XNNPACK) path may be further off, which can move a top-1."""
+    from conftest import LITERT_TFLM_MAX_DIFFERING, LITERT_TFLM_MAX_LSB
     from edgeq.emulator.accuracy import raw_disagreement
     from edgeq.emulator.runtimes import run_litert, run_tflm
 
@@ -166,7 +167,8 @@ def test_tflm_and_litert_builtin_kernels_agree_within_1_lsb(models, eval_set) ->
     builtin = run_litert(models["int8"], [x], kernels="builtin")
     default = run_litert(models["int8"], [x])
     differing, lsb = raw_disagreement(builtin.raw_outputs, micro.raw_outputs)
-    assert lsb is not None and lsb <= 1, f"{differing} samples differ, by up to {lsb} LSB"
+    assert lsb is not None and lsb <= LITERT_TFLM_MAX_LSB, f"{differing} samples differ, by up to {lsb} LSB"
+    assert differing <= LITERT_TFLM_MAX_DIFFERING * len(x), f"{differing} samples differ, by up to {lsb} LSB"
     assert np.mean(micro.outputs[0].argmax(1) == default.outputs[0].argmax(1)) >= 0.98
 
 
