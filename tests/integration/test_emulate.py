@@ -75,7 +75,7 @@ def test_accuracy_matches_an_independent_computation(mcu, digits, float_predicti
 
 
 def test_where_litert_differs_from_tflm_every_figure_comes_from_tflm(keras3_model_path, digits, float_predictions,
-                                                                     tmp_path, monkeypatch):
+                                                                     tmp_path, monkeypatch, capsys):
     """The branch a CPU with other LiteRT kernels takes, forced here on any machine."""
     stand_in_a_cpu_whose_litert_differs(monkeypatch, sample=3)
     result = convert(keras3_model_path, "mcu", calibration="digits", outdir=tmp_path)
@@ -88,6 +88,12 @@ def test_where_litert_differs_from_tflm_every_figure_comes_from_tflm(keras3_mode
     summary = f"on {conf['differing_samples']} of the first 100 samples; the full set ran in TFLM."
     assert md.count("differed from TFLM") == 1 and summary in md, md
     assert result.report["gate"]["passed"] is True
+    from edgeq.cli import _summary
+
+    _summary(result.report)
+    terminal = capsys.readouterr().out
+    assert (f"(TFLM; LiteRT's kernels on this CPU differed from TFLM by up to {conf['max_lsb_difference']} LSB "
+            f"on {conf['differing_samples']} of the first 100 samples)") in terminal, terminal
 
 
 def test_reported_arena_runs_in_tflm_and_16_bytes_less_does_not(mcu):
