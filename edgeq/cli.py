@@ -18,7 +18,7 @@ import click
 
 from edgeq import __version__
 from edgeq.errors import EdgeqError
-from edgeq.report import kib
+from edgeq.report import confirmation_summary, kib
 
 DEFAULT_DROP = 1.0  # keep in step with edgeq.checks.DEFAULT_MAX_ACCURACY_DROP (not imported: start-up time)
 
@@ -104,8 +104,6 @@ def _summary(report: dict[str, Any], err: bool = False) -> None:
         if conf and conf["identical"]:
             line += f" (LiteRT, bit-exact with TFLM on the first {conf['samples']})"
         elif conf:
-            from edgeq.emulator.accuracy import confirmation_summary
-
             line += f" (TFLM; {confirmation_summary(conf)})"
         else:
             line += f" ({acc['runtime_used']})"

@@ -65,6 +65,21 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
             *("| " + " | ".join(row) + " |" for row in cells), ""]
 
 
+def confirmation_summary(confirmation: dict[str, Any]) -> str:
+    """One phrase for how LiteRT compared with TFLM on the confirmation subset (report.json's record)."""
+    k = confirmation["samples"]
+    if confirmation.get("error"):
+        return confirmation["error"]
+    if confirmation["identical"]:
+        return f"LiteRT was bit-exact with TFLM on the first {k} samples"
+    differing = confirmation.get("differing_samples")
+    lsb = confirmation.get("max_lsb_difference")
+    how = (f"by up to {lsb} LSB" if lsb is not None
+           else f"by up to {confirmation.get('max_abs_difference') or 0:g}")
+    on = f"{differing} of the first {k} samples" if differing is not None else f"the first {k} samples"
+    return f"LiteRT's kernels on this CPU differed from TFLM {how} on {on}"
+
+
 def render_markdown(report: dict[str, Any]) -> bytes:
     """report.md: the same facts as report.json, as tables a person reads top to bottom."""
     emu = report.get("emulation") or {}
@@ -142,8 +157,6 @@ def _accuracy_md(emu: dict[str, Any]) -> list[str]:
         facts.append(f"Top-1 agreement with the float model: {_pct(acc['top1_agreement'])}.")
     conf = acc.get("confirmation")
     if conf:
-        from edgeq.emulator.accuracy import confirmation_summary
-
         facts.append(f"{confirmation_summary(conf)}; "
                      f"the full set ran in {'LiteRT' if acc['runtime_used'] == 'litert' else 'TFLM'}.")
     if acc.get("note") and not (conf and acc["runtime_used"] == "tflm"):  # TFLM's note restates the line above

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from edgeq.emulator.runtimes import Progress, RunResult, run_litert, run_tflm
+from edgeq.report import confirmation_summary
 
 SNR_CAP_DB = 200.0
 """SNR reported for identical outputs (true value: +inf, which JSON cannot hold); -200 for no signal."""
@@ -227,21 +228,6 @@ def raw_disagreement(ours: Sequence[np.ndarray], theirs: Sequence[np.ndarray]) -
             lsb = None
         differing |= unequal.reshape(len(a), -1).any(axis=1)
     return int(differing.sum()), lsb
-
-
-def confirmation_summary(confirmation: dict[str, Any]) -> str:
-    """One phrase for how LiteRT compared with TFLM on the confirmation subset (report.json's record)."""
-    k = confirmation["samples"]
-    if confirmation.get("error"):
-        return confirmation["error"]
-    if confirmation["identical"]:
-        return f"LiteRT was bit-exact with TFLM on the first {k} samples"
-    differing = confirmation.get("differing_samples")
-    lsb = confirmation.get("max_lsb_difference")
-    how = (f"by up to {lsb} LSB" if lsb is not None
-           else f"by up to {confirmation.get('max_abs_difference') or 0:g}")
-    on = f"{differing} of the first {k} samples" if differing is not None else f"the first {k} samples"
-    return f"LiteRT's kernels on this CPU differed from TFLM {how} on {on}"
 
 
 # -- per-layer error ----------------------------------------------------------------------------

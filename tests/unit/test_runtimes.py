@@ -222,8 +222,9 @@ def test_evaluate_uses_litert_for_the_full_set_where_it_matches_tflm(max_pool_in
 def test_evaluate_runs_every_sample_in_tflm_where_litert_differs(models, eval_set, monkeypatch) -> None:
     """The other branch, forced on any machine: LiteRT moved by 1 LSB on sample 3 of the subset."""
     from conftest import stand_in_a_cpu_whose_litert_differs
-    from edgeq.emulator.accuracy import confirmation_summary, evaluate
+    from edgeq.emulator.accuracy import evaluate
     from edgeq.emulator.runtimes import run_tflm
+    from edgeq.report import confirmation_summary
 
     stand_in_a_cpu_whose_litert_differs(monkeypatch, sample=3)
     x = eval_set.inputs[0]
@@ -257,7 +258,7 @@ def test_int16x8_outputs_come_from_the_runtime_evaluate_names(models, eval_set) 
 
 
 def test_confirmation_summary_says_how_far_and_how_often() -> None:
-    from edgeq.emulator.accuracy import confirmation_summary
+    from edgeq.report import confirmation_summary
 
     base = {"runtime": "tflm", "samples": 100, "max_abs_difference": 0.0039}
     assert confirmation_summary(base | {"identical": True, "differing_samples": 0, "max_lsb_difference": 0}) == (
