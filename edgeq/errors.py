@@ -6,6 +6,8 @@ says what was expected, and what to try.
 
 from __future__ import annotations
 
+from typing import Any
+
 EXIT_BAD_INPUT = 2
 EXIT_TARGET_CHECK = 3
 EXIT_DEVICE = 4  # the device or the link to it failed (edgeq device-check)
@@ -23,6 +25,16 @@ class EdgeqError(Exception):
 
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Errors raised in edgeq's child processes (edgeq/isolation.py) cross a pipe pickled.
+        return (_rebuild, (type(self), self.message, self.hint))
+
+
+def _rebuild(cls: type[EdgeqError], message: str, hint: str | None) -> EdgeqError:
+    error = cls.__new__(cls)
+    EdgeqError.__init__(error, message, hint=hint)
+    return error
 
 
 class TargetProfileError(EdgeqError):
