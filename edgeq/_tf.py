@@ -13,11 +13,12 @@ from types import ModuleType
 
 
 def tf() -> ModuleType:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    verbose = bool(os.environ.get("EDGEQ_VERBOSE"))
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbose else "2")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # bit-stable float reference outputs
     import tensorflow
 
-    tensorflow.get_logger().setLevel("ERROR")
+    tensorflow.get_logger().setLevel("INFO" if verbose else "ERROR")
     return tensorflow
 
 

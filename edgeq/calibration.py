@@ -27,7 +27,8 @@ else:  # pragma: no cover - Python 3.10
 
 SUPPORTED_SUFFIXES = (".npz", ".npy")
 REBUILD_HINT = "rebuild with `python scripts/build_calibration_sets.py`, restore them from git (`git checkout -- edgeq/data/calibration_sets`) or reinstall edgeq"
-SAVE_HINT = "save your data with np.savez(path, x=inputs, y=labels) (several inputs: x0=..., x1=...)"
+SAVE_HINT = ("save your data with np.savez(path, x=inputs, y=labels) (several inputs: x0=..., x1=... in the model's "
+             "input order, or x_<input name>=...)")
 CORRUPT_HINT = "re-create or re-download the file; " + SAVE_HINT
 
 
@@ -51,6 +52,9 @@ class Dataset:
     inputs: tuple[np.ndarray, ...]     # one array per model input, samples on axis 0
     labels: np.ndarray | None
     sha256: str
+    # The model input each array feeds: from x_<name> keys, or after validate_for_model (which
+    # puts the arrays in the model's order); None while the arrays are positional (x, x0, x1, ...).
+    input_names: tuple[str, ...] | None = None
 
     @property
     def num_samples(self) -> int:
@@ -206,43 +210,53 @@ def _load_file(path: Path, *, name: str, sha256: str | None = None) -> Dataset:
         # zlib.error or EOFError, I/O as OSError: all mean "corrupt file" to the user.
         raise CalibrationError(f"{path}: array '{key}' cannot be read ({type(exc).__name__}: {exc}); "
                                "the file is corrupt or truncated", hint=CORRUPT_HINT) from exc
-    inputs = _pick_inputs(path, arrays)
+    inputs, names = _pick_inputs(path, arrays)
     labels = arrays.get("y")
     for i, arr in enumerate(inputs):
         if arr.ndim == 0:
-            raise CalibrationError(f"{path}: array '{_input_key(len(inputs), i)}' is a scalar; samples must be on axis 0",
+            raise CalibrationError(f"{path}: array '{_input_key(len(inputs), i, names)}' is a scalar; samples must be on axis 0",
                                    hint="stack your samples: x = np.stack(samples)")
     counts = [int(a.shape[0]) for a in inputs]
     if len(set(counts)) > 1:
-        desc = ", ".join(f"{_input_key(len(inputs), i)}: {c}" for i, c in enumerate(counts))
+        desc = ", ".join(f"{_input_key(len(inputs), i, names)}: {c}" for i, c in enumerate(counts))
         raise CalibrationError(f"{path}: inputs have different sample counts ({desc})",
                                hint="every input array needs one row per sample, in the same order")
     if counts[0] == 0:
-        raise CalibrationError(f"{path}: array '{_input_key(len(inputs), 0)}' has 0 samples (shape {inputs[0].shape})",
+        raise CalibrationError(f"{path}: array '{_input_key(len(inputs), 0, names)}' has 0 samples (shape {inputs[0].shape})",
                                hint="calibration needs real samples; 100-500 representative ones are typical")
     if labels is not None and (labels.ndim == 0 or labels.shape[0] != counts[0]):
         got = "a scalar" if labels.ndim == 0 else f"{labels.shape[0]} labels"
         raise CalibrationError(f"{path}: labels 'y' do not match the samples: {got} for {counts[0]} samples",
                                hint="y needs one label per sample (axis 0), in the same order as x")
-    return Dataset(name=name, source=path, inputs=inputs, labels=labels, sha256=sha256 or _sha256(path))
+    return Dataset(name=name, source=path, inputs=inputs, labels=labels, sha256=sha256 or _sha256(path),
+                   input_names=names)
 
 
-def _input_key(n: int, i: int) -> str:
+def _input_key(n: int, i: int, names: tuple[str, ...] | None = None) -> str:
+    if names is not None:
+        return f"x_{names[i]}"
     return "x" if n == 1 else f"x{i}"
 
 
-def _pick_inputs(path: Path, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+def _pick_inputs(path: Path, arrays: dict[str, np.ndarray]) -> tuple[tuple[np.ndarray, ...], tuple[str, ...] | None]:
+    """The input arrays and, for x_<name> keys, the input names (sorted by name)."""
     numbered = sorted((int(k[1:]), k) for k in arrays if k[:1] == "x" and k[1:].isdigit())
-    if "x" in arrays and numbered:
-        raise CalibrationError(f"{path}: has both 'x' and {', '.join(k for _, k in numbered)}; ambiguous inputs",
-                               hint="use 'x' for a single-input model or x0, x1, ... for several inputs, not both")
+    named = sorted(k for k in arrays if k.startswith("x_") and len(k) > 2)
+    kinds = [what for what, present in (("'x'", "x" in arrays), ("x0, x1, ...", numbered), ("x_<name>", named))
+             if present]
+    if len(kinds) > 1:
+        raise CalibrationError(f"{path}: has input arrays named both {' and '.join(kinds)}; ambiguous inputs",
+                               hint="use 'x' for a single-input model, and x0, x1, ... (model order) or "
+                                    "x_<input name> for several inputs: one way only")
     if "x" in arrays:
-        return (arrays["x"],)
+        return (arrays["x"],), None
+    if named:
+        return tuple(arrays[k] for k in named), tuple(k[2:] for k in named)
     if numbered:
         if [i for i, _ in numbered] != list(range(len(numbered))):
             raise CalibrationError(f"{path}: input arrays must be numbered x0, x1, ... without gaps "
                                    f"(found {', '.join(k for _, k in numbered)})", hint=SAVE_HINT)
-        return tuple(arrays[k] for _, k in numbered)
+        return tuple(arrays[k] for _, k in numbered), None
     found = ", ".join(sorted(arrays)) or "none"
     raise CalibrationError(f"{path}: no input array 'x' (arrays found: {found})", hint=SAVE_HINT)
 
@@ -255,6 +269,8 @@ def validate_for_model(data: Dataset, specs: Sequence[InputSpec], *, purpose: st
     """Check the data fits the model's inputs; return it with arrays cast to the model's dtypes."""
     where = f"{purpose} data '{data.name}'"
     n_in = len(data.inputs)
+    if data.input_names is not None and len(specs) > 1:
+        data = _by_name(where, data, specs)
     if len(specs) != n_in:
         names = ", ".join(s.name for s in specs)
         keys = ", ".join(_input_key(n_in, i) for i in range(n_in))
@@ -265,8 +281,26 @@ def validate_for_model(data: Dataset, specs: Sequence[InputSpec], *, purpose: st
                                if len(specs) > 1 else "save a single array named 'x'")
     cast = []
     for i, (arr, spec) in enumerate(zip(data.inputs, specs)):
-        cast.append(_validate_input(where, _input_key(n_in, i), arr, spec))
-    return replace(data, inputs=tuple(cast))
+        cast.append(_validate_input(where, _input_key(n_in, i, data.input_names), arr, spec))
+    return replace(data, inputs=tuple(cast), input_names=tuple(s.name for s in specs))
+
+
+def _by_name(where: str, data: Dataset, specs: Sequence[InputSpec]) -> Dataset:
+    """x_<name> arrays put in the model's input order (names compared as written, then without ':0')."""
+    assert data.input_names is not None
+    wanted = [s.name for s in specs]
+    short = [n.split(":")[0] for n in wanted]
+    given = dict(zip(data.input_names, data.inputs))
+    missing = [n for n, k in zip(wanted, short) if n not in given and k not in given]
+    extra = [n for n in given if n not in wanted and n not in short]
+    if missing or extra:
+        raise CalibrationError(
+            f"{where}: the arrays are named for inputs {', '.join(sorted(given))}, but the model's inputs are "
+            f"{', '.join(short)}" + (f" (no array for {', '.join(missing)})" if missing else ""),
+            hint="name each array x_<model input name>: np.savez(path, "
+                 + ", ".join(f"x_{k}=..." for k in short) + ")")
+    arrays = tuple(given[n] if n in given else given[k] for n, k in zip(wanted, short))
+    return replace(data, inputs=arrays, input_names=tuple(wanted))
 
 
 def _validate_input(where: str, key: str, arr: np.ndarray, spec: InputSpec) -> np.ndarray:
@@ -339,8 +373,11 @@ def _check_finite(label: str, original: np.ndarray, out: np.ndarray) -> None:
 
 def to_representative_dataset(data: Dataset, *, limit: int | None = None,
                               on_progress: Callable[[int], None] | None = None,
-                              ) -> Callable[[], Iterator[list[np.ndarray]]]:
-    """A generator factory for TFLiteConverter.representative_dataset: one [x0[i:i+1], ...] per sample.
+                              names: Sequence[str] | None = None,
+                              ) -> Callable[[], Iterator[list[np.ndarray] | dict[str, np.ndarray]]]:
+    """A generator factory for TFLiteConverter.representative_dataset: one [x0[i:i+1], ...] per
+    sample, or with `names` (the signature's input keys, in the data's order) one {name: x[i:i+1]}
+    dict, which the converter matches to its inputs by name, whatever order it gave them.
 
     `on_progress(n)` is called after the converter has taken n samples (for a progress bar).
     """
@@ -350,9 +387,10 @@ def to_representative_dataset(data: Dataset, *, limit: int | None = None,
     count = data.num_samples if limit is None else min(limit, data.num_samples)
     inputs = tuple(a.astype(np.float32) if a.dtype == np.float64 else a for a in data.inputs)
 
-    def generator() -> Iterator[list[np.ndarray]]:
+    def generator() -> Iterator[list[np.ndarray] | dict[str, np.ndarray]]:
         for i in range(count):
-            yield [a[i:i + 1] for a in inputs]
+            sample = [a[i:i + 1] for a in inputs]
+            yield dict(zip(names, sample)) if names is not None else sample
             if on_progress:
                 on_progress(i + 1)
 

@@ -103,6 +103,23 @@ def _short(name: str) -> str:
     return name.split(";")[0][:60]
 
 
+SOFTMAX_MIN_INPUT_SCALE = 2.0 ** -26
+"""TFLM's int8/int16 SOFTMAX turns beta * input scale * 2^26 into a multiplier that must exceed 1,
+and aborts the process (a failed TFLITE_CHECK) when it does not."""
+
+
+def _softmax_scales_too_small(info: ModelInfo) -> list[str]:
+    """SOFTMAX ops whose integer input scale TFLM's kernel cannot take (it would abort)."""
+    found = []
+    for op in info.ops:
+        if op.name != "SOFTMAX" or not op.inputs or op.inputs[0] < 0:
+            continue
+        tensor = info.tensors[op.inputs[0]]
+        if tensor.dtype in ("int8", "int16") and tensor.scales and tensor.scales[0] <= SOFTMAX_MIN_INPUT_SCALE:
+            found.append(f"SOFTMAX #{op.index} (input scale {tensor.scales[0]:.3g})")
+    return found
+
+
 def check_kernels(c: CheckInput) -> CheckResult:
     """TFLite Micro has neither float16 kernels nor hybrid (int8 weights, float compute) ones."""
     if c.target.runtime != "tflm":
@@ -117,13 +134,19 @@ def check_kernels(c: CheckInput) -> CheckResult:
     if problems:
         return CheckResult("kernels", False, "; ".join(problems),
                            "convert with --mode int8 and calibration data (full integer)")
+    if tiny := _softmax_scales_too_small(c.info):
+        return CheckResult("kernels", False,
+                           f"{', '.join(tiny[:3])}: TFLM's softmax kernel needs an input scale above 2^-26 "
+                           "and would abort; the logits barely vary on the calibration data",
+                           "calibrate with real, varied samples (an untrained model or constant data gives "
+                           "such logits), or end the model without Softmax and apply it on the host")
     return _ok("kernels", "no float16 or hybrid kernels")
 
 
 def _interior_float_tensors(info: ModelInfo) -> list[str]:
     """Float tensors other than the graph's own inputs and outputs (allowed at the edges)."""
     edges = set(info.inputs) | set(info.outputs)
-    return [_short(t.name) for t in info.tensors if t.dtype in FLOAT_DTYPES and t.index not in edges]
+    return [_short(t.name) for t in info.flowing_tensors if t.dtype in FLOAT_DTYPES and t.index not in edges]
 
 
 def check_integer_only(c: CheckInput) -> CheckResult:

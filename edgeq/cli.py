@@ -109,9 +109,15 @@ def _summary(report: dict[str, Any], err: bool = False) -> None:
             line += f" ({acc['runtime_used']})"
         echo(line)
     sizes = report["sizes"]
-    if sizes.get("float32_tflite_bytes"):
+    if sizes.get("float32_tflite_bytes") and mode != "float32":
+        ratio = sizes["ratio"]
+        change = f"{ratio:.2f}x smaller" if ratio >= 1 else f"{1 / ratio:.2f}x larger"
+        stripped = (f"; {sizes['names_stripped_bytes']:,} B of names left out of the flashed model"
+                    if sizes.get("names_stripped_bytes") else "")
         echo(f"  size      float32 {kib(sizes['float32_tflite_bytes'])} -> {mode} "
-                   f"{kib(sizes['quantized_tflite_bytes'])} ({sizes['ratio']:.2f}x smaller)")
+             f"{kib(sizes['quantized_tflite_bytes'])} ({change}{stripped})")
+    elif sizes.get("quantized_tflite_bytes"):
+        echo(f"  size      {kib(sizes['quantized_tflite_bytes'])} (float32, not quantized)")
     mem = emu["memory"]
     f, r = mem["flash"], mem["ram"]
     budget = f" of {kib(f['budget_bytes'])} ({100 * f['total_bytes'] / f['budget_bytes']:.1f}%)" if f["budget_bytes"] else ""
@@ -127,6 +133,8 @@ def _summary(report: dict[str, Any], err: bool = False) -> None:
     line = f"  latency   ~{lat['total_ms']:.3g} ms estimated on {report['target']['cpu']} @ {lat['clock_mhz']:g} MHz"
     if emu.get("host_latency"):
         line += f"; {emu['host_latency']['median_us']:.0f} µs measured on this host (LiteRT)"
+    if lat.get("note"):
+        line += f"; {lat['note']}"
     echo(line)
     layers = (emu.get("per_layer") or {}).get("worst") or []
     if layers:
@@ -195,11 +203,16 @@ def main() -> None:
 @click.option("--name", default=None, help="Base name of the outputs and C identifiers. Default: the model file name.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (otherwise edgeq refuses).")
 @click.option("--trust-model", is_flag=True,
-              help="Allow Lambda layers (arbitrary Python). Only for models you wrote or fully trust.")
+              help="Allow Lambda layers and unregistered classes (they run code from the file). Only for models you "
+                   "wrote or fully trust.")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=D1,D2,...",
+              help="The sample shape (no batch) to convert an input with open dimensions for, e.g. "
+                   "--input-shape audio=49,10. Default: the calibration data's shape, which edgeq names.")
 def convert(model: Path, target: str, mode: str | None, calibration: str | None, calibration_samples: int,
             eval_set: str | None, no_eval: bool, max_accuracy_drop: float, qat: bool, train_set: str | None,
             epochs: int, batch_size: int, learning_rate: float, compare: bool, force: bool, harness: bool,
-            max_payload: int, outdir: Path | None, name: str | None, overwrite: bool, trust_model: bool) -> None:
+            max_payload: int, outdir: Path | None, name: str | None, overwrite: bool, trust_model: bool,
+            input_shapes: tuple[str, ...]) -> None:
     """Quantize MODEL (.keras, .h5 or SavedModel dir), check it against a target, write deployable files.
 
     \b
@@ -210,7 +223,8 @@ def convert(model: Path, target: str, mode: str | None, calibration: str | None,
 
     \b
     Writes, atomically:
-      <name>.tflite                      the quantized model
+      <name>.tflite                      the quantized model (TFLM: as flashed, without names)
+      <name>_names.json                  its tensor and signature names, for inspect and device-check (TFLM)
       <name>_model_data.cc / .h          the model as a C array and k_<name>_tensor_arena_size (TFLM)
       <name>_op_resolver.h               a MicroMutableOpResolver with exactly the model's ops
       report.json / report.md / .png     accuracy, sizes, memory, latency, per-layer error, checks
@@ -222,6 +236,12 @@ def convert(model: Path, target: str, mode: str | None, calibration: str | None,
       edgeq convert model.h5 --target nrf52840 --calibration my_data.npz --eval my_test.npz -o firmware/model
       edgeq convert saved_model_dir --target phone --mode float16
       edgeq convert model.keras --target mcu --calibration digits --qat --compare
+      edgeq convert kws.keras --target mcu --calibration mfcc.npz --input-shape audio=49,10
+
+    
+    Several inputs: save the data with one array per input, named x_<input name> (or x0, x1, ...
+    in the model's input order); edgeq feeds each input its array by name, whatever order the
+    converter gives the inputs.
     """
     from edgeq.pipeline import GateError
     from edgeq.pipeline import convert as run_convert
@@ -238,14 +258,15 @@ def convert(model: Path, target: str, mode: str | None, calibration: str | None,
                              max_accuracy_drop=max_accuracy_drop, qat=qat, train=train_set or "auto",
                              train_settings=settings, compare=compare, force=force, outdir=outdir, name=name,
                              overwrite=overwrite, trust_model=trust_model, harness=harness, max_payload=max_payload,
-                             on_step=_step,
+                             input_shapes=_parse_shapes(input_shapes), on_step=_step,
                              progress=_progress_factory(quiet=False))
     except GateError as exc:
         click.echo(f"\n{model} does not fit {exc.result.target.name}:", err=True)
         _summary(exc.result.report, err=True)
         raise
-    method = "QAT" if result.report.get("method") == "qat" else "PTQ"
-    click.echo(f"\nconverted {model} for {result.target.name} ({result.recipe.mode} {method}, {result.target.runtime})")
+    method = "QAT" if result.report.get("method") == "qat" else ("PTQ" if result.recipe.mode != "float32" else "")
+    click.echo(f"\nconverted {model} for {result.target.name} ({' '.join(filter(None, (result.recipe.mode, method)))}, "
+               f"{result.target.runtime})")
     _summary(result.report)
     _comparison(result.report)
     click.echo(f"wrote to {result.outdir}/")
@@ -341,9 +362,9 @@ def inspect(file: Path, as_json: bool) -> None:
     The file is verified before use: a truncated, empty or non-TFLite file is a clear error.
     """
     from edgeq.tflite.inspect_format import format_inspect
-    from edgeq.tflite.reader import read_tflite_file
+    from edgeq.tflite.strip import read_tflite_named
 
-    info = read_tflite_file(file)
+    _, info = read_tflite_named(file)
     if as_json:
         click.echo(json.dumps(info.to_dict(), indent=2, sort_keys=True))
     else:
@@ -387,6 +408,22 @@ def export_c(file: Path, outdir: Path, name: str | None, alignment: int, arena_m
     click.echo(f"tensor arena: {arena.smallest:,} B measured in TFLite Micro + {arena_margin:,} B margin")
     for path in written:
         click.echo(f"wrote {path}")
+
+
+def _parse_shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    """--input-shape NAME=D1,D2,... (repeatable) as {name: shape}."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for value in values:
+        name, sep, dims = value.partition("=")
+        try:
+            shape = tuple(int(d) for d in dims.split(","))
+        except ValueError:
+            shape = ()
+        if not sep or not name.strip() or not shape or min(shape) < 1:
+            raise EdgeqError(f"--input-shape {value!r}: expected NAME=D1,D2,... with positive sizes",
+                             hint="e.g. --input-shape audio=49,10 (the sample shape, without the batch dimension)")
+        shapes[name.strip()] = shape
+    return shapes
 
 
 def _require_tflm_kernels(info: Any) -> None:
@@ -442,14 +479,13 @@ def firmware(model: Path, target: str, outdir: Path | None, name: str | None, ar
     from edgeq.export.atomic import check_output_dir, write_files_atomically
     from edgeq.export.c_arrays import ArenaSize, c_identifier, tflm_sources
     from edgeq.targets import load_target
-    from edgeq.tflite.reader import read_tflite, read_tflite_bytes
+    from edgeq.tflite.strip import read_tflite_named
 
     profile = load_target(target)
     if profile.runtime != "tflm":
         raise EdgeqError(f"target '{profile.name}' runs {profile.runtime}, and the harness firmware is for TFLite Micro",
                          hint="pick a microcontroller target (edgeq targets list), e.g. --target mcu")
-    data = read_tflite_bytes(model)
-    info = read_tflite(data, source=str(model))
+    data, info = read_tflite_named(model)
     ident = c_identifier(name or model.stem)
     out = outdir if outdir is not None else Path("edgeq-out") / f"{ident}-firmware"
     check_output_dir(out, ["README.md", "edgeq_firmware.json"], overwrite=overwrite)

@@ -2,18 +2,22 @@
 SavedModel) or a Keras 3 `model.export()` SavedModel.
 
 Safe mode stays on: a Lambda layer (arbitrary Python) is refused unless the caller passes
-trust_model=True, and edgeq never retries with safe mode off by itself. Where a loader does
-not enforce safe mode (tf_keras on .h5), Keras 3 is used instead, which does. SavedModel
-directories are never deserialized into Python layers: they are converted and run from
-their TensorFlow graph.
+trust_model=True, and edgeq never retries with safe mode off by itself. Before any Keras sees
+a .keras or .h5 file, edgeq reads its architecture as JSON (edgeq/keras_files.py), refuses
+Lambda layers and unregistered classes, and takes the Keras version that wrote it from the
+file: tf_keras loads what tf_keras wrote (every Keras 2 MobileNet .h5 among them), Keras 3
+the rest. SavedModel directories are never deserialized into Python layers: they are
+converted and run from their TensorFlow graph.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -22,6 +26,7 @@ import numpy as np
 from edgeq._tf import captured_output, tf
 from edgeq.calibration import InputSpec
 from edgeq.errors import ModelLoadError
+from edgeq.keras_files import KerasFile, read_keras_file, refuse_lambda, vet_layers
 
 SUPPORTED = ".keras (Keras 3 or 2), .h5/.hdf5 (Keras 2 or 3), or a SavedModel directory"
 
@@ -32,6 +37,21 @@ MAX_COMPRESSION_RATIO = 1000  # uncompressed / compressed, for members larger th
 RATIO_CHECK_BYTES = 10 * 1024**2
 
 
+@dataclass(frozen=True)
+class ConverterSource:
+    """What the TFLite converter reads: the model traced with batch-1 inputs named like the
+    model's inputs, and a factory for fresh converters on it (a converter is used up by
+    convert()). Lives in the process that loaded the model."""
+
+    make: Callable[[], Any]        # () -> a TFLiteConverter for the batch-1 model
+    input_names: tuple[str, ...]   # signature input keys, in the model's input order
+    output_names: tuple[str, ...]  # signature output keys, in the model's output order
+    label: str                     # the user's model file, for messages
+
+
+Exporter = Callable[[list[tuple[int, ...]]], ConverterSource]
+
+
 @dataclass
 class LoadedModel:
     path: Path
@@ -40,8 +60,9 @@ class LoadedModel:
     input_specs: list[InputSpec]
     parameter_count: int
     _predict: Callable[[list[np.ndarray]], list[np.ndarray]]
-    _make_converter: Callable[[], Any]
+    _export: Exporter
     keras_model: Any = None
+    _exports: dict[tuple[tuple[int, ...], ...], ConverterSource] = field(default_factory=dict)
 
     def predict(self, inputs: Sequence[np.ndarray], batch_size: int = 256) -> list[np.ndarray]:
         """Float reference outputs, one array per model output."""
@@ -49,27 +70,83 @@ class LoadedModel:
         chunks = [self._predict([x[i : i + batch_size] for x in inputs]) for i in range(0, n, batch_size)]
         return [np.concatenate([c[k] for c in chunks]) for k in range(len(chunks[0]))]
 
-    def make_converter(self) -> Any:
-        return self._make_converter()
+    def converter_source(self, sample_shapes: Sequence[tuple[int, ...]] | None = None) -> ConverterSource:
+        """The model exported for the converter with batch 1, once per set of input shapes.
+
+        `sample_shapes`: each input's shape without the batch dimension, where the model leaves a
+        dimension open (None); by default the model's own shapes, which must then be complete.
+        A device runs one sample at a time, so batch 1 costs nothing and saves the SHAPE,
+        STRIDED_SLICE and PACK ops (and their kernels and arena) that a dynamic batch puts
+        around Flatten.
+        """
+        shapes = [tuple(s) for s in sample_shapes] if sample_shapes is not None else [
+            tuple(d for d in spec.shape[1:]) for spec in self.input_specs]
+        for spec, shape in zip(self.input_specs, shapes):
+            if any(d is None or int(d) < 1 for d in shape):
+                raise ModelLoadError(f"{self.path}: input '{spec.name}' has an open dimension "
+                                     f"({_shape_text(spec.shape)}) and no size was chosen for it",
+                                     hint=f"pass --input-shape {spec.name}=" + ",".join(
+                                         "N" if d is None else str(d) for d in spec.shape[1:]))
+        key = tuple(tuple(int(d) for d in shape) for shape in shapes)
+        if key not in self._exports:
+            with captured_output():
+                self._exports[key] = self._export([tuple(k) for k in key])
+        return self._exports[key]
 
 
-def load_model(path: str | Path, *, trust_model: bool = False) -> LoadedModel:
+def _shape_text(shape: Sequence[int | None]) -> str:
+    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
+
+
+def _signature_names(specs: Sequence[InputSpec]) -> list[str]:
+    """Signature keys for the inputs: their names, made valid and unique."""
+    names: list[str] = []
+    for i, spec in enumerate(specs):
+        base = re.sub(r"[^A-Za-z0-9_]", "_", spec.name.split(":")[0]) or f"input_{i}"
+        if not base[0].isalpha():
+            base = f"input_{base}"
+        name, n = base, 1
+        while name in names:
+            name, n = f"{base}_{n}", n + 1
+        names.append(name)
+    return names
+
+
+def check_model_file(path: str | Path, *, trust_model: bool = False) -> KerasFile | None:
+    """What can be checked about a model file without TensorFlow (fast, and before any child
+    process starts): that it exists and has a supported format, a .keras archive's members,
+    which Keras wrote it, and that it holds no Lambda layer unless trusted. Returns the file's
+    architecture, or None for a SavedModel directory."""
     path = Path(path)
     if not path.exists():
         raise ModelLoadError(f"model file {path} does not exist", hint=f"supported: {SUPPORTED}")
     if path.is_dir():
         if (path / "saved_model.pb").is_file():
-            return _load_saved_model(path)
+            return None
         raise ModelLoadError(
             f"{path} is a directory without saved_model.pb, so not a SavedModel",
             hint=f"pass a model file; supported: {SUPPORTED}",
         )
     suffix = path.suffix.lower()
     if suffix == ".keras":
-        return _load_keras_archive(path, trust_model)
-    if suffix in (".h5", ".hdf5"):
-        return _load_keras(path, "h5", _keras3_loader(trust_model), trust_model)
-    raise ModelLoadError(f"{path}: unsupported model format '{suffix or path.name}'", hint=f"supported: {SUPPORTED}")
+        file = read_keras_file(path, _archive_metadata(path))
+    elif suffix in (".h5", ".hdf5"):
+        file = read_keras_file(path)
+    else:
+        raise ModelLoadError(f"{path}: unsupported model format '{suffix or path.name}'",
+                             hint=f"supported: {SUPPORTED}")
+    refuse_lambda(file, trust=trust_model)
+    return file
+
+
+def load_model(path: str | Path, *, trust_model: bool = False) -> LoadedModel:
+    path = Path(path)
+    file = check_model_file(path, trust_model=trust_model)
+    if file is None:
+        return _load_saved_model(path)
+    vet_layers(file, trust=trust_model)
+    loader = _tf_keras_loader(trust_model) if file.keras_major == 2 else _keras3_loader(trust_model)
+    return _load_keras(path, "keras" if file.container == "keras" else "h5", loader, file.writer)
 
 
 def _keras3_loader(trust: bool) -> Callable[[Path], Any]:
@@ -92,8 +169,8 @@ def _tf_keras_loader(trust: bool) -> Callable[[Path], Any]:
     return load
 
 
-def _load_keras_archive(path: Path, trust: bool) -> LoadedModel:
-    """A .keras zip: Keras 3 or tf_keras, decided by the version recorded inside."""
+def _archive_metadata(path: Path) -> dict[str, Any]:
+    """A .keras zip's metadata.json, after checking its members (before anything is decompressed)."""
     if not zipfile.is_zipfile(path):
         raise ModelLoadError(f"{path}: not a .keras archive (not a zip file); the file is corrupt or misnamed",
                              hint="a .keras file is the zip written by model.save('model.keras'); an HDF5 file "
@@ -106,9 +183,10 @@ def _load_keras_archive(path: Path, trust: bool) -> LoadedModel:
         raise ModelLoadError(f"{path}: .keras archive has no readable metadata.json ({exc})",
                              hint="the file is damaged or was not written by Keras; save the model again "
                                   "with model.save('model.keras')") from exc
-    version = str(meta.get("keras_version", ""))
-    loader = _tf_keras_loader(trust) if version.startswith("2.") else _keras3_loader(trust)
-    return _load_keras(path, "keras", loader, trust)
+    if not isinstance(meta, dict):
+        raise ModelLoadError(f"{path}: the archive's metadata.json is not a JSON object",
+                             hint="the file is damaged or was not written by Keras; save the model again")
+    return meta
 
 
 def _max_archive_bytes() -> int:
@@ -159,7 +237,7 @@ def _check_archive_members(path: Path, members: list[zipfile.ZipInfo]) -> None:
             "otherwise the file was crafted or damaged")
 
 
-def _load_keras(path: Path, fmt: str, loader: Callable[[Path], Any], trust: bool) -> LoadedModel:
+def _load_keras(path: Path, fmt: str, loader: Callable[[Path], Any], writer: str) -> LoadedModel:
     try:
         with captured_output():
             model = loader(path)
@@ -172,12 +250,37 @@ def _load_keras(path: Path, fmt: str, loader: Callable[[Path], Any], trust: bool
                 hint="replace the Lambda with built-in layers, or pass --trust-model if you wrote "
                 "or fully trust this file",
             ) from exc
-        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-        raise ModelLoadError(f"{path}: cannot load the Keras model: {first[:300]}",
-                             hint="check that the file is complete and was saved by Keras (model.save); "
-                                  "custom layers must be registered with keras.saving.register_keras_serializable"
-                             ) from exc
+        cause = error_cause(text) or type(exc).__name__
+        raise ModelLoadError(f"{path}: cannot load the Keras model (written by {writer}): {cause}",
+                             hint=_load_hint(cause, writer)) from exc
     return from_keras_object(model, path, fmt)
+
+
+_CAUSE_MARKER = "Exception encountered:"
+_MAX_CAUSE = 2000
+
+
+def error_cause(text: str) -> str:
+    """The part of an exception's text that says what went wrong, whole.
+
+    Keras' deserialization errors start with the whole layer config ("Error when deserializing
+    class 'DepthwiseConv2D' using config={...}") and put the cause after "Exception encountered:".
+    """
+    if _CAUSE_MARKER in text:
+        text = text.split(_CAUSE_MARKER, 1)[1]
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    cause = lines[0] if lines else ""
+    return cause if len(cause) <= _MAX_CAUSE else cause[:_MAX_CAUSE] + f"... ({len(cause) - _MAX_CAUSE:,} more characters)"
+
+
+def _load_hint(cause: str, writer: str) -> str:
+    if "Unrecognized keyword argument" in cause or "unexpected keyword argument" in cause:
+        return (f"the file's layer settings do not match this Keras; it was written by {writer}: load and save it "
+                "again with that Keras version, or rebuild the layer with today's arguments")
+    if "Unknown layer" in cause or "Could not locate" in cause or "custom" in cause.lower():
+        return ("custom layers must be registered with keras.saving.register_keras_serializable and converted "
+                "from Python (edgeq.convert)")
+    return "check that the file is complete and was saved by Keras (model.save)"
 
 
 def from_keras_object(model: Any, path: Path, fmt: str) -> LoadedModel:
@@ -201,38 +304,37 @@ def from_keras_object(model: Any, path: Path, fmt: str) -> LoadedModel:
     return LoadedModel(
         path=path, format=fmt, saved_by=saved_by, input_specs=specs,
         parameter_count=int(model.count_params()), _predict=predict,
-        _make_converter=_batch1_converter_factory(model, specs), keras_model=model,
+        _export=_keras_exporter(model, specs, str(path)), keras_model=model,
     )
 
 
-def _batch1_converter_factory(model: Any, specs: list[InputSpec]) -> Callable[[], Any]:
-    """Converters for the model with its batch dimension fixed to 1.
-
-    `from_keras_model` keeps a dynamic batch, and Flatten then costs SHAPE, STRIDED_SLICE
-    and PACK ops (and their kernels and arena) on every inference. A device runs one sample
-    at a time, so edgeq converts with batch 1: fewer ops, a smaller file.
-    """
+def _keras_exporter(model: Any, specs: list[InputSpec], label: str) -> Exporter:
+    """Trace a Keras 3 or tf_keras model with batch-1 inputs, for the converter."""
     tfm = tf()
-    signature = [
-        tfm.TensorSpec([1, *s.shape[1:]], dtype=s.dtype, name=s.name.split(":")[0]) for s in specs
-    ]
-    if type(model).__module__.startswith("tf_keras"):
-        fn = tfm.function(lambda *xs: model(list(xs) if len(xs) > 1 else xs[0], training=False))
-        concrete = fn.get_concrete_function(*signature)
-        return lambda: tfm.lite.TFLiteConverter.from_concrete_functions([concrete], model)
-    export_dir: list[Any] = []  # exported once, on first use, and kept for this model's lifetime
+    names = _signature_names(specs)
+    outputs = tuple(f"output_{i}" for i in range(len(model.outputs)))
 
-    def make() -> Any:
-        if not export_dir:
-            import tempfile
+    def export(shapes: list[tuple[int, ...]]) -> ConverterSource:
+        signature = [tfm.TensorSpec([1, *shape], dtype=s.dtype, name=n) for s, shape, n in zip(specs, shapes, names)]
+        if type(model).__module__.startswith("tf_keras"):
+            def serve(*xs: Any) -> dict[str, Any]:
+                out = model(list(xs) if len(xs) > 1 else xs[0], training=False)
+                return dict(zip(outputs, out if isinstance(out, (list, tuple)) else [out]))
 
-            export_dir.append(tempfile.TemporaryDirectory(prefix="edgeq-export-"))
-            with captured_output():
-                model.export(export_dir[0].name, format="tf_saved_model", verbose=False,
-                             input_signature=signature if len(signature) == 1 else [signature])
-        return tfm.lite.TFLiteConverter.from_saved_model(export_dir[0].name)
+            concrete = tfm.function(serve).get_concrete_function(*signature)
+            return ConverterSource(lambda: tfm.lite.TFLiteConverter.from_concrete_functions([concrete], model),
+                                   tuple(names), outputs, label)
+        # Keras 3 models convert from their own export (TF's function tracing does not take them).
+        folder = tempfile.TemporaryDirectory(prefix="edgeq-export-")  # removed with the source
+        model.export(folder.name, format="tf_saved_model", verbose=False,
+                     input_signature=signature if len(signature) == 1 else [signature])
 
-    return make
+        def make(folder: Any = folder) -> Any:
+            return tfm.lite.TFLiteConverter.from_saved_model(folder.name)
+
+        return ConverterSource(make, tuple(names), outputs, label)
+
+    return export
 
 
 def _load_saved_model(path: Path) -> LoadedModel:
@@ -242,9 +344,10 @@ def _load_saved_model(path: Path) -> LoadedModel:
             loaded = tfm.saved_model.load(str(path))
         signature = loaded.signatures["serving_default"]
     except KeyError as exc:
-        raise ModelLoadError(f"{path}: SavedModel has no 'serving_default' signature") from exc
+        raise ModelLoadError(f"{path}: SavedModel has no 'serving_default' signature",
+                             hint="export the model with a serving signature (model.export() in Keras 3)") from exc
     except Exception as exc:
-        raise ModelLoadError(f"{path}: cannot load the SavedModel: {str(exc).splitlines()[0][:300]}") from exc
+        raise ModelLoadError(f"{path}: cannot load the SavedModel: {error_cause(str(exc))}") from exc
     _, kwargs = signature.structured_input_signature
     names = sorted(kwargs)
     specs = [InputSpec(name=n, shape=tuple(kwargs[n].shape.as_list()), dtype=kwargs[n].dtype.name) for n in names]
@@ -255,9 +358,21 @@ def _load_saved_model(path: Path) -> LoadedModel:
         result = signature(**{n: tfm.constant(x) for n, x in zip(names, xs)})
         return [np.asarray(result[k]) for k in out_names]
 
+    def export(shapes: list[tuple[int, ...]]) -> ConverterSource:
+        """The serving signature again, traced with batch 1 (the converter keeps a dynamic batch)."""
+        specs_1 = [tfm.TensorSpec([1, *shape], dtype=kwargs[n].dtype, name=n) for n, shape in zip(names, shapes)]
+
+        def serve(*xs: Any) -> dict[str, Any]:
+            result = signature(**dict(zip(names, xs)))
+            return {k: result[k] for k in out_names}
+
+        concrete = tfm.function(serve).get_concrete_function(*specs_1)
+        return ConverterSource(lambda: tfm.lite.TFLiteConverter.from_concrete_functions([concrete], loaded),
+                               tuple(names), tuple(out_names), str(path))
+
     return LoadedModel(
         path=path, format="savedmodel", saved_by="savedmodel", input_specs=specs, parameter_count=params,
-        _predict=predict, _make_converter=lambda: tfm.lite.TFLiteConverter.from_saved_model(str(path)),
+        _predict=predict, _export=export,
     )
 
 

@@ -9,22 +9,31 @@ fails a check gets its report (json, md, png) and nothing a firmware build could
 from __future__ import annotations
 
 import hashlib
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from edgeq.calibration import Dataset, list_bundled, load_dataset, validate_for_model
+import numpy as np
+
+from edgeq.calibration import (CalibrationWarning, Dataset, InputSpec, list_bundled, load_dataset,
+                               validate_for_model)
 from edgeq.checks import DEFAULT_MAX_ACCURACY_DROP, CheckInput, CheckResult, gate_summary, run_checks
-from edgeq.errors import CalibrationError, ModelLoadError, RecipeError, TargetCheckError
+from edgeq.errors import CalibrationError, ConversionError, ModelLoadError, RecipeError, TargetCheckError
 from edgeq.export.atomic import check_output_dir, write_files_atomically
 from edgeq.export.c_arrays import ArenaSize, c_identifier, tflm_sources
+from edgeq.iomap import to_graph_inputs
+from edgeq.isolation import ChildCrashed, Worker, shared_worker
 from edgeq.quantize.recipe import DEFAULT_CALIBRATION_SAMPLES, Recipe, recipe_for
 from edgeq.report import SCHEMA_VERSION, library_versions, render_json, render_markdown, render_png, sha256_path
 from edgeq.targets import TargetProfile, load_all, load_target
 from edgeq.tflite.reader import ModelInfo, read_tflite
+from edgeq.tflite.strip import render_sidecar
 
 if TYPE_CHECKING:
     from edgeq.emulator.emulate import Emulation, Progress
+    from edgeq.loading import ConverterSource, LoadedModel
     from edgeq.quantize.qat import TrainSettings  # noqa: F811
 
 Step = Callable[[str], None]
@@ -54,7 +63,7 @@ class ConvertResult:
 def output_names(name: str, target: TargetProfile, harness: bool = False) -> list[str]:
     names = [f"{name}.tflite", *REPORT_FILES]
     if target.runtime == "tflm":
-        names += [f"{name}_model_data.cc", f"{name}_model_data.h", f"{name}_op_resolver.h"]
+        names += [f"{name}_names.json", f"{name}_model_data.cc", f"{name}_model_data.h", f"{name}_op_resolver.h"]
         if harness:
             from edgeq.device.firmware import harness_file_names
 
@@ -113,8 +122,10 @@ def convert(
     per_layer: bool = True,
     harness: bool = False,
     max_payload: int = 4096,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
     on_step: Step = lambda message: None,
     progress: Progress | None = None,
+    worker: Worker | None = None,
 ) -> ConvertResult:
     """Quantize (PTQ, or QAT with `qat`), emulate, check and (if the gate passes, or `force`) emit.
 
@@ -124,7 +135,25 @@ def convert(
     the outputs are QAT's. Raises GateError (exit 3) after writing the reports when a check
     fails and `force` is off. `harness`: also write the device-check test-harness firmware
     (edgeq.device.firmware) next to the C files, with frames of up to `max_payload` bytes.
+    `input_shapes`: a sample shape (no batch) for inputs with open dimensions, by input name.
+    Loading, converting and running the model happen in `worker`'s child process (by default
+    this process's shared one), so that a native crash ends the child with a message, not the
+    caller; this process checks the inputs first and writes the outputs last.
     """
+    return _convert(model_path, target, mode=mode, calibration=calibration,
+                    calibration_samples=calibration_samples, evaluation=evaluation,
+                    max_accuracy_drop=max_accuracy_drop, qat=qat, train=train, train_settings=train_settings,
+                    compare=compare, force=force, outdir=outdir, name=name, overwrite=overwrite,
+                    trust_model=trust_model, per_layer=per_layer, harness=harness, max_payload=max_payload,
+                    input_shapes=input_shapes or {}, on_step=on_step, progress=progress, worker=worker)
+
+
+def _convert(model_path: str | Path, target: str | TargetProfile, *, mode: str | None, calibration: str | None,
+             calibration_samples: int, evaluation: str | None, max_accuracy_drop: float, qat: bool,
+             train: str | None, train_settings: TrainSettings | None, compare: bool, force: bool,
+             outdir: str | Path | None, name: str | None, overwrite: bool, trust_model: bool, per_layer: bool,
+             harness: bool, max_payload: int, input_shapes: dict[str, tuple[int, ...]], on_step: Step,
+             progress: Progress | None, worker: Worker | None) -> ConvertResult:
     model_path = Path(model_path)
     profile = target if isinstance(target, TargetProfile) else load_target(target)
     if harness and profile.runtime != "tflm":
@@ -150,12 +179,123 @@ def convert(
     eval_data = load_dataset(eval_spec, default_split="eval") if eval_spec else None
     train_data = _train_data(train, calibration) if qat else None
     data: Dataset | None = load_dataset(calibration) if calibration and recipe.calibration_samples else None
+    from edgeq.loading import check_model_file
 
+    check_model_file(model_path, trust_model=trust_model)  # a missing, mangled or Lambda model fails fast
+    plan = _Plan(model_path=model_path, profile=profile, recipe=recipe, name=name, qat=qat, compare=compare,
+                 data=data, eval_data=eval_data, train_data=train_data, train_settings=train_settings,
+                 max_accuracy_drop=max_accuracy_drop, force=force, trust_model=trust_model, per_layer=per_layer,
+                 harness=harness, max_payload=max_payload, input_shapes=input_shapes)
+
+    # Everything above fails fast, without TensorFlow. Everything below runs user models, so it
+    # runs in the worker's child process; this process only writes the outputs.
+    done = _run_isolated(worker or shared_worker("tensorflow"), plan, on_step, progress)
+    on_step(f"writing {len(done.files)} files to {out}")
+    # A rejected model must not sit next to a report that rejects it (left by an earlier run).
+    stale = [n for n in output_names(name, profile, harness) if n not in done.files]
+    written = write_files_atomically(out, done.files, overwrite=overwrite, remove=stale)
+    result = ConvertResult(name, out, written, profile, recipe, done.float_bytes, done.quantized_bytes, done.info,
+                           done.checks, done.emulation, done.gate, done.report)
+    if not done.gate["passed"] and not force:
+        raise GateError(done.checks, profile, result,
+                        f"no .tflite or C files written; the report is in {out}/report.md")
+    return result
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A conversion's checked inputs: what the child process needs to do the work."""
+
+    model_path: Path
+    profile: TargetProfile
+    recipe: Recipe
+    name: str
+    qat: bool
+    compare: bool
+    data: Dataset | None
+    eval_data: Dataset | None
+    train_data: Dataset | None
+    train_settings: TrainSettings | None
+    max_accuracy_drop: float
+    force: bool
+    trust_model: bool
+    per_layer: bool
+    harness: bool
+    max_payload: int
+    input_shapes: dict[str, tuple[int, ...]]
+
+
+@dataclass
+class _Done:
+    """What the child process hands back: every output file's bytes and what was measured."""
+
+    files: dict[str, bytes]
+    report: dict[str, Any]
+    info: ModelInfo
+    checks: list[CheckResult]
+    emulation: Emulation
+    gate: dict[str, Any]
+    float_bytes: int
+    quantized_bytes: int
+
+
+def _run_isolated(worker: Worker, plan: _Plan, on_step: Step, progress: Progress | None) -> _Done:
+    """`_compute(plan)` in the worker's child, its steps and progress bars relayed here; a native
+    crash becomes a ConversionError that names the step it happened in."""
+    last = ["loading the model"]
+    bars: dict[int, Callable[[int], None]] = {}
+
+    def step(message: str) -> None:
+        last[0] = message
+        on_step(message)
+
+    def bar(token: int, label: str, total: int) -> None:
+        bars[token] = progress(label, total) if progress else (lambda done: None)
+
+    def advance(token: int, done: int) -> None:
+        bars.get(token, lambda done: None)(done)
+
+    def warn(message: str) -> None:
+        warnings.warn(message, CalibrationWarning, stacklevel=2)
+
+    try:
+        return worker.call(_compute, plan, callbacks={"step": step, "bar": bar, "advance": advance, "warn": warn})
+    except ChildCrashed as crash:
+        raise ConversionError(f"{plan.model_path}: the conversion {crash.how} while {last[0]}{crash.last_words()}",
+                              hint=CONVERTER_HINT) from None
+
+
+def _compute(plan: _Plan, *, step: Step, bar: Callable[[int, str, int], None],
+             advance: Callable[[int, int], None], warn: Callable[[str], None]) -> _Done:
+    """The conversion itself, in the worker's child: load, quantize, emulate, check, render.
+    Steps, progress and edgeq's warnings about the data go back to the caller as they happen."""
+    tokens = iter(range(1 << 30))
+
+    def progress(label: str, total: int) -> Callable[[int], None]:
+        token = next(tokens)
+        bar(token, label, total)
+        return lambda done: advance(token, done)
+
+    def show(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, CalibrationWarning):
+            warn(str(message))
+        else:
+            shown(message, category, *args, **kwargs)
+
+    here = Worker(in_process=True)  # already in the child: the stages below run directly
+    with warnings.catch_warnings():
+        shown, warnings.showwarning = warnings.showwarning, show
+        return _compute_with(plan, step, progress, here)
+
+
+def _compute_with(plan: _Plan, on_step: Step, progress: Progress, worker: Worker) -> _Done:
+    model_path, profile, recipe, name, qat = plan.model_path, plan.profile, plan.recipe, plan.name, plan.qat
+    data, eval_data, train_data = plan.data, plan.eval_data, plan.train_data
     on_step(f"loading {model_path} (TensorFlow start-up takes a few seconds)")
     from edgeq.loading import load_model
     from edgeq.quantize.ptq import convert_float32
 
-    model = load_model(model_path, trust_model=trust_model)
+    model = load_model(model_path, trust_model=plan.trust_model)
     if qat and model.keras_model is None:
         raise RecipeError(f"{model_path}: quantization-aware training needs a Keras model (.keras or .h5), "
                           "not a SavedModel", hint="drop --qat for post-training quantization")
@@ -163,73 +303,145 @@ def convert(
                                    for d, p in ((data, "calibration"), (eval_data, "evaluation"),
                                                 (train_data, "training")))
     data = data or train_data  # QAT without --calibration: the converter's ranges come from training data
+    shapes = sample_shapes(model, plan.input_shapes, data or eval_data, on_step)
+    fixed = fixed_specs(model.input_specs, shapes)
+    data, eval_data, train_data = (None if d is None else validate_for_model(d, fixed, purpose=p)
+                                   for d, p in ((data, "calibration"), (eval_data, "evaluation"),
+                                                (train_data, "training")))
 
-    on_step("converting to float32 (reference size)")
-    float_bytes = convert_float32(model)
     reference = model.predict(list(eval_data.inputs)) if eval_data is not None else None
     # Dense->BatchNormalization folded for both methods: tfmot folds Conv+BN itself, not Dense+BN.
     model, folded = _fold(model, model_path, data or eval_data, on_step)
+    keras_model = model
+    model, recurrent = _recurrent(keras_model, model_path, recipe.mode, data or eval_data, shapes, on_step)
+    on_step("converting to float32 (reference size)")
+    float_bytes = in_child(worker, "the TFLite converter", "converting to float32", str(model_path),
+                           convert_float32, model.converter_source(shapes))
+    if any(r["class"] == "LSTM" and r["action"].startswith("fused") for r in recurrent):
+        difference = _float_difference(float_bytes, model, data or eval_data, worker)
+        if difference > FUSED_LSTM_TOLERANCE:
+            on_step(f"TFLite's fused LSTM computes other outputs than Keras (max difference {difference:.3g} on the "
+                    "float model): unrolling the LSTM instead")
+            model, recurrent = _recurrent(keras_model, model_path, recipe.mode, data or eval_data, shapes, on_step,
+                                          unroll_lstm=True)
+            for note in recurrent:
+                if note["class"] == "LSTM":
+                    note["action"] += (f"; TFLite's fused LSTM was off by {difference:.3g} on the float model")
+            float_bytes = in_child(worker, "the TFLite converter", "converting to float32", str(model_path),
+                                   convert_float32, model.converter_source(shapes))
     candidates: dict[str, _Candidate] = {}
-    if not qat or compare:
-        candidates["ptq"] = _emulated(model, "ptq", recipe, data, name, profile, eval_data, reference,
-                                      max_accuracy_drop, per_layer, on_step, progress)
+    emulated = dict(recipe=recipe, data=data, name=name, profile=profile, eval_data=eval_data, reference=reference,
+                    max_drop=plan.max_accuracy_drop, per_layer=plan.per_layer, on_step=on_step, progress=progress,
+                    worker=worker, shapes=shapes)
+    if not qat or plan.compare:
+        candidates["ptq"] = _emulated(model, "ptq", **emulated)
     qat_result = None
     if qat:
         assert train_data is not None
         from edgeq.quantize.qat import TrainSettings
 
-        qat_model, qat_result = _qat(model, model_path, train_data, train_settings or TrainSettings(), on_step,
+        qat_model, qat_result = _qat(model, model_path, train_data, plan.train_settings or TrainSettings(), on_step,
                                      progress)
-        candidates["qat"] = _emulated(qat_model, "qat", recipe, data, name, profile, eval_data, reference,
-                                      max_accuracy_drop, per_layer, on_step, progress)
+        candidates["qat"] = _emulated(qat_model, "qat", **emulated)
     chosen = candidates["qat" if qat else "ptq"]
     checks, emulation, quantized, info = chosen.checks, chosen.emulation, chosen.quantized, chosen.info
-    if compare and candidates["ptq"].emulation.per_layer:
+    if plan.compare and candidates["ptq"].emulation.per_layer:
         # The debugger needs the float model, so only PTQ has per-layer statistics: show where PTQ loses.
         emulation.per_layer = candidates["ptq"].emulation.per_layer
         emulation.per_layer_note = ("per-layer error of the PTQ model (QuantizationDebugger needs the float model; "
                                     "QAT carries fake-quant ranges of its own): " + candidates["ptq"].emulation.per_layer_note)
-    gate = gate_summary(checks, forced=force)
+    gate = gate_summary(checks, forced=plan.force)
 
     files: dict[str, bytes] = {}
-    if gate["passed"] or force:
+    if gate["passed"] or plan.force:
         files[f"{name}.tflite"] = quantized
+        if chosen.sidecar is not None:
+            files[f"{name}_names.json"] = render_sidecar(chosen.sidecar)
         if profile.runtime == "tflm":
             arena = emulation.memory.arena
             files.update(tflm_sources(name, quantized, info.all_op_names, alignment=profile.memory.tensor_alignment,
                                       arena=ArenaSize(arena.smallest, emulation.memory.margin) if arena else None
                                       ).files)
     harness_manifest = None
-    if harness and files and emulation.memory.arena:
+    if plan.harness and files and emulation.memory.arena:
         from edgeq.device.firmware import firmware_with_sizes
 
         on_step("writing the device-check harness firmware and compiling its C parts for Cortex-M4F")
         firmware, _ = firmware_with_sizes(quantized, info, name=name, target_name=profile.name,
                                           arena=ArenaSize(emulation.memory.arena.smallest, emulation.memory.margin),
-                                          max_payload=max_payload, alignment=profile.memory.tensor_alignment)
+                                          max_payload=plan.max_payload, alignment=profile.memory.tensor_alignment)
         files.update(firmware.files)
         harness_manifest = firmware.manifest
-    elif harness and files:
+    elif plan.harness and files:
         on_step("--harness: no harness firmware written, because TFLite Micro could not run the model "
                 "(see the failed checks)")
     used = min(recipe.calibration_samples, data.num_samples) if data else 0
     report = _report(model, model_path, profile, recipe, data, used, float_bytes, info, checks, gate, emulation,
-                     files)
+                     files, shapes, chosen.sidecar)
     report["method"] = "qat" if qat else "ptq"
     report["folded_batchnorm"] = list(folded)
+    report["recurrent"] = recurrent
     report["qat"] = None if qat_result is None else qat_result.to_dict()
-    report["comparison"] = {k: c.summary(float_bytes) for k, c in candidates.items()} if compare else None
+    report["comparison"] = {k: c.summary(float_bytes) for k, c in candidates.items()} if plan.compare else None
     report["harness"] = harness_manifest
     files.update(_render_reports(report))
-    on_step(f"writing {len(files)} files to {out}")
-    # A rejected model must not sit next to a report that rejects it (left by an earlier run).
-    stale = [n for n in output_names(name, profile, harness) if n not in files]
-    written = write_files_atomically(out, files, overwrite=overwrite, remove=stale)
-    result = ConvertResult(name, out, written, profile, recipe, len(float_bytes), len(quantized), info, checks,
-                           emulation, gate, report)
-    if not gate["passed"] and not force:
-        raise GateError(checks, profile, result, f"no .tflite or C files written; the report is in {out}/report.md")
-    return result
+    return _Done(files, report, info, checks, emulation, gate, len(float_bytes), len(quantized))
+
+
+CONVERTER_HINT = ("EDGEQ_VERBOSE=1 shows the converter's full log; try another --mode, or replace the layers "
+                  "the log names")
+
+
+def in_child(worker: Worker, what: str, stage: str, label: str, function: Callable[..., Any], *args: Any,
+             hint: str = CONVERTER_HINT, **kwargs: Any) -> Any:
+    """`function` run in the worker's child; a native crash there becomes a ConversionError (exit 2)."""
+    try:
+        return worker.call(function, *args, **kwargs)
+    except ChildCrashed as crash:
+        raise ConversionError(f"{label}: {what} {crash.how} while {stage}{crash.last_words()}", hint=hint) from None
+
+
+def sample_shapes(model: LoadedModel, given: dict[str, tuple[int, ...]], data: Dataset | None,
+                  on_step: Step) -> list[tuple[int, ...]]:
+    """Each input's sample shape for the converter: given by --input-shape, else the model's own,
+    else (for open dimensions) the data's, said out loud. Never silently 1."""
+    names = [spec.name for spec in model.input_specs]
+    unknown = [n for n in given if n not in names and n not in [m.split(":")[0] for m in names]]
+    if unknown:
+        raise ModelLoadError(f"--input-shape names {', '.join(unknown)}, but the model's inputs are "
+                             f"{', '.join(n.split(':')[0] for n in names)}",
+                             hint="pass --input-shape <input name>=<d1>,<d2>,... (no batch dimension)")
+    shapes = []
+    for k, spec in enumerate(model.input_specs):
+        dims = tuple(spec.shape[1:])
+        chosen = given.get(spec.name, given.get(spec.name.split(":")[0]))
+        if chosen is not None:
+            if len(chosen) != len(dims) or any(d is not None and d != c for d, c in zip(dims, chosen)):
+                raise ModelLoadError(f"--input-shape {spec.name}={','.join(map(str, chosen))} does not fit the "
+                                     f"model's input shape {_dims(dims)}",
+                                     hint="give every dimension but the batch, keeping the fixed ones")
+            shapes.append(tuple(chosen))
+        elif None not in dims:
+            shapes.append(tuple(int(d) for d in dims))
+        elif data is not None:
+            shape = tuple(int(d) for d in data.inputs[k].shape[1:])
+            on_step(f"input '{spec.name}' has open dimensions {_dims(dims)}: converting for {_dims(shape)}, the shape of "
+                    f"{data.name}; pass --input-shape {spec.name.split(':')[0]}=... to choose another")
+            shapes.append(shape)
+        else:
+            raise ModelLoadError(f"{model.path}: input '{spec.name}' has open dimensions {_dims(dims)}, and a device "
+                                 "needs fixed ones", hint=f"pass --input-shape {spec.name.split(':')[0]}="
+                                 + ",".join("N" if d is None else str(d) for d in dims) + " (N: the size you want)")
+    return shapes
+
+
+def _dims(dims: Sequence[int | None]) -> str:
+    return "(" + ", ".join("None" if d is None else str(d) for d in dims) + ("," if len(dims) == 1 else "") + ")"
+
+
+def fixed_specs(specs: Sequence[InputSpec], shapes: Sequence[tuple[int, ...]]) -> list[InputSpec]:
+    """The model's input specs with the sample shapes chosen for conversion."""
+    return [replace(spec, shape=(None, *shape)) for spec, shape in zip(specs, shapes)]
 
 
 @dataclass
@@ -240,6 +452,7 @@ class _Candidate:
     info: ModelInfo
     checks: list[CheckResult]
     emulation: Emulation
+    sidecar: dict[str, Any] | None = None  # the names taken out of the flashed model (TFLM targets)
 
     def summary(self, float_bytes: bytes) -> dict[str, Any]:
         acc, mem = self.emulation.accuracy, self.emulation.memory
@@ -279,6 +492,43 @@ def _fold(model: Any, model_path: Path, sample: Dataset | None, on_step: Step) -
     return from_keras_object(result.model, model_path, model.format), result.folded
 
 
+FUSED_LSTM_TOLERANCE = 1e-3
+"""Largest output difference, float model vs its float .tflite, accepted from the fused LSTM op."""
+
+
+def _float_difference(float_tflite: bytes, model: Any, sample: Dataset | None, worker: Worker) -> float:
+    """Max abs difference between the Keras model and its float32 .tflite, on up to 32 samples."""
+    from edgeq.emulator.runtimes import run_litert
+    from edgeq.iomap import from_graph_outputs, natural_output_names
+
+    if sample is None:
+        return 0.0
+    xs = [x[:32] for x in sample.inputs]
+    info = read_tflite(float_tflite)
+    source = model.converter_source()
+    run = worker.call(run_litert, float_tflite, to_graph_inputs(xs, source.input_names, info), kernels="builtin")
+    ours = from_graph_outputs(run.outputs, list(source.output_names) or natural_output_names(info), info)
+    theirs = model.predict(xs)
+    return max(float(np.max(np.abs(a - b))) if a.size else 0.0 for a, b in zip(ours, theirs))
+
+
+def _recurrent(model: Any, model_path: Path, mode: str, sample: Dataset | None, shapes: list[tuple[int, ...]],
+               on_step: Step, *, unroll_lstm: bool = False) -> tuple[Any, list[dict[str, Any]]]:
+    """LSTM, GRU and SimpleRNN layers rewritten into what converts for `mode` (quantize/recurrent.py)."""
+    if model.keras_model is None or sample is None:
+        return model, []
+    from edgeq.loading import from_keras_object
+    from edgeq.quantize.recurrent import prepare_recurrent
+
+    rewritten, notes = prepare_recurrent(model.keras_model, mode, list(sample.inputs), shapes,
+                                         unroll_lstm=unroll_lstm)
+    for note in notes:
+        on_step(f"recurrent layer '{note['layer']}' ({note['class']}): {note['action']}")
+    if rewritten is model.keras_model:
+        return model, notes
+    return from_keras_object(rewritten, model_path, model.format), notes
+
+
 def _qat(model: Any, model_path: Path, train: Dataset, settings: TrainSettings, on_step: Step,
          progress: Progress | None) -> tuple[Any, Any]:
     from edgeq.loading import from_keras_object
@@ -314,40 +564,70 @@ def _qat(model: Any, model_path: Path, train: Dataset, settings: TrainSettings, 
     return from_keras_object(result.model, model_path, model.format), result
 
 
-def _emulated(model: Any, method: str, recipe: Recipe, data: Dataset | None, name: str, profile: TargetProfile,
+def _emulated(model: Any, method: str, *, recipe: Recipe, data: Dataset | None, name: str, profile: TargetProfile,
               eval_data: Dataset | None, reference: list[Any] | None, max_drop: float, per_layer: bool,
-              on_step: Step, progress: Progress | None) -> _Candidate:
+              on_step: Step, progress: Progress | None, worker: Worker,
+              shapes: list[tuple[int, ...]]) -> _Candidate:
     from edgeq.quantize.ptq import quantize
 
     used = min(recipe.calibration_samples, data.num_samples) if data else 0
     on_step(f"{method.upper()}: converting to {recipe.mode}"
             + (f", calibrating on {used} samples of {data.name}" if data else ""))
-    quantized = quantize(model, recipe, data, progress("calibrating", used) if progress and data else None)
+    source = model.converter_source(shapes)
+    quantized = in_child(worker, "the TFLite converter",
+                         f"converting to {recipe.mode}" + (" and calibrating" if data else ""), str(model.path),
+                         quantize, source, recipe, data,
+                         on_progress=progress("calibrating", used) if progress and data else None)
     info = read_tflite(quantized, source=f"{name}.tflite")
+    sidecar = None
+    if profile.runtime == "tflm":  # the device gets the model without the strings TFLM never reads
+        quantized, info, sidecar = _stripped(quantized, info, source, data or eval_data, worker)
     # No host timing here: convert's report must be byte-identical between runs (`edgeq emulate` times it).
     checks, emulation = emulate_and_check(
         quantized, info, profile, CheckInput(info, profile, recipe.mode, recipe.input_dtype, recipe.output_dtype,
                                              max_accuracy_drop=max_drop, fitting_targets=fitting_targets),
         data=eval_data, reference=reference, host_latency=False, on_step=on_step, progress=progress,
-        per_layer=(lambda em: _per_layer(em, model, recipe, data, eval_data, on_step)) if per_layer and method == "ptq"
-        else None)
+        per_layer=(lambda em: _per_layer(em, source, info, recipe, data, eval_data, on_step, worker))
+        if per_layer and method == "ptq" else None,
+        worker=worker, output_names=source.output_names)
     if method == "qat":
         emulation.per_layer_note = ("per-layer error is measured for PTQ: TFLite's QuantizationDebugger needs the float "
                                     "model, and a QAT model carries fake-quant ranges of its own")
-    return _Candidate(quantized, info, checks, emulation)
+    return _Candidate(quantized, info, checks, emulation, sidecar)
+
+
+def _stripped(model: bytes, info: ModelInfo, source: ConverterSource, sample: Dataset | None,
+              worker: Worker) -> tuple[bytes, ModelInfo, dict[str, Any]]:
+    """The model without names, signatures and metadata, its names sidecar, and its info with the
+    names put back; checked to give TFLM's outputs bit for bit on up to 32 samples."""
+    from edgeq.emulator.runtimes import tflm_outputs_identical
+    from edgeq.tflite.strip import strip_for_device, with_names
+
+    stripped, sidecar = strip_for_device(model, info)
+    stripped_info = with_names(read_tflite(stripped, source=info.source), sidecar)
+    if sample is not None:
+        inputs = to_graph_inputs([x[:32] for x in sample.inputs], source.input_names, info)
+        same = in_child(worker, "TFLite Micro", "comparing the model with and without names", info.source,
+                        tflm_outputs_identical, model, stripped, inputs)
+        if not same:
+            raise ConversionError(f"{info.source}: without its names the model gives other outputs in TFLM",
+                                  hint="report this model; its names should not matter to TFLM")
+    return stripped, stripped_info, sidecar
 
 
 def emulate_and_check(model: bytes, info: ModelInfo, profile: TargetProfile, check_input: CheckInput, *,
                       data: Dataset | None, reference: list[Any] | None, host_latency: bool, on_step: Step,
                       progress: Progress | None,
-                      per_layer: Callable[[Emulation], None] | None = None) -> tuple[list[CheckResult], Emulation]:
+                      per_layer: Callable[[Emulation], None] | None = None, worker: Worker | None = None,
+                      output_names: Sequence[str] | None = None) -> tuple[list[CheckResult], Emulation]:
     """Static checks, then the emulator (TFLM only if they allow it), then every check again."""
     from edgeq.emulator.emulate import emulate
 
     static = {c.name: c for c in run_checks(check_input)}
     runnable = all(static[n].passed for n in ("mode", "ops", "kernels"))
     emulation = emulate(model, info, profile, data=data, reference=reference, can_run_tflm=runnable,
-                        host_latency=host_latency, on_step=on_step, **({"progress": progress} if progress else {}))
+                        host_latency=host_latency, on_step=on_step, worker=worker, output_names=output_names,
+                        **({"progress": progress} if progress else {}))
     if per_layer:
         per_layer(emulation)
     checks = run_checks(replace(check_input, memory=emulation.memory, accuracy=emulation.accuracy))
@@ -366,19 +646,22 @@ class GateError(TargetCheckError):
         self.result = result
 
 
-def _per_layer(emulation: Emulation, model: Any, recipe: Recipe, calibration: Dataset | None,
-               eval_data: Dataset | None, on_step: Step) -> None:
+def _per_layer(emulation: Emulation, source: ConverterSource, info: ModelInfo, recipe: Recipe,
+               calibration: Dataset | None, eval_data: Dataset | None, on_step: Step, worker: Worker) -> None:
     """The worst layers by TFLite's QuantizationDebugger (integer modes with calibration data only)."""
     if recipe.mode != "int8" or calibration is None:
         emulation.per_layer_note = f"per-layer error needs an int8 model with calibration data (mode {recipe.mode})"
         return
-    from edgeq.emulator.accuracy import per_layer_errors
-    from edgeq.quantize.ptq import configured_converter
+    from edgeq.emulator.accuracy import per_layer_errors_of
 
     debug = eval_data or calibration
     on_step(f"per-layer error: TFLite QuantizationDebugger on {min(64, debug.num_samples)} samples of {debug.name}")
     try:
-        layers = per_layer_errors(configured_converter(model, recipe, calibration), list(debug.inputs), samples=64)
+        layers = worker.call(per_layer_errors_of, source, recipe, calibration,
+                             to_graph_inputs(list(debug.inputs), source.input_names, info), samples=64)
+    except ChildCrashed as crash:  # diagnostic only: never fail a convert
+        emulation.per_layer_note = f"TFLite's QuantizationDebugger {crash.how}{crash.last_words(1)}"
+        return
     except Exception as exc:  # diagnostic only (and on the debugger's private API): never fail a convert
         emulation.per_layer_note = f"TFLite's QuantizationDebugger failed: {type(exc).__name__}: {str(exc)[:200]}"
         return
@@ -394,7 +677,8 @@ def _render_reports(report: dict[str, Any]) -> dict[str, bytes]:
 
 def _report(model: Any, model_path: Path, profile: TargetProfile, recipe: Recipe, data: Dataset | None,
             used: int, float_bytes: bytes, info: ModelInfo, checks: list[CheckResult], gate: dict[str, Any],
-            emulation: Emulation, files: dict[str, bytes]) -> dict[str, Any]:
+            emulation: Emulation, files: dict[str, bytes], shapes: list[tuple[int, ...]],
+            sidecar: dict[str, Any] | None) -> dict[str, Any]:
     return {
         "schema_version": SCHEMA_VERSION,
         "versions": library_versions(),
@@ -404,7 +688,8 @@ def _report(model: Any, model_path: Path, profile: TargetProfile, recipe: Recipe
             "saved_by": model.saved_by,
             "sha256": sha256_path(model_path),
             "parameters": model.parameter_count,
-            "inputs": [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype} for s in model.input_specs],
+            "inputs": [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype, "converted_shape": [1, *shape]}
+                       for s, shape in zip(model.input_specs, shapes)],
         },
         "calibration": None if data is None else {
             "name": data.name, "sha256": data.sha256, "samples_available": data.num_samples, "samples_used": used,
@@ -415,6 +700,7 @@ def _report(model: Any, model_path: Path, profile: TargetProfile, recipe: Recipe
             "float32_tflite_bytes": len(float_bytes),
             "quantized_tflite_bytes": info.file_bytes,
             "ratio": round(len(float_bytes) / info.file_bytes, 3),
+            "names_stripped_bytes": (sidecar or {}).get("stripped_bytes", 0),
             "parameter_bytes": info.parameter_bytes,
         },
         "model": model_dict(info),
@@ -471,7 +757,7 @@ def emulate_file(
     Raises GateError (exit 3) when a check fails, after writing the reports to `report_dir`.
     """
     from edgeq.emulator.emulate import infer_mode, input_specs
-    from edgeq.tflite.reader import read_tflite_bytes
+    from edgeq.tflite.strip import read_tflite_named
 
     tflite_path = Path(tflite_path)
     if reference is not None and not data:
@@ -480,8 +766,7 @@ def emulate_file(
     profile = target if isinstance(target, TargetProfile) else load_target(target)
     if report_dir is not None:
         check_output_dir(Path(report_dir), list(REPORT_FILES), overwrite=overwrite)
-    model_bytes = read_tflite_bytes(tflite_path)
-    info = read_tflite(model_bytes, source=str(tflite_path))
+    model_bytes, info = read_tflite_named(tflite_path)
     dataset = load_dataset(data, default_split="eval") if data else None
     if dataset is not None:
         dataset = validate_for_model(dataset, input_specs(info), purpose="evaluation")

@@ -119,6 +119,9 @@ def _method_md(report: dict[str, Any]) -> list[str]:
     if report.get("folded_batchnorm"):
         out += [f"BatchNormalization folded into the Dense layer before it (the converter leaves these as "
                 f"MUL/ADD): {', '.join(report['folded_batchnorm'])}.", ""]
+    if report.get("recurrent"):
+        out += ["Recurrent layers: " + "; ".join(f"'{r['layer']}' ({r['class']}) {r['action']}"
+                                                 for r in report["recurrent"]) + ".", ""]
     qat = report.get("qat")
     if qat:
         best = (qat.get("best_epoch") or qat["epochs_run"]) - 1
@@ -221,7 +224,8 @@ def _latency_md(emu: dict[str, Any]) -> list[str]:
         return []
     out = ["## Latency", "",
            f"Estimated **{lat['total_ms']:.4g} ms** per inference on the device at {lat['clock_mhz']:g} MHz "
-           f"({lat['total_macs']:,} MACs; cycles per MAC from the target profile).", ""]
+           f"({lat['total_macs']:,} MACs; cycles per MAC from the target profile)."
+           + (f" **Caution:** {lat['note']}." if lat.get("note") else ""), ""]
     out += _table(["op kind", "ops", "MACs", "est. ms"],
                   [[k, v["ops"], f"{v['macs']:,}", f"{v['ms']:.4g}"] for k, v in lat["by_kind"].items()])
     slow = sorted(lat["ops"], key=lambda o: -o["ms"])[:5]

@@ -67,11 +67,11 @@ def device_check(port: str, model_path: Path, data: str, *, baud: int = DEFAULT_
     from edgeq.emulator.emulate import input_specs
     from edgeq.emulator.runtimes import quantize_inputs, run_tflm
     from edgeq.export.atomic import check_output_dir, write_files_atomically
-    from edgeq.tflite.reader import read_tflite, read_tflite_bytes
+    from edgeq.isolation import ChildCrashed, shared_worker
+    from edgeq.tflite.strip import read_tflite_named
 
     model_path = Path(model_path)
-    model = read_tflite_bytes(model_path)
-    info = read_tflite(model, source=str(model_path))
+    model, info = read_tflite_named(model_path)
     sha = hashlib.sha256(model).digest()
     check_output_dir(Path(output_dir), list(REPORT_FILES), overwrite=overwrite)
     dataset = validate_for_model(load_dataset(data, default_split="eval"), input_specs(info), purpose="evaluation")
@@ -86,11 +86,15 @@ def device_check(port: str, model_path: Path, data: str, *, baud: int = DEFAULT_
     payloads = [pack([q[i:i + 1] for q in quantized], wire_in) for i in range(n)]
 
     on_step(f"emulator: running {n} samples of {dataset.name} in TFLite Micro on this host")
-    try:
-        emulated = run_tflm(model, inputs, on_progress=progress("emulator (TFLM)", n) if progress else None)
+    try:  # in a child process: TFLM must not take device-check down with it
+        emulated = shared_worker().call(run_tflm, model, inputs,
+                                        on_progress=progress("emulator (TFLM)", n) if progress else None)
     except RuntimeError as exc:
         raise EdgeqError(f"{model_path}: the emulator could not run the model: {exc}",
                          hint="check the model with `edgeq emulate` first") from exc
+    except ChildCrashed as crash:
+        raise EdgeqError(f"{model_path}: TFLite Micro {crash.how} running the model on this host"
+                         + crash.last_words(), hint="check the model with `edgeq emulate` first") from None
     expected = emulated.raw_outputs or []
 
     on_step(f"opening {port} at {baud} baud")

@@ -250,12 +250,22 @@ def _json_float(value: float) -> float | None:
     return round(value, 6) if math.isfinite(value) else None
 
 
+def per_layer_errors_of(source: Any, recipe: Any, calibration: Any, debug_inputs: Sequence[np.ndarray], *,
+                        samples: int = 64) -> list[LayerError]:
+    """per_layer_errors of the int8 model that `recipe` makes from `source` (a ConverterSource):
+    what edgeq runs in its converter's child process. `debug_inputs` in the .tflite's input order."""
+    from edgeq.quantize.ptq import configured_converter
+
+    return per_layer_errors(configured_converter(source, recipe, calibration), debug_inputs, samples=samples)
+
+
 def per_layer_errors(converter: Any, debug_inputs: Sequence[np.ndarray], *, samples: int = 64) -> list[LayerError]:
     """Per-layer quantization error of an int8 model, worst first (by rmse_over_scale).
 
     `converter`: configured for int8 exactly as the model was made
     (`edgeq.quantize.ptq.configured_converter`), so the debugger re-creates that model; it is used
-    up by the call. `debug_inputs`: float arrays, one per model input; the first `samples` rows.
+    up by the call. `debug_inputs`: float arrays, one per input of the converted model, in its
+    order (the debugger feeds them by position); the first `samples` rows.
 
     Only for int8: the debugger builds its model with `mlir_quantize(...)`, which always quantizes
     activations to int8 (int16x8 would be reported as int8), and float16/dynamic/float32 models
@@ -307,5 +317,7 @@ _MAX_NAME = 60
 def _short_name(name: str) -> str:
     """The converter joins fused op names with ';' (hundreds of characters): keep the first."""
     first = name.split(";")[0]
+    if re.fullmatch(r"(StatefulPartitionedCall(_\d+)?|serving_default_\w+):\d+", first):
+        return "the model's output"  # the converter names the last layer's tensor after the signature
     first = re.sub(r"^(StatefulPartitionedCall(_\d+)?/)+", "", first)
     return first if len(first) <= _MAX_NAME else "..." + first[-(_MAX_NAME - 3):]

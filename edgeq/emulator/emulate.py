@@ -10,18 +10,18 @@ an unsupported or malformed model must not take the caller down with it.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from edgeq._tf import captured_output
 from edgeq.calibration import Dataset, InputSpec
 from edgeq.emulator.accuracy import AccuracyMetrics, Evaluation, LayerError, compare, evaluate
 from edgeq.emulator.latency import HostLatency, LatencyEstimate, estimate_latency, measure_host_latency
 from edgeq.emulator.memory import ActivationMemory, ArenaMeasurement, measure_tflm_arena, peak_activation_memory
 from edgeq.errors import EdgeqError, ModelLoadError, TargetCheckError
+from edgeq.iomap import from_graph_outputs, natural_output_names, to_graph_inputs
+from edgeq.isolation import ChildCrashed, Worker, shared_worker
 from edgeq.targets import TargetProfile
 from edgeq.tflite.reader import FLOAT_DTYPES, ModelInfo
 
@@ -109,32 +109,6 @@ class Emulation:
         }
 
 
-def keras_output_order(model: bytes, n_outputs: int) -> list[int]:
-    """Positions of the graph's outputs in Keras' order (output_0, output_1, ... of its signature).
-
-    The converter may list a multi-output graph's outputs in another order (seen: ':1' before
-    ':0'); the signature keeps Keras' names. Without a usable signature, graph order.
-    """
-    identity = list(range(n_outputs))
-    if n_outputs < 2:
-        return identity
-    from ai_edge_litert.interpreter import Interpreter
-
-    try:
-        with captured_output():
-            interp = Interpreter(model_content=model)
-        signatures = interp.get_signature_list()
-        if len(signatures) != 1:
-            return identity
-        details = interp.get_signature_runner(next(iter(signatures))).get_output_details()
-        graph = [d["index"] for d in interp.get_output_details()]
-    except (RuntimeError, ValueError, KeyError):
-        return identity
-    natural = sorted(details, key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)])
-    wanted = [details[n]["index"] for n in natural]
-    return [graph.index(i) for i in wanted] if sorted(wanted) == sorted(graph) else identity
-
-
 def _check_reference(reference: list[np.ndarray], quantized: list[np.ndarray], info: ModelInfo) -> None:
     ref = [tuple(r.shape[1:]) for r in reference]
     quant = [tuple(q.shape[1:]) for q in quantized]
@@ -149,18 +123,21 @@ def infer_mode(info: ModelInfo) -> str:
     if any(t.dtype == "float16" for t in info.tensors):
         return "float16"
     edges = set(info.inputs) | set(info.outputs)
-    acts = {t.dtype for t in info.tensors if not t.is_constant and t.index not in edges}
-    acts = acts or {t.dtype for t in info.tensors if not t.is_constant}
+    acts = {t.dtype for t in info.flowing_tensors if not t.is_constant and t.index not in edges}
+    acts = acts or {t.dtype for t in info.flowing_tensors if not t.is_constant}
     int_weights = any(t.is_constant and t.dtype in ("int8", "int4") for t in info.tensors)
     if acts & set(FLOAT_DTYPES):
         return "dynamic" if int_weights else "float32"
-    return "int16x8" if "int16" in acts else "int8"
+    # int8 activations make it int8, even with some int16 ones (the integer LSTM's cell state).
+    return "int16x8" if "int16" in acts and "int8" not in acts else "int8"
 
 
 def input_specs(info: ModelInfo) -> list[InputSpec]:
-    """What data for this .tflite must look like: float samples of each input's shape."""
-    return [InputSpec(t.name, (None, *(d if d > 0 else None for d in t.shape[1:])), "float32")
-            for t in info.input_tensors]
+    """What data for this .tflite must look like: float samples of each input's shape, in the
+    graph's input order, named as its signature names them (else by tensor name)."""
+    names = info.input_names or ("",) * len(info.inputs)
+    return [InputSpec(name or t.name, (None, *(d if d > 0 else None for d in t.shape[1:])), "float32")
+            for name, t in zip(names, info.input_tensors)]
 
 
 def measure_memory(model: bytes, info: ModelInfo, target: TargetProfile, *, can_run_tflm: bool,
@@ -196,11 +173,17 @@ def emulate(
     host_latency: bool = True,
     on_step: Callable[[str], None] = lambda message: None,
     progress: Progress = _no_progress,
+    worker: Worker | None = None,
+    output_names: Sequence[str] | None = None,
 ) -> Emulation:
     """Measure `model` (already read back as `info`) for `target`; evaluate it on `data` if given.
 
     `reference`: the float model's outputs on `data` (one array per output), for accuracy drop
     and output error. `can_run_tflm`: False when static checks found ops or kernels TFLM lacks.
+    The data's arrays are matched to the model's inputs by name (`data.input_names`, else the
+    .tflite's own order), and the outputs to `reference` by `output_names` (default output_0,
+    output_1, ... as edgeq's export names them). LiteRT and TFLM run in `worker`'s child
+    process (this process's shared one by default), so a crash in a runtime cannot end the caller.
     """
     mode = infer_mode(info)
     if target.runtime == "tflm" and can_run_tflm:
@@ -208,11 +191,13 @@ def emulate(
     memory = measure_memory(model, info, target, can_run_tflm=can_run_tflm, source=info.source)
     tflm_ok = target.runtime == "tflm" and memory.arena is not None
     result = Emulation(target=target, mode=mode, memory=memory, latency=estimate_latency(info, target))
+    if not host_latency and data is None:
+        return result
+    runner = worker or shared_worker()
     if host_latency:
         try:
-            with captured_output():  # LiteRT announces its XNNPACK delegate on stderr
-                result.host = measure_host_latency(model)
-        except EdgeqError:
+            result.host = runner.call(measure_host_latency, model)
+        except (EdgeqError, ChildCrashed):
             result.host = None  # a diagnostic: LiteRT failures show up in the evaluation anyway
     if data is None:
         return result
@@ -220,14 +205,21 @@ def emulate(
     note = "" if tflm_ok or target.runtime != "tflm" else " (TFLM cannot run it; LiteRT instead)"
     on_step(f"evaluating on {data.num_samples} samples of {data.name} in {runtime}{note}")
     arena = memory.firmware_arena if tflm_ok else None
+    names = data.input_names or info.input_names
     try:
-        result.evaluation = evaluate(model, list(data.inputs), runtime=runtime, confirm_samples=confirm_samples,
-                                     arena_size=arena, on_progress=progress("evaluating", data.num_samples))
+        result.evaluation = runner.call(
+            evaluate, model, to_graph_inputs(list(data.inputs), names, info), runtime=runtime,
+            confirm_samples=confirm_samples, arena_size=arena, on_progress=progress("evaluating", data.num_samples))
     except (RuntimeError, ValueError) as exc:
         raise TargetCheckError(f"{info.source}: {runtime} could not run the model on {data.name}: {exc}",
                                hint="check the model with `edgeq inspect`; EDGEQ_VERBOSE=1 shows the runtime's log")
-    order = keras_output_order(model, len(info.outputs))
-    quantized = [result.evaluation.result.outputs[i] for i in order]
+    except ChildCrashed as crash:
+        raise TargetCheckError(f"{info.source}: {'TFLite Micro' if runtime == 'tflm' else 'LiteRT'} {crash.how} "
+                               f"running the model on {data.name}" + crash.last_words(),
+                               hint="check the model with `edgeq inspect`; EDGEQ_VERBOSE=1 shows the runtime's "
+                                    "log") from None
+    outputs = output_names if output_names is not None else natural_output_names(info)
+    quantized = from_graph_outputs(result.evaluation.result.outputs, outputs, info)
     if reference is not None:
         _check_reference(list(reference), quantized, info)
     result.accuracy = compare(None if reference is None else list(reference), quantized, data.labels)

@@ -71,6 +71,7 @@ class LatencyEstimate:
     total_macs: int
     total_cycles: float
     total_ms: float
+    note: str = ""  # what the estimate leaves out (control-flow bodies)
 
     def by_kind(self) -> dict[str, dict[str, Any]]:
         """Kind -> {"ops": count, "macs": work, "ms": time}, in KINDS order, kinds present only."""
@@ -90,7 +91,7 @@ class LatencyEstimate:
         kinds = {k: {**v, "ms": _significant(v["ms"])} for k, v in self.by_kind().items()}
         return {"target": self.target, "clock_mhz": self.clock_mhz, "total_macs": self.total_macs,
                 "total_cycles": round(self.total_cycles), "total_ms": _significant(self.total_ms),
-                "by_kind": kinds, "ops": [c.to_dict() for c in self.ops]}
+                "by_kind": kinds, "ops": [c.to_dict() for c in self.ops], "note": self.note}
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,15 @@ def _fully_connected(info: ModelInfo, op: OpInfo) -> int:
     return _elements(_shape(info, op.outputs, 0)) * (weights[-1] if weights else 1)
 
 
+def _sequence_lstm(info: ModelInfo, op: OpInfo) -> int:
+    # input [batch, time, in]; inputs 1-8 the input and recurrent weights of the four gates
+    # ([units, in] and [units, units]), 16-17 an optional projection: every step runs them all
+    steps = _dims(_shape(info, op.inputs, 0))
+    time = steps[1] if len(steps) == 3 else 1
+    weights = [k for k in (*range(1, 9), 16) if k < len(op.inputs) and op.inputs[k] >= 0]
+    return time * sum(math.prod(_dims(_shape(info, op.inputs, k))) for k in weights)
+
+
 def _batch_matmul(info: ModelInfo, op: OpInfo) -> int:
     # x [..., M, K] @ y [..., K, N] (adj_x is not read: K is taken as x's last dim)
     x = _dims(_shape(info, op.inputs, 0))
@@ -188,7 +198,9 @@ _PRICED: dict[str, tuple[str, Callable[[ModelInfo, OpInfo], int]]] = {
     "DEPTHWISE_CONV_2D": ("depthwise_conv_2d", _depthwise),
     "FULLY_CONNECTED": ("fully_connected", _fully_connected),
     "BATCH_MATMUL": ("fully_connected", _batch_matmul),
+    "UNIDIRECTIONAL_SEQUENCE_LSTM": ("fully_connected", _sequence_lstm),
 }
+_CONTROL_FLOW = frozenset({"WHILE", "IF", "CALL_ONCE", "CALL"})
 
 
 # -- the estimate ---------------------------------------------------------------------------------
@@ -198,9 +210,12 @@ def estimate_latency(info: ModelInfo, target: TargetProfile) -> LatencyEstimate:
     """Price every op of the main graph with the target's [latency] figures."""
     costs = tuple(_cost(op, kind, work, target) for op, kind, work in count_macs(info))
     cycles = sum(c.cycles for c in costs)
+    loops = sorted({op.name for op in info.ops if op.name in _CONTROL_FLOW})
+    note = (f"not counted: the work inside {', '.join(loops)} (the bodies of {info.subgraph_count - 1} "
+            "subgraph(s), run as often as the data decides), so the real time is higher") if loops else ""
     return LatencyEstimate(target=target.name, clock_mhz=target.clock_mhz, ops=costs,
                            total_macs=sum(c.macs for c in costs), total_cycles=cycles,
-                           total_ms=_ms(cycles, target.clock_mhz))
+                           total_ms=_ms(cycles, target.clock_mhz), note=note)
 
 
 MAX_WORK = 10**15

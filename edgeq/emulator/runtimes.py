@@ -410,6 +410,12 @@ def run_tflm(model: bytes, inputs: Sequence[np.ndarray], *, arena_size: int | No
     return RunResult("tflm", outputs, n, time.perf_counter() - start, batched=False, raw_outputs=raw)
 
 
+def tflm_outputs_identical(a: bytes, b: bytes, inputs: Sequence[np.ndarray]) -> bool:
+    """Whether two models give the same raw outputs in TFLM on every sample of `inputs`."""
+    first, second = run_tflm(a, inputs), run_tflm(b, inputs)
+    return all(np.array_equal(x, y) for x, y in zip(first.raw_outputs or [], second.raw_outputs or []))
+
+
 def _tflm_chunk(interp: Any, xs: list[np.ndarray], rows: list[list[np.ndarray]], begin: int, stop: int) -> None:
     for i in range(begin, stop):
         for j, x in enumerate(xs):
@@ -420,12 +426,11 @@ def _tflm_chunk(interp: Any, xs: list[np.ndarray], rows: list[list[np.ndarray]],
 
 
 def _io_names(model: bytes) -> tuple[list[str], int]:
-    """Input tensor names and the output count of subgraph 0, read from the flatbuffer.
+    """Input names (signature names, else tensor names) and the output count of subgraph 0,
+    from the checked reader. TFLM's Python wrapper only has per-index getters, and an index out
+    of range is not safe to try."""
+    from edgeq.tflite.reader import read_tflite
 
-    TFLM's Python wrapper only has per-index getters, and an index out of range is not safe to try.
-    """
-    from ai_edge_litert import schema_py_generated as schema
-
-    graph = schema.Model.GetRootAs(model, 0).Subgraphs(0)
-    names = [graph.Tensors(graph.Inputs(i)).Name().decode("utf-8", "replace") for i in range(graph.InputsLength())]
-    return names, graph.OutputsLength()
+    info = read_tflite(model)
+    names = [name or tensor.name for name, tensor in zip(info.input_names, info.input_tensors)]
+    return names, len(info.outputs)

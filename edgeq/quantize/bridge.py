@@ -41,6 +41,8 @@ SUPPORTED_LAYERS: tuple[str, ...] = (
     "UpSampling1D", "UpSampling2D",
     # no-ops at inference, preprocessing
     "Dropout", "SpatialDropout1D", "SpatialDropout2D", "Rescaling",
+    # recurrent (tf_keras' LSTM is the one the TFLite converter fuses into a single op)
+    "LSTM", "GRU", "SimpleRNN",
 )
 
 _HINT = "use PTQ instead (drop --qat), or replace the layer with a supported one; supported: " + ", ".join(
@@ -388,6 +390,9 @@ def _translate(cfg: dict[str, Any], layer: Any, class_name: str) -> dict[str, An
                                  "cannot", hint=_HINT)
     if class_name == "LayerNormalization" and out.get("rms_scaling") is False:
         out.pop("rms_scaling")
+    if class_name in ("LSTM", "GRU", "SimpleRNN"):
+        out.pop("use_cudnn", None)  # a Keras 3 kernel choice; tf_keras chooses by itself
+        out.pop("seed", None)       # dropout's seed: no dropout at inference
     return out
 
 

@@ -8,37 +8,39 @@ from typing import Any, Callable
 from edgeq._tf import captured_output, tf
 from edgeq.calibration import Dataset, to_representative_dataset
 from edgeq.errors import ConversionError
-from edgeq.loading import LoadedModel
+from edgeq.loading import ConverterSource
 from edgeq.quantize.recipe import Recipe
 
 
-def convert_float32(model: LoadedModel) -> bytes:
+def convert_float32(source: ConverterSource) -> bytes:
     """The unquantized reference .tflite, for size comparison."""
-    converter = model.make_converter()
+    converter = source.make()
     converter.exclude_conversion_metadata = True
-    return _run(converter, model)
+    return _run(converter, source)
 
 
-def quantize(model: LoadedModel, recipe: Recipe, calibration: Dataset | None,
+def quantize(source: ConverterSource, recipe: Recipe, calibration: Dataset | None,
              on_progress: Callable[[int], None] | None = None) -> bytes:
-    return _run(configured_converter(model, recipe, calibration, on_progress), model)
+    return _run(configured_converter(source, recipe, calibration, on_progress), source)
 
 
-def configured_converter(model: LoadedModel, recipe: Recipe, calibration: Dataset | None,
+def configured_converter(source: ConverterSource, recipe: Recipe, calibration: Dataset | None,
                          on_progress: Callable[[int], None] | None = None) -> Any:
     """A TFLiteConverter set up for `recipe`: the one place converter flags are chosen.
 
     Also what TFLite's QuantizationDebugger needs to re-create exactly edgeq's quantized model.
+    Calibration samples reach the converter by input name, whatever order it gives the inputs.
     """
     tfm = tf()
-    converter = model.make_converter()
+    converter = source.make()
     converter.exclude_conversion_metadata = True  # no timestamps/versions: byte-identical reruns
     dtypes = {"int8": tfm.int8, "uint8": tfm.uint8, "int16": tfm.int16, "float32": tfm.float32}
     if recipe.mode in ("int8", "int16x8"):
         assert calibration is not None
         converter.optimizations = [tfm.lite.Optimize.DEFAULT]
         converter.representative_dataset = to_representative_dataset(calibration, limit=recipe.calibration_samples,
-                                                                     on_progress=on_progress)
+                                                                     on_progress=on_progress,
+                                                                     names=source.input_names)
         ops_set = (
             tfm.lite.OpsSet.TFLITE_BUILTINS_INT8
             if recipe.mode == "int8"
@@ -61,7 +63,7 @@ _OP_ERROR = re.compile(r"'(tf\.[A-Za-z0-9_]+)' op is neither a custom op nor a f
 _LOCATION = re.compile(r'loc\((?:fused\[)?(.*?)\]?\)')
 
 
-def _run(converter: Any, model: LoadedModel) -> bytes:
+def _run(converter: Any, model: ConverterSource) -> bytes:
     log = None
     try:
         with captured_output() as log:
@@ -82,12 +84,12 @@ def _layer_names(text: str) -> list[str]:
     return sorted(names)[:5]
 
 
-def _explain(model: LoadedModel, text: str) -> ConversionError:
+def _explain(model: ConverterSource, text: str) -> ConversionError:
     ops = sorted(set(_OP_ERROR.findall(text)))
     if ops:
         where = _layer_names(text)
         return ConversionError(
-            f"{model.path}: the model uses TensorFlow op(s) that no TFLite builtin covers: {', '.join(ops)}"
+            f"{model.label}: the model uses TensorFlow op(s) that no TFLite builtin covers: {', '.join(ops)}"
             + (f" (at {', '.join(where)})" if where else ""),
             hint="replace the layer(s) with ones TFLite supports; edgeq does not enable TF Select ops, "
             "which microcontrollers cannot run",
@@ -95,6 +97,6 @@ def _explain(model: LoadedModel, text: str) -> ConversionError:
     errors = [line.strip() for line in text.splitlines() if "error" in line.lower()][:5]
     detail = "; ".join(errors) if errors else text.strip().splitlines()[0][:300] if text.strip() else "unknown"
     return ConversionError(
-        f"{model.path}: the TFLite converter failed: {detail[:600]}",
+        f"{model.label}: the TFLite converter failed: {detail[:600]}",
         hint="set EDGEQ_VERBOSE=1 to see the converter's full log",
     )

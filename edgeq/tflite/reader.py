@@ -43,7 +43,9 @@ _ZP_RANGE = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767),
 
 # vtable slots (4 + 2 * field id, fixed by schema.fbs) of the vector/string/table fields read
 # here without the generated accessors, because those would read before we could check bounds.
-_M_OPCODES, _M_SUBGRAPHS, _M_DESCRIPTION, _M_BUFFERS = 6, 8, 10, 12
+_M_OPCODES, _M_SUBGRAPHS, _M_DESCRIPTION, _M_BUFFERS, _M_SIGNATURES = 6, 8, 10, 12, 18
+_SD_INPUTS, _SD_OUTPUTS, _SD_KEY = 4, 6, 8
+_TM_NAME = 4
 _OC_CUSTOM_CODE = 6
 _SG_TENSORS, _SG_INPUTS, _SG_OUTPUTS, _SG_OPERATORS = 4, 6, 8, 10
 _T_SHAPE, _T_NAME, _T_QUANTIZATION, _T_SHAPE_SIGNATURE = 4, 10, 12, 18
@@ -155,6 +157,10 @@ class ModelInfo:
     op_histogram: tuple[tuple[str, int], ...] = ()  # (name, count) over all subgraphs, by name
     all_dtypes: tuple[str, ...] = ()  # distinct tensor dtypes over all subgraphs, sorted
     constant_buffers: tuple[int, ...] = ()  # bytes of each distinct buffer a tensor uses, any subgraph
+    # The first signature's names of subgraph 0's inputs and outputs, in the graph's own order
+    # ("" where the file names none: a stripped or hand-made model).
+    input_names: tuple[str, ...] = ()
+    output_names: tuple[str, ...] = ()
 
     def op_counts(self) -> dict[str, int]:
         """Operator name -> number of uses over all subgraphs, sorted by name."""
@@ -169,6 +175,15 @@ class ModelInfo:
         Metadata buffers (runtime version, conversion info) are not parameters and are left out.
         """
         return sum(self.constant_buffers) if self.constant_buffers else sum(t.buffer_bytes for t in self.tensors)
+
+    @property
+    def flowing_tensors(self) -> tuple[TensorInfo, ...]:
+        """The main graph's tensors that ops read or write, or that are its inputs and outputs.
+
+        Leaves out tensors that only carry quantization parameters for an op (the integer LSTM's
+        float-typed "intermediate" tensors hold no data): they are not activations.
+        """
+        return _flowing((self.tensors, self.ops, self.inputs, self.outputs))
 
     @property
     def input_tensors(self) -> tuple[TensorInfo, ...]:
@@ -199,6 +214,15 @@ class ModelInfo:
 
 _Graph = tuple[tuple[TensorInfo, ...], tuple[OpInfo, ...], tuple[int, ...], tuple[int, ...]]
 """One parsed subgraph: tensors, operators, input and output tensor indices."""
+
+
+def _flowing(graph: _Graph) -> tuple[TensorInfo, ...]:
+    tensors, ops, inputs, outputs = graph
+    used = set(inputs) | set(outputs)
+    for op in ops:
+        used.update(i for i in op.inputs if i >= 0)
+        used.update(op.outputs)
+    return tuple(t for t in tensors if t.index in used)
 
 
 def _short(name: str, limit: int = 60) -> str:
@@ -325,14 +349,33 @@ class _Parser:
         used_buffers: set[int] = set()
         graphs = [self._subgraph(si, sg, op_names, buffer_sizes, used_buffers) for si, sg in enumerate(subgraphs)]
         tensors, ops, inputs, outputs = graphs[0]
+        input_names, output_names = self._signature_names(model, inputs, outputs)
         histogram = Counter(op.name for graph in graphs for op in graph[1])
         return ModelInfo(
             source=self.source, file_bytes=self.size, version=version, description=description,
             subgraph_count=len(subgraphs), tensors=tensors, ops=ops, inputs=inputs, outputs=outputs,
             all_op_names=tuple(sorted(histogram)), op_histogram=tuple(sorted(histogram.items())),
-            all_dtypes=tuple(sorted({t.dtype for graph in graphs for t in graph[0]})),
+            all_dtypes=tuple(sorted({t.dtype for graph in graphs for t in _flowing(graph)})),
             constant_buffers=tuple(buffer_sizes[b] for b in sorted(used_buffers) if buffer_sizes[b]),
+            input_names=input_names, output_names=output_names,
         )
+
+    def _signature_names(self, model: schema.Model, inputs: tuple[int, ...],
+                         outputs: tuple[int, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Signature names of the graph's inputs and outputs: the names a Keras model gave them,
+        where the converter may have put the tensors in another order."""
+        self.where = "the signatures"
+        signatures = self.tables(model, _M_SIGNATURES, schema.SignatureDef, "signature")
+        if not signatures or signatures[0].SubgraphIndex() != 0:
+            return ("",) * len(inputs), ("",) * len(outputs)
+
+        def names(slot: int, tensors: tuple[int, ...], what: str) -> tuple[str, ...]:
+            by_tensor = {}
+            for entry in self.tables(signatures[0], slot, schema.TensorMap, what):
+                by_tensor[entry.TensorIndex()] = self.string(entry, _TM_NAME, f"a {what} name")
+            return tuple(by_tensor.get(t, "") for t in tensors)
+
+        return names(_SD_INPUTS, inputs, "signature input"), names(_SD_OUTPUTS, outputs, "signature output")
 
     def _op_name(self, code: schema.OperatorCode) -> str:
         # Codes above 127 only fit in the newer int32 field; the old int8 field then holds 127.

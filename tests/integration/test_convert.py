@@ -48,7 +48,7 @@ def test_mcu_outputs_are_tflm_ready(converted):
     names = sorted(p.name for p in result.outdir.iterdir())
     assert names == sorted([
         "my_model_2.tflite", "my_model_2_model_data.cc", "my_model_2_model_data.h",
-        "my_model_2_op_resolver.h", "report.json", "report.md", "report.png",
+        "my_model_2_op_resolver.h", "my_model_2_names.json", "report.json", "report.md", "report.png",
     ])
     info = read_tflite_file(result.outdir / "my_model_2.tflite")
     assert info.is_fully_integer

@@ -77,8 +77,11 @@ def test_accuracy_matches_an_independent_computation(mcu, digits, float_predicti
 def test_where_litert_differs_from_tflm_every_figure_comes_from_tflm(keras3_model_path, digits, float_predictions,
                                                                      tmp_path, monkeypatch, capsys):
     """The branch a CPU with other LiteRT kernels takes, forced here on any machine."""
+    from edgeq.isolation import Worker
+
     stand_in_a_cpu_whose_litert_differs(monkeypatch, sample=3)
-    result = convert(keras3_model_path, "mcu", calibration="digits", outdir=tmp_path)
+    # In this process: the stand-in patches this process's LiteRT runner, not a child's.
+    result = convert(keras3_model_path, "mcu", calibration="digits", outdir=tmp_path, worker=Worker(in_process=True))
     acc = result.report["emulation"]["accuracy"]
     conf = acc["confirmation"]
     assert conf["identical"] is False and conf["differing_samples"] >= 1 and conf["max_lsb_difference"] >= 1

@@ -130,7 +130,8 @@ def test_installed_wheel_converts_the_example_for_mcu(installed, tmp_path) -> No
     assert "gate      PASSED" in proc.stdout
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert written == sorted(["digits_cnn.tflite", "digits_cnn_model_data.cc", "digits_cnn_model_data.h",
-                              "digits_cnn_op_resolver.h", "report.json", "report.md", "report.png"])
+                              "digits_cnn_op_resolver.h", "digits_cnn_names.json", "report.json", "report.md",
+                              "report.png"])
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     manifest = (REPO / "edgeq" / "data" / "calibration_sets" / "digits" / "manifest.toml").read_text()
     assert report["target"]["name"] == "mcu" and report["calibration"]["name"] == "digits:calibration"

@@ -227,7 +227,8 @@ def test_lambda_in_h5_refused_through_cli(tmp_path: Path, lambda_models: dict[st
 
 @pytest.mark.parametrize("fmt", ["keras", "h5"])
 def test_lambda_loaded_once_and_only_safely(lambda_models: dict[str, Path], fmt: str, monkeypatch) -> None:
-    """Without trust: one load attempt, in safe mode, then the error. With trust: one unsafe attempt."""
+    """Without trust: refused from the file's config, before Keras deserializes anything. With
+    trust: one attempt, safe mode off."""
     import keras
 
     from edgeq.errors import ModelLoadError
@@ -243,7 +244,7 @@ def test_lambda_loaded_once_and_only_safely(lambda_models: dict[str, Path], fmt:
     monkeypatch.setattr(keras.saving, "load_model", spy)
     with pytest.raises(ModelLoadError, match="Lambda") as caught:
         load_model(lambda_models[fmt])
-    assert calls == [True]
+    assert calls == []
     assert "--trust-model" in (caught.value.hint or "")
     calls.clear()
     load_model(lambda_models[fmt], trust_model=True)

@@ -32,7 +32,7 @@ from edgeq.export.c_arrays import _C_KEYWORDS, ArenaSize, c_identifier, model_da
 from edgeq.tflite.tflm_ops import RESOLVER_METHODS
 
 NAME = "my_model_2"  # c_identifier("my-model 2"), the session model's file name
-C_FILES = [f"{NAME}_model_data.cc", f"{NAME}_model_data.h", f"{NAME}_op_resolver.h"]
+C_FILES = [f"{NAME}_model_data.cc", f"{NAME}_model_data.h", f"{NAME}_op_resolver.h", f"{NAME}_names.json"]
 REPORTS = ["report.json", "report.md", "report.png"]
 
 

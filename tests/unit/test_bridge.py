@@ -212,6 +212,9 @@ def _layer_cases():
         "SpatialDropout1D": (d1, lambda x: L.SpatialDropout1D(0.5)(x)),
         "SpatialDropout2D": (d2, lambda x: L.SpatialDropout2D(0.5)(x)),
         "Rescaling": (d2, lambda x: L.Rescaling(2.0, offset=1.0)(x)),
+        "LSTM": (d1, lambda x: L.LSTM(5, return_sequences=True)(x)),
+        "GRU": (d1, lambda x: L.GRU(4, reset_after=True)(x)),
+        "SimpleRNN": (d1, lambda x: L.SimpleRNN(3, activation="relu")(x)),
     }
 
 
@@ -254,12 +257,12 @@ def test_auto_names_tfmot_creates_do_not_clash_with_rebuilt_names():
 
 def test_unsupported_layer_is_named():
     inputs = keras.Input((10, 3))
-    x = L.LSTM(4, name="my_lstm")(inputs)
+    x = L.Bidirectional(L.LSTM(4), name="my_bilstm")(inputs)
     model = keras.Model(inputs, L.Dense(2)(x))
     with pytest.raises(ModelLoadError) as info:
         to_tf_keras(model, [np.zeros((2, 10, 3), "float32")])
     text = str(info.value)
-    assert "'my_lstm' (LSTM)" in text and "drop --qat" in text and "supported: InputLayer, Conv1D" in text
+    assert "'my_bilstm' (Bidirectional)" in text and "drop --qat" in text and "supported: InputLayer, Conv1D" in text
     assert info.value.exit_code == 2
 
 

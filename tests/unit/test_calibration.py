@@ -480,3 +480,21 @@ def test_import_does_not_pull_tensorflow():
     code = "import sys, edgeq.calibration; print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf_keras')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "[]"
+
+
+# --- several inputs, by name ---------------------------------------------------------------------
+
+def test_named_input_arrays_are_fed_to_the_model_inputs_of_those_names(tmp_path):
+    specs = [InputSpec("image", (None, 2, 2), "float32"), InputSpec("vector", (None, 3), "float32")]
+    rng = np.random.default_rng(0)
+    image, vector = rng.random((5, 2, 2), dtype=np.float32), rng.random((5, 3), dtype=np.float32)
+    np.savez(tmp_path / "named.npz", x_vector=vector, x_image=image)
+    data = validate_for_model(load_dataset(str(tmp_path / "named.npz")), specs)
+    assert data.input_names == ("image", "vector")
+    assert np.array_equal(data.inputs[0], image) and np.array_equal(data.inputs[1], vector)
+    np.savez(tmp_path / "wrong.npz", x_picture=image, x_vector=vector)
+    err = error_of(validate_for_model, load_dataset(str(tmp_path / "wrong.npz")), specs)
+    assert "picture" in err.message and "(no array for image)" in err.message and "x_image=" in err.hint
+    np.savez(tmp_path / "mixed.npz", x0=image, x_vector=vector)
+    err = error_of(load_dataset, str(tmp_path / "mixed.npz"))
+    assert "ambiguous" in err.message

@@ -223,7 +223,8 @@ def test_int8_folded_is_smaller_and_as_accurate(trained, data, digits,  # type: 
     reference = _out(model, x)
     rows = {}
     for name, m in (("plain", model), ("folded", folded)):
-        blob = quantize(from_keras_object(m, tmp_path / f"{name}.keras", "keras"), recipe, calibration)
+        blob = quantize(from_keras_object(m, tmp_path / f"{name}.keras", "keras").converter_source(), recipe,
+                        calibration)
         ops = read_tflite(blob).op_counts()
         error = float(np.mean(np.abs(run_litert(blob, [x]).outputs[0] - reference)))
         rows[name] = (len(blob), ops.get("MUL", 0) + ops.get("ADD", 0), measure_tflm_arena(blob).smallest, error)

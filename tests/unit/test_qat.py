@@ -88,7 +88,7 @@ def test_qat_model_converts_to_full_int8_and_keeps_accuracy(qat, float_model, da
     assert any(type(layer).__name__ == "QuantizeWrapperV2" for layer in result.model.layers)
     loaded = from_keras_object(result.model, Path("m.keras"), "keras")
     recipe = recipe_for(load_target("mcu"), "int8", have_calibration=True, calibration_samples=100)
-    tflite = quantize(loaded, recipe, data["calibration"])
+    tflite = quantize(loaded.converter_source(), recipe, data["calibration"])
     assert read_tflite(tflite).is_fully_integer
 
     x, y = data["eval"].inputs[0], data["eval"].labels

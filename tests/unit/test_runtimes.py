@@ -39,9 +39,10 @@ def models(example) -> dict[str, bytes]:
     from edgeq.quantize.ptq import convert_float32, quantize
 
     model, calibration = example
-    return {"int8": quantize(model, _recipe("int8"), calibration),
-            "int16x8": quantize(model, _recipe("int16x8"), calibration),
-            "float32": convert_float32(model)}
+    source = model.converter_source()
+    return {"int8": quantize(source, _recipe("int8"), calibration),
+            "int16x8": quantize(source, _recipe("int16x8"), calibration),
+            "float32": convert_float32(source)}
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +199,7 @@ def max_pool_int8(example, tmp_path_factory) -> bytes:
 
     path = tmp_path_factory.mktemp("max-pool") / "max_pool.keras"
     keras.Sequential([keras.Input((8, 8, 1)), keras.layers.MaxPooling2D(2), keras.layers.Flatten()]).save(path)
-    return quantize(load_model(path), _recipe("int8"), example[1])
+    return quantize(load_model(path).converter_source(), _recipe("int8"), example[1])
 
 
 def test_evaluate_uses_litert_for_the_full_set_where_it_matches_tflm(max_pool_int8, eval_set) -> None:
@@ -333,7 +334,8 @@ def test_per_layer_errors_for_int8(example, eval_set) -> None:
     from edgeq.quantize.ptq import configured_converter
 
     model, calibration = example
-    rows = per_layer_errors(configured_converter(model, _recipe("int8"), calibration), list(eval_set.inputs),
+    rows = per_layer_errors(configured_converter(model.converter_source(), _recipe("int8"), calibration),
+                            list(eval_set.inputs),
                             samples=32)
     assert rows and {"CONV_2D", "FULLY_CONNECTED"} <= {r.op for r in rows}
     scores = [r.rmse_over_scale for r in rows]
