@@ -318,7 +318,7 @@ def _compute_with(plan: _Plan, on_step: Step, progress: Progress, worker: Worker
     float_bytes = in_child(worker, "the TFLite converter", "converting to float32", str(model_path),
                            convert_float32, model.converter_source(shapes))
     if any(r["class"] == "LSTM" and r["action"].startswith("fused") for r in recurrent):
-        difference = _float_difference(float_bytes, model, data or eval_data, worker)
+        difference = _float_difference(float_bytes, model.converter_source(shapes), model, data or eval_data, worker)
         if difference > FUSED_LSTM_TOLERANCE:
             on_step(f"TFLite's fused LSTM computes other outputs than Keras (max difference {difference:.3g} on the "
                     "float model): unrolling the LSTM instead")
@@ -496,7 +496,8 @@ FUSED_LSTM_TOLERANCE = 1e-3
 """Largest output difference, float model vs its float .tflite, accepted from the fused LSTM op."""
 
 
-def _float_difference(float_tflite: bytes, model: Any, sample: Dataset | None, worker: Worker) -> float:
+def _float_difference(float_tflite: bytes, source: ConverterSource, model: Any, sample: Dataset | None,
+                      worker: Worker) -> float:
     """Max abs difference between the Keras model and its float32 .tflite, on up to 32 samples."""
     from edgeq.emulator.runtimes import run_litert
     from edgeq.iomap import from_graph_outputs, natural_output_names
@@ -505,7 +506,6 @@ def _float_difference(float_tflite: bytes, model: Any, sample: Dataset | None, w
         return 0.0
     xs = [x[:32] for x in sample.inputs]
     info = read_tflite(float_tflite)
-    source = model.converter_source()
     run = worker.call(run_litert, float_tflite, to_graph_inputs(xs, source.input_names, info), kernels="builtin")
     ours = from_graph_outputs(run.outputs, list(source.output_names) or natural_output_names(info), info)
     theirs = model.predict(xs)
@@ -598,21 +598,28 @@ def _emulated(model: Any, method: str, *, recipe: Recipe, data: Dataset | None, 
 
 def _stripped(model: bytes, info: ModelInfo, source: ConverterSource, sample: Dataset | None,
               worker: Worker) -> tuple[bytes, ModelInfo, dict[str, Any]]:
-    """The model without names, signatures and metadata, its names sidecar, and its info with the
-    names put back; checked to give TFLM's outputs bit for bit on up to 32 samples."""
-    from edgeq.emulator.runtimes import tflm_outputs_identical
+    """The model without names, signatures, metadata and unused bias scales, its names sidecar,
+    and its info with the names put back; checked to give TFLM's outputs bit for bit on up to 32
+    samples (the bias scales stay where TFLM would give other outputs without them)."""
     from edgeq.tflite.strip import strip_for_device, with_names
 
-    stripped, sidecar = strip_for_device(model, info)
-    stripped_info = with_names(read_tflite(stripped, source=info.source), sidecar)
-    if sample is not None:
-        inputs = to_graph_inputs([x[:32] for x in sample.inputs], source.input_names, info)
-        same = in_child(worker, "TFLite Micro", "comparing the model with and without names", info.source,
-                        tflm_outputs_identical, model, stripped, inputs)
-        if not same:
-            raise ConversionError(f"{info.source}: without its names the model gives other outputs in TFLM",
-                                  hint="report this model; its names should not matter to TFLM")
-    return stripped, stripped_info, sidecar
+    inputs = None if sample is None else to_graph_inputs([x[:32] for x in sample.inputs], source.input_names, info)
+    # The leaner form first, where TFLM can vouch for it; unchecked, only the names go.
+    for keep_bias_quantization in ((False, True) if inputs is not None else (True,)):
+        stripped, sidecar = strip_for_device(model, info, bias_quantization=keep_bias_quantization)
+        if inputs is None or _identical_in_tflm(worker, model, stripped, inputs):
+            return stripped, with_names(read_tflite(stripped, source=info.source), sidecar), sidecar
+    raise ConversionError(f"{info.source}: without its names the model gives other outputs in TFLM",
+                          hint="report this model; its names should not matter to TFLM")
+
+
+def _identical_in_tflm(worker: Worker, model: bytes, stripped: bytes, inputs: list[Any]) -> bool:
+    from edgeq.emulator.runtimes import tflm_outputs_identical
+
+    try:
+        return bool(worker.call(tflm_outputs_identical, model, stripped, inputs))
+    except (RuntimeError, ValueError):  # TFLM refused the stripped model: not this form, then
+        return False
 
 
 def emulate_and_check(model: bytes, info: ModelInfo, profile: TargetProfile, check_input: CheckInput, *,

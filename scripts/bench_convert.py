@@ -91,7 +91,31 @@ def main() -> int:
         print(f"{label:<24}{size:>11,}{ops:>6}{kinds:>7}{arena:>10,}{micros:>11.1f}")
     (_, ps, po, pk, pa, pt), (_, es, eo, ek, ea, et) = rows
     print(f"{'ratio plain/edgeq':<24}{ps / es:>11.2f}{po / eo:>6.2f}{pk / ek:>7.2f}{pa / ea:>10.2f}{pt / et:>11.2f}")
+    _isolation_overhead(args.model)
     return 0
+
+
+def _isolation_overhead(model: str, runs: int = 3) -> None:
+    """Wall time of `edgeq.convert` with the conversion in a child process (the default) and in
+    this process (`Worker(in_process=True)`, what edgeq did before the child existed)."""
+    import tempfile
+
+    from edgeq.isolation import Worker, shared_worker
+    from edgeq.pipeline import convert
+
+    def best(worker: Worker) -> float:
+        times = []
+        for _ in range(runs):
+            with tempfile.TemporaryDirectory() as out:
+                started = time.perf_counter()
+                convert(model, "mcu", calibration="digits", outdir=out, worker=worker)
+                times.append(time.perf_counter() - started)
+        return min(times)
+
+    child, here = best(shared_worker("tensorflow")), best(Worker(in_process=True))
+    print(f"\nconvert, best of {runs} (TensorFlow already imported in both processes):")
+    print(f"  in a child process {child:.2f} s, in this process {here:.2f} s: overhead {child / here:.2f}x "
+          f"({child - here:+.2f} s)")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ model, and conversion time. A model edgeq refuses shows the reason instead.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import tempfile
@@ -54,15 +55,22 @@ def save(reference, fmt: str, folder: Path):  # type: ignore[no-untyped-def]
     return model, path
 
 
-def plain_int8(model, fmt: str, path: Path, data: dict) -> bytes:  # type: ignore[no-untyped-def]
-    """What a tutorial does: the converter on the model as saved, full-int8 flags, same calibration."""
+def plain_int8(fmt: str, path: Path, data: dict, names: list[str]) -> bytes:
+    """What a tutorial does: load the model, the converter with the full-int8 flags, the same
+    calibration data. Runs in a child process: the plain way segfaults on some models."""
     from edgeq._tf import captured_output, tf
 
     tfm = tf()
-    converter = (tfm.lite.TFLiteConverter.from_saved_model(str(path)) if fmt == "savedmodel"
-                 else tfm.lite.TFLiteConverter.from_keras_model(model))
+    if fmt == "savedmodel":
+        converter = tfm.lite.TFLiteConverter.from_saved_model(str(path))
+    else:
+        if fmt == "h5":
+            import tf_keras as keras_module
+        else:
+            import keras as keras_module
+        model = keras_module.models.load_model(path, compile=False)
+        converter = tfm.lite.TFLiteConverter.from_keras_model(model)
     keys = [k for k in data if k.startswith("x")]
-    names = [t.name.split(":")[0] for t in model.inputs]
 
     def representative():  # type: ignore[no-untyped-def]
         for i in range(200):
@@ -91,8 +99,8 @@ def arena_of(model: bytes) -> int | None:
 
 def run(reference, fmt: str, target: str, worker) -> dict:  # type: ignore[no-untyped-def]
     from edgeq.errors import EdgeqError
+    from edgeq.isolation import ChildCrashed, Worker
     from edgeq.pipeline import GateError, convert
-    from edgeq.isolation import ChildCrashed, shared_worker
 
     row = {"model": reference.name, "format": fmt, "target": target}
     with tempfile.TemporaryDirectory() as tmp:
@@ -116,10 +124,16 @@ def run(reference, fmt: str, target: str, worker) -> dict:  # type: ignore[no-un
         row["snr_db"] = min((e["snr_db"] for e in errors), default=None)
         row["bytes"] = result.quantized_bytes
         row["arena"] = result.report["emulation"]["memory"]["ram"]["needed_bytes"] if target == "mcu" else None
+        names = [t.name.split(":")[0] for t in model.inputs]
         try:
-            plain = shared_worker("tensorflow").call(plain_int8, model if fmt != "savedmodel" else None, fmt, path, data)
-        except (ChildCrashed, Exception) as exc:  # the plain way may crash or fail where edgeq does not
-            row["plain_note"] = f"plain converter: {getattr(exc, 'how', None) or type(exc).__name__}"
+            with Worker(import_paths=(str(ROOT / "scripts"),)) as plain_worker:
+                # By module name, so that the child (which imports scripts/) finds the function.
+                plain = plain_worker.call(importlib.import_module("bench_models").plain_int8, fmt, path, data, names)
+        except ChildCrashed as crash:
+            row["plain_note"] = f"the plain converter {crash.how}"
+            return row
+        except Exception as exc:  # the plain way may fail where edgeq does not
+            row["plain_note"] = f"the plain converter failed: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
             return row
         row["plain_bytes"] = len(plain)
         if target == "mcu":
@@ -145,7 +159,7 @@ def main() -> int:
             for target in args.targets:
                 row = run(REFERENCES[name], fmt, target, worker)
                 rows.append(row)
-                print(_line(row), flush=True) if not args.markdown else None
+                print(_line(row), file=sys.stderr if args.markdown else sys.stdout, flush=True)
     if args.markdown:
         print(_markdown(rows))
     else:

@@ -46,6 +46,13 @@ def test_stripped_model_is_smaller_aligned_and_bit_exact_in_tflm(named) -> None:
     before, after = run_tflm(named, [x]), run_tflm(stripped, [x])
     assert np.array_equal(before.raw_outputs[0], after.raw_outputs[0])
     assert sidecar["tensors"][0] == [t.name for t in info.tensors]
+    # The biases of the per-channel convolutions and dense layers lost their (unused) scales.
+    biases = {op.inputs[2] for op in info.ops if op.name in ("CONV_2D", "FULLY_CONNECTED") and len(op.inputs) > 2}
+    assert biases and sidecar["bias_quantization_dropped"] == len(biases)
+    assert all(not bare.tensors[b].scales and info.tensors[b].scales for b in biases)
+    kept, _ = strip_for_device(named, info, bias_quantization=True)
+    assert len(stripped) < len(kept) < len(named)
+    assert all(read_tflite(kept).tensors[b].scales == info.tensors[b].scales for b in biases)
 
 
 def test_sidecar_names_the_stripped_model_only_when_it_matches(named, tmp_path) -> None:
