@@ -17,6 +17,7 @@ from __future__ import annotations
 import atexit
 import os
 import pickle
+import re
 import signal
 import struct
 import subprocess
@@ -30,7 +31,9 @@ from typing import IO, Any
 from edgeq.errors import EdgeqError
 
 _HEADER = struct.Struct("<Q")
-_LOG_TAIL_LINES = 12
+_LOG_TAIL_LINES = 60
+# TensorFlow's start-up chatter (absl INFO/WARNING lines), never the reason for a crash.
+_NOISE = re.compile(r"^\s*([IW]\d{4} |WARNING: All log messages before absl)")
 
 
 class ChildCrashed(Exception):
@@ -46,8 +49,14 @@ class ChildCrashed(Exception):
         return describe_exit(self.returncode)
 
     def last_words(self, lines: int = 3) -> str:
-        """'; its last words: ...' from the child's log (the faulthandler stack names the stage), or ''."""
-        kept = [line.strip()[:200] for line in self.log_tail.splitlines() if line.strip()][-lines:]
+        """'; its last words: ...' from the child's log: the innermost Python frames of the crash
+        (faulthandler's stack names the stage) or the last lines it printed; '' if none."""
+        text = [line.strip() for line in self.log_tail.splitlines() if line.strip() and not _NOISE.match(line)]
+        if "Fatal Python error" in " ".join(text):
+            start = next(i for i, line in enumerate(text) if line.startswith("Fatal Python error"))
+            frames = [line for line in text[start:] if line.startswith("File ")]
+            text = [text[start], *frames[:lines - 1]]
+        kept = [line[:200] for line in text[-lines:]]
         return f"; its last words: {' | '.join(kept)}" if kept else ""
 
 
@@ -64,8 +73,9 @@ class Worker:
     """A child process for edgeq functions on user models; a context manager. One worker can
     serve many calls (and many conversions): the child keeps its imports between them.
 
-    `preload`: a module the child imports as soon as it starts (e.g. "tensorflow", which takes
-    a few seconds), so that the import overlaps with the parent's own work.
+    `preload`: "module" or "module:function" that the child imports (and calls) as soon as it
+    starts, e.g. TENSORFLOW, so that TensorFlow's few seconds of import overlap with the
+    parent's own work.
     """
 
     def __init__(self, *, preload: str | None = None, in_process: bool = False,
@@ -155,6 +165,9 @@ class Worker:
         return ChildCrashed(returncode, tail)
 
 
+TENSORFLOW = "edgeq._tf:tf"
+"""The preload that imports TensorFlow the way edgeq does (quiet, oneDNN off for stable floats)."""
+
 _SHARED: dict[str, Worker] = {}
 
 
@@ -193,9 +206,15 @@ def _serve() -> None:
     os.dup2(2, 1)  # what the converter or a runtime prints goes to the log, not into the protocol
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
-    faulthandler.enable()  # a native crash leaves the Python stack in the log, naming the stage
-    if len(sys.argv) > 1 and sys.argv[1]:
-        __import__(sys.argv[1])
+    # A native crash leaves the Python stack in the log, naming the stage: on a descriptor of its
+    # own, because captured_output() points fd 2 elsewhere while the converter runs.
+    crash_log = os.fdopen(os.dup(2), "w")
+    faulthandler.enable(file=crash_log)
+    if len(sys.argv) > 1 and sys.argv[1]:  # "module:function", imported and called, or a module
+        module, _, function = sys.argv[1].partition(":")
+        loaded = __import__(module, fromlist=["_"])
+        if function:
+            getattr(loaded, function)()
 
     def send(kind: str, value: Any) -> None:
         try:

@@ -24,7 +24,7 @@ from edgeq.errors import CalibrationError, ConversionError, ModelLoadError, Reci
 from edgeq.export.atomic import check_output_dir, write_files_atomically
 from edgeq.export.c_arrays import ArenaSize, c_identifier, tflm_sources
 from edgeq.iomap import to_graph_inputs
-from edgeq.isolation import ChildCrashed, Worker, shared_worker
+from edgeq.isolation import TENSORFLOW, ChildCrashed, Worker, shared_worker
 from edgeq.quantize.recipe import DEFAULT_CALIBRATION_SAMPLES, Recipe, recipe_for
 from edgeq.report import SCHEMA_VERSION, library_versions, render_json, render_markdown, render_png, sha256_path
 from edgeq.targets import TargetProfile, load_all, load_target
@@ -189,7 +189,7 @@ def _convert(model_path: str | Path, target: str | TargetProfile, *, mode: str |
 
     # Everything above fails fast, without TensorFlow. Everything below runs user models, so it
     # runs in the worker's child process; this process only writes the outputs.
-    done = _run_isolated(worker or shared_worker("tensorflow"), plan, on_step, progress)
+    done = _run_isolated(worker or shared_worker(TENSORFLOW), plan, on_step, progress)
     on_step(f"writing {len(done.files)} files to {out}")
     # A rejected model must not sit next to a report that rejects it (left by an earlier run).
     stale = [n for n in output_names(name, profile, harness) if n not in done.files]
@@ -259,13 +259,14 @@ def _run_isolated(worker: Worker, plan: _Plan, on_step: Step, progress: Progress
         warnings.warn(message, CalibrationWarning, stacklevel=2)
 
     try:
-        return worker.call(_compute, plan, callbacks={"step": step, "bar": bar, "advance": advance, "warn": warn})
+        return worker.call(_compute, plan, isolate_runtimes=not worker.in_process,
+                           callbacks={"step": step, "bar": bar, "advance": advance, "warn": warn})
     except ChildCrashed as crash:
         raise ConversionError(f"{plan.model_path}: the conversion {crash.how} while {last[0]}{crash.last_words()}",
                               hint=CONVERTER_HINT) from None
 
 
-def _compute(plan: _Plan, *, step: Step, bar: Callable[[int, str, int], None],
+def _compute(plan: _Plan, *, isolate_runtimes: bool, step: Step, bar: Callable[[int, str, int], None],
              advance: Callable[[int, int], None], warn: Callable[[str], None]) -> _Done:
     """The conversion itself, in the worker's child: load, quantize, emulate, check, render.
     Steps, progress and edgeq's warnings about the data go back to the caller as they happen."""
@@ -282,13 +283,16 @@ def _compute(plan: _Plan, *, step: Step, bar: Callable[[int, str, int], None],
         else:
             shown(message, category, *args, **kwargs)
 
-    here = Worker(in_process=True)  # already in the child: the stages below run directly
+    here = Worker(in_process=True)  # already in the child: the converter runs directly
+    # LiteRT and TFLM one process further down (no TensorFlow there): a runtime that aborts on
+    # a model is a failed check (exit 3) that says so, and the conversion goes on to report it.
+    runtimes = shared_worker() if isolate_runtimes else here
     with warnings.catch_warnings():
         shown, warnings.showwarning = warnings.showwarning, show
-        return _compute_with(plan, step, progress, here)
+        return _compute_with(plan, step, progress, here, runtimes)
 
 
-def _compute_with(plan: _Plan, on_step: Step, progress: Progress, worker: Worker) -> _Done:
+def _compute_with(plan: _Plan, on_step: Step, progress: Progress, worker: Worker, runtimes: Worker) -> _Done:
     model_path, profile, recipe, name, qat = plan.model_path, plan.profile, plan.recipe, plan.name, plan.qat
     data, eval_data, train_data = plan.data, plan.eval_data, plan.train_data
     on_step(f"loading {model_path} (TensorFlow start-up takes a few seconds)")
@@ -318,7 +322,8 @@ def _compute_with(plan: _Plan, on_step: Step, progress: Progress, worker: Worker
     float_bytes = in_child(worker, "the TFLite converter", "converting to float32", str(model_path),
                            convert_float32, model.converter_source(shapes))
     if any(r["class"] == "LSTM" and r["action"].startswith("fused") for r in recurrent):
-        difference = _float_difference(float_bytes, model.converter_source(shapes), model, data or eval_data, worker)
+        difference = _float_difference(float_bytes, model.converter_source(shapes), model, data or eval_data,
+                                       runtimes)
         if difference > FUSED_LSTM_TOLERANCE:
             on_step(f"TFLite's fused LSTM computes other outputs than Keras (max difference {difference:.3g} on the "
                     "float model): unrolling the LSTM instead")
@@ -332,7 +337,7 @@ def _compute_with(plan: _Plan, on_step: Step, progress: Progress, worker: Worker
     candidates: dict[str, _Candidate] = {}
     emulated = dict(recipe=recipe, data=data, name=name, profile=profile, eval_data=eval_data, reference=reference,
                     max_drop=plan.max_accuracy_drop, per_layer=plan.per_layer, on_step=on_step, progress=progress,
-                    worker=worker, shapes=shapes)
+                    worker=worker, runtimes=runtimes, shapes=shapes)
     if not qat or plan.compare:
         candidates["ptq"] = _emulated(model, "ptq", **emulated)
     qat_result = None
@@ -566,7 +571,7 @@ def _qat(model: Any, model_path: Path, train: Dataset, settings: TrainSettings, 
 
 def _emulated(model: Any, method: str, *, recipe: Recipe, data: Dataset | None, name: str, profile: TargetProfile,
               eval_data: Dataset | None, reference: list[Any] | None, max_drop: float, per_layer: bool,
-              on_step: Step, progress: Progress | None, worker: Worker,
+              on_step: Step, progress: Progress | None, worker: Worker, runtimes: Worker,
               shapes: list[tuple[int, ...]]) -> _Candidate:
     from edgeq.quantize.ptq import quantize
 
@@ -581,7 +586,7 @@ def _emulated(model: Any, method: str, *, recipe: Recipe, data: Dataset | None, 
     info = read_tflite(quantized, source=f"{name}.tflite")
     sidecar = None
     if profile.runtime == "tflm":  # the device gets the model without the strings TFLM never reads
-        quantized, info, sidecar = _stripped(quantized, info, source, data or eval_data, worker)
+        quantized, info, sidecar = _stripped(quantized, info, source, data or eval_data, runtimes)
     # No host timing here: convert's report must be byte-identical between runs (`edgeq emulate` times it).
     checks, emulation = emulate_and_check(
         quantized, info, profile, CheckInput(info, profile, recipe.mode, recipe.input_dtype, recipe.output_dtype,
@@ -589,7 +594,7 @@ def _emulated(model: Any, method: str, *, recipe: Recipe, data: Dataset | None, 
         data=eval_data, reference=reference, host_latency=False, on_step=on_step, progress=progress,
         per_layer=(lambda em: _per_layer(em, source, info, recipe, data, eval_data, on_step, worker))
         if per_layer and method == "ptq" else None,
-        worker=worker, output_names=source.output_names)
+        worker=runtimes, output_names=source.output_names)
     if method == "qat":
         emulation.per_layer_note = ("per-layer error is measured for PTQ: TFLite's QuantizationDebugger needs the float "
                                     "model, and a QAT model carries fake-quant ranges of its own")
@@ -607,18 +612,25 @@ def _stripped(model: bytes, info: ModelInfo, source: ConverterSource, sample: Da
     # The leaner form first, where TFLM can vouch for it; unchecked, only the names go.
     for keep_bias_quantization in ((False, True) if inputs is not None else (True,)):
         stripped, sidecar = strip_for_device(model, info, bias_quantization=keep_bias_quantization)
-        if inputs is None or _identical_in_tflm(worker, model, stripped, inputs):
+        same = True if inputs is None else _identical_in_tflm(worker, model, stripped, inputs)
+        if same is None:  # TFLM cannot run the model at all; the checks will say why
+            stripped, sidecar = strip_for_device(model, info, bias_quantization=True)
+            same = True
+        if same:
             return stripped, with_names(read_tflite(stripped, source=info.source), sidecar), sidecar
     raise ConversionError(f"{info.source}: without its names the model gives other outputs in TFLM",
                           hint="report this model; its names should not matter to TFLM")
 
 
-def _identical_in_tflm(worker: Worker, model: bytes, stripped: bytes, inputs: list[Any]) -> bool:
+def _identical_in_tflm(worker: Worker, model: bytes, stripped: bytes, inputs: list[Any]) -> bool | None:
+    """Whether both give TFLM's outputs bit for bit; None when TFLM cannot run even `model`."""
     from edgeq.emulator.runtimes import tflm_outputs_identical
 
     try:
         return bool(worker.call(tflm_outputs_identical, model, stripped, inputs))
-    except (RuntimeError, ValueError):  # TFLM refused the stripped model: not this form, then
+    except ChildCrashed:
+        return None
+    except (RuntimeError, ValueError):  # TFLM refused one of them: this form will not do
         return False
 
 

@@ -100,7 +100,7 @@ def _isolation_overhead(model: str, runs: int = 3) -> None:
     this process (`Worker(in_process=True)`, what edgeq did before the child existed)."""
     import tempfile
 
-    from edgeq.isolation import Worker, shared_worker
+    from edgeq.isolation import TENSORFLOW, Worker, shared_worker
     from edgeq.pipeline import convert
 
     def best(worker: Worker) -> float:
@@ -112,7 +112,7 @@ def _isolation_overhead(model: str, runs: int = 3) -> None:
                 times.append(time.perf_counter() - started)
         return min(times)
 
-    child, here = best(shared_worker("tensorflow")), best(Worker(in_process=True))
+    child, here = best(shared_worker(TENSORFLOW)), best(Worker(in_process=True))
     print(f"\nconvert, best of {runs} (TensorFlow already imported in both processes):")
     print(f"  in a child process {child:.2f} s, in this process {here:.2f} s: overhead {child / here:.2f}x "
           f"({child - here:+.2f} s)")

@@ -113,9 +113,9 @@ def run(reference, fmt: str, target: str, worker) -> dict:  # type: ignore[no-un
                              outdir=folder / "out", worker=worker)
         except GateError as exc:
             result = exc.result
-            row["note"] = "gate: " + ", ".join(exc.result.gate["failed"])
+            row["note"] = "gate failed: " + ", ".join(exc.result.gate["failed"]) + "; "
         except EdgeqError as exc:
-            row["note"] = f"refused (exit {exc.exit_code}): {exc.message[:160]}"
+            row["note"] = f"refused (exit {exc.exit_code}): {exc.message.split(': ', 1)[-1][:120]}"
             return row
         row["seconds"] = time.perf_counter() - started
         acc = result.report["emulation"]["accuracy"] or {}
@@ -133,7 +133,7 @@ def run(reference, fmt: str, target: str, worker) -> dict:  # type: ignore[no-un
             row["plain_note"] = f"the plain converter {crash.how}"
             return row
         except Exception as exc:  # the plain way may fail where edgeq does not
-            row["plain_note"] = f"the plain converter failed: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
+            row["plain_note"] = f"the plain converter failed ({type(exc).__name__})"
             return row
         row["plain_bytes"] = len(plain)
         if target == "mcu":
@@ -150,9 +150,9 @@ def main() -> int:
     parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS)
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     args = parser.parse_args()
-    from edgeq.isolation import shared_worker
+    from edgeq.isolation import TENSORFLOW, shared_worker
 
-    worker = shared_worker("tensorflow")
+    worker = shared_worker(TENSORFLOW)
     rows = []
     for name in args.models:
         for fmt in args.formats:

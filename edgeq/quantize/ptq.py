@@ -94,6 +94,12 @@ def _explain(model: ConverterSource, text: str) -> ConversionError:
             hint="replace the layer(s) with ones TFLite supports; edgeq does not enable TF Select ops, "
             "which microcontrollers cannot run",
         )
+    if "TensorListReserve" in text:
+        return ConversionError(
+            f"{model.label}: the model keeps a recurrent loop (LSTM, GRU or SimpleRNN) that the TFLite converter "
+            "cannot turn into TFLite ops",
+            hint="convert the Keras file (.keras or .h5) instead of a SavedModel: edgeq then rewrites recurrent "
+                 "layers into ops TFLite Micro runs")
     errors = [line.strip() for line in text.splitlines() if "error" in line.lower()][:5]
     detail = "; ".join(errors) if errors else text.strip().splitlines()[0][:300] if text.strip() else "unknown"
     return ConversionError(

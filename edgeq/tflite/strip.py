@@ -3,7 +3,8 @@
 A converter's .tflite names every tensor (fused names run to hundreds of characters), keeps
 a signature for LiteRT's runner, and metadata for tools: on a DS-CNN that was 9.4 KB of a
 53 KB file. TFLM needs none of it, so edgeq flashes the model without tensor and subgraph
-names, description, signatures and metadata (except TFLM's own "OfflineMemoryAllocation").
+names, description, signatures, shape signatures (LiteRT's resizable shapes) and metadata
+(except TFLM's own "OfflineMemoryAllocation").
 The names are kept in a sidecar, `<name>_names.json`, which `inspect`, the report and
 `device-check` read, so nothing a person reads loses its names. The per-channel scales and zero
 points of int32 biases go too: TFLM's int8 kernels compute the bias scale from the input's and
@@ -63,6 +64,7 @@ def strip_for_device(model: bytes, info: ModelInfo, *, bias_quantization: bool =
         subgraph.name = None
         for tensor in subgraph.tensors or []:
             tensor.name = None
+            tensor.shapeSignature = None  # LiteRT's resizable shape; TFLM allocates from `shape`
     kept = []
     for entry in obj.metadata or []:
         if _text(entry.name) in KEEP_METADATA:
