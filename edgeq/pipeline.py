@@ -140,20 +140,6 @@ def convert(
     this process's shared one), so that a native crash ends the child with a message, not the
     caller; this process checks the inputs first and writes the outputs last.
     """
-    return _convert(model_path, target, mode=mode, calibration=calibration,
-                    calibration_samples=calibration_samples, evaluation=evaluation,
-                    max_accuracy_drop=max_accuracy_drop, qat=qat, train=train, train_settings=train_settings,
-                    compare=compare, force=force, outdir=outdir, name=name, overwrite=overwrite,
-                    trust_model=trust_model, per_layer=per_layer, harness=harness, max_payload=max_payload,
-                    input_shapes=input_shapes or {}, on_step=on_step, progress=progress, worker=worker)
-
-
-def _convert(model_path: str | Path, target: str | TargetProfile, *, mode: str | None, calibration: str | None,
-             calibration_samples: int, evaluation: str | None, max_accuracy_drop: float, qat: bool,
-             train: str | None, train_settings: TrainSettings | None, compare: bool, force: bool,
-             outdir: str | Path | None, name: str | None, overwrite: bool, trust_model: bool, per_layer: bool,
-             harness: bool, max_payload: int, input_shapes: dict[str, tuple[int, ...]], on_step: Step,
-             progress: Progress | None, worker: Worker | None) -> ConvertResult:
     model_path = Path(model_path)
     profile = target if isinstance(target, TargetProfile) else load_target(target)
     if harness and profile.runtime != "tflm":
@@ -185,7 +171,7 @@ def _convert(model_path: str | Path, target: str | TargetProfile, *, mode: str |
     plan = _Plan(model_path=model_path, profile=profile, recipe=recipe, name=name, qat=qat, compare=compare,
                  data=data, eval_data=eval_data, train_data=train_data, train_settings=train_settings,
                  max_accuracy_drop=max_accuracy_drop, force=force, trust_model=trust_model, per_layer=per_layer,
-                 harness=harness, max_payload=max_payload, input_shapes=input_shapes)
+                 harness=harness, max_payload=max_payload, input_shapes=input_shapes or {})
 
     # Everything above fails fast, without TensorFlow. Everything below runs user models, so it
     # runs in the worker's child process; this process only writes the outputs.
