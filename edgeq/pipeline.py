@@ -269,16 +269,16 @@ def _compute(plan: _Plan, *, isolate_runtimes: bool, step: Step, bar: Callable[[
         else:
             shown(message, category, *args, **kwargs)
 
-    here = Worker(in_process=True)  # already in the child: the converter runs directly
-    # LiteRT and TFLM one process further down (no TensorFlow there): a runtime that aborts on
-    # a model is a failed check (exit 3) that says so, and the conversion goes on to report it.
-    runtimes = shared_worker() if isolate_runtimes else here
+    # Already in the child: the converter runs here. LiteRT and TFLM run one process further
+    # down (no TensorFlow there): a runtime that aborts on a model is a failed check (exit 3)
+    # that says so, and the conversion goes on to report it.
+    runtimes = shared_worker() if isolate_runtimes else Worker(in_process=True)
     with warnings.catch_warnings():
         shown, warnings.showwarning = warnings.showwarning, show
-        return _compute_with(plan, step, progress, here, runtimes)
+        return _compute_with(plan, step, progress, runtimes)
 
 
-def _compute_with(plan: _Plan, on_step: Step, progress: Progress, worker: Worker, runtimes: Worker) -> _Done:
+def _compute_with(plan: _Plan, on_step: Step, progress: Progress, runtimes: Worker) -> _Done:
     model_path, profile, recipe, name, qat = plan.model_path, plan.profile, plan.recipe, plan.name, plan.qat
     data, eval_data, train_data = plan.data, plan.eval_data, plan.train_data
     on_step(f"loading {model_path} (TensorFlow start-up takes a few seconds)")
@@ -305,8 +305,7 @@ def _compute_with(plan: _Plan, on_step: Step, progress: Progress, worker: Worker
     keras_model = model
     model, recurrent = _recurrent(keras_model, model_path, recipe.mode, data or eval_data, shapes, on_step)
     on_step("converting to float32 (reference size)")
-    float_bytes = in_child(worker, "the TFLite converter", "converting to float32", str(model_path),
-                           convert_float32, model.converter_source(shapes))
+    float_bytes = convert_float32(model.converter_source(shapes))
     if any(r["class"] == "LSTM" and r["action"].startswith("fused") for r in recurrent):
         difference = _float_difference(float_bytes, model.converter_source(shapes), model, data or eval_data,
                                        runtimes)
@@ -318,12 +317,11 @@ def _compute_with(plan: _Plan, on_step: Step, progress: Progress, worker: Worker
             for note in recurrent:
                 if note["class"] == "LSTM":
                     note["action"] += (f"; TFLite's fused LSTM was off by {difference:.3g} on the float model")
-            float_bytes = in_child(worker, "the TFLite converter", "converting to float32", str(model_path),
-                                   convert_float32, model.converter_source(shapes))
+            float_bytes = convert_float32(model.converter_source(shapes))
     candidates: dict[str, _Candidate] = {}
     emulated = dict(recipe=recipe, data=data, name=name, profile=profile, eval_data=eval_data, reference=reference,
                     max_drop=plan.max_accuracy_drop, per_layer=plan.per_layer, on_step=on_step, progress=progress,
-                    worker=worker, runtimes=runtimes, shapes=shapes)
+                    runtimes=runtimes, shapes=shapes)
     if not qat or plan.compare:
         candidates["ptq"] = _emulated(model, "ptq", **emulated)
     qat_result = None
@@ -381,15 +379,6 @@ def _compute_with(plan: _Plan, on_step: Step, progress: Progress, worker: Worker
 
 CONVERTER_HINT = ("EDGEQ_VERBOSE=1 shows the converter's full log; try another --mode, or replace the layers "
                   "the log names")
-
-
-def in_child(worker: Worker, what: str, stage: str, label: str, function: Callable[..., Any], *args: Any,
-             hint: str = CONVERTER_HINT, **kwargs: Any) -> Any:
-    """`function` run in the worker's child; a native crash there becomes a ConversionError (exit 2)."""
-    try:
-        return worker.call(function, *args, **kwargs)
-    except ChildCrashed as crash:
-        raise ConversionError(f"{label}: {what} {crash.how} while {stage}{crash.last_words()}", hint=hint) from None
 
 
 def sample_shapes(model: LoadedModel, given: dict[str, tuple[int, ...]], data: Dataset | None,
@@ -557,7 +546,7 @@ def _qat(model: Any, model_path: Path, train: Dataset, settings: TrainSettings, 
 
 def _emulated(model: Any, method: str, *, recipe: Recipe, data: Dataset | None, name: str, profile: TargetProfile,
               eval_data: Dataset | None, reference: list[Any] | None, max_drop: float, per_layer: bool,
-              on_step: Step, progress: Progress | None, worker: Worker, runtimes: Worker,
+              on_step: Step, progress: Progress | None, runtimes: Worker,
               shapes: list[tuple[int, ...]]) -> _Candidate:
     from edgeq.quantize.ptq import quantize
 
@@ -565,10 +554,7 @@ def _emulated(model: Any, method: str, *, recipe: Recipe, data: Dataset | None, 
     on_step(f"{method.upper()}: converting to {recipe.mode}"
             + (f", calibrating on {used} samples of {data.name}" if data else ""))
     source = model.converter_source(shapes)
-    quantized = in_child(worker, "the TFLite converter",
-                         f"converting to {recipe.mode}" + (" and calibrating" if data else ""), str(model.path),
-                         quantize, source, recipe, data,
-                         on_progress=progress("calibrating", used) if progress and data else None)
+    quantized = quantize(source, recipe, data, progress("calibrating", used) if progress and data else None)
     info = read_tflite(quantized, source=f"{name}.tflite")
     sidecar = None
     if profile.runtime == "tflm":  # the device gets the model without the strings TFLM never reads
@@ -578,7 +564,7 @@ def _emulated(model: Any, method: str, *, recipe: Recipe, data: Dataset | None, 
         quantized, info, profile, CheckInput(info, profile, recipe.mode, recipe.input_dtype, recipe.output_dtype,
                                              max_accuracy_drop=max_drop, fitting_targets=fitting_targets),
         data=eval_data, reference=reference, host_latency=False, on_step=on_step, progress=progress,
-        per_layer=(lambda em: _per_layer(em, source, info, recipe, data, eval_data, on_step, worker))
+        per_layer=(lambda em: _per_layer(em, source, info, recipe, data, eval_data, on_step))
         if per_layer and method == "ptq" else None,
         worker=runtimes, output_names=source.output_names)
     if method == "qat":
@@ -652,7 +638,7 @@ class GateError(TargetCheckError):
 
 
 def _per_layer(emulation: Emulation, source: ConverterSource, info: ModelInfo, recipe: Recipe,
-               calibration: Dataset | None, eval_data: Dataset | None, on_step: Step, worker: Worker) -> None:
+               calibration: Dataset | None, eval_data: Dataset | None, on_step: Step) -> None:
     """The worst layers by TFLite's QuantizationDebugger (integer modes with calibration data only)."""
     if recipe.mode != "int8" or calibration is None:
         emulation.per_layer_note = f"per-layer error needs an int8 model with calibration data (mode {recipe.mode})"
@@ -662,11 +648,8 @@ def _per_layer(emulation: Emulation, source: ConverterSource, info: ModelInfo, r
     debug = eval_data or calibration
     on_step(f"per-layer error: TFLite QuantizationDebugger on {min(64, debug.num_samples)} samples of {debug.name}")
     try:
-        layers = worker.call(per_layer_errors_of, source, recipe, calibration,
-                             to_graph_inputs(list(debug.inputs), source.input_names, info), samples=64)
-    except ChildCrashed as crash:  # diagnostic only: never fail a convert
-        emulation.per_layer_note = f"TFLite's QuantizationDebugger {crash.how}{crash.last_words(1)}"
-        return
+        layers = per_layer_errors_of(source, recipe, calibration,
+                                     to_graph_inputs(list(debug.inputs), source.input_names, info), samples=64)
     except Exception as exc:  # diagnostic only (and on the debugger's private API): never fail a convert
         emulation.per_layer_note = f"TFLite's QuantizationDebugger failed: {type(exc).__name__}: {str(exc)[:200]}"
         return
