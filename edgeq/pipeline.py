@@ -575,23 +575,48 @@ def _emulated(model: Any, method: str, *, recipe: Recipe, data: Dataset | None, 
 
 def _stripped(model: bytes, info: ModelInfo, source: ConverterSource, sample: Dataset | None,
               worker: Worker) -> tuple[bytes, ModelInfo, dict[str, Any]]:
-    """The model without names, signatures, metadata and unused bias scales, its names sidecar,
-    and its info with the names put back; checked to give TFLM's outputs bit for bit on up to 32
-    samples (the bias scales stay where TFLM would give other outputs without them)."""
+    """The model without names, signatures and metadata, its names sidecar, and its info with the
+    names put back. The lean form (no bias scales, one zero point for all-zero per-channel ones)
+    where it gives TFLM's outputs bit for bit on up to 32 samples; otherwise only the strings go."""
     from edgeq.tflite.strip import strip_for_device, with_names
 
     inputs = None if sample is None else to_graph_inputs([x[:32] for x in sample.inputs], source.input_names, info)
     # The leaner form first, where TFLM can vouch for it; unchecked, only the names go.
-    for keep_bias_quantization in ((False, True) if inputs is not None else (True,)):
-        stripped, sidecar = strip_for_device(model, info, bias_quantization=keep_bias_quantization)
+    for lean in ((True, False) if inputs is not None else (False,)):
+        stripped, sidecar = strip_for_device(model, info, lean=lean)
         same = True if inputs is None else _identical_in_tflm(worker, model, stripped, inputs)
         if same is None:  # TFLM cannot run the model at all; the checks will say why
-            stripped, sidecar = strip_for_device(model, info, bias_quantization=True)
+            stripped, sidecar = strip_for_device(model, info, lean=False)
             same = True
         if same:
+            stripped = _with_arena_plan(stripped, read_tflite(stripped, source=info.source), inputs, worker, sidecar)
             return stripped, with_names(read_tflite(stripped, source=info.source), sidecar), sidecar
     raise ConversionError(f"{info.source}: without its names the model gives other outputs in TFLM",
                           hint="report this model; its names should not matter to TFLM")
+
+
+def _with_arena_plan(model: bytes, info: ModelInfo, inputs: list[Any] | None, worker: Worker,
+                     sidecar: dict[str, Any]) -> bytes:
+    """`model` with edgeq's arena plan (TFLM's OfflineMemoryAllocation), where TFLM then plans a
+    smaller head and gives the same outputs bit for bit; `sidecar["arena_plan"]` says what was tried."""
+    from edgeq.emulator.memory import recorded_arena
+    from edgeq.tflite.arena_plan import with_plan
+
+    planned = None if inputs is None else with_plan(model, info)
+    if planned is None:
+        return model
+    candidate, plan = planned
+    try:
+        head, planned_head = (recorded_arena(m, source=info.source)[1] for m in (model, candidate))
+    except TargetCheckError:  # TFLM cannot run it; the checks will say why
+        return model
+    kept = planned_head < head and _identical_in_tflm(worker, model, candidate, inputs) is True
+    sidecar["arena_plan"] = {"kept": kept, "tflm_head_bytes": head, "planned_head_bytes": planned_head,
+                             "lower_bound_bytes": plan.lower_bound, "order": plan.order,
+                             "extra_flash_bytes": len(candidate) - len(model)}
+    if kept:
+        sidecar["model_sha256"] = hashlib.sha256(candidate).hexdigest()
+    return candidate if kept else model
 
 
 def _identical_in_tflm(worker: Worker, model: bytes, stripped: bytes, inputs: list[Any]) -> bool | None:
@@ -691,6 +716,7 @@ def _report(model: Any, model_path: Path, profile: TargetProfile, recipe: Recipe
             "names_stripped_bytes": (sidecar or {}).get("stripped_bytes", 0),
             "parameter_bytes": info.parameter_bytes,
         },
+        "arena_plan": (sidecar or {}).get("arena_plan"),
         "model": model_dict(info),
         "emulation": emulation.to_dict(),
         "checks": [c.to_dict() for c in checks],

@@ -95,7 +95,7 @@ def render_markdown(report: dict[str, Any]) -> bytes:
     out += _method_md(report)
     out += _accuracy_md(emu)
     out += _sizes_md(report)
-    out += _memory_md(emu)
+    out += _memory_md(emu, report.get("arena_plan"))
     out += _latency_md(emu)
     out += _per_layer_md(emu)
     out += _harness_md(report.get("harness"))
@@ -184,7 +184,7 @@ def _sizes_md(report: dict[str, Any]) -> list[str]:
     return ["## Sizes", "", *_table(["", "bytes"], rows)]
 
 
-def _memory_md(emu: dict[str, Any]) -> list[str]:
+def _memory_md(emu: dict[str, Any], plan: dict[str, Any] | None = None) -> list[str]:
     mem = emu.get("memory")
     if not mem:
         return []
@@ -204,6 +204,13 @@ def _memory_md(emu: dict[str, Any]) -> list[str]:
                 f"optimized kernels (CMSIS-NN) may ask for scratch buffers and pointers are smaller, which the "
                 f"target's margin is for. The C header declares `k_<name>_tensor_arena_size` = "
                 f"{r['firmware_arena_bytes']:,} B (smallest + margin).", ""]
+    if plan:
+        said = (f"edgeq planned the arena itself (TFLM's OfflineMemoryAllocation metadata, "
+                f"{plan['extra_flash_bytes']:,} B of flash): activations take {plan['planned_head_bytes']:,} B where "
+                f"TFLM's own planner takes {plan['tflm_head_bytes']:,} B" if plan["kept"] else
+                f"TFLM plans the arena itself: edgeq's plan ({plan['planned_head_bytes']:,} B of activations) was no "
+                f"better than TFLM's ({plan['tflm_head_bytes']:,} B)")
+        out += [f"{said}; no plan can use less than {plan['lower_bound_bytes']:,} B, the most alive at once.", ""]
     act = r.get("litert_activations")
     if act:
         out += [f"LiteRT peak activations: {act['peak_bytes']:,} B at op #{act['peak_op_index']} "

@@ -95,7 +95,8 @@ def predict_raw(runtime: str, tflite: bytes, x: np.ndarray) -> tuple[np.ndarray,
 
     runtime: "litert" (LiteRT's builtin kernels, the ones edgeq compares with TFLM), "xnnpack"
     (LiteRT's default, XNNPACK applied, as on a phone) or "tflm" (TensorFlow Lite Micro).
-    Independent of edgeq's runtimes module, so a test can check which runtime made a figure.
+    Independent of edgeq's runtimes module, so a test can check which runtime made a figure; only
+    a model flashed for TFLM goes through `litert_loadable` first, as it must for LiteRT to open it.
     """
     if runtime == "tflm":
         from tflite_micro.python.tflite_micro import runtime as micro
@@ -111,7 +112,9 @@ def predict_raw(runtime: str, tflite: bytes, x: np.ndarray) -> tuple[np.ndarray,
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
         resolver = {"litert": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES, "xnnpack": OpResolverType.AUTO}
-        lite = Interpreter(model_content=tflite, experimental_op_resolver_type=resolver[runtime])
+        from edgeq.tflite.strip import litert_loadable
+
+        lite = Interpreter(model_content=litert_loadable(tflite), experimental_op_resolver_type=resolver[runtime])
         lite.allocate_tensors()
         inp, out = lite.get_input_details()[0], lite.get_output_details()[0]
 
@@ -202,13 +205,14 @@ def stand_in_a_cpu_whose_litert_differs(monkeypatch: pytest.MonkeyPatch, sample:
     from ai_edge_litert.interpreter import Interpreter
 
     from edgeq.emulator import accuracy
+    from edgeq.tflite.strip import litert_loadable
 
     real = accuracy.run_litert
 
     def run_litert(model: bytes, inputs, **kwargs):  # type: ignore[no-untyped-def]
         result = real(model, inputs, **kwargs)
         raw, out = result.raw_outputs[0], result.outputs[0]
-        scale, _ = _scale_zero(Interpreter(model_content=model).get_output_details()[0])
+        scale, _ = _scale_zero(Interpreter(model_content=litert_loadable(model)).get_output_details()[0])
         assert raw.dtype.kind == "i" and scale, "the stand-in needs a quantized output"
         step = 1 if raw.flat[sample * raw[0].size] < np.iinfo(raw.dtype).max else -1
         raw.reshape(len(raw), -1)[sample, 0] += step

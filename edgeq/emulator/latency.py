@@ -251,8 +251,10 @@ def measure_host_latency(model: bytes, *, runs: int = 50, warmup: int = 5, seed:
         raise ValueError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
     from ai_edge_litert.interpreter import Interpreter
 
+    from edgeq.tflite.strip import litert_loadable
+
     try:
-        interpreter = Interpreter(model_content=bytes(model), num_threads=1)
+        interpreter = Interpreter(model_content=litert_loadable(bytes(model)), num_threads=1)
         interpreter.allocate_tensors()
         rng = np.random.default_rng(seed)
         for detail in interpreter.get_input_details():

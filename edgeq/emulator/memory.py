@@ -91,6 +91,14 @@ def measure_tflm_arena(model: bytes, *, source: str = "<model>", timeout: float 
                                 trials=worker.trials, crashed_trials=worker.crashed)
 
 
+def recorded_arena(model: bytes, *, source: str = "<model>", timeout: float = 120.0) -> tuple[int, int, int]:
+    """(total, head, tail) as TFLM's recording allocator reports them after one run: the head (the
+    planned activations and scratch buffers) is exact; the total is a lower estimate of the arena."""
+    with _ArenaWorker(model, source=source, timeout=timeout) as worker:
+        total, head, tail, _ = _record(worker, len(model), source)
+        return total, head, tail
+
+
 def _record(worker: _ArenaWorker, model_bytes: int, source: str) -> tuple[int, int, int, int]:
     """(total, head, tail, arena that ran): one run with a generous arena, grown if needed."""
     arena = min(max(10 * model_bytes, 64 * 1024), _MAX_ARENA)

@@ -183,7 +183,10 @@ def run_litert(model: bytes, inputs: Sequence[np.ndarray], *, batch_size: int = 
 
     `kernels`: see KERNELS. `num_threads`: None -> default_threads().
     """
+    from edgeq.tflite.strip import litert_loadable
+
     start = time.perf_counter()
+    model = litert_loadable(model)  # a model flashed for TFLM may keep one zero point for all channels
     make = _interpreter_factory(kernels, num_threads)
     original = make(model)
     in_details, out_details = original.get_input_details(), original.get_output_details()

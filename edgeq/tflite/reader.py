@@ -472,6 +472,8 @@ class _Parser:
             zero_points = self.numbers(quant, _Q_ZERO_POINT, "<i8", "the zero points")
             axis = quant.QuantizedDimension()
             self._check_quantization(label, dtype, shape, scales, zero_points, axis)
+            if len(zero_points) == 1 and len(scales) > 1:
+                zero_points = zero_points * len(scales)  # what TFLM's allocator reads it as
         return TensorInfo(
             index=ti, name=name, dtype=dtype,
             shape=tuple(signature if signature and len(signature) == len(shape) else shape),
@@ -486,7 +488,8 @@ class _Parser:
             if not (math.isfinite(scale) and scale > 0):
                 self.fail(f"{label} has quantization scale {scale} (entry {k}); scales must be finite and > 0",
                           hint="calibration produced an invalid range or the file is corrupt; re-export it")
-        if zero_points and len(zero_points) != len(scales):
+        if zero_points and len(zero_points) != len(scales) and not (len(zero_points) == 1 and len(scales) > 1):
+            # One zero point for every channel is TFLM's space-saving form (edgeq flashes it).
             self.fail(f"{label} has {len(scales)} quantization scales but {len(zero_points)} zero points")
         lo, hi = _ZP_RANGE.get(dtype, (-(2**63), 2**63 - 1))
         for k, zp in enumerate(zero_points):

@@ -6,10 +6,15 @@ a signature for LiteRT's runner, and metadata for tools: on a DS-CNN that was 9.
 names, description, signatures, shape signatures (LiteRT's resizable shapes) and metadata
 (except TFLM's own "OfflineMemoryAllocation").
 The names are kept in a sidecar, `<name>_names.json`, which `inspect`, the report and
-`device-check` read, so nothing a person reads loses its names. The per-channel scales and zero
-points of int32 biases go too: TFLM's int8 kernels compute the bias scale from the input's and
-the weights'. Buffers stay 16-byte aligned, as the converter writes them (CMSIS-NN kernels want
-it).
+`device-check` read, so nothing a person reads loses its names. The lean form (the default, which
+the pipeline keeps only where TFLM gives the same outputs bit for bit) also leaves out
+- the per-channel scales and zero points of int32 biases: TFLM's int8 kernels compute the bias
+  scale from the input's and the weights';
+- all but one of a per-channel tensor's zero points when they are all 0 (the weights' always
+  are): TFLM's allocator reads a single zero point as every channel's. That is 8 bytes a channel,
+  13 KB of a 294 KB autoencoder. LiteRT insists on one per channel, so `litert_loadable` puts
+  them back before LiteRT opens a flashed model.
+Buffers stay 16-byte aligned, as the converter writes them (CMSIS-NN kernels want it).
 
 The rewrite goes through the flatbuffer object API, which trusts its input: only models the
 checked reader (edgeq/tflite/reader.py) has read come here.
@@ -43,13 +48,13 @@ def sidecar_path(tflite: Path) -> Path:
 _BIASED_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"})
 
 
-def strip_for_device(model: bytes, info: ModelInfo, *, bias_quantization: bool = False) -> tuple[bytes, dict[str, Any]]:
+def strip_for_device(model: bytes, info: ModelInfo, *, lean: bool = True) -> tuple[bytes, dict[str, Any]]:
     """(the model without names, signatures and metadata; the sidecar that names it again).
 
-    `info`: the checked reader's view of `model`, whose names the sidecar keeps. Unless
-    `bias_quantization`, the quantization parameters of int32 biases of per-channel int8
-    convolutions and dense layers go too. Callers check the result in TFLM (the pipeline does,
-    and keeps them where TFLM's outputs would change).
+    `info`: the checked reader's view of `model`, whose names the sidecar keeps. If `lean`, the
+    quantization parameters of int32 biases of per-channel int8 convolutions and dense layers go
+    too, and all-zero per-channel zero points shrink to one. Callers check the lean result in
+    TFLM (the pipeline does, and flashes the plain stripped form where TFLM's outputs would change).
     """
     from ai_edge_litert.tools import flatbuffer_utils
 
@@ -57,7 +62,7 @@ def strip_for_device(model: bytes, info: ModelInfo, *, bias_quantization: bool =
         obj = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
     except Exception as exc:  # pragma: no cover - the reader accepted the file
         raise TFLiteFormatError(f"{info.source}: cannot rewrite the model without names: {exc}") from exc
-    names = [[_text(t.name) for t in (sg.tensors or [])] for sg in (obj.subgraphs or [])]
+    names = [[text(t.name) for t in (sg.tensors or [])] for sg in (obj.subgraphs or [])]
     obj.description = None
     obj.signatureDefs = None
     for subgraph in obj.subgraphs or []:
@@ -67,13 +72,14 @@ def strip_for_device(model: bytes, info: ModelInfo, *, bias_quantization: bool =
             tensor.shapeSignature = None  # LiteRT's resizable shape; TFLM allocates from `shape`
     kept = []
     for entry in obj.metadata or []:
-        if _text(entry.name) in KEEP_METADATA:
+        if text(entry.name) in KEEP_METADATA:
             kept.append(entry)
         elif obj.buffers and 0 <= entry.buffer < len(obj.buffers):
             obj.buffers[entry.buffer].data = None  # its bytes go; the empty slot costs a few
     obj.metadata = kept or None
-    dropped = 0 if bias_quantization else _drop_bias_quantization(obj, info)
-    _align_buffers(obj)
+    dropped = _drop_bias_quantization(obj, info) if lean else 0
+    collapsed = _collapse_zero_points(obj) if lean else 0
+    align_buffers(obj)
     stripped = bytes(flatbuffer_utils.convert_object_to_bytearray(obj))
     sidecar = {
         "format": SIDECAR_FORMAT,
@@ -84,6 +90,7 @@ def strip_for_device(model: bytes, info: ModelInfo, *, bias_quantization: bool =
         "tensors": names,
         "stripped_bytes": len(model) - len(stripped),
         "bias_quantization_dropped": dropped,  # tensors whose (unused) bias scales were left out
+        "zero_points_collapsed": collapsed,  # per-channel tensors that keep one zero point for all
     }
     return stripped, sidecar
 
@@ -100,6 +107,55 @@ def _drop_bias_quantization(obj: Any, info: ModelInfo) -> int:
             graph.tensors[bias.index].quantization = None
             dropped += 1
     return dropped
+
+
+def _collapse_zero_points(obj: Any) -> int:
+    """Keep one zero point for per-channel tensors whose zero points are all 0."""
+    collapsed = 0
+    for subgraph in obj.subgraphs or []:
+        for tensor in subgraph.tensors or []:
+            q = tensor.quantization
+            if q is None or q.scale is None or q.zeroPoint is None:
+                continue
+            zero_points = np.asarray(q.zeroPoint, dtype=np.int64)
+            if len(q.scale) > 1 and zero_points.size == len(q.scale) and not zero_points.any():
+                q.zeroPoint = np.zeros(1, dtype=np.int64)
+                collapsed += 1
+    return collapsed
+
+
+def litert_loadable(model: bytes) -> bytes:
+    """`model` with a zero point per channel again wherever the lean form kept one for all.
+
+    TFLM reads a single zero point as every channel's; LiteRT refuses the tensor ("QuantizationParam
+    has 1 zero_point values and N scale values"). Returns `model` itself when nothing is collapsed.
+    """
+    from ai_edge_litert import schema_py_generated as schema
+
+    try:
+        root = schema.Model.GetRootAs(model, 0)
+        collapsed = any(_has_collapsed(root.Subgraphs(g).Tensors(t))
+                        for g in range(root.SubgraphsLength()) for t in range(root.Subgraphs(g).TensorsLength()))
+    except Exception:  # noqa: BLE001 - not ours to judge: LiteRT says what is wrong with it
+        return model
+    if not collapsed:
+        return model
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    obj = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
+    for subgraph in obj.subgraphs or []:
+        for tensor in subgraph.tensors or []:
+            q = tensor.quantization
+            if q is not None and q.scale is not None and q.zeroPoint is not None \
+                    and len(q.zeroPoint) == 1 and len(q.scale) > 1:
+                q.zeroPoint = np.full(len(q.scale), int(q.zeroPoint[0]), dtype=np.int64)
+    align_buffers(obj)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(obj))
+
+
+def _has_collapsed(tensor: Any) -> bool:
+    q = tensor.Quantization()
+    return q is not None and q.ScaleLength() > 1 and q.ZeroPointLength() == 1
 
 
 def render_sidecar(sidecar: dict[str, Any]) -> bytes:
@@ -145,11 +201,11 @@ def read_tflite_named(path: Path) -> tuple[bytes, ModelInfo]:
     return data, (with_names(info, sidecar) if sidecar is not None else info)
 
 
-def _text(value: Any) -> str:
+def text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else (value or "")
 
 
-def _align_buffers(obj: Any) -> None:
+def align_buffers(obj: Any) -> None:
     """Pack every buffer's bytes at a 16-byte boundary (the object API would align them to 4)."""
     from ai_edge_litert import schema_py_generated as schema
 

@@ -50,9 +50,38 @@ def test_stripped_model_is_smaller_aligned_and_bit_exact_in_tflm(named) -> None:
     biases = {op.inputs[2] for op in info.ops if op.name in ("CONV_2D", "FULLY_CONNECTED") and len(op.inputs) > 2}
     assert biases and sidecar["bias_quantization_dropped"] == len(biases)
     assert all(not bare.tensors[b].scales and info.tensors[b].scales for b in biases)
-    kept, _ = strip_for_device(named, info, bias_quantization=True)
+    kept, _ = strip_for_device(named, info, lean=False)
     assert len(stripped) < len(kept) < len(named)
     assert all(read_tflite(kept).tensors[b].scales == info.tensors[b].scales for b in biases)
+
+
+def test_lean_form_keeps_one_zero_point_per_weight_tensor_and_litert_gets_them_back(named) -> None:
+    """TFLM reads one zero point as every channel's; LiteRT wants them all, so they are put back."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    from edgeq.calibration import load_dataset
+    from edgeq.emulator.runtimes import run_litert, run_tflm
+    from edgeq.tflite.strip import litert_loadable
+
+    info = read_tflite(named)
+    stripped, sidecar = strip_for_device(named, info)
+    per_channel = [t for t in info.tensors if len(t.scales) > 1 and t.is_constant and t.dtype == "int8"]
+    assert per_channel and sidecar["zero_points_collapsed"] >= len(per_channel)
+    root = schema.Model.GetRootAs(stripped, 0).Subgraphs(0)
+    for t in per_channel:
+        assert root.Tensors(t.index).Quantization().ZeroPointLength() == 1, t.name
+    # The checked reader reads the collapsed form as TFLM does: a zero point for every channel.
+    bare = read_tflite(stripped)
+    assert all(bare.tensors[t.index].zero_points == t.zero_points == (0,) * len(t.scales) for t in per_channel)
+    x = load_dataset("digits:eval").inputs[0][:64]
+    assert np.array_equal(run_tflm(named, [x]).raw_outputs[0], run_tflm(stripped, [x]).raw_outputs[0])
+    reopened = litert_loadable(stripped)
+    assert reopened != stripped and litert_loadable(named) is named
+    assert all(schema.Model.GetRootAs(reopened, 0).Subgraphs(0).Tensors(t.index).Quantization().ZeroPointLength()
+               == len(t.scales) for t in per_channel)
+    # run_litert opens the flashed model itself and gives the unstripped model's outputs.
+    assert np.array_equal(run_litert(named, [x], kernels="builtin").raw_outputs[0],
+                          run_litert(stripped, [x], kernels="builtin").raw_outputs[0])
 
 
 def test_sidecar_names_the_stripped_model_only_when_it_matches(named, tmp_path) -> None:
