@@ -112,8 +112,8 @@ def _summary(report: dict[str, Any], err: bool = False) -> None:
     if sizes.get("float32_tflite_bytes") and mode != "float32":
         ratio = sizes["ratio"]
         change = f"{ratio:.2f}x smaller" if ratio >= 1 else f"{1 / ratio:.2f}x larger"
-        stripped = (f"; {sizes['names_stripped_bytes']:,} B of names and unused bias scales left out of the flashed model"
-                    if sizes.get("names_stripped_bytes") else "")
+        stripped = (f"; {sizes['names_stripped_bytes']:,} B of names, unused bias scales and repeated zero points "
+                    "left out of the flashed model" if sizes.get("names_stripped_bytes") else "")
         echo(f"  size      float32 {kib(sizes['float32_tflite_bytes'])} -> {mode} "
              f"{kib(sizes['quantized_tflite_bytes'])} ({change}{stripped})")
     elif sizes.get("quantized_tflite_bytes"):

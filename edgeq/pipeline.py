@@ -558,7 +558,7 @@ def _emulated(model: Any, method: str, *, recipe: Recipe, data: Dataset | None, 
     info = read_tflite(quantized, source=f"{name}.tflite")
     sidecar = None
     if profile.runtime == "tflm":  # the device gets the model without the strings TFLM never reads
-        quantized, info, sidecar = _stripped(quantized, info, source, data or eval_data, runtimes)
+        quantized, info, sidecar = _stripped(quantized, info, source, data or eval_data, runtimes, profile)
     # No host timing here: convert's report must be byte-identical between runs (`edgeq emulate` times it).
     checks, emulation = emulate_and_check(
         quantized, info, profile, CheckInput(info, profile, recipe.mode, recipe.input_dtype, recipe.output_dtype,
@@ -574,7 +574,7 @@ def _emulated(model: Any, method: str, *, recipe: Recipe, data: Dataset | None, 
 
 
 def _stripped(model: bytes, info: ModelInfo, source: ConverterSource, sample: Dataset | None,
-              worker: Worker) -> tuple[bytes, ModelInfo, dict[str, Any]]:
+              worker: Worker, profile: TargetProfile) -> tuple[bytes, ModelInfo, dict[str, Any]]:
     """The model without names, signatures and metadata, its names sidecar, and its info with the
     names put back. The lean form (no bias scales, one zero point for all-zero per-channel ones)
     where it gives TFLM's outputs bit for bit on up to 32 samples; otherwise only the strings go."""
@@ -589,34 +589,45 @@ def _stripped(model: bytes, info: ModelInfo, source: ConverterSource, sample: Da
             stripped, sidecar = strip_for_device(model, info, lean=False)
             same = True
         if same:
-            stripped = _with_arena_plan(stripped, read_tflite(stripped, source=info.source), inputs, worker, sidecar)
+            stripped = _with_arena_plan(stripped, read_tflite(stripped, source=info.source), inputs, worker, sidecar,
+                                        profile)
             return stripped, with_names(read_tflite(stripped, source=info.source), sidecar), sidecar
     raise ConversionError(f"{info.source}: without its names the model gives other outputs in TFLM",
                           hint="report this model; its names should not matter to TFLM")
 
 
 def _with_arena_plan(model: bytes, info: ModelInfo, inputs: list[Any] | None, worker: Worker,
-                     sidecar: dict[str, Any]) -> bytes:
-    """`model` with edgeq's arena plan (TFLM's OfflineMemoryAllocation), where TFLM then plans a
-    smaller head and gives the same outputs bit for bit; `sidecar["arena_plan"]` says what was tried."""
-    from edgeq.emulator.memory import recorded_arena
+                     sidecar: dict[str, Any], profile: TargetProfile) -> bytes:
+    """`model` with edgeq's arena plan (TFLM's OfflineMemoryAllocation), where TFLM's smallest arena
+    then shrinks by a larger share of the target's RAM than the plan takes of its flash, and the
+    outputs stay bit for bit; `sidecar["arena_plan"]` says what was tried."""
+    from edgeq.emulator.memory import measure_tflm_arena, recorded_arena
     from edgeq.tflite.arena_plan import with_plan
 
     planned = None if inputs is None else with_plan(model, info)
     if planned is None:
         return model
     candidate, plan = planned
+    extra_flash = len(candidate) - len(model)
+    memory = profile.memory
+    # RAM bytes worth one byte of flash on this target (4 on the mcu profile); 1 if it does not say.
+    worth = memory.ram_bytes / memory.flash_bytes if memory.ram_bytes and memory.flash_bytes else 1.0
     try:
         head, planned_head = (recorded_arena(m, source=info.source)[1] for m in (model, candidate))
+        record = {"kept": False, "tflm_head_bytes": head, "planned_head_bytes": planned_head,
+                  "lower_bound_bytes": plan.lower_bound, "order": plan.order, "extra_flash_bytes": extra_flash}
+        if head - planned_head > extra_flash * worth:  # the arena can shrink by no more than the head
+            smallest, planned_smallest = (measure_tflm_arena(m, source=info.source).smallest
+                                          for m in (model, candidate))
+            record.update(arena_bytes=smallest, planned_arena_bytes=planned_smallest)
+            record["kept"] = (smallest - planned_smallest > extra_flash * worth
+                              and _identical_in_tflm(worker, model, candidate, inputs) is True)
     except TargetCheckError:  # TFLM cannot run it; the checks will say why
         return model
-    kept = planned_head < head and _identical_in_tflm(worker, model, candidate, inputs) is True
-    sidecar["arena_plan"] = {"kept": kept, "tflm_head_bytes": head, "planned_head_bytes": planned_head,
-                             "lower_bound_bytes": plan.lower_bound, "order": plan.order,
-                             "extra_flash_bytes": len(candidate) - len(model)}
-    if kept:
+    sidecar["arena_plan"] = record
+    if record["kept"]:
         sidecar["model_sha256"] = hashlib.sha256(candidate).hexdigest()
-    return candidate if kept else model
+    return candidate if record["kept"] else model
 
 
 def _identical_in_tflm(worker: Worker, model: bytes, stripped: bytes, inputs: list[Any]) -> bool | None:

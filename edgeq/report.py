@@ -184,6 +184,20 @@ def _sizes_md(report: dict[str, Any]) -> list[str]:
     return ["## Sizes", "", *_table(["", "bytes"], rows)]
 
 
+def _arena_plan_md(plan: dict[str, Any]) -> str:
+    tried = (f"edgeq's plan places the activations in {plan['planned_head_bytes']:,} B, TFLM's own planner in "
+             f"{plan['tflm_head_bytes']:,} B; none can use less than {plan['lower_bound_bytes']:,} B, the most alive at once")
+    if plan["kept"]:
+        return (f"Arena plan: {tried}. The model carries edgeq's plan (TFLM's OfflineMemoryAllocation metadata, "
+                f"{plan['extra_flash_bytes']:,} B of flash): the smallest arena went from {plan['arena_bytes']:,} B "
+                f"to {plan['planned_arena_bytes']:,} B.")
+    why = ("the smallest arena would not shrink by more than the plan's flash is worth on this target"
+           if "arena_bytes" in plan else "the saving is smaller than the plan's flash is worth on this target"
+           if plan["planned_head_bytes"] < plan["tflm_head_bytes"] else "it is no better")
+    return (f"Arena plan: {tried}. TFLM plans the arena itself: {why} (the plan would take "
+            f"{plan['extra_flash_bytes']:,} B of flash).")
+
+
 def _memory_md(emu: dict[str, Any], plan: dict[str, Any] | None = None) -> list[str]:
     mem = emu.get("memory")
     if not mem:
@@ -205,12 +219,7 @@ def _memory_md(emu: dict[str, Any], plan: dict[str, Any] | None = None) -> list[
                 f"target's margin is for. The C header declares `k_<name>_tensor_arena_size` = "
                 f"{r['firmware_arena_bytes']:,} B (smallest + margin).", ""]
     if plan:
-        said = (f"edgeq planned the arena itself (TFLM's OfflineMemoryAllocation metadata, "
-                f"{plan['extra_flash_bytes']:,} B of flash): activations take {plan['planned_head_bytes']:,} B where "
-                f"TFLM's own planner takes {plan['tflm_head_bytes']:,} B" if plan["kept"] else
-                f"TFLM plans the arena itself: edgeq's plan ({plan['planned_head_bytes']:,} B of activations) was no "
-                f"better than TFLM's ({plan['tflm_head_bytes']:,} B)")
-        out += [f"{said}; no plan can use less than {plan['lower_bound_bytes']:,} B, the most alive at once.", ""]
+        out += [_arena_plan_md(plan), ""]
     act = r.get("litert_activations")
     if act:
         out += [f"LiteRT peak activations: {act['peak_bytes']:,} B at op #{act['peak_op_index']} "

@@ -69,10 +69,13 @@ class ArenaSize:
         return self.measured + self.margin
 
 
-def _arena_lines(ident: str, arena: ArenaSize | None) -> str:
+def _arena_lines(ident: str, arena: ArenaSize | None, planned: bool = False) -> str:
     if arena is None:
         return ""
-    return (
+    plan = ("// The model carries edgeq's arena plan (TFLM's \"OfflineMemoryAllocation\" metadata), which\n"
+            "// MicroInterpreter's default planner (GreedyMemoryPlanner) follows; with a planner that\n"
+            "// ignores it, the arena must be larger.\n") if planned else ""
+    return plan + (
         f"// Tensor arena: the smallest that runs this model in TensorFlow Lite Micro's host build is\n"
         f"// {arena.measured} bytes (measured by edgeq), plus a {arena.margin}-byte margin for what differs on the\n"
         f"// device (optimized kernels' scratch buffers, pointer size). Declare it 16-byte aligned:\n"
@@ -80,6 +83,15 @@ def _arena_lines(ident: str, arena: ArenaSize | None) -> str:
         f"//   alignas(16) static uint8_t tensor_arena[kTensorArenaSize];\n"
         f"constexpr unsigned int k_{ident}_tensor_arena_size = {arena.total};\n\n"
     )
+
+
+def _has_plan(model: bytes) -> bool:
+    from edgeq.tflite.arena_plan import read_plan
+
+    try:
+        return read_plan(model) is not None
+    except Exception:  # noqa: BLE001 - a file the checked reader accepted; no plan is the safe answer
+        return False
 
 
 def model_data_sources(name: str, model: bytes, *, alignment: int = 16,
@@ -96,7 +108,7 @@ def model_data_sources(name: str, model: bytes, *, alignment: int = 16,
         + f"// The .tflite flatbuffer, {alignment}-byte aligned as TFLM's optimized kernels require.\n"
         + f"extern const unsigned char {array}[];\n"
         + f"extern const unsigned int {array}_size;\n\n"
-        + _arena_lines(ident, arena)
+        + _arena_lines(ident, arena, planned=_has_plan(model))
         + f"#endif  // {guard}\n"
     )
     lines = [

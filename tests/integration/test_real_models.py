@@ -218,3 +218,27 @@ def test_savedmodel_gets_batch_1_and_the_flashed_model_is_lean(tmp_path, digits)
     acc = result.report["emulation"]["accuracy"]
     ours = predict("tflm", flashed, digits["eval"].inputs[0])
     assert acc["quantized_top1"] == pytest.approx(np.mean(ours.argmax(1) == digits["eval"].labels), abs=1e-6)
+
+
+def test_keras3_conv1d_gets_edgeqs_arena_plan_and_needs_less_than_plain(tmp_path) -> None:
+    """On the Keras 3 Conv1D, TFLM's own planner leaves a hole: the flashed model carries edgeq's
+    plan, the report's arena is what TFLM then needs, and it is below the plain converter's."""
+    from bench_models import plain_int8
+
+    from edgeq.emulator.memory import measure_tflm_arena
+    from edgeq.tflite.arena_plan import read_plan
+    from edgeq.tflite.strip import read_tflite_named
+
+    model, path, data = _saved(tmp_path, "conv1d")
+    result = convert(path, "mcu", calibration=str(data), evaluation=str(data), outdir=tmp_path / "out",
+                     per_layer=False)
+    plan = result.report["arena_plan"]
+    assert plan["kept"] and plan["planned_head_bytes"] < plan["tflm_head_bytes"], plan
+    flashed = tmp_path / "out" / "conv1d.tflite"
+    _, named = read_tflite_named(flashed)  # the sidecar still names the planned bytes
+    assert read_plan(flashed.read_bytes()) is not None and any(t.name for t in named.tensors)
+    arena = result.report["emulation"]["memory"]["ram"]["needed_bytes"]
+    assert arena == measure_tflm_arena(flashed.read_bytes()).smallest
+    plain = plain_int8("keras", path, dict(np.load(data)), [t.name.split(":")[0] for t in model.inputs])
+    assert arena <= measure_tflm_arena(plain).smallest
+    _agrees(result)

@@ -113,3 +113,27 @@ def test_place_puts_short_lived_tensors_in_holes() -> None:
     offsets = place(buffers, lambda b: (-b.size, b.tensor))
     assert max(offsets[b.tensor] + b.size for b in buffers) == 1024
     assert list(itertools.chain(overlaps(buffers, [offsets[b.tensor] for b in buffers]))) == []
+
+
+def test_the_c_header_says_when_the_model_carries_a_plan(conv1d_tflite) -> None:
+    from edgeq.export.c_arrays import ArenaSize, model_data_sources
+
+    planned, _ = with_plan(conv1d_tflite, read_tflite(conv1d_tflite))
+    arena = ArenaSize(measured=6576, margin=1024)
+    with_header = model_data_sources("m", planned, arena=arena)["m_model_data.h"].decode()
+    without = model_data_sources("m", conv1d_tflite, arena=arena)["m_model_data.h"].decode()
+    assert "OfflineMemoryAllocation" in with_header and "OfflineMemoryAllocation" not in without
+
+
+def test_report_says_why_a_plan_was_or_was_not_kept() -> None:
+    from edgeq.report import _arena_plan_md
+
+    base = {"tflm_head_bytes": 4832, "planned_head_bytes": 3840, "lower_bound_bytes": 3840, "extra_flash_bytes": 160}
+    kept = _arena_plan_md({**base, "kept": True, "arena_bytes": 7568, "planned_arena_bytes": 6576})
+    assert "carries edgeq's plan" in kept and "7,568 B to 6,576 B" in kept
+    measured = _arena_plan_md({**base, "kept": False, "arena_bytes": 7568, "planned_arena_bytes": 7560})
+    assert "would not shrink" in measured and "160 B of flash" in measured
+    small = _arena_plan_md({**base, "kept": False, "planned_head_bytes": 4800})
+    assert "saving is smaller" in small
+    same = _arena_plan_md({**base, "kept": False, "planned_head_bytes": 4832})
+    assert "no better" in same
