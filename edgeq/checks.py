@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+from edgeq.defaults import DEFAULT_MAX_ACCURACY_DROP
 from edgeq.modes import MODES
 from edgeq.targets import TargetProfile
 from edgeq.tflite.reader import FLOAT_DTYPES, ModelInfo
@@ -18,7 +19,6 @@ if TYPE_CHECKING:
     from edgeq.emulator.accuracy import AccuracyMetrics
     from edgeq.emulator.emulate import MemoryReport
 
-DEFAULT_MAX_ACCURACY_DROP = 1.0  # percentage points of top-1, float Keras vs quantized on the device runtime
 
 
 @dataclass(frozen=True)

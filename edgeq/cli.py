@@ -17,10 +17,11 @@ from typing import Any, Callable
 import click
 
 from edgeq import __version__
+from edgeq.defaults import DEFAULT_MAX_ACCURACY_DROP as DEFAULT_DROP
+from edgeq.device.protocol import DEFAULT_MAX_PAYLOAD, LENGTH_LIMIT, MIN_PAYLOAD
 from edgeq.errors import EdgeqError
 from edgeq.report import confirmation_summary, kib
 
-DEFAULT_DROP = 1.0  # keep in step with edgeq.checks.DEFAULT_MAX_ACCURACY_DROP (not imported: start-up time)
 
 
 class _Group(click.Group):
@@ -196,7 +197,8 @@ def main() -> None:
 @click.option("--force", is_flag=True, help="Write the outputs even if a check fails; the report says so.")
 @click.option("--harness", is_flag=True, help="Also write the test-harness firmware for `edgeq device-check` "
               "(see `edgeq firmware --help`). TFLM targets only.")
-@click.option("--max-payload", default=4096, show_default=True, type=click.IntRange(min=64, max=65535),
+@click.option("--max-payload", default=DEFAULT_MAX_PAYLOAD, show_default=True,
+              type=click.IntRange(min=MIN_PAYLOAD, max=LENGTH_LIMIT),
               help="With --harness: the largest protocol frame payload (EDGEQ_MAX_PAYLOAD).")
 @click.option("-o", "--output", "outdir", type=click.Path(path_type=Path), default=None,
               help="Output folder. Default: edgeq-out/<name>-<target>.")
@@ -450,7 +452,8 @@ def _require_tflm_kernels(info: Any) -> None:
 @click.option("--name", default=None, help="Base name of the C identifiers. Default: the file name.")
 @click.option("--arena-margin", default=None, type=click.IntRange(min=0),
               help="Bytes added to the measured tensor arena. Default: the target's margin.")
-@click.option("--max-payload", default=4096, show_default=True, type=click.IntRange(min=64, max=65535),
+@click.option("--max-payload", default=DEFAULT_MAX_PAYLOAD, show_default=True,
+              type=click.IntRange(min=MIN_PAYLOAD, max=LENGTH_LIMIT),
               help="EDGEQ_MAX_PAYLOAD: the largest frame payload; the device holds two such buffers in RAM.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 def firmware(model: Path, target: str, outdir: Path | None, name: str | None, arena_margin: int | None,
@@ -719,7 +722,8 @@ def device_check(port: str, baud: int, model: Path, data: str, limit: int | None
               help="Tensor arena bytes (default: measured smallest + --arena-margin, as `edgeq firmware` does).")
 @click.option("--arena-margin", default=1024, show_default=True, type=click.IntRange(min=0),
               help="Bytes added to the measured arena.")
-@click.option("--max-payload", default=4096, show_default=True, type=click.IntRange(min=64, max=65535),
+@click.option("--max-payload", default=DEFAULT_MAX_PAYLOAD, show_default=True,
+              type=click.IntRange(min=MIN_PAYLOAD, max=LENGTH_LIMIT),
               help="Largest frame payload, like the firmware's EDGEQ_MAX_PAYLOAD.")
 def device_sim(model: Path, faults: tuple[str, ...], link_path: Path | None, arena: int | None, arena_margin: int,
                max_payload: int) -> None:

@@ -20,6 +20,7 @@ import numpy as np
 from edgeq.calibration import (CalibrationWarning, Dataset, InputSpec, list_bundled, load_dataset,
                                validate_for_model)
 from edgeq.checks import DEFAULT_MAX_ACCURACY_DROP, CheckInput, CheckResult, gate_summary, run_checks
+from edgeq.device.protocol import DEFAULT_MAX_PAYLOAD
 from edgeq.errors import CalibrationError, ConversionError, ModelLoadError, RecipeError, TargetCheckError
 from edgeq.export.atomic import check_output_dir, write_files_atomically
 from edgeq.export.c_arrays import ArenaSize, c_identifier, tflm_sources
@@ -121,7 +122,7 @@ def convert(
     trust_model: bool = False,
     per_layer: bool = True,
     harness: bool = False,
-    max_payload: int = 4096,
+    max_payload: int = DEFAULT_MAX_PAYLOAD,
     input_shapes: dict[str, tuple[int, ...]] | None = None,
     on_step: Step = lambda message: None,
     progress: Progress | None = None,

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from edgeq.device.link import DeviceError, DeviceLink
-from edgeq.device.protocol import DType, HelloReply, TensorInfo, TimeUnit
+from edgeq.device.protocol import DType, HelloReply, WireTensor, TimeUnit
 from edgeq.device.tensors import describe, nbytes, pack, unpack, wire_tensors
 from edgeq.errors import EdgeqError
 from edgeq.report import SCHEMA_VERSION, library_versions, render_json
@@ -124,7 +124,7 @@ def device_check(port: str, model_path: Path, data: str, *, baud: int = DEFAULT_
     return DeviceCheckResult(report, report["verdict"], written)
 
 
-def _verify(hello: HelloReply, sha: bytes, wire_in: tuple[TensorInfo, ...], wire_out: tuple[TensorInfo, ...],
+def _verify(hello: HelloReply, sha: bytes, wire_in: tuple[WireTensor, ...], wire_out: tuple[WireTensor, ...],
             model_path: Path) -> None:
     hint = (f"flash the firmware generated for this model (`edgeq firmware {model_path.name} -o DIR`), or pass "
             "--model the .tflite the firmware was generated from")
@@ -155,8 +155,8 @@ class _Run:
     link: dict[str, Any]
 
 
-def _stream(link: DeviceLink, payloads: list[bytes], wire_out: tuple[TensorInfo, ...], sha: bytes,
-            wire_in: tuple[TensorInfo, ...], model_path: Path, max_resets: int, on_step: Step,
+def _stream(link: DeviceLink, payloads: list[bytes], wire_out: tuple[WireTensor, ...], sha: bytes,
+            wire_in: tuple[WireTensor, ...], model_path: Path, max_resets: int, on_step: Step,
             advance: Callable[[int], None] | None) -> _Run:
     outputs: dict[int, list[np.ndarray]] = {}
     times: dict[int, int] = {}
@@ -210,7 +210,7 @@ def _pct(x: float | None) -> float | None:
 
 def _report(model_path: Path, model: bytes, data_name: str, data_sha: str, port: str, baud: int, hello: HelloReply,
             run: _Run, expected: list[np.ndarray], labels: np.ndarray | None, emulated: list[np.ndarray],
-            wire_out: tuple[TensorInfo, ...], n: int) -> dict[str, Any]:
+            wire_out: tuple[WireTensor, ...], n: int) -> dict[str, Any]:
     from edgeq.emulator.runtimes import dequantize
 
     done = sorted(run.outputs)
@@ -269,7 +269,7 @@ def _report(model_path: Path, model: bytes, data_name: str, data_sha: str, port:
     }
 
 
-def _tensor(t: TensorInfo) -> dict[str, Any]:
+def _tensor(t: WireTensor) -> dict[str, Any]:
     name = DType(t.dtype).name.lower() if t.dtype in DType._value2member_map_ else str(t.dtype)
     return {"dtype": name, "shape": list(t.shape), "scale": t.scale, "zero_point": t.zero_point,
             "bytes": nbytes(t) if t.dtype in DType._value2member_map_ else None}

@@ -27,17 +27,13 @@ from typing import Any, Mapping
 import numpy as np
 
 from edgeq import __version__
-from edgeq.device.protocol import INFER_REPLY_HEADER
+from edgeq.device.protocol import DEFAULT_MAX_PAYLOAD, FRAME_OVERHEAD, INFER_REPLY_HEADER, MAX_RANK, MIN_PAYLOAD
+from edgeq.device.protocol import LENGTH_LIMIT as PAYLOAD_LIMIT
 from edgeq.device.tensors import WIRE_DTYPES, nbytes, wire_tensor
 from edgeq.errors import EdgeqError, TargetCheckError
 from edgeq.export.c_arrays import ArenaSize, c_identifier, tflm_sources
 from edgeq.tflite.reader import ModelInfo, TensorInfo
 
-DEFAULT_MAX_PAYLOAD = 4096  # edgeq_protocol.h's default EDGEQ_MAX_PAYLOAD
-PAYLOAD_LIMIT = 0xFFFF  # the u16 length field
-MIN_PAYLOAD = 64  # edgeq_device.h refuses smaller (a HELLO_REPLY needs room)
-MAX_RANK = 8  # edgeq_protocol.h's EDGEQ_MAX_RANK
-FRAME_OVERHEAD = 8
 DEVICE_OVERHEAD = 64  # edgeq_device beyond its two buffers (parser fields, pointers, read chunk), rounded up
 
 # Copied verbatim from edgeq/device/c into the tree (same relative path, "/" separated).

@@ -9,6 +9,7 @@ the CRC covering version..payload.
 
 from __future__ import annotations
 
+import binascii
 import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -19,7 +20,9 @@ HEADER_SIZE = 6  # SOF, version, type, seq, length (2)
 CRC_SIZE = 2
 FRAME_OVERHEAD = HEADER_SIZE + CRC_SIZE
 DEFAULT_MAX_PAYLOAD = 4096  # the C side's EDGEQ_MAX_PAYLOAD default
+MIN_PAYLOAD = 64  # edgeq_device.h refuses smaller (a HELLO_REPLY needs room)
 LENGTH_LIMIT = 0xFFFF  # what the u16 length field can carry
+MAX_RANK = 8  # edgeq_protocol.h's EDGEQ_MAX_RANK: dimensions a tensor description carries
 INFER_REPLY_HEADER = 9  # time u32 | unit u8 | count u32, before the output bytes
 INTER_BYTE_TIMEOUT = 0.1  # seconds idle mid-frame after which either end drops a partial frame
 
@@ -80,25 +83,13 @@ class BadLength(ProtocolError):
         self.length = length
 
 
-def _crc_table() -> tuple[int, ...]:
-    table = []
-    for byte in range(256):
-        crc = byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) & 0xFFFF if crc & 0x8000 else (crc << 1) & 0xFFFF
-        table.append(crc)
-    return tuple(table)
-
-
-_CRC_TABLE = _crc_table()
-
-
 def crc16_ccitt(data: bytes | bytearray | memoryview, crc: int = 0xFFFF) -> int:
-    """CRC-16/CCITT-FALSE: poly 0x1021, init 0xFFFF, no reflection, no final XOR."""
-    table = _CRC_TABLE
-    for byte in bytes(data):
-        crc = ((crc << 8) & 0xFFFF) ^ table[(crc >> 8) ^ byte]
-    return crc
+    """CRC-16/CCITT-FALSE: poly 0x1021, init 0xFFFF, no reflection, no final XOR (check value 0x29B1).
+
+    `binascii.crc_hqx` is this CRC with the init value as its argument. The device side computes it
+    in edgeq_protocol.c; tests/unit/test_protocol.py pins both to the same values.
+    """
+    return binascii.crc_hqx(data, crc)
 
 
 def encode_frame(frame_type: int, seq: int, payload: bytes = b"", *,
@@ -201,7 +192,7 @@ class _Reader:
 
 
 @dataclass(frozen=True)
-class TensorInfo:
+class WireTensor:
     dtype: int
     shape: tuple[int, ...]
     scale: float = 0.0
@@ -215,7 +206,7 @@ class TensorInfo:
                 + struct.pack("<fi", self.scale, self.zero_point))
 
     @classmethod
-    def _read(cls, r: _Reader) -> TensorInfo:
+    def _read(cls, r: _Reader) -> WireTensor:
         dtype, rank = r.take("<BB")
         shape = r.take(f"<{rank}I")
         scale, zero_point = r.take("<fi")
@@ -227,8 +218,8 @@ class HelloReply:
     model_sha256: bytes
     arena_size: int
     arena_used: int
-    inputs: tuple[TensorInfo, ...]
-    outputs: tuple[TensorInfo, ...]
+    inputs: tuple[WireTensor, ...]
+    outputs: tuple[WireTensor, ...]
     max_payload: int = DEFAULT_MAX_PAYLOAD
     protocol_version: int = PROTOCOL_VERSION
 
@@ -250,9 +241,9 @@ class HelloReply:
         (sha,) = r.take("<32s")
         arena_size, arena_used = r.take("<II")
         (n_in,) = r.take("<B")
-        inputs = tuple(TensorInfo._read(r) for _ in range(n_in))
+        inputs = tuple(WireTensor._read(r) for _ in range(n_in))
         (n_out,) = r.take("<B")
-        outputs = tuple(TensorInfo._read(r) for _ in range(n_out))
+        outputs = tuple(WireTensor._read(r) for _ in range(n_out))
         r.done()
         return cls(sha, arena_size, arena_used, inputs, outputs, max_payload, version)
 

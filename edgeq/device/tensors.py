@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from edgeq.device.protocol import DType, TensorInfo
+from edgeq.device.protocol import DType, WireTensor
 from edgeq.errors import EdgeqError
 from edgeq.tflite.reader import ModelInfo
 from edgeq.tflite.reader import TensorInfo as ModelTensor
@@ -35,23 +35,23 @@ def numpy_dtype(code: int) -> np.dtype:
     return np.dtype(name).newbyteorder("<")
 
 
-def wire_tensor(tensor: ModelTensor) -> TensorInfo:
+def wire_tensor(tensor: ModelTensor) -> WireTensor:
     scale = float(np.float32(tensor.scales[0])) if tensor.scales else 0.0
     zero_point = int(tensor.zero_points[0]) if tensor.zero_points else 0
     # The reader keeps the shape signature (-1 for a free batch); TFLM allocates the static shape, 1 there.
-    return TensorInfo(dtype_code(tensor.dtype), tuple(1 if d < 0 else int(d) for d in tensor.shape), scale,
+    return WireTensor(dtype_code(tensor.dtype), tuple(1 if d < 0 else int(d) for d in tensor.shape), scale,
                       zero_point)
 
 
-def wire_tensors(info: ModelInfo) -> tuple[tuple[TensorInfo, ...], tuple[TensorInfo, ...]]:
+def wire_tensors(info: ModelInfo) -> tuple[tuple[WireTensor, ...], tuple[WireTensor, ...]]:
     return (tuple(wire_tensor(t) for t in info.input_tensors), tuple(wire_tensor(t) for t in info.output_tensors))
 
 
-def nbytes(tensor: TensorInfo) -> int:
+def nbytes(tensor: WireTensor) -> int:
     return int(np.prod(tensor.shape, dtype=np.int64)) * numpy_dtype(tensor.dtype).itemsize
 
 
-def describe(tensor: TensorInfo) -> str:
+def describe(tensor: WireTensor) -> str:
     text = f"{DType(tensor.dtype).name.lower() if tensor.dtype in DType._value2member_map_ else tensor.dtype}" \
            f"[{', '.join(map(str, tensor.shape))}]"
     if tensor.scale:
@@ -59,12 +59,12 @@ def describe(tensor: TensorInfo) -> str:
     return text
 
 
-def pack(arrays: Sequence[np.ndarray], tensors: Sequence[TensorInfo]) -> bytes:
+def pack(arrays: Sequence[np.ndarray], tensors: Sequence[WireTensor]) -> bytes:
     """One sample's tensors, in order, as the bytes an INFER frame carries."""
     return b"".join(np.ascontiguousarray(a, dtype=numpy_dtype(t.dtype)).tobytes() for a, t in zip(arrays, tensors))
 
 
-def unpack(data: bytes, tensors: Sequence[TensorInfo]) -> list[np.ndarray]:
+def unpack(data: bytes, tensors: Sequence[WireTensor]) -> list[np.ndarray]:
     """Split concatenated tensor bytes back into arrays; ValueError if the size is wrong."""
     expected = sum(nbytes(t) for t in tensors)
     if len(data) != expected:

@@ -24,7 +24,7 @@ from edgeq.device.protocol import (
     FrameType,
     HelloReply,
     InferReply,
-    TensorInfo,
+    WireTensor,
     TimeUnit,
     encode_frame,
 )
@@ -154,8 +154,8 @@ def test_hello_reply_carries_the_model_description(start):
     hello = HelloReply.parse(reply.payload)
     assert hello == HelloReply(
         model_sha256=bytes((i * 7 + 1) & 0xFF for i in range(32)), arena_size=20000, arena_used=12345,
-        inputs=(TensorInfo(DType.INT8, (1, 40), 0.5, -3),),
-        outputs=(TensorInfo(DType.INT8, (1, 10), 0.00390625, -128),),
+        inputs=(WireTensor(DType.INT8, (1, 40), 0.5, -3),),
+        outputs=(WireTensor(DType.INT8, (1, 10), 0.00390625, -128),),
         max_payload=DEFAULT_MAX_PAYLOAD, protocol_version=1)
     # strict v1 payloads: a HELLO with a payload is malformed
     err = dev.error(FrameType.HELLO, 2, b"x")
@@ -325,7 +325,7 @@ def test_host_link_talks_to_the_c_device(c_device_port):
     try:
         link = DeviceLink(port, infer_timeout=2.0)
         hello = link.hello()
-        assert hello.inputs == (TensorInfo(DType.INT8, (1, 40), 0.5, -3),) and hello.arena_used == 12345
+        assert hello.inputs == (WireTensor(DType.INT8, (1, 40), 0.5, -3),) and hello.arena_used == 12345
         for n in range(1, 4):
             data = bytes((n * 13 + i) & 0xFF for i in range(40))
             result = link.infer(data, sample=n)

@@ -31,7 +31,7 @@ from edgeq.device.protocol import (
     FrameType,
     HelloReply,
     InferReply,
-    TensorInfo,
+    WireTensor,
     encode_frame,
 )
 from edgeq.errors import EdgeqError, TargetCheckError
@@ -214,8 +214,8 @@ def test_tree_c_compiles_with_gcc_and_describes_the_model(tree, model, tmp_path)
 
     it = Interpreter(model_content=model)
     (i_det,), (o_det,) = it.get_input_details(), it.get_output_details()
-    assert reply.inputs == (TensorInfo(DType.INT8, (1, 8, 8, 1), i_det["quantization"][0], i_det["quantization"][1]),)
-    assert reply.outputs == (TensorInfo(DType.INT8, (1, 10), o_det["quantization"][0], o_det["quantization"][1]),)
+    assert reply.inputs == (WireTensor(DType.INT8, (1, 8, 8, 1), i_det["quantization"][0], i_det["quantization"][1]),)
+    assert reply.outputs == (WireTensor(DType.INT8, (1, 10), o_det["quantization"][0], o_det["quantization"][1]),)
     assert InferReply.parse(infer.payload) == InferReply(7, 0, 1, bytes(range(10)))
     err = ErrorFrame.parse(short.payload)
     assert err.code == ErrorCode.BAD_PAYLOAD and err.message == "INFER carries 63 bytes, the model takes 64"

@@ -30,7 +30,7 @@ from edgeq.device.protocol import (
     HelloReply,
     InferReply,
     ProtocolError,
-    TensorInfo,
+    WireTensor,
     TimeUnit,
     crc16_ccitt,
     encode_frame,
@@ -48,6 +48,44 @@ def frames(events):
 def test_crc_check_value():
     assert crc16_ccitt(b"123456789") == 0x29B1
     assert crc16_ccitt(b"") == 0xFFFF
+
+
+def test_frame_constants_are_the_c_headers():
+    """protocol.py holds the host's one copy of the frame constants; the C headers hold the device's."""
+    import re
+
+    from edgeq.device import protocol
+
+    c_dir = Path(__file__).resolve().parents[2] / "edgeq" / "device" / "c"
+    header = (c_dir / "edgeq_protocol.h").read_text()
+    defines = {m[0]: int(m[1]) for m in re.findall(r"#define (EDGEQ_\w+) (\d+)u", header)}
+    assert defines["EDGEQ_HEADER_SIZE"] == protocol.HEADER_SIZE
+    assert defines["EDGEQ_MAX_PAYLOAD"] == protocol.DEFAULT_MAX_PAYLOAD
+    assert defines["EDGEQ_MAX_RANK"] == protocol.MAX_RANK
+    assert f"#if EDGEQ_MAX_PAYLOAD < {protocol.MIN_PAYLOAD}u" in (c_dir / "edgeq_device.h").read_text()
+    assert f"#if EDGEQ_MAX_PAYLOAD > {protocol.LENGTH_LIMIT}u" in header
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not installed")
+def test_host_and_device_crc_agree(tmp_path):
+    """The device's CRC (edgeq_protocol.c) and the host's (binascii.crc_hqx) on the check string
+    and on random frames' bytes."""
+    c_dir = Path(__file__).resolve().parents[2] / "edgeq" / "device" / "c"
+    rng = random.Random(7)
+    samples = [b"123456789", b"", bytes(range(256))] + [rng.randbytes(rng.randrange(1, 300)) for _ in range(20)]
+    main = tmp_path / "crc_main.c"
+    main.write_text(
+        '#include "edgeq_protocol.h"\n#include <stdio.h>\n#include <stdlib.h>\n'
+        "int main(int argc, char **argv) {\n"
+        "  unsigned char buf[4096]; size_t n = 0; int i;\n"
+        "  for (i = 1; i < argc; i++) buf[n++] = (unsigned char)strtol(argv[i], NULL, 16);\n"
+        '  printf("%04x\\n", edgeq_crc16(buf, n)); return 0;\n}\n')
+    exe = tmp_path / "crc"
+    subprocess.run(["gcc", "-std=c99", "-Wall", "-Werror", f"-I{c_dir}", str(main), str(c_dir / "edgeq_protocol.c"),
+                    "-o", str(exe)], check=True, capture_output=True)
+    for data in samples:
+        out = subprocess.run([str(exe), *(f"{b:02x}" for b in data)], capture_output=True, text=True, check=True)
+        assert int(out.stdout, 16) == crc16_ccitt(data), data.hex()
 
 
 def test_frame_layout_is_as_documented():
@@ -102,8 +140,8 @@ def test_reset_drops_partial_frame():
 
 HELLO = HelloReply(
     model_sha256=bytes(range(32)), arena_size=65536, arena_used=12345,
-    inputs=(TensorInfo(DType.INT8, (1, 32, 32, 1), 0.5, -3),),
-    outputs=(TensorInfo(DType.INT8, (1, 32), 0.00390625, -128),),
+    inputs=(WireTensor(DType.INT8, (1, 32, 32, 1), 0.5, -3),),
+    outputs=(WireTensor(DType.INT8, (1, 32), 0.00390625, -128),),
 )
 
 
