@@ -431,7 +431,7 @@ def _parse_shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
 def _require_tflm_kernels(info: Any) -> None:
     """float16 and hybrid models have no TFLM kernels: say so before trying to run them."""
     from edgeq.checks import CheckInput, check_kernels
-    from edgeq.emulator.emulate import infer_mode
+    from edgeq.tflite.facts import infer_mode
     from edgeq.errors import TargetCheckError
     from edgeq.targets import load_target
 

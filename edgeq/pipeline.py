@@ -782,7 +782,7 @@ def emulate_file(
     `reference`: the float Keras model it came from, for accuracy drop and output error.
     Raises GateError (exit 3) when a check fails, after writing the reports to `report_dir`.
     """
-    from edgeq.emulator.emulate import infer_mode, input_specs
+    from edgeq.tflite.facts import infer_mode, input_specs
     from edgeq.tflite.strip import read_tflite_named
 
     tflite_path = Path(tflite_path)

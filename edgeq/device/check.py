@@ -64,10 +64,10 @@ def device_check(port: str, model_path: Path, data: str, *, baud: int = DEFAULT_
                  ) -> DeviceCheckResult:
     """Run `data` (a bundled set or .npz; its eval split by default) on the device at `port`."""
     from edgeq.calibration import load_dataset, validate_for_model
-    from edgeq.emulator.emulate import input_specs
     from edgeq.emulator.runtimes import quantize_inputs, run_tflm
     from edgeq.export.atomic import check_output_dir, write_files_atomically
     from edgeq.isolation import ChildCrashed, shared_worker
+    from edgeq.tflite.facts import input_specs
     from edgeq.tflite.strip import read_tflite_named
 
     model_path = Path(model_path)

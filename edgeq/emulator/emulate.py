@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from edgeq.calibration import Dataset, InputSpec
+from edgeq.calibration import Dataset
 from edgeq.emulator.accuracy import AccuracyMetrics, Evaluation, LayerError, compare, evaluate
 from edgeq.emulator.latency import HostLatency, LatencyEstimate, estimate_latency, measure_host_latency
 from edgeq.emulator.memory import ActivationMemory, ArenaMeasurement, measure_tflm_arena, peak_activation_memory
@@ -23,7 +23,8 @@ from edgeq.errors import EdgeqError, ModelLoadError, TargetCheckError
 from edgeq.iomap import from_graph_outputs, natural_output_names, to_graph_inputs
 from edgeq.isolation import ChildCrashed, Worker, shared_worker
 from edgeq.targets import TargetProfile
-from edgeq.tflite.reader import FLOAT_DTYPES, ModelInfo
+from edgeq.tflite.facts import infer_mode
+from edgeq.tflite.reader import ModelInfo
 
 Progress = Callable[[str, int], Callable[[int], None]]  # (label, total) -> advance(n_done)
 
@@ -116,28 +117,6 @@ def _check_reference(reference: list[np.ndarray], quantized: list[np.ndarray], i
         raise ModelLoadError(f"the float reference model's outputs {ref} do not match the outputs of "
                              f"{info.source} {quant}",
                              hint="compare against the Keras model this .tflite was converted from")
-
-
-def infer_mode(info: ModelInfo) -> str:
-    """The quantization mode a .tflite was converted in, from its tensors' dtypes."""
-    if any(t.dtype == "float16" for t in info.tensors):
-        return "float16"
-    edges = set(info.inputs) | set(info.outputs)
-    acts = {t.dtype for t in info.flowing_tensors if not t.is_constant and t.index not in edges}
-    acts = acts or {t.dtype for t in info.flowing_tensors if not t.is_constant}
-    int_weights = any(t.is_constant and t.dtype in ("int8", "int4") for t in info.tensors)
-    if acts & set(FLOAT_DTYPES):
-        return "dynamic" if int_weights else "float32"
-    # int8 activations make it int8, even with some int16 ones (the integer LSTM's cell state).
-    return "int16x8" if "int16" in acts and "int8" not in acts else "int8"
-
-
-def input_specs(info: ModelInfo) -> list[InputSpec]:
-    """What data for this .tflite must look like: float samples of each input's shape, in the
-    graph's input order, named as its signature names them (else by tensor name)."""
-    names = info.input_names or ("",) * len(info.inputs)
-    return [InputSpec(name or t.name, (None, *(d if d > 0 else None for d in t.shape[1:])), "float32")
-            for name, t in zip(names, info.input_tensors)]
 
 
 def measure_memory(model: bytes, info: ModelInfo, target: TargetProfile, *, can_run_tflm: bool,

@@ -8,7 +8,8 @@ import pytest
 
 from edgeq.checks import DEFAULT_MAX_ACCURACY_DROP, CheckInput, gate_summary, run_checks
 from edgeq.emulator.accuracy import AccuracyMetrics
-from edgeq.emulator.emulate import MemoryReport, infer_mode
+from edgeq.emulator.emulate import MemoryReport
+from edgeq.tflite.facts import infer_mode
 from edgeq.pipeline import fitting_targets
 from edgeq.targets import load_target
 from edgeq.tflite.reader import ModelInfo, OpInfo, TensorInfo
