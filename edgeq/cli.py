@@ -552,7 +552,7 @@ def formats(values: tuple[str, ...], bits: tuple[str, ...], value_range: tuple[f
       edgeq formats 65504 65520 1e-8 -2.5 nan
       edgeq formats 0.3 -1.2 --range -2 2 --bits 8 --bits 4
     """
-    from edgeq.precision.formats import explain, parse_value, render_text, to_json
+    from edgeq.precision.explain import explain, parse_value, render_text, to_json
 
     parsed = [parse_value(text) for text in values]
     if scale is None and zero_point is not None:

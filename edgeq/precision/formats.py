@@ -1,7 +1,8 @@
-"""Number formats explained: how a value is stored in FP32, FP16, BF16, FP8 and INT8/INT4.
+"""Number formats, the numerics: how a value is stored in FP32, FP16, BF16, FP8 and INT8/INT4.
 
 Pure NumPy + ml_dtypes (no TensorFlow), so `edgeq formats` starts instantly and the model
-simulator can reuse :func:`quantize_dequantize`.
+simulator can reuse :func:`quantize_dequantize`. edgeq/precision/explain.py turns these into the
+explanation `edgeq formats` prints.
 
 Floating point
     :func:`encode_float` casts a value to a format and reads the bit pattern back from the bytes
@@ -34,12 +35,13 @@ Integers (linear quantization, k = 8 or 4 bits; any 2..16 works)
 
 from __future__ import annotations
 
+import builtins  # linear_params takes `min` and `max` keywords, which hide these
 import math
 import re
-from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from dataclasses import dataclass
+from decimal import Decimal
 from fractions import Fraction
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import ml_dtypes
 import numpy as np
@@ -51,20 +53,15 @@ __all__ = [
     "FloatEncoding",
     "FloatFormat",
     "FormatsInputError",
-    "FormatsReport",
     "LinearCode",
     "LinearParams",
     "QuantizedArray",
     "encode_float",
-    "explain",
     "float_format",
     "format_table",
     "linear_params",
-    "parse_value",
     "quantize_dequantize",
     "quantize_linear",
-    "render_text",
-    "to_json",
 ]
 
 
@@ -216,7 +213,7 @@ def _exact_decimal(x: float) -> str:
     return s
 
 
-def _fmt(x: float) -> str:
+def number_text(x: float) -> str:
     """Compact, round-trippable text for a value: 65520, -0.125, 1e-08, nan, +inf, -0."""
     if math.isnan(x):
         return "nan"
@@ -229,7 +226,7 @@ def _fmt(x: float) -> str:
     return repr(float(x))
 
 
-def _fmt_const(x: float) -> str:
+def constant_text(x: float) -> str:
     """Text for a format constant (max, tiny, ...): integers in full, others to 6 digits."""
     if x.is_integer() and abs(x) < 1e16:
         return str(int(x))
@@ -299,14 +296,14 @@ def encode_float(value: float, fmt: str | FloatFormat) -> FloatEncoding:
 
 def _float_notes(value: float, stored: float, cls: str, frac: int, f: FloatFormat) -> list[str]:
     notes: list[str] = []
-    v = _fmt(value)
+    v = number_text(value)
     if math.isnan(value):
         return notes
     if math.isinf(value):
         if not f.has_inf:
             notes.append(f"no Inf in {f.name}: {v} becomes NaN")
         return notes
-    big = _fmt_const(f.largest_finite)
+    big = constant_text(f.largest_finite)
     if cls == "inf":
         notes.append(f"overflow: {v} rounds to {'+' if stored > 0 else '-'}Inf in {f.name} "
                      f"(largest finite {big})")
@@ -341,7 +338,7 @@ def _float_notes(value: float, stored: float, cls: str, frac: int, f: FloatForma
 # Linear (integer) quantization
 # --------------------------------------------------------------------------------------------
 
-_SCHEMES = ("asymmetric", "symmetric")
+SCHEMES = ("asymmetric", "symmetric")
 
 
 def _check_bits_scheme(bits: int, scheme: str) -> tuple[int, str]:
@@ -351,7 +348,7 @@ def _check_bits_scheme(bits: int, scheme: str) -> tuple[int, str]:
     s = str(scheme).strip().lower()
     aliases = {"asym": "asymmetric", "affine": "asymmetric", "sym": "symmetric"}
     s = aliases.get(s, s)
-    if s not in _SCHEMES:
+    if s not in SCHEMES:
         raise FormatsInputError(f"unknown quantization scheme {scheme!r}",
                                 hint="use 'asymmetric' or 'symmetric'")
     return int(bits), s
@@ -498,11 +495,11 @@ def linear_params(*, bits: int = 8, scheme: str = "asymmetric", min: float | Non
         raise FormatsInputError("give both ends of the range (min and max), or a scale")
     lo, hi = _finite_float("min", min), _finite_float("max", max)
     if lo > hi:
-        raise FormatsInputError(f"range min {_fmt(lo)} is above max {_fmt(hi)}")
+        raise FormatsInputError(f"range min {number_text(lo)} is above max {number_text(hi)}")
     if lo > 0 or hi < 0:
-        notes.append(f"range [{_fmt(lo)}, {_fmt(hi)}] widened to include 0, as TFLite does")
+        notes.append(f"range [{number_text(lo)}, {number_text(hi)}] widened to include 0, as TFLite does")
     s, z = _choose_params(np.float64(lo), np.float64(hi), bits, scheme)
-    lo, hi = builtins_min(lo, 0.0), builtins_max(hi, 0.0)
+    lo, hi = builtins.min(lo, 0.0), builtins.max(hi, 0.0)
     if lo == hi == 0.0:
         notes.append("empty range [0, 0]: scale set to 1.0")
     return LinearParams(bits=bits, scheme=scheme, scale=float(s), zero_point=int(z), code_min=qmin,
@@ -510,7 +507,6 @@ def linear_params(*, bits: int = 8, scheme: str = "asymmetric", min: float | Non
                         notes=tuple(notes))
 
 
-builtins_min, builtins_max = min, max  # `min`/`max` are keyword names in the public API
 
 
 @dataclass(frozen=True)
@@ -541,7 +537,7 @@ class LinearCode:
         }
 
 
-def _code_for(value: float, p: LinearParams) -> LinearCode:
+def code_for(value: float, p: LinearParams) -> LinearCode:
     value = float(value)
     if math.isnan(value):
         return LinearCode(value=value, params=p, code=None, dequantized=math.nan, error=math.nan,
@@ -566,12 +562,12 @@ def _code_for(value: float, p: LinearParams) -> LinearCode:
     notes = []
     if clipped_b:
         end = "max" if code == p.code_max else "min"
-        notes.append(f"clipped: {_fmt(value)} is outside {p.name}'s range "
-                     f"[{_fmt(p.representable_min)}, {_fmt(p.representable_max)}]; the code "
-                     f"saturates at the {end} code {code} (error {_fmt(error)})")
+        notes.append(f"clipped: {number_text(value)} is outside {p.name}'s range "
+                     f"[{number_text(p.representable_min)}, {number_text(p.representable_max)}]; the code "
+                     f"saturates at the {end} code {code} (error {number_text(error)})")
     elif out:
-        notes.append(f"{_fmt(value)} is just outside the range [{_fmt(p.range_min)}, "
-                     f"{_fmt(p.range_max)}] but within half a step of it")
+        notes.append(f"{number_text(value)} is just outside the range [{number_text(p.range_min)}, "
+                     f"{number_text(p.range_max)}] but within half a step of it")
     return LinearCode(value=value, params=p, code=code, dequantized=deq_f, error=error,
                       relative_error=rel, clipped=clipped_b, out_of_range=out, unsigned_code=uq,
                       unsigned_dequantized=udeq, notes=tuple(notes))
@@ -583,17 +579,17 @@ def quantize_linear(x: float, *, bits: int = 8, scheme: str = "asymmetric",
     """Integer code of one value. Without a range or scale, the range is [min(x, 0), max(x, 0)]."""
     if scale is None and min is None and max is None:
         xf = float(x)
-        lo = builtins_min(xf, 0.0) if math.isfinite(xf) else 0.0
-        hi = builtins_max(xf, 0.0) if math.isfinite(xf) else 0.0
+        lo = builtins.min(xf, 0.0) if math.isfinite(xf) else 0.0
+        hi = builtins.max(xf, 0.0) if math.isfinite(xf) else 0.0
         p = linear_params(bits=bits, scheme=scheme, min=lo, max=hi)
-        p = _replace_source(p, "values")
+        p = with_source(p, "values")
     else:
         p = linear_params(bits=bits, scheme=scheme, min=min, max=max, scale=scale,
                           zero_point=zero_point)
-    return _code_for(x, p)
+    return code_for(x, p)
 
 
-def _replace_source(p: LinearParams, source: str) -> LinearParams:
+def with_source(p: LinearParams, source: str) -> LinearParams:
     from dataclasses import replace
 
     return replace(p, source=source)
@@ -705,7 +701,7 @@ def format_table(int_bits: Sequence[int] = (8, 4)) -> list[dict[str, Any]]:
             "decimal_digits": f.decimal_digits,
         })
     for bits in int_bits:
-        for scheme in _SCHEMES:
+        for scheme in SCHEMES:
             b, s = _check_bits_scheme(bits, scheme)
             lo, hi = _code_range(b, s)
             levels = hi - lo + 1
@@ -716,229 +712,3 @@ def format_table(int_bits: Sequence[int] = (8, 4)) -> list[dict[str, Any]]:
                 "decimal_digits": -math.log10(rel),
             })
     return rows
-
-
-# --------------------------------------------------------------------------------------------
-# Parsing, the whole explanation, text and JSON
-# --------------------------------------------------------------------------------------------
-
-_SPECIALS = {"inf": math.inf, "+inf": math.inf, "infinity": math.inf, "+infinity": math.inf,
-             "-inf": -math.inf, "-infinity": -math.inf, "nan": math.nan, "+nan": math.nan,
-             "-nan": -math.nan}
-
-
-def parse_value(text: str | float | int) -> float:
-    """Parse '85.125', '-3e-5', 'inf', '-inf', 'nan', '0x1p-14' (hex float) to a float.
-
-    Raises FormatsInputError (a ValueError) for anything else, and for decimals that float64
-    cannot hold (1e400 would silently become inf, 1e-400 would become 0).
-    """
-    if isinstance(text, bool):
-        raise FormatsInputError(f"not a number: {text!r}")
-    if isinstance(text, (int, float)):
-        return float(text)
-    if not isinstance(text, str):
-        raise FormatsInputError(f"not a number: {text!r}")
-    t = text.strip()
-    low = t.lower()
-    if not t:
-        raise FormatsInputError("empty value", hint="give a number such as 85.125, -3e-5, inf, "
-                                "nan or 0x1p-14")
-    if low in _SPECIALS:
-        return _SPECIALS[low]
-    if re.fullmatch(r"[+-]?0x[0-9a-f_.]*(p[+-]?\d+)?", low):
-        try:
-            v = float.fromhex(t.replace("_", ""))
-        except OverflowError:
-            raise FormatsInputError(f"{t} is too large for float64") from None
-        except ValueError:
-            raise FormatsInputError(f"{t!r} is not a valid hex float",
-                                    hint="hex floats look like 0x1p-14 or -0x1.8p3") from None
-        mant = low.lstrip("+-")[2:].split("p")[0]
-        if v == 0 and re.search(r"[1-9a-f]", mant):
-            raise FormatsInputError(f"{t} is too small for float64 (it would be read as 0)")
-        return v
-    try:
-        v = float(t)
-    except ValueError:
-        raise FormatsInputError(
-            f"not a number: {text!r}",
-            hint="give a decimal (85.125, -3e-5), inf, -inf, nan or a hex float (0x1p-14)",
-        ) from None
-    if math.isfinite(v) and v != 0:
-        return v
-    if math.isinf(v):
-        raise FormatsInputError(f"{t} is too large for float64 (it would be read as inf)",
-                                hint="write inf for infinity")
-    try:
-        if Decimal(t.replace("_", "")) != 0:
-            raise FormatsInputError(f"{t} is too small for float64 (it would be read as 0)")
-    except InvalidOperation:  # pragma: no cover - float() accepted it, Decimal should too
-        pass
-    return v
-
-
-@dataclass
-class FormatsReport:
-    """Everything `edgeq formats` shows: per value encodings and codes, then the format table."""
-
-    values: list[float]
-    encodings: list[list[FloatEncoding]]  # [value][format], formats in FLOAT_FORMATS order
-    params: list[LinearParams]  # one per (bits, scheme)
-    codes: list[list[LinearCode]]  # [value][params]
-    table: list[dict[str, Any]] = field(default_factory=list)
-
-
-def explain(values: Iterable[float], *, formats: Sequence[str] | None = None,
-            bits: Sequence[int] = (8,), schemes: Sequence[str] = _SCHEMES,
-            min: float | None = None, max: float | None = None, scale: float | None = None,
-            zero_point: int | None = None) -> FormatsReport:
-    """Encode every value in every float format and quantize it with every (bits, scheme).
-
-    Without min/max/scale the integer range is the range of the finite values, widened to 0.
-    With scale (and zero_point) every scheme uses them (symmetric needs zero_point 0).
-    """
-    vals = [float(v) for v in values]
-    fmts = [float_format(f) for f in (formats or list(FLOAT_FORMATS))]
-    encodings = [[encode_float(v, f) for f in fmts] for v in vals]
-    params: list[LinearParams] = []
-    for b in bits:
-        for s in schemes:
-            if scale is not None or min is not None or max is not None:
-                params.append(linear_params(bits=b, scheme=s, min=min, max=max, scale=scale,
-                                            zero_point=zero_point))
-            else:
-                finite = [v for v in vals if math.isfinite(v)]
-                lo = builtins_min(finite + [0.0])
-                hi = builtins_max(finite + [0.0])
-                params.append(_replace_source(
-                    linear_params(bits=b, scheme=s, min=lo, max=hi), "values"))
-    codes = [[_code_for(v, p) for p in params] for v in vals]
-    table = format_table(int_bits=sorted(set(bits) | {8, 4}, reverse=True))
-    return FormatsReport(values=vals, encodings=encodings, params=params, codes=codes,
-                         table=table)
-
-
-def _jsonable(obj: Any) -> Any:
-    """Strict-JSON friendly: non-finite floats become the strings 'nan', '+inf', '-inf'."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else _fmt(obj)
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return _jsonable(obj.item())
-    return obj
-
-
-def to_json(report: FormatsReport) -> dict[str, Any]:
-    """A JSON-ready dict (json.dumps(..., allow_nan=False) works: nan/inf are strings)."""
-    return _jsonable({
-        "values": [
-            {"value": v, "text": _fmt(v),
-             "floats": [e.to_dict() for e in encs],
-             "ints": [c.to_dict() for c in cs]}
-            for v, encs, cs in zip(report.values, report.encodings, report.codes)
-        ],
-        "quantization": [p.to_dict() for p in report.params],
-        "table": report.table,
-    })
-
-
-def _exp_text(e: FloatEncoding) -> str:
-    if e.number_class == "normal":
-        return f"exp {e.biased_exponent} (2^{e.unbiased_exponent})"
-    if e.number_class == "subnormal":
-        return f"exp 0 (subnormal, 2^{e.unbiased_exponent})"
-    return f"exp {e.biased_exponent} ({ {'zero': 'zero', 'inf': 'Inf', 'nan': 'NaN'}[e.number_class] })"
-
-
-def _err_text(err: float, rel: float | None) -> str:
-    if err == 0:
-        return "0"
-    if math.isnan(err) or math.isinf(err):
-        return _fmt(err)
-    s = f"{err:+.6g}"
-    return s if rel is None else f"{s} (rel {rel:+.2e})"
-
-
-def _num(x: float) -> str:
-    return _fmt(x) if not math.isfinite(x) or x.is_integer() else f"{x:.6g}"
-
-
-def render_text(report: FormatsReport) -> str:
-    """The terminal view: per value one line per float format and per integer format, notes,
-    then the quantization parameters and the format table."""
-    lines: list[str] = []
-    name_w = builtins_max([len(e.format) for encs in report.encodings for e in encs] + [4])
-    bits_w = builtins_max([len(e.bit_string) for encs in report.encodings for e in encs] + [1])
-    int_w = builtins_max([len(_short_int_name(p)) for p in report.params] + [name_w])
-    label_w = builtins_max(name_w, int_w)
-    for v, encs, cs in zip(report.values, report.encodings, report.codes):
-        lines.append(_fmt(v))
-        notes: list[str] = []
-        for e in encs:
-            lines.append(f"  {e.format:<{label_w}}  {e.bit_string:<{bits_w}}  "
-                         f"{_exp_text(e):<24}stored {_fmt(e.stored):<22} "
-                         f"error {_err_text(e.error, e.relative_error)}")
-            notes += [f"{e.format}: {n}" for n in e.notes]
-        for c in cs:
-            p = c.params
-            if c.code is None:
-                code = "-"
-            elif p.scheme == "asymmetric":
-                code = f"{c.code} (unsigned {c.unsigned_code})"
-            else:
-                code = str(c.code)
-            flag = "  CLIPPED" if c.clipped else ""
-            lines.append(f"  {_short_int_name(p):<{label_w}}  q {code:<{bits_w - 2}}  "
-                         f"{'':<24}deq    {_num(c.dequantized):<22} "
-                         f"error {_err_text(c.error, c.relative_error)}{flag}")
-            notes += [f"{p.name}: {n}" for n in c.notes]
-        for n in notes:
-            lines.append(f"  ! {n}")
-        lines.append("")
-
-    if report.params:
-        lines.append("Integer quantization (per tensor; round half away from zero, as TFLite):")
-        for p in report.params:
-            src = {"values": "range of the values (with 0)", "range": "given range",
-                   "scale": "given scale"}[p.source]
-            lines.append(f"  {p.name:<16} s = {p.scale:.6g}  z = {p.zero_point}  codes "
-                         f"[{p.code_min}, {p.code_max}]  range [{_num(p.range_min)}, "
-                         f"{_num(p.range_max)}] ({src})")
-            lines.append(f"  {'':<16} {p.formula}")
-            for n in p.notes:
-                lines.append(f"  {'':<16} note: {n}")
-        lines.append("")
-
-    lines.append("Formats:")
-    lines.append(f"  {'format':<20} {'bits':>4}  {'layout':<8} {'smallest subnormal':>18} "
-                 f"{'smallest normal':>15} {'largest finite':>14} {'epsilon':>10} {'digits':>6}")
-    for row in report.table:
-        if row["kind"] == "float":
-            layout = f"1+{row['exponent_bits']}+{row['mantissa_bits']}"
-            inf = "" if row["has_inf"] else "  (no Inf)"
-            lines.append(
-                f"  {row['format']:<20} {row['bits']:>4}  {layout:<8} "
-                f"{row['smallest_subnormal']:>18.6g} {row['smallest_normal']:>15.6g} "
-                f"{_fmt_const(row['largest_finite']):>14} {_pow2(row['epsilon']):>10} "
-                f"{row['decimal_digits']:>6.2f}{inf}")
-        else:
-            lines.append(
-                f"  {row['format']:<20} {row['bits']:>4}  {'codes':<8} "
-                f"{row['code_min']:>18} {'':>15} {row['code_max']:>14} "
-                f"{'1/' + str(row['levels'] - 1):>10} {row['decimal_digits']:>6.2f}"
-                f"  ({row['levels']} levels)")
-    lines.append("  (epsilon: float gap above 1; for INT, one step over the full range)")
-    return "\n".join(lines) + "\n"
-
-
-def _pow2(x: float) -> str:
-    m, e = math.frexp(x)
-    return f"2^{e - 1}" if m == 0.5 else f"{x:.4g}"
-
-
-def _short_int_name(p: LinearParams) -> str:
-    return f"INT{p.bits} {'asym' if p.scheme == 'asymmetric' else 'sym'}"

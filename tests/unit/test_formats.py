@@ -11,18 +11,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edgeq.precision.explain import explain, parse_value, render_text, to_json
 from edgeq.precision.formats import (
     FLOAT_FORMATS,
     FormatsInputError,
     encode_float,
-    explain,
     format_table,
     linear_params,
-    parse_value,
     quantize_dequantize,
     quantize_linear,
-    render_text,
-    to_json,
 )
 
 
