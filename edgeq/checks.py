@@ -14,6 +14,7 @@ from edgeq.defaults import DEFAULT_MAX_ACCURACY_DROP
 from edgeq.modes import MODES
 from edgeq.targets import TargetProfile
 from edgeq.tflite.reader import FLOAT_DTYPES, ModelInfo
+from edgeq.vocab import CheckName, Runtime
 
 if TYPE_CHECKING:
     from edgeq.emulator.accuracy import AccuracyMetrics
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class CheckResult:
-    name: str
+    name: CheckName
     passed: bool
     message: str
     hint: str = ""
@@ -59,11 +60,11 @@ def check_mode(c: CheckInput) -> CheckResult:
     allowed = c.target.quantization.modes
     if c.mode not in allowed:
         return CheckResult(
-            "mode", False,
+            CheckName.MODE, False,
             f"the model is {c.mode} ({MODES[c.mode].summary}); {c.target.name} runs {', '.join(allowed)}",
             f"convert with --mode {c.target.quantization.default_mode}",
         )
-    return _ok("mode", f"{c.mode} is supported by {c.target.name}")
+    return _ok(CheckName.MODE, f"{c.mode} is supported by {c.target.name}")
 
 
 def check_ops(c: CheckInput) -> CheckResult:
@@ -71,11 +72,11 @@ def check_ops(c: CheckInput) -> CheckResult:
     missing = [op for op in c.info.all_op_names if op not in c.target.supported_ops]
     if missing:
         return CheckResult(
-            "ops", False,
+            CheckName.OPS, False,
             f"{len(missing)} op(s) not supported by {c.target.name} ({c.target.ops.set}): {', '.join(missing)}",
             "replace the layers that produce them, or choose a target whose runtime has them",
         )
-    return _ok("ops", f"all {len(c.info.all_op_names)} op types supported by {c.target.ops.set}")
+    return _ok(CheckName.OPS, f"all {len(c.info.all_op_names)} op types supported by {c.target.ops.set}")
 
 
 def _hybrid_ops(info: ModelInfo) -> list[str]:
@@ -122,8 +123,8 @@ def _softmax_scales_too_small(info: ModelInfo) -> list[str]:
 
 def check_kernels(c: CheckInput) -> CheckResult:
     """TFLite Micro has neither float16 kernels nor hybrid (int8 weights, float compute) ones."""
-    if c.target.runtime != "tflm":
-        return _skip("kernels", f"{c.target.runtime} has float16 and hybrid kernels")
+    if c.target.runtime != Runtime.TFLM:
+        return _skip(CheckName.KERNELS, f"{c.target.runtime} has float16 and hybrid kernels")
     problems = []
     if f16 := _float16_ops(c.info):
         problems.append(f"float16 weights feed {', '.join(f16[:6])}{' ...' if len(f16) > 6 else ''}"
@@ -132,15 +133,15 @@ def check_kernels(c: CheckInput) -> CheckResult:
         problems.append(f"hybrid kernels {', '.join(hybrid[:6])}{' ...' if len(hybrid) > 6 else ''}"
                         " (int8 weights with float activations; TFLM has none)")
     if problems:
-        return CheckResult("kernels", False, "; ".join(problems),
+        return CheckResult(CheckName.KERNELS, False, "; ".join(problems),
                            "convert with --mode int8 and calibration data (full integer)")
     if tiny := _softmax_scales_too_small(c.info):
-        return CheckResult("kernels", False,
+        return CheckResult(CheckName.KERNELS, False,
                            f"{', '.join(tiny[:3])}: TFLM's softmax kernel needs an input scale above 2^-26 "
                            "and would abort; the logits barely vary on the calibration data",
                            "calibrate with real, varied samples (an untrained model or constant data gives "
                            "such logits), or end the model without Softmax and apply it on the host")
-    return _ok("kernels", "no float16 or hybrid kernels")
+    return _ok(CheckName.KERNELS, "no float16 or hybrid kernels")
 
 
 def _interior_float_tensors(info: ModelInfo) -> list[str]:
@@ -152,17 +153,17 @@ def _interior_float_tensors(info: ModelInfo) -> list[str]:
 def check_integer_only(c: CheckInput) -> CheckResult:
     """An integer-only target has no float tensor on the path between input and output."""
     integer_target = all(MODES[m].integer_only for m in c.target.quantization.modes)
-    if not integer_target and not (c.target.runtime == "tflm" and MODES[c.mode].integer_only):
-        return _skip("integer_only", f"{c.target.name} also runs float; not required")
+    if not integer_target and not (c.target.runtime == Runtime.TFLM and MODES[c.mode].integer_only):
+        return _skip(CheckName.INTEGER_ONLY, f"{c.target.name} also runs float; not required")
     floats = _interior_float_tensors(c.info)
     if floats:
         return CheckResult(
-            "integer_only", False,
+            CheckName.INTEGER_ONLY, False,
             f"{len(floats)} float tensor(s) between input and output of an integer-only target: "
             + ", ".join(floats[:5]) + (" ..." if len(floats) > 5 else ""),
             "some layer has no integer kernel; `edgeq inspect` shows which ops stay float",
         )
-    return _ok("integer_only", "no float tensors between input and output")
+    return _ok(CheckName.INTEGER_ONLY, "no float tensors between input and output")
 
 
 def check_io_dtypes(c: CheckInput) -> CheckResult:
@@ -177,9 +178,9 @@ def check_io_dtypes(c: CheckInput) -> CheckResult:
         if t.dtype != want
     ]
     if bad:
-        return CheckResult("io_dtypes", False, "; ".join(bad),
+        return CheckResult(CheckName.IO_DTYPES, False, "; ".join(bad),
                            f"convert with edgeq for {c.target.name}, which sets the I/O types it needs")
-    return _ok("io_dtypes", f"inputs {c.input_dtype}, outputs {c.output_dtype}")
+    return _ok(CheckName.IO_DTYPES, f"inputs {c.input_dtype}, outputs {c.output_dtype}")
 
 
 def _elsewhere(c: CheckInput, flash: int, ram: int) -> str:
@@ -195,28 +196,28 @@ def check_flash(c: CheckInput) -> CheckResult:
     m = c.target.memory
     need = c.info.file_bytes + m.runtime_flash_bytes
     if m.flash_bytes is None:
-        return _skip("flash", f"{need:,} B needed; {c.target.name} has no flash budget")
+        return _skip(CheckName.FLASH, f"{need:,} B needed; {c.target.name} has no flash budget")
     if need > m.flash_bytes:
         ram = c.memory.ram_needed if c.memory else 0
         return CheckResult(
-            "flash", False,
+            CheckName.FLASH, False,
             f"model {c.info.file_bytes:,} B + runtime {m.runtime_flash_bytes:,} B = {need:,} B "
             f"exceeds flash {m.flash_bytes:,} B by {need - m.flash_bytes:,} B",
             "use a smaller model, int8 instead of a wider mode, or a target with more flash"
             + _elsewhere(c, c.info.file_bytes, ram),
         )
-    return _ok("flash", f"{need:,} B of {m.flash_bytes:,} B flash ({100 * need / m.flash_bytes:.1f}%)")
+    return _ok(CheckName.FLASH, f"{need:,} B of {m.flash_bytes:,} B flash ({100 * need / m.flash_bytes:.1f}%)")
 
 
 def check_ram(c: CheckInput) -> CheckResult:
     """Arena (TFLM) or peak activations (LiteRT), plus margin and reserved RAM, fit the budget."""
     mem = c.memory
     if mem is None:
-        return _skip("ram", "not measured (no emulation)")
+        return _skip(CheckName.RAM, "not measured (no emulation)")
     if mem.ram_needed is None and not mem.attempted:
-        return _skip("ram", f"not measured: {mem.note}")
+        return _skip(CheckName.RAM, f"not measured: {mem.note}")
     if mem.ram_needed is None:
-        return CheckResult("ram", False, f"could not be measured: {mem.note}",
+        return CheckResult(CheckName.RAM, False, f"could not be measured: {mem.note}",
                            "the arena is measured by running the model in TFLM; fix what stops it from running")
     budget = c.target.memory.ram_bytes
     parts = f"{mem.ram_label} {mem.ram_needed:,} B"
@@ -224,35 +225,35 @@ def check_ram(c: CheckInput) -> CheckResult:
         parts += f" + margin {mem.margin:,} B"
     parts += f" + reserved {mem.reserved:,} B = {mem.ram_total:,} B"
     if budget is None:
-        return _skip("ram", f"{parts}; {c.target.name} has no RAM budget")
+        return _skip(CheckName.RAM, f"{parts}; {c.target.name} has no RAM budget")
     if mem.ram_total > budget:
         return CheckResult(
-            "ram", False, f"{parts} exceeds RAM {budget:,} B by {mem.ram_total - budget:,} B",
+            CheckName.RAM, False, f"{parts} exceeds RAM {budget:,} B by {mem.ram_total - budget:,} B",
             "use a model with smaller activations (fewer filters, more stride), int8 instead of int16x8, "
             "or a target with more RAM" + _elsewhere(c, c.info.file_bytes, mem.ram_needed),
         )
-    return _ok("ram", f"{parts} of {budget:,} B RAM ({100 * mem.ram_total / budget:.1f}%)")
+    return _ok(CheckName.RAM, f"{parts} of {budget:,} B RAM ({100 * mem.ram_total / budget:.1f}%)")
 
 
 def check_accuracy(c: CheckInput) -> CheckResult:
     """Top-1 accuracy on the device runtime is within --max-accuracy-drop of the float model."""
     acc = c.accuracy
     if acc is None:
-        return _skip("accuracy", "not evaluated (no --eval data)")
+        return _skip(CheckName.ACCURACY, "not evaluated (no --eval data)")
     if acc.drop_points is None:
         why = ("no top-1 accuracy (no labels in the data, or the first output is not a vector of class scores)"
                if acc.quantized_top1 is None else "no float reference model")
-        return _skip("accuracy", f"drop not checked: {why}")
+        return _skip(CheckName.ACCURACY, f"drop not checked: {why}")
     summary = (f"float {100 * acc.float_top1:.2f}% -> quantized {100 * acc.quantized_top1:.2f}% "
                f"on {acc.samples} samples: drop {acc.drop_points:+.2f} points")
     if acc.drop_points > c.max_accuracy_drop:
         return CheckResult(
-            "accuracy", False,
+            CheckName.ACCURACY, False,
             f"{summary}, over the limit of {c.max_accuracy_drop:g} by {acc.drop_points - c.max_accuracy_drop:.2f}",
             "more or more typical calibration data (--calibration-samples), --mode int16x8 where the "
             "target allows it, quantization-aware training, or raise --max-accuracy-drop if this is acceptable",
         )
-    return _ok("accuracy", f"{summary} (limit {c.max_accuracy_drop:g})")
+    return _ok(CheckName.ACCURACY, f"{summary} (limit {c.max_accuracy_drop:g})")
 
 
 ALL_CHECKS = (check_mode, check_ops, check_kernels, check_integer_only, check_io_dtypes, check_flash,

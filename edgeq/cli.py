@@ -21,6 +21,7 @@ from edgeq.defaults import DEFAULT_MAX_ACCURACY_DROP as DEFAULT_DROP
 from edgeq.device.protocol import DEFAULT_MAX_PAYLOAD, LENGTH_LIMIT, MIN_PAYLOAD
 from edgeq.errors import EdgeqError
 from edgeq.report import confirmation_summary, kib
+from edgeq.vocab import DeviceVerdict, Runtime
 
 
 
@@ -485,7 +486,7 @@ def firmware(model: Path, target: str, outdir: Path | None, name: str | None, ar
     from edgeq.tflite.strip import read_tflite_named
 
     profile = load_target(target)
-    if profile.runtime != "tflm":
+    if profile.runtime != Runtime.TFLM:
         raise EdgeqError(f"target '{profile.name}' runs {profile.runtime}, and the harness firmware is for TFLite Micro",
                          hint="pick a microcontroller target (edgeq targets list), e.g. --target mcu")
     data, info = read_tflite_named(model)
@@ -693,14 +694,14 @@ def device_check(port: str, baud: int, model: Path, data: str, limit: int | None
             click.echo(f"  {line}")
         click.echo(f"wrote {', '.join(str(p) for p in result.written)}")
     run = report["run"]
-    if result.verdict == "incomplete":
+    if result.verdict == DeviceVerdict.INCOMPLETE:
         differing = report["agreement"]["differing"]
         raise DeviceError(f"the run stopped at sample {run['stopped_at']} with {run['missing']} of {run['requested']} "
                           f"samples missing: {run['stopped_because']}"
                           + (f" (and {differing} answered samples differ from the emulator)" if differing else ""),
                           hint="the accuracy in the report covers only the answered samples; fix the link or the "
                                "device and run again")
-    if result.verdict == "mismatch":
+    if result.verdict == DeviceVerdict.MISMATCH:
         from edgeq.errors import TargetCheckError
 
         agree = report["agreement"]

@@ -31,6 +31,7 @@ from edgeq.report import SCHEMA_VERSION, library_versions, render_json, render_m
 from edgeq.targets import TargetProfile, load_all, load_target
 from edgeq.tflite.reader import ModelInfo, read_tflite
 from edgeq.tflite.strip import render_sidecar
+from edgeq.vocab import CheckName, Runtime
 
 if TYPE_CHECKING:
     from edgeq.emulator.emulate import Emulation, Progress
@@ -63,7 +64,7 @@ class ConvertResult:
 
 def output_names(name: str, target: TargetProfile, harness: bool = False) -> list[str]:
     names = [f"{name}.tflite", *REPORT_FILES]
-    if target.runtime == "tflm":
+    if target.runtime == Runtime.TFLM:
         names += [f"{name}_names.json", f"{name}_model_data.cc", f"{name}_model_data.h", f"{name}_op_resolver.h"]
         if harness:
             from edgeq.device.firmware import harness_file_names
@@ -143,7 +144,7 @@ def convert(
     """
     model_path = Path(model_path)
     profile = target if isinstance(target, TargetProfile) else load_target(target)
-    if harness and profile.runtime != "tflm":
+    if harness and profile.runtime != Runtime.TFLM:
         raise RecipeError(f"--harness builds TFLite Micro firmware, but target '{profile.name}' runs {profile.runtime}",
                           hint="drop --harness, or pick a microcontroller target such as --target mcu")
     name = c_identifier(name or model_path.name.removesuffix(model_path.suffix) or model_path.name)
@@ -347,7 +348,7 @@ def _compute_with(plan: _Plan, on_step: Step, progress: Progress, runtimes: Work
         files[f"{name}.tflite"] = quantized
         if chosen.sidecar is not None:
             files[f"{name}_names.json"] = render_sidecar(chosen.sidecar)
-        if profile.runtime == "tflm":
+        if profile.runtime == Runtime.TFLM:
             arena = emulation.memory.arena
             files.update(tflm_sources(name, quantized, info.all_op_names, alignment=profile.memory.tensor_alignment,
                                       arena=ArenaSize(arena.smallest, emulation.memory.margin) if arena else None
@@ -558,7 +559,7 @@ def _emulated(model: Any, method: str, *, recipe: Recipe, data: Dataset | None, 
     quantized = quantize(source, recipe, data, progress("calibrating", used) if progress and data else None)
     info = read_tflite(quantized, source=f"{name}.tflite")
     sidecar = None
-    if profile.runtime == "tflm":  # the device gets the model without the strings TFLM never reads
+    if profile.runtime == Runtime.TFLM:  # the device gets the model without the strings TFLM never reads
         quantized, info, sidecar = _stripped(quantized, info, source, data or eval_data, runtimes, profile)
     # No host timing here: convert's report must be byte-identical between runs (`edgeq emulate` times it).
     checks, emulation = emulate_and_check(
@@ -652,7 +653,7 @@ def emulate_and_check(model: bytes, info: ModelInfo, profile: TargetProfile, che
     from edgeq.emulator.emulate import emulate
 
     static = {c.name: c for c in run_checks(check_input)}
-    runnable = all(static[n].passed for n in ("mode", "ops", "kernels"))
+    runnable = all(static[n].passed for n in (CheckName.MODE, CheckName.OPS, CheckName.KERNELS))
     emulation = emulate(model, info, profile, data=data, reference=reference, can_run_tflm=runnable,
                         host_latency=host_latency, on_step=on_step, worker=worker, output_names=output_names,
                         **({"progress": progress} if progress else {}))

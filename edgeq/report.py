@@ -12,6 +12,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from edgeq.vocab import Runtime
+
 SCHEMA_VERSION = 1
 _PACKAGES = ("edgeq", "tensorflow", "keras", "tf-keras", "tensorflow-model-optimization",
              "ai-edge-litert", "tflite-micro", "numpy")
@@ -162,7 +164,7 @@ def _accuracy_md(emu: dict[str, Any]) -> list[str]:
     if conf:
         facts.append(f"{confirmation_summary(conf)}; "
                      f"the full set ran in {'LiteRT' if acc['runtime_used'] == 'litert' else 'TFLM'}.")
-    if acc.get("note") and not (conf and acc["runtime_used"] == "tflm"):  # TFLM's note restates the line above
+    if acc.get("note") and not (conf and acc["runtime_used"] == Runtime.TFLM):  # TFLM's note restates the line above
         facts.append(acc["note"])
     out += [" ".join(facts), ""]
     if acc.get("errors"):

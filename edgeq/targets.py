@@ -23,6 +23,7 @@ from typing import Any
 from edgeq.errors import TargetProfileError
 from edgeq.modes import MODES, activation_dtype
 from edgeq.resources import targets_root
+from edgeq.vocab import Runtime, StrEnum
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -80,7 +81,7 @@ class TargetProfile:
     name: str
     kind: str = _opt(choices=("class", "board"))
     description: str = _opt()
-    runtime: str = _opt(choices=("litert", "tflm"), doc="LiteRT (phone/Linux) or TFLite Micro")
+    runtime: Runtime = _opt(choices=tuple(Runtime), doc="LiteRT (phone/Linux) or TFLite Micro")
     cpu: str = _opt()
     clock_mhz: float = _opt(min=1)
     quantization: Quantization = _opt()
@@ -285,7 +286,7 @@ def _convert(value: Any, hint: Any, f: dataclasses.Field, key: str, file: Path) 
     elif base is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         value = float(value) if ok else value
-    elif base is str:
+    elif base is str or (isinstance(base, type) and issubclass(base, StrEnum)):
         ok = isinstance(value, str)
     elif typing.get_origin(base) is tuple:
         ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
@@ -306,7 +307,7 @@ def _convert(value: Any, hint: Any, f: dataclasses.Field, key: str, file: Path) 
         bad = [v for v in items if v not in choices]
         if bad:
             raise TargetProfileError(f"{where}: {', '.join(map(repr, bad))} is not one of: {', '.join(choices)}")
-    return value
+    return base(value) if isinstance(base, type) and issubclass(base, StrEnum) else value
 
 
 def _check_semantics(p: TargetProfile, sources: dict[str, Path], path: Path) -> None:
@@ -322,7 +323,7 @@ def _check_semantics(p: TargetProfile, sources: dict[str, Path], path: Path) -> 
         raise TargetProfileError(
             f"{sources.get('quantization.default_mode', path)}: default_mode '{q.default_mode}' "
             f"is not among the allowed modes ({', '.join(q.modes)})")
-    if p.runtime == "tflm":
+    if p.runtime == Runtime.TFLM:
         float_only = [m for m in q.modes if not MODES[m].integer_only and m != "float32"]
         if float_only:
             raise TargetProfileError(

@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 
 from edgeq.device.link import DeviceError, DeviceLink
-from edgeq.device.protocol import DType, HelloReply, WireTensor, TimeUnit
+from edgeq.device.protocol import DType, HelloReply, TimeUnit, WireTensor
 from edgeq.device.tensors import describe, nbytes, pack, unpack, wire_tensors
 from edgeq.errors import EdgeqError
 from edgeq.report import SCHEMA_VERSION, library_versions, render_json
+from edgeq.vocab import DeviceVerdict
 
 REPORT_FILES = ("report.json", "report.md")
 DEFAULT_BAUD = 115200
@@ -40,7 +41,7 @@ class WrongFirmwareError(EdgeqError):
 @dataclass
 class DeviceCheckResult:
     report: dict[str, Any]
-    verdict: str                 # "pass", "mismatch" (some sample differs from the emulator), "incomplete"
+    verdict: DeviceVerdict
     written: list[Path]
 
 
@@ -240,7 +241,7 @@ def _report(model_path: Path, model: bytes, data_name: str, data_sha: str, port:
         "p90": float(np.percentile(times, 90)), "max": float(times.max()), "min": float(times.min()),
         "mean": round(float(times.mean()), 3)}
     missing = n - len(done)
-    verdict = "incomplete" if missing else ("mismatch" if differing else "pass")
+    verdict = DeviceVerdict.INCOMPLETE if missing else (DeviceVerdict.MISMATCH if differing else DeviceVerdict.PASS)
     return {
         "schema_version": SCHEMA_VERSION,
         "command": "device-check",

@@ -21,6 +21,7 @@ import numpy as np
 
 from edgeq.emulator.runtimes import Progress, RunResult, run_litert, run_tflm
 from edgeq.report import confirmation_summary
+from edgeq.vocab import Runtime
 
 SNR_CAP_DB = 200.0
 """SNR reported for identical outputs (true value: +inf, which JSON cannot hold); -200 for no signal."""
@@ -161,10 +162,10 @@ def evaluate(model: bytes, inputs: Sequence[np.ndarray], *, runtime: str, confir
     kernels by CPU features), so both branches happen in the field. Progress counts samples whose
     final outputs are known.
     """
-    if runtime == "litert":
+    if runtime == Runtime.LITERT:
         result = run_litert(model, inputs, on_progress=on_progress)
-        return Evaluation(result, "litert", None)
-    if runtime != "tflm":
+        return Evaluation(result, Runtime.LITERT, None)
+    if runtime != Runtime.TFLM:
         raise ValueError(f"runtime must be 'litert' or 'tflm', got {runtime!r}")
     n = len(inputs[0])
     k = max(1, min(confirm_samples, n))
@@ -173,16 +174,16 @@ def evaluate(model: bytes, inputs: Sequence[np.ndarray], *, runtime: str, confir
     if lite is not None and k < n:
         if on_progress:
             on_progress(n)
-        return Evaluation(lite, "litert", confirmation)
+        return Evaluation(lite, Runtime.LITERT, confirmation)
     if k == n:
-        return Evaluation(head, "tflm", confirmation)
+        return Evaluation(head, Runtime.TFLM, confirmation)
     rest = run_tflm(model, [x[k:] for x in inputs], arena_size=arena_size,
                     on_progress=(lambda done: on_progress(k + done)) if on_progress else None)
     outputs = [np.concatenate([a, b]) for a, b in zip(head.outputs, rest.outputs)]
     raw = [np.concatenate([a, b]) for a, b in zip(head.raw_outputs or [], rest.raw_outputs or [])]
-    full = RunResult("tflm", outputs, n, head.seconds + rest.seconds, batched=False,
+    full = RunResult(Runtime.TFLM, outputs, n, head.seconds + rest.seconds, batched=False,
                      note=f"{confirmation_summary(confirmation)}; every sample ran in TFLM", raw_outputs=raw)
-    return Evaluation(full, "tflm", confirmation)
+    return Evaluation(full, Runtime.TFLM, confirmation)
 
 
 def _confirm(model: bytes, inputs: Sequence[np.ndarray], head: RunResult,
@@ -193,7 +194,7 @@ def _confirm(model: bytes, inputs: Sequence[np.ndarray], head: RunResult,
     difference of the raw integer outputs (None where an output is float); `max_abs_difference`,
     the same after dequantizing; `error` when LiteRT could not run the model at all.
     """
-    record: dict[str, Any] = {"runtime": "tflm", "samples": k, "identical": False, "max_abs_difference": None,
+    record: dict[str, Any] = {"runtime": Runtime.TFLM, "samples": k, "identical": False, "max_abs_difference": None,
                               "differing_samples": None, "max_lsb_difference": None}
     try:
         lite = run_litert(model, inputs, kernels=TFLM_CONFIRM_KERNELS)

@@ -25,6 +25,7 @@ from edgeq.isolation import ChildCrashed, Worker, shared_worker
 from edgeq.targets import TargetProfile
 from edgeq.tflite.facts import infer_mode
 from edgeq.tflite.reader import ModelInfo
+from edgeq.vocab import Runtime
 
 Progress = Callable[[str, int], Callable[[int], None]]  # (label, total) -> advance(n_done)
 
@@ -124,7 +125,7 @@ def measure_memory(model: bytes, info: ModelInfo, target: TargetProfile, *, can_
     m = target.memory
     common = dict(flash_model=len(model), flash_runtime=m.runtime_flash_bytes, flash_budget=m.flash_bytes,
                   reserved=m.reserved_ram_bytes, ram_budget=m.ram_bytes)
-    if target.runtime != "tflm":
+    if target.runtime != Runtime.TFLM:
         act = peak_activation_memory(info, alignment=m.tensor_alignment)
         return MemoryReport(ram_label="peak activations", ram_needed=act.peak_bytes, margin=m.arena_margin_bytes,
                             activations=act, **common)
@@ -165,10 +166,10 @@ def emulate(
     process (this process's shared one by default), so a crash in a runtime cannot end the caller.
     """
     mode = infer_mode(info)
-    if target.runtime == "tflm" and can_run_tflm:
+    if target.runtime == Runtime.TFLM and can_run_tflm:
         on_step("measuring the exact tensor arena in TFLite Micro (each trial in a child process)")
     memory = measure_memory(model, info, target, can_run_tflm=can_run_tflm, source=info.source)
-    tflm_ok = target.runtime == "tflm" and memory.arena is not None
+    tflm_ok = target.runtime == Runtime.TFLM and memory.arena is not None
     result = Emulation(target=target, mode=mode, memory=memory, latency=estimate_latency(info, target))
     if not host_latency and data is None:
         return result
@@ -180,8 +181,8 @@ def emulate(
             result.host = None  # a diagnostic: LiteRT failures show up in the evaluation anyway
     if data is None:
         return result
-    runtime = "tflm" if tflm_ok else "litert"
-    note = "" if tflm_ok or target.runtime != "tflm" else " (TFLM cannot run it; LiteRT instead)"
+    runtime = Runtime.TFLM if tflm_ok else Runtime.LITERT
+    note = "" if tflm_ok or target.runtime != Runtime.TFLM else " (TFLM cannot run it; LiteRT instead)"
     on_step(f"evaluating on {data.num_samples} samples of {data.name} in {runtime}{note}")
     arena = memory.firmware_arena if tflm_ok else None
     names = data.input_names or info.input_names

@@ -24,6 +24,7 @@ import numpy as np
 from edgeq.errors import TFLiteFormatError
 from edgeq.targets import TargetProfile
 from edgeq.tflite.reader import ModelInfo, OpInfo
+from edgeq.vocab import Runtime
 
 KINDS = ("conv_2d", "depthwise_conv_2d", "fully_connected", "pooling", "elementwise", "other")
 """Cost classes; all but "other" have a cycles-per-unit figure in the target's [latency] table."""
@@ -270,7 +271,7 @@ def measure_host_latency(model: bytes, *, runs: int = 50, warmup: int = 5, seed:
         raise TFLiteFormatError(f"LiteRT cannot run the model: {exc}",
                                 hint="check the file with `edgeq inspect`; re-export it") from None
     us = np.asarray(times, dtype=np.float64) / 1e3
-    return HostLatency(runtime="litert", runs=runs, median_us=float(np.median(us)),
+    return HostLatency(runtime=Runtime.LITERT, runs=runs, median_us=float(np.median(us)),
                        p90_us=float(np.percentile(us, 90)), min_us=float(us.min()))
 
 

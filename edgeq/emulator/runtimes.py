@@ -23,6 +23,7 @@ import numpy as np
 
 from edgeq._tf import captured_output
 from edgeq.errors import CalibrationError
+from edgeq.vocab import Runtime
 
 Progress = Callable[[int], None]
 
@@ -196,7 +197,7 @@ def run_litert(model: bytes, inputs: Sequence[np.ndarray], *, batch_size: int = 
     if outputs is None:
         outputs = _per_sample_litert(original, xs, 0, on_progress)
     result = [_dequantize_detail(q, d) for q, d in zip(outputs, out_details)]
-    return RunResult("litert", result, n, time.perf_counter() - start, batched=not note, note=note,
+    return RunResult(Runtime.LITERT, result, n, time.perf_counter() - start, batched=not note, note=note,
                      kernels=kernels, raw_outputs=outputs)
 
 
@@ -410,7 +411,7 @@ def run_tflm(model: bytes, inputs: Sequence[np.ndarray], *, arena_size: int | No
             on_progress(stop)
     raw = [np.concatenate(r) for r in rows]
     outputs = [_dequantize_detail(r, d) for r, d in zip(raw, out_details)]
-    return RunResult("tflm", outputs, n, time.perf_counter() - start, batched=False, raw_outputs=raw)
+    return RunResult(Runtime.TFLM, outputs, n, time.perf_counter() - start, batched=False, raw_outputs=raw)
 
 
 def tflm_outputs_identical(a: bytes, b: bytes, inputs: Sequence[np.ndarray]) -> bool:

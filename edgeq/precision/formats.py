@@ -47,6 +47,7 @@ import ml_dtypes
 import numpy as np
 
 from edgeq.errors import EdgeqError
+from edgeq.vocab import Scheme
 
 __all__ = [
     "FLOAT_FORMATS",
@@ -338,7 +339,7 @@ def _float_notes(value: float, stored: float, cls: str, frac: int, f: FloatForma
 # Linear (integer) quantization
 # --------------------------------------------------------------------------------------------
 
-SCHEMES = ("asymmetric", "symmetric")
+SCHEMES = tuple(Scheme)  # asymmetric, symmetric
 
 
 def _check_bits_scheme(bits: int, scheme: str) -> tuple[int, str]:
