@@ -31,14 +31,14 @@ from edgeq.report import SCHEMA_VERSION, library_versions, render_json, render_m
 from edgeq.targets import TargetProfile, load_all, load_target
 from edgeq.tflite.reader import ModelInfo, read_tflite
 from edgeq.tflite.strip import render_sidecar
+from edgeq.progress import Advance, Progress, Step
 from edgeq.vocab import CheckName, Runtime
 
 if TYPE_CHECKING:
-    from edgeq.emulator.emulate import Emulation, Progress
+    from edgeq.emulator.emulate import Emulation
     from edgeq.loading import ConverterSource, LoadedModel
     from edgeq.quantize.qat import TrainSettings  # noqa: F811
 
-Step = Callable[[str], None]
 REPORT_FILES = ("report.json", "report.md", "report.png")
 
 
@@ -231,7 +231,7 @@ def _run_isolated(worker: Worker, plan: _Plan, on_step: Step, progress: Progress
     """`_compute(plan)` in the worker's child, its steps and progress bars relayed here; a native
     crash becomes a ConversionError that names the step it happened in."""
     last = ["loading the model"]
-    bars: dict[int, Callable[[int], None]] = {}
+    bars: dict[int, Advance] = {}
 
     def step(message: str) -> None:
         last[0] = message

@@ -23,6 +23,7 @@ from edgeq.device.protocol import DType, HelloReply, TimeUnit, WireTensor
 from edgeq.device.tensors import describe, nbytes, pack, unpack, wire_tensors
 from edgeq.errors import EdgeqError
 from edgeq.report import SCHEMA_VERSION, library_versions, render_json
+from edgeq.progress import Advance, Progress, Step
 from edgeq.vocab import DeviceVerdict
 
 REPORT_FILES = ("report.json", "report.md")
@@ -30,8 +31,6 @@ DEFAULT_BAUD = 115200
 MAX_RESETS = 3
 FIRST_DIFFERENCES = 10
 
-Step = Callable[[str], None]
-Progress = Callable[[str, int], Callable[[int], None]]
 
 
 class WrongFirmwareError(EdgeqError):
@@ -158,7 +157,7 @@ class _Run:
 
 def _stream(link: DeviceLink, payloads: list[bytes], wire_out: tuple[WireTensor, ...], sha: bytes,
             wire_in: tuple[WireTensor, ...], model_path: Path, max_resets: int, on_step: Step,
-            advance: Callable[[int], None] | None) -> _Run:
+            advance: Advance | None) -> _Run:
     outputs: dict[int, list[np.ndarray]] = {}
     times: dict[int, int] = {}
     attempts: dict[int, int] = {}

@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from edgeq.emulator.runtimes import Progress, RunResult, run_litert, run_tflm
+from edgeq.emulator.runtimes import RunResult, run_litert, run_tflm
 from edgeq.report import confirmation_summary
+from edgeq.progress import Advance
 from edgeq.vocab import Runtime
 
 SNR_CAP_DB = 200.0
@@ -153,7 +154,7 @@ class Evaluation:
 
 
 def evaluate(model: bytes, inputs: Sequence[np.ndarray], *, runtime: str, confirm_samples: int = 100,
-             arena_size: int | None = None, on_progress: Progress | None = None) -> Evaluation:
+             arena_size: int | None = None, on_progress: Advance | None = None) -> Evaluation:
     """Outputs of `model` on every sample, from the target's runtime or a runtime proven identical.
 
     runtime "litert": batched LiteRT. runtime "tflm": TFLM on the first `confirm_samples`, LiteRT

@@ -11,7 +11,7 @@ an unsupported or malformed model must not take the caller down with it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -25,14 +25,8 @@ from edgeq.isolation import ChildCrashed, Worker, shared_worker
 from edgeq.targets import TargetProfile
 from edgeq.tflite.facts import infer_mode
 from edgeq.tflite.reader import ModelInfo
+from edgeq.progress import Progress, Step, no_progress, no_step
 from edgeq.vocab import Runtime
-
-Progress = Callable[[str, int], Callable[[int], None]]  # (label, total) -> advance(n_done)
-
-
-def _no_progress(label: str, total: int) -> Callable[[int], None]:
-    return lambda done: None
-
 
 @dataclass(frozen=True)
 class MemoryReport:
@@ -151,8 +145,8 @@ def emulate(
     can_run_tflm: bool = True,
     confirm_samples: int = 100,
     host_latency: bool = True,
-    on_step: Callable[[str], None] = lambda message: None,
-    progress: Progress = _no_progress,
+    on_step: Step = no_step,
+    progress: Progress = no_progress,
     worker: Worker | None = None,
     output_names: Sequence[str] | None = None,
 ) -> Emulation:

@@ -23,9 +23,9 @@ import numpy as np
 
 from edgeq._tf import captured_output
 from edgeq.errors import CalibrationError
+from edgeq.progress import Advance
 from edgeq.vocab import Runtime
 
-Progress = Callable[[int], None]
 
 KERNELS = ("default", "builtin", "reference")
 """LiteRT kernel choices: its default (XNNPACK delegate applied, as on a phone), its builtin
@@ -178,7 +178,7 @@ def _interpreter_factory(kernels: str, num_threads: int | None) -> Callable[[byt
 
 
 def run_litert(model: bytes, inputs: Sequence[np.ndarray], *, batch_size: int = 256,
-               on_progress: Progress | None = None, kernels: str = "default",
+               on_progress: Advance | None = None, kernels: str = "default",
                num_threads: int | None = None) -> RunResult:
     """Run every sample through LiteRT, batched when that provably gives the same numbers.
 
@@ -201,7 +201,7 @@ def run_litert(model: bytes, inputs: Sequence[np.ndarray], *, batch_size: int = 
                      kernels=kernels, raw_outputs=outputs)
 
 
-def _per_sample_litert(interp: Any, xs: list[np.ndarray], first: int, on_progress: Progress | None,
+def _per_sample_litert(interp: Any, xs: list[np.ndarray], first: int, on_progress: Advance | None,
                        limit: int | None = None) -> list[np.ndarray]:
     in_idx = [d["index"] for d in interp.get_input_details()]
     out_idx = [d["index"] for d in interp.get_output_details()]
@@ -219,7 +219,7 @@ def _per_sample_litert(interp: Any, xs: list[np.ndarray], first: int, on_progres
 
 
 def _run_batched(model: bytes, original: Any, make: Callable[[bytes], Any], xs: list[np.ndarray],
-                 batch_size: int, on_progress: Progress | None) -> tuple[list[np.ndarray] | None, str]:
+                 batch_size: int, on_progress: Advance | None) -> tuple[list[np.ndarray] | None, str]:
     """Outputs of the batch-free copy, or (None, reason) when the per-sample loop must be used."""
     n = len(xs[0])
     if n == 1:
@@ -379,7 +379,7 @@ def _overwrite(view: Any, target: list[int], what: str) -> None:
 
 
 def run_tflm(model: bytes, inputs: Sequence[np.ndarray], *, arena_size: int | None = None,
-             on_progress: Progress | None = None) -> RunResult:
+             on_progress: Advance | None = None) -> RunResult:
     """Run every sample, one at a time, in the TFLite Micro interpreter (as the device does)."""
     from tflite_micro.python.tflite_micro import runtime
 
