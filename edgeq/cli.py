@@ -21,6 +21,7 @@ from edgeq.defaults import DEFAULT_MAX_ACCURACY_DROP as DEFAULT_DROP
 from edgeq.device.protocol import DEFAULT_MAX_PAYLOAD, LENGTH_LIMIT, MIN_PAYLOAD
 from edgeq.errors import EdgeqError
 from edgeq.report import confirmation_summary, kib
+from edgeq.text import percent
 from edgeq.vocab import DeviceVerdict, Runtime
 
 
@@ -82,7 +83,7 @@ def _progress_factory(quiet: bool) -> Callable[[str, int], Callable[[int], None]
 
 
 def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.2f}%"
+    return percent(x, missing="-")
 
 
 def _summary(report: dict[str, Any], err: bool = False) -> None:

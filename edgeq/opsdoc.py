@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from edgeq.targets import TargetProfile
+from edgeq.text import markdown_table, one_line_cell
 from edgeq.tflite.tflm_ops import RESOLVER_METHODS
 from edgeq.vocab import Runtime
 
@@ -22,16 +23,9 @@ def _order(profiles: Iterable[TargetProfile]) -> list[TargetProfile]:
     return sorted(unique.values(), key=lambda p: (p.runtime, p.kind != "class", p.name))
 
 
-def _cell(text: str) -> str:
-    """A Markdown table cell: pipes escaped, no line breaks."""
-    return " ".join(str(text).split()).replace("|", "\\|")
-
-
 def _table(header: list[str], rows: list[list[str]], align: list[str] | None = None) -> list[str]:
-    align = align or ["---"] * len(header)
-    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "| " + " | ".join(align) + " |"]
-    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
-    return lines
+    return markdown_table(header, rows, align=align or ["---"] * len(header), cell=one_line_cell,
+                          header_cell=one_line_cell)
 
 
 def render_supported_ops_markdown(profiles: list[TargetProfile]) -> str:

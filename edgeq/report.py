@@ -12,6 +12,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from edgeq.text import markdown_table
+from edgeq.text import percent as _pct
 from edgeq.vocab import Runtime
 
 SCHEMA_VERSION = 1
@@ -53,18 +55,12 @@ def kib(n: int | float) -> str:
     return f"{n / 1024:,.4g} KiB"
 
 
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.2f}%"
-
-
 def _b(n: int | None) -> str:
     return "–" if n is None else f"{n:,} B"
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    cells = [[str(c).replace("|", "\\|") for c in row] for row in rows]
-    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
-            *("| " + " | ".join(row) + " |" for row in cells), ""]
+    return [*markdown_table(header, rows), ""]
 
 
 def confirmation_summary(confirmation: dict[str, Any]) -> str:

@@ -204,7 +204,7 @@ def _top1(scores: np.ndarray, labels: np.ndarray | None) -> float | None:
     return None if scores.shape[0] == 0 else top1_accuracy(scores, labels)
 
 
-def _pct(x: float | None) -> float | None:
+def _percent_value(x: float | None) -> float | None:
     return None if x is None else round(100.0 * x, 4)
 
 
@@ -260,9 +260,11 @@ def _report(model_path: Path, model: bytes, data_name: str, data_sha: str, port:
                       "first_differing": differing[:FIRST_DIFFERENCES],
                       "reference": "TFLite Micro interpreter on this host (edgeq's emulator)"},
         "accuracy": {"samples": len(done),
-                     "device_top1": _pct(_top1(device_scores, done_labels)) if device_scores is not None else None,
-                     "emulator_top1": _pct(_top1(emulator_done, done_labels)) if emulator_done is not None else None,
-                     "emulator_top1_all_requested": _pct(_top1(emulated[0][:n], labels)),
+                     "device_top1": (_percent_value(_top1(device_scores, done_labels))
+                                     if device_scores is not None else None),
+                     "emulator_top1": (_percent_value(_top1(emulator_done, done_labels))
+                                       if emulator_done is not None else None),
+                     "emulator_top1_all_requested": _percent_value(_top1(emulated[0][:n], labels)),
                      "note": None if not missing else f"{missing} of {n} samples missing: accuracy covers the "
                                                       f"{len(done)} the device answered"},
         "latency": latency,

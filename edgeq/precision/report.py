@@ -7,16 +7,14 @@ import math
 from typing import Any
 
 from edgeq.precision.simulate import PrecisionResult
+from edgeq.text import markdown_table
+from edgeq.text import percent as _pct
 
 
 SHORT = {"fp16": "FP16", "bf16": "BF16", "fp8_e4m3": "FP8 E4M3", "fp8_e5m2": "FP8 E5M2",
          "int8_sym_tensor": "INT8 sym/tensor", "int8_sym_channel": "INT8 sym/channel",
          "int8_asym_tensor": "INT8 asym/tensor", "int8_asym_channel": "INT8 asym/channel",
          "int4_sym_channel": "INT4 sym/channel", "fp16_act": "FP16 weights+act", "bf16_act": "BF16 weights+act"}
-
-
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.2f}%"
 
 
 def _num(x: float | None) -> str:
@@ -87,8 +85,7 @@ def render_markdown(result: PrecisionResult) -> str:
     out = [f"# Precision of {result.model}", "",
            f"{result.samples} samples of {result.data}; {result.parameters:,} parameters, "
            f"{result.kernel_parameters:,} of them in kernels.", "",
-           "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+           *markdown_table(header, rows)]
     out += [""] + [f"Note: {n}." for n in result.notes] + [""]
     if result.channel_gains:
         out += ["## Per channel vs per tensor (INT8 symmetric weights)", "",

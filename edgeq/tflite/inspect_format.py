@@ -6,6 +6,7 @@ The machine-readable form is `ModelInfo.to_dict()`.
 
 from __future__ import annotations
 
+from edgeq.text import text_table
 from edgeq.tflite.reader import ModelInfo, TensorInfo
 
 NAME_WIDTH = 40
@@ -30,17 +31,13 @@ def format_quantization(tensor: TensorInfo) -> str:
     return f"scale={tensor.scales[0]:.4g} zp={zero_point}"
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]], indent: str = "  ") -> list[str]:
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    return [indent + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
-
 
 def _io_lines(title: str, tensors: tuple[TensorInfo, ...]) -> list[str]:
     rows = [(f"#{t.index}", _truncate(t.name), t.dtype, format_shape(t.shape), format_quantization(t))
             for t in tensors]
     if not rows:
         return [f"{title}: none"]
-    return [f"{title}:", *_table(("tensor", "name", "dtype", "shape", "quantization"), rows)]
+    return [f"{title}:", *text_table(("tensor", "name", "dtype", "shape", "quantization"), rows)]
 
 
 def format_inspect(info: ModelInfo) -> str:
@@ -64,10 +61,10 @@ def format_inspect(info: ModelInfo) -> str:
         f"{'s' if info.subgraph_count != 1 else ''}, {len(counts)} distinct",
     ]
     if counts:
-        lines += _table(("op", "count"), [(name, str(n)) for name, n in counts.items()])
+        lines += text_table(("op", "count"), [(name, str(n)) for name, n in counts.items()])
     lines += ["", f"tensors (main graph): {len(info.tensors)}"]
     rows = [(str(t.index), _truncate(t.name), t.dtype, format_shape(t.shape),
              f"{t.buffer_bytes:,}" if t.is_constant else "-", format_quantization(t)) for t in info.tensors]
     if rows:
-        lines += _table(("#", "name", "dtype", "shape", "const bytes", "quantization"), rows)
+        lines += text_table(("#", "name", "dtype", "shape", "const bytes", "quantization"), rows)
     return "\n".join(lines) + "\n"
