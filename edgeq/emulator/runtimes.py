@@ -24,6 +24,7 @@ import numpy as np
 from edgeq._tf import captured_output
 from edgeq.errors import CalibrationError
 from edgeq.progress import Advance
+from edgeq.tflite.batch import Unbatchable, free_batch_dimension
 from edgeq.vocab import Runtime
 
 
@@ -41,17 +42,6 @@ TFLM_CHUNK = 32
 MIN_TFLM_ARENA = 64 * 1024
 
 MAX_THREADS = 4
-
-# Ops that keep state between invokes, branch into other subgraphs, draw random numbers, or
-# combine values along an axis that may be the batch axis without changing any shape.
-_UNSAFE_OPS = frozenset({
-    "VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE", "CALL_ONCE", "WHILE", "IF", "CALL",
-    "RANDOM_UNIFORM", "RANDOM_STANDARD_NORMAL", "MULTINOMIAL", "CUMSUM", "REVERSE_V2",
-    "REVERSE_SEQUENCE", "SHAPE", "RANK", "SIZE", "UNIDIRECTIONAL_SEQUENCE_LSTM",
-    "UNIDIRECTIONAL_SEQUENCE_RNN", "BIDIRECTIONAL_SEQUENCE_LSTM", "BIDIRECTIONAL_SEQUENCE_RNN",
-    "LSTM", "RNN", "SVDF",
-})
-
 
 @dataclass
 class RunResult:
@@ -228,7 +218,7 @@ def _run_batched(model: bytes, original: Any, make: Callable[[bytes], Any], xs: 
         return None, "batch size 1 requested"
     try:
         patched = free_batch_dimension(model)
-    except _Unbatchable as exc:
+    except Unbatchable as exc:
         return None, str(exc)
     except Exception as exc:  # an unusual but valid file: not worth failing the run for
         return None, f"could not free the batch dimension ({type(exc).__name__}: {exc})"
@@ -296,83 +286,6 @@ def _same(batched: np.ndarray, single: np.ndarray) -> bool:
 
 
 # -- the batch-free copy ------------------------------------------------------------------------
-
-
-class _Unbatchable(Exception):
-    """The model cannot safely run with a free batch dimension; the message says why."""
-
-
-def free_batch_dimension(model: bytes) -> bytes:
-    """An evaluation-only copy of `model` whose leading batch dimension of 1 is free.
-
-    Only the targets of RESHAPE ops whose output has batch 1 change, in place, from [1, ...] to
-    [-1, ...] (both the ReshapeOptions and the constant shape tensor); every other byte stays as
-    it was, so weights keep their alignment. LiteRT's `resize_tensor_input` then propagates any
-    batch size. Raises _Unbatchable for models where batching could change results.
-    """
-    from ai_edge_litert import schema_py_generated as schema
-
-    buf = bytearray(model)
-    m = schema.Model.GetRootAs(buf, 0)
-    if m.SubgraphsLength() != 1:
-        raise _Unbatchable(f"the model has {m.SubgraphsLength()} subgraphs (control flow): batching not attempted")
-    graph = m.Subgraphs(0)
-    codes = [_op_name(m.OperatorCodes(i)) for i in range(m.OperatorCodesLength())]
-    ops = [graph.Operators(i) for i in range(graph.OperatorsLength())]
-    used = sorted({codes[op.OpcodeIndex()] for op in ops})
-    unsafe = [c for c in used if c in _UNSAFE_OPS or c.startswith("CUSTOM")]
-    if unsafe:
-        raise _Unbatchable(f"op(s) {', '.join(unsafe)} may keep state or combine samples: batching not attempted")
-    reshapes = [op for op in ops if codes[op.OpcodeIndex()] == "RESHAPE"]
-    shape_tensors = {int(op.Inputs(1)) for op in reshapes if op.InputsLength() > 1 and op.Inputs(1) >= 0}
-    for op in reshapes:
-        _free_reshape(m, graph, op, shape_tensors, schema)
-    return bytes(buf)
-
-
-def _op_name(code: Any) -> str:
-    from edgeq.tflite.reader import OP_NAMES
-
-    builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
-    return OP_NAMES.get(builtin, f"UNKNOWN_{builtin}")
-
-
-def _free_reshape(m: Any, graph: Any, op: Any, shape_tensors: set[int], schema: Any) -> None:
-    shape = graph.Tensors(op.Outputs(0)).ShapeAsNumpy()
-    if not isinstance(shape, np.ndarray) or not len(shape) or shape[0] != 1:
-        return
-    target = [-1, *(int(d) for d in shape[1:])]
-    if op.BuiltinOptionsType() == schema.BuiltinOptions.ReshapeOptions:
-        table = op.BuiltinOptions()
-        options = schema.ReshapeOptions()
-        options.Init(table.Bytes, table.Pos)
-        _overwrite(options.NewShapeAsNumpy(), target, "the RESHAPE options")
-    if op.InputsLength() < 2 or op.Inputs(1) < 0:
-        return
-    index = int(op.Inputs(1))
-    buffer_index = graph.Tensors(index).Buffer()
-    sharers = {i for i in range(graph.TensorsLength()) if graph.Tensors(i).Buffer() == buffer_index}
-    if not sharers <= shape_tensors:
-        raise _Unbatchable("a RESHAPE shares its shape constant with another tensor: batching not attempted")
-    buffer = m.Buffers(buffer_index)
-    if buffer.Offset() > 1:
-        raise _Unbatchable("the model keeps tensor data outside the flatbuffer: batching not attempted")
-    data = buffer.DataAsNumpy()
-    if not isinstance(data, np.ndarray):
-        return  # computed at run time: LiteRT derives it from the (resized) inputs
-    dtype = {schema.TensorType.INT32: np.int32, schema.TensorType.INT64: np.int64}.get(graph.Tensors(index).Type())
-    if dtype is None or data.size % np.dtype(dtype).itemsize:
-        raise _Unbatchable("a RESHAPE has a shape tensor that is neither int32 nor int64")
-    _overwrite(data.view(dtype), target, "the RESHAPE shape tensor")
-
-
-def _overwrite(view: Any, target: list[int], what: str) -> None:
-    """Write `target` into a numpy view of the model bytes (same length only: nothing moves)."""
-    if not isinstance(view, np.ndarray) or not len(view):
-        return
-    if len(view) != len(target):
-        raise _Unbatchable(f"{what} has {len(view)} dimensions for an output of rank {len(target)}")
-    view[:] = target
 
 
 # -- TFLite Micro -------------------------------------------------------------------------------
