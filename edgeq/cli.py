@@ -247,7 +247,7 @@ def convert(model: Path, target: str, mode: str | None, calibration: str | None,
     in the model's input order); edgeq feeds each input its array by name, whatever order the
     converter gives the inputs.
     """
-    from edgeq.pipeline import GateError
+    from edgeq.pipeline import ConvertOptions, GateError, HarnessOptions, QatOptions
     from edgeq.pipeline import convert as run_convert
 
     evaluation = None if no_eval else (eval_set or "auto")
@@ -257,13 +257,13 @@ def convert(model: Path, target: str, mode: str | None, calibration: str | None,
 
         settings = TrainSettings(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate)
     try:
-        result = run_convert(model, target, mode=mode, calibration=calibration,
-                             calibration_samples=calibration_samples, evaluation=evaluation,
-                             max_accuracy_drop=max_accuracy_drop, qat=qat, train=train_set or "auto",
-                             train_settings=settings, compare=compare, force=force, outdir=outdir, name=name,
-                             overwrite=overwrite, trust_model=trust_model, harness=harness, max_payload=max_payload,
-                             input_shapes=_parse_shapes(input_shapes), on_step=_step,
-                             progress=_progress_factory(quiet=False))
+        options = ConvertOptions(
+            mode=mode, calibration=calibration, calibration_samples=calibration_samples, evaluation=evaluation,
+            max_accuracy_drop=max_accuracy_drop, force=force, outdir=outdir, name=name, overwrite=overwrite,
+            trust_model=trust_model, input_shapes=_parse_shapes(input_shapes),
+            qat=QatOptions(train=train_set or "auto", settings=settings, compare=compare) if qat or compare else None,
+            harness=HarnessOptions(max_payload=max_payload) if harness else None)
+        result = run_convert(model, target, options, on_step=_step, progress=_progress_factory(quiet=False))
     except GateError as exc:
         click.echo(f"\n{model} does not fit {exc.result.target.name}:", err=True)
         _summary(exc.result.report, err=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -31,7 +31,7 @@ from edgeq.report import SCHEMA_VERSION, library_versions, render_json, render_m
 from edgeq.targets import TargetProfile, load_all, load_target
 from edgeq.tflite.reader import ModelInfo, read_tflite
 from edgeq.tflite.strip import render_sidecar
-from edgeq.progress import Advance, Progress, Step
+from edgeq.progress import Advance, Progress, Step, no_step
 from edgeq.vocab import CheckName, Runtime
 
 if TYPE_CHECKING:
@@ -103,56 +103,66 @@ def fitting_targets(flash: int, ram: int, runtime: str | None = None) -> list[st
     return names
 
 
-def convert(
-    model_path: str | Path,
-    target: str | TargetProfile = "mcu",
-    *,
-    mode: str | None = None,
-    calibration: str | None = None,
-    calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
-    evaluation: str | None = "auto",
-    max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP,
-    qat: bool = False,
-    train: str | None = "auto",
-    train_settings: TrainSettings | None = None,
-    compare: bool = False,
-    force: bool = False,
-    outdir: str | Path | None = None,
-    name: str | None = None,
-    overwrite: bool = False,
-    trust_model: bool = False,
-    per_layer: bool = True,
-    harness: bool = False,
-    max_payload: int = DEFAULT_MAX_PAYLOAD,
-    input_shapes: dict[str, tuple[int, ...]] | None = None,
-    on_step: Step = lambda message: None,
-    progress: Progress | None = None,
-    worker: Worker | None = None,
-) -> ConvertResult:
-    """Quantize (PTQ, or QAT with `qat`), emulate, check and (if the gate passes, or `force`) emit.
+@dataclass(frozen=True)
+class QatOptions:
+    """Quantization-aware training (tfmot), fine-tuned from the float model."""
 
-    `evaluation`: held-out data for accuracy; "auto" takes the eval split of a bundled
-    calibration set, None skips accuracy. `train`: QAT's training data ("auto": the bundled
-    set's train split). `compare`: run PTQ and QAT on the same model and data and report both;
-    the outputs are QAT's. Raises GateError (exit 3) after writing the reports when a check
-    fails and `force` is off. `harness`: also write the device-check test-harness firmware
-    (edgeq.device.firmware) next to the C files, with frames of up to `max_payload` bytes.
-    `input_shapes`: a sample shape (no batch) for inputs with open dimensions, by input name.
+    train: str | None = "auto"  # labelled training data; "auto": the bundled calibration set's train split
+    settings: TrainSettings | None = None  # epochs, batch size, learning rate (None: TrainSettings())
+    compare: bool = False  # also run PTQ on the same model and data and report both; the outputs are QAT's
+
+
+@dataclass(frozen=True)
+class HarnessOptions:
+    """The device-check test-harness firmware (edgeq.device.firmware), written next to the C files."""
+
+    max_payload: int = DEFAULT_MAX_PAYLOAD  # the largest protocol frame payload (EDGEQ_MAX_PAYLOAD)
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """Everything `convert` can be asked, with the CLI's defaults."""
+
+    mode: str | None = None  # None: the target's default mode
+    calibration: str | None = None  # a bundled set ("digits", "NAME:SPLIT") or a .npz/.npy
+    calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES
+    evaluation: str | None = "auto"  # held-out data; "auto": the bundled set's eval split; None: no accuracy
+    max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP
+    qat: QatOptions | None = None  # None: post-training quantization
+    harness: HarnessOptions | None = None  # None: no test-harness firmware
+    force: bool = False  # write the outputs even if a check fails
+    outdir: str | Path | None = None  # None: edgeq-out/<name>-<target>
+    name: str | None = None  # base name of the outputs and C identifiers; None: the model file's
+    overwrite: bool = False
+    trust_model: bool = False  # allow Lambda layers and unregistered classes (runs the model's code)
+    per_layer: bool = True  # TFLite's QuantizationDebugger on the worst layers (PTQ)
+    input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # for open dimensions, by input name
+
+
+def convert(model_path: str | Path, target: str | TargetProfile = "mcu", options: ConvertOptions | None = None, *,
+            on_step: Step = no_step, progress: Progress | None = None, worker: Worker | None = None
+            ) -> ConvertResult:
+    """Quantize (PTQ, or QAT), emulate, check and (if the gate passes, or `options.force`) emit.
+
+    Raises GateError (exit 3) after writing the reports when a check fails and `force` is off.
     Loading, converting and running the model happen in `worker`'s child process (by default
     this process's shared one), so that a native crash ends the child with a message, not the
     caller; this process checks the inputs first and writes the outputs last.
     """
+    o = options or ConvertOptions()
+    mode, calibration, evaluation, name = o.mode, o.calibration, o.evaluation, o.name
+    qat, compare, harness = o.qat is not None, o.qat is not None and o.qat.compare, o.harness is not None
+    max_payload = o.harness.max_payload if o.harness else DEFAULT_MAX_PAYLOAD
     model_path = Path(model_path)
     profile = target if isinstance(target, TargetProfile) else load_target(target)
     if harness and profile.runtime != Runtime.TFLM:
         raise RecipeError(f"--harness builds TFLite Micro firmware, but target '{profile.name}' runs {profile.runtime}",
                           hint="drop --harness, or pick a microcontroller target such as --target mcu")
     name = c_identifier(name or model_path.name.removesuffix(model_path.suffix) or model_path.name)
-    out = Path(outdir) if outdir is not None else Path("edgeq-out") / f"{name}-{profile.name}"
-    check_output_dir(out, output_names(name, profile, harness), overwrite=overwrite)
-    qat = qat or compare
+    out = Path(o.outdir) if o.outdir is not None else Path("edgeq-out") / f"{name}-{profile.name}"
+    check_output_dir(out, output_names(name, profile, harness), overwrite=o.overwrite)
     recipe = recipe_for(profile, mode, have_calibration=calibration is not None or qat,
-                        calibration_samples=calibration_samples)
+                        calibration_samples=o.calibration_samples)
     if qat and not recipe.per_channel:
         raise RecipeError(f"target '{profile.name}' wants per-tensor weights, but QAT trains with tfmot's default "
                           "scheme, which quantizes conv weights per channel",
@@ -165,15 +175,16 @@ def convert(
                           hint="drop --mode (or pass --mode int8), or drop --qat for PTQ in this mode")
     eval_spec = default_eval_set(calibration) if evaluation == "auto" else evaluation
     eval_data = load_dataset(eval_spec, default_split="eval") if eval_spec else None
-    train_data = _train_data(train, calibration) if qat else None
+    train_data = _train_data(o.qat.train, calibration) if o.qat else None
     data: Dataset | None = load_dataset(calibration) if calibration and recipe.calibration_samples else None
     from edgeq.loading import check_model_file
 
-    check_model_file(model_path, trust_model=trust_model)  # a missing, mangled or Lambda model fails fast
+    check_model_file(model_path, trust_model=o.trust_model)  # a missing, mangled or Lambda model fails fast
     plan = _Plan(model_path=model_path, profile=profile, recipe=recipe, name=name, qat=qat, compare=compare,
-                 data=data, eval_data=eval_data, train_data=train_data, train_settings=train_settings,
-                 max_accuracy_drop=max_accuracy_drop, force=force, trust_model=trust_model, per_layer=per_layer,
-                 harness=harness, max_payload=max_payload, input_shapes=input_shapes or {})
+                 data=data, eval_data=eval_data, train_data=train_data,
+                 train_settings=o.qat.settings if o.qat else None, max_accuracy_drop=o.max_accuracy_drop,
+                 force=o.force, trust_model=o.trust_model, per_layer=o.per_layer, harness=harness,
+                 max_payload=max_payload, input_shapes=dict(o.input_shapes))
 
     # Everything above fails fast, without TensorFlow. Everything below runs user models, so it
     # runs in the worker's child process; this process only writes the outputs.
@@ -181,10 +192,10 @@ def convert(
     on_step(f"writing {len(done.files)} files to {out}")
     # A rejected model must not sit next to a report that rejects it (left by an earlier run).
     stale = [n for n in output_names(name, profile, harness) if n not in done.files]
-    written = write_files_atomically(out, done.files, overwrite=overwrite, remove=stale)
+    written = write_files_atomically(out, done.files, overwrite=o.overwrite, remove=stale)
     result = ConvertResult(name, out, written, profile, recipe, done.float_bytes, done.quantized_bytes, done.info,
                            done.checks, done.emulation, done.gate, done.report)
-    if not done.gate["passed"] and not force:
+    if not done.gate["passed"] and not o.force:
         raise GateError(done.checks, profile, result,
                         f"no .tflite or C files written; the report is in {out}/report.md")
     return result

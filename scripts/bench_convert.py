@@ -68,7 +68,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from edgeq.calibration import load_dataset
-    from edgeq.pipeline import convert
+    from edgeq.pipeline import ConvertOptions, convert
     from edgeq.tflite.reader import read_tflite
 
     calibration = load_dataset("digits:calibration").inputs[0]
@@ -77,7 +77,7 @@ def main() -> int:
     import tempfile
 
     with tempfile.TemporaryDirectory() as out:
-        result = convert(args.model, "mcu", calibration="digits", outdir=out)
+        result = convert(args.model, "mcu", ConvertOptions(calibration="digits", outdir=out))
         ours = (Path(out) / f"{result.name}.tflite").read_bytes()
 
     rows = []
@@ -101,14 +101,14 @@ def _isolation_overhead(model: str, runs: int = 3) -> None:
     import tempfile
 
     from edgeq.isolation import TENSORFLOW, Worker, shared_worker
-    from edgeq.pipeline import convert
+    from edgeq.pipeline import ConvertOptions, convert
 
     def best(worker: Worker) -> float:
         times = []
         for _ in range(runs):
             with tempfile.TemporaryDirectory() as out:
                 started = time.perf_counter()
-                convert(model, "mcu", calibration="digits", outdir=out, worker=worker)
+                convert(model, "mcu", ConvertOptions(calibration="digits", outdir=out), worker=worker)
                 times.append(time.perf_counter() - started)
         return min(times)
 

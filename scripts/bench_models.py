@@ -100,7 +100,7 @@ def arena_of(model: bytes) -> int | None:
 def run(reference, fmt: str, target: str, worker) -> dict:  # type: ignore[no-untyped-def]
     from edgeq.errors import EdgeqError
     from edgeq.isolation import ChildCrashed, Worker
-    from edgeq.pipeline import GateError, convert
+    from edgeq.pipeline import ConvertOptions, GateError, convert
 
     row = {"model": reference.name, "format": fmt, "target": target}
     with tempfile.TemporaryDirectory() as tmp:
@@ -109,8 +109,9 @@ def run(reference, fmt: str, target: str, worker) -> dict:  # type: ignore[no-un
         data = dict(np.load(folder / "data.npz"))
         started = time.perf_counter()
         try:
-            result = convert(path, target, calibration=str(folder / "data.npz"), evaluation=str(folder / "data.npz"),
-                             outdir=folder / "out", worker=worker)
+            options = ConvertOptions(calibration=str(folder / "data.npz"), evaluation=str(folder / "data.npz"),
+                                     outdir=folder / "out")
+            result = convert(path, target, options, worker=worker)
         except GateError as exc:
             result = exc.result
             row["note"] = "gate failed: " + ", ".join(exc.result.gate["failed"]) + "; "

@@ -48,7 +48,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from edgeq._tf import captured_output, tf
-    from edgeq.pipeline import convert
+    from edgeq.pipeline import ConvertOptions, QatOptions, convert
     from edgeq.quantize.qat import TrainSettings
 
     with captured_output():
@@ -58,8 +58,9 @@ def main() -> int:
         for set_name in args.sets:
             path = Path(tmp) / f"{set_name}_cnn.keras"
             train_float(set_name, args.epochs_float, path)
-            result = convert(path, "mcu", calibration=set_name, compare=True, outdir=Path(tmp) / set_name,
-                             train_settings=TrainSettings(epochs=args.epochs_qat), force=True)
+            result = convert(path, "mcu", ConvertOptions(calibration=set_name, outdir=Path(tmp) / set_name,
+                                                         force=True,
+                                                         qat=QatOptions(settings=TrainSettings(epochs=args.epochs_qat), compare=True)))
             cmp = result.report["comparison"]
             float_top1 = 100 * cmp["qat"]["float_top1"]
             ptq, qat = 100 * cmp["ptq"]["quantized_top1"], 100 * cmp["qat"]["quantized_top1"]

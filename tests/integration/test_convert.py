@@ -14,7 +14,7 @@ import pytest
 
 from conftest import (LITERT_TFLM_MAX_DIFFERING, LITERT_TFLM_MAX_LSB, predict, predict_raw, reported_runtime,
                       run_edgeq)
-from edgeq.pipeline import convert
+from edgeq.pipeline import ConvertOptions, convert
 from edgeq.tflite.reader import read_tflite_file
 from edgeq.tflite.tflm_ops import RESOLVER_METHODS
 
@@ -27,7 +27,7 @@ def converted(tmp_path_factory, keras3_model_path):
     results = {}
     for target in ("mcu", "iot", "phone"):
         out = tmp_path_factory.mktemp(f"out-{target}")
-        results[target] = convert(keras3_model_path, target, calibration="digits", outdir=out)
+        results[target] = convert(keras3_model_path, target, ConvertOptions(calibration="digits", outdir=out))
     return results
 
 
@@ -178,12 +178,12 @@ def test_cli_run_is_byte_identical_to_library_run(converted, keras3_model_path, 
 def test_keras2_h5_and_savedmodel_convert_for_mcu(keras2_h5_path, tmp_path, digits):
     import tf_keras
 
-    result = convert(keras2_h5_path, "mcu", calibration="digits", outdir=tmp_path / "h5")
+    result = convert(keras2_h5_path, "mcu", ConvertOptions(calibration="digits", outdir=tmp_path / "h5"))
     assert result.info.is_fully_integer
     model = tf_keras.models.load_model(keras2_h5_path, compile=False)
     saved = tmp_path / "k2_savedmodel"
     model.save(saved, save_format="tf")
-    result_sm = convert(saved, "mcu", calibration="digits", outdir=tmp_path / "sm", name="k2 saved")
+    result_sm = convert(saved, "mcu", ConvertOptions(calibration="digits", outdir=tmp_path / "sm", name="k2 saved"))
     assert result_sm.name == "k2_saved" and result_sm.info.is_fully_integer
     for res in (result, result_sm):
         tflite = (res.outdir / f"{res.name}.tflite").read_bytes()
@@ -192,14 +192,14 @@ def test_keras2_h5_and_savedmodel_convert_for_mcu(keras2_h5_path, tmp_path, digi
 
 
 def test_int16x8_on_request(keras3_model_path, tmp_path):
-    result = convert(keras3_model_path, "mcu", mode="int16x8", calibration="digits", outdir=tmp_path)
+    result = convert(keras3_model_path, "mcu", ConvertOptions(mode="int16x8", calibration="digits", outdir=tmp_path))
     info = result.info
     assert [info.tensors[i].dtype for i in info.inputs] == ["int16"]
     assert result.recipe.activations == "int16"
 
 
 def test_float16_for_phone_needs_no_calibration(keras3_model_path, tmp_path):
-    result = convert(keras3_model_path, "phone", mode="float16", outdir=tmp_path)
+    result = convert(keras3_model_path, "phone", ConvertOptions(mode="float16", outdir=tmp_path))
     assert "float16" in {t.dtype for t in result.info.tensors}
     assert result.report["calibration"] is None
 
@@ -223,7 +223,7 @@ def test_user_profile_by_path_inheriting_a_bundled_class(keras3_model_path, tmp_
     board = tmp_path / "boards" / "my-board.toml"
     board.parent.mkdir()
     board.write_text('inherits = "mcu"\nkind = "board"\ndescription = "mine"\n[memory]\nflash_bytes = 131_072\n')
-    result = convert(keras3_model_path, str(board), calibration="digits", outdir=tmp_path / "o")
+    result = convert(keras3_model_path, str(board), ConvertOptions(calibration="digits", outdir=tmp_path / "o"))
     target = result.report["target"]
     assert target["chain_files"] == ["my-board.toml", "mcu.toml"]
     assert set(target["sha256"]) == {"my-board.toml", "mcu.toml"}

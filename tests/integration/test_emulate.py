@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import predict, reported_runtime, run_edgeq, stand_in_a_cpu_whose_litert_differs
-from edgeq.pipeline import convert
+from edgeq.pipeline import ConvertOptions, convert
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +26,8 @@ SECTIONS = ("## Accuracy", "## Sizes", "## Memory", "## Latency", "## Per-layer 
 
 @pytest.fixture(scope="module")
 def mcu(tmp_path_factory, keras3_model_path):
-    return convert(keras3_model_path, "mcu", calibration="digits", outdir=tmp_path_factory.mktemp("emu-mcu"))
+    return convert(keras3_model_path, "mcu", ConvertOptions(calibration="digits",
+                                                            outdir=tmp_path_factory.mktemp("emu-mcu")))
 
 
 def _tflm_runs(model: Path, arena: int) -> bool:
@@ -81,7 +82,8 @@ def test_where_litert_differs_from_tflm_every_figure_comes_from_tflm(keras3_mode
 
     stand_in_a_cpu_whose_litert_differs(monkeypatch, sample=3)
     # In this process: the stand-in patches this process's LiteRT runner, not a child's.
-    result = convert(keras3_model_path, "mcu", calibration="digits", outdir=tmp_path, worker=Worker(in_process=True))
+    result = convert(keras3_model_path, "mcu", ConvertOptions(calibration="digits", outdir=tmp_path),
+                     worker=Worker(in_process=True))
     acc = result.report["emulation"]["accuracy"]
     conf = acc["confirmation"]
     assert conf["identical"] is False and conf["differing_samples"] >= 1 and conf["max_lsb_difference"] >= 1
@@ -130,7 +132,7 @@ def test_reports_render(mcu):
 
 
 def test_litert_targets_report_peak_activations(keras3_model_path, tmp_path):
-    result = convert(keras3_model_path, "iot", calibration="digits", outdir=tmp_path)
+    result = convert(keras3_model_path, "iot", ConvertOptions(calibration="digits", outdir=tmp_path))
     ram = result.report["emulation"]["memory"]["ram"]
     assert ram["tflm_arena"] is None and ram["firmware_arena_bytes"] is None
     act = ram["litert_activations"]
@@ -189,7 +191,7 @@ def test_force_writes_the_outputs_and_marks_the_report(big_model, tmp_path):
 
 @pytest.mark.parametrize("mode, kernel", [("float16", "float16"), ("dynamic", "hybrid")])
 def test_float16_and_dynamic_models_are_refused_for_mcu(keras3_model_path, tmp_path, mode, kernel):
-    phone = convert(keras3_model_path, "phone", mode=mode, outdir=tmp_path / "phone")
+    phone = convert(keras3_model_path, "phone", ConvertOptions(mode=mode, outdir=tmp_path / "phone"))
     proc = run_edgeq("emulate", str(phone.outdir / "my_model_2.tflite"), "--target", "mcu")
     assert proc.returncode == 3, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -239,7 +241,7 @@ def test_multi_output_models_compare_each_output_with_its_own_float_output(tmp_p
     first = keras.layers.Dense(10, activation="softmax", name="digit")(features)
     second = keras.layers.Dense(3, activation="softmax", name="coarse")(keras.layers.Dense(16)(features))
     keras.Model(x, [first, second]).save(tmp_path / "two.keras")
-    result = convert(tmp_path / "two.keras", "iot", calibration="digits", outdir=tmp_path / "o")
+    result = convert(tmp_path / "two.keras", "iot", ConvertOptions(calibration="digits", outdir=tmp_path / "o"))
     acc = result.report["emulation"]["accuracy"]
     assert len(acc["errors"]) == 2
     assert all(e["snr_db"] > 15 and e["cosine"] > 0.97 for e in acc["errors"]), acc["errors"]

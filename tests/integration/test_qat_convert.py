@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import predict, reported_runtime, run_edgeq
-from edgeq.pipeline import convert
+from edgeq.pipeline import ConvertOptions, QatOptions, convert
 from edgeq.quantize.qat import TrainSettings
 from edgeq.tflite.reader import read_tflite_file
 
@@ -19,8 +19,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def compared(keras3_model_path, tmp_path_factory):
     """The Keras 3 digits CNN, PTQ and QAT side by side for the MCU class."""
-    return convert(keras3_model_path, "mcu", calibration="digits", compare=True,
-                   train_settings=TrainSettings(epochs=8), outdir=tmp_path_factory.mktemp("qat-compare"))
+    options = ConvertOptions(calibration="digits", outdir=tmp_path_factory.mktemp("qat-compare"),
+                             qat=QatOptions(settings=TrainSettings(epochs=8), compare=True))
+    return convert(keras3_model_path, "mcu", options)
 
 
 def test_keras3_qat_keeps_accuracy_against_ptq_and_float(compared, digits, float_predictions):
@@ -78,7 +79,7 @@ def test_dense_batchnorm_is_folded_and_beats_the_plain_converter(tmp_path, digit
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     model.fit(digits["train"].inputs[0], digits["train"].labels, epochs=5, verbose=0)
     model.save(tmp_path / "bn.keras")
-    result = convert(tmp_path / "bn.keras", "mcu", calibration="digits", outdir=tmp_path / "o")
+    result = convert(tmp_path / "bn.keras", "mcu", ConvertOptions(calibration="digits", outdir=tmp_path / "o"))
     dense, bn = model.layers[1].name, model.layers[2].name
     assert result.report["folded_batchnorm"] == [f"{dense}+{bn}"]
     ours = (tmp_path / "o" / "bn.tflite").read_bytes()
@@ -92,8 +93,8 @@ def test_dense_batchnorm_is_folded_and_beats_the_plain_converter(tmp_path, digit
     assert np.abs(ours_out - reference).mean() <= np.abs(plain_out - reference).mean() + 1e-6
     assert np.mean(ours_out.argmax(1) == y) >= np.mean(plain_out.argmax(1) == y) - 1 / len(y)
     # tfmot folds Conv+BN itself but not Dense+BN: without edgeq's fold, QAT leaves a float island.
-    qat = convert(tmp_path / "bn.keras", "mcu", calibration="digits", qat=True,
-                  train_settings=TrainSettings(epochs=1), outdir=tmp_path / "q")
+    qat = convert(tmp_path / "bn.keras", "mcu", ConvertOptions(calibration="digits", outdir=tmp_path / "q",
+                                                               qat=QatOptions(settings=TrainSettings(epochs=1))))
     assert qat.info.is_fully_integer and qat.gate["passed"]
     assert qat.report["folded_batchnorm"] == [f"{dense}+{bn}"]
 

@@ -21,7 +21,7 @@ import pytest
 
 from conftest import ROOT, run_edgeq
 from edgeq.errors import ModelLoadError, TargetCheckError
-from edgeq.pipeline import convert
+from edgeq.pipeline import ConvertOptions, convert
 from edgeq.tflite.reader import read_tflite, read_tflite_file
 
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -72,7 +72,8 @@ def test_tf_keras_h5_with_depthwise_conv_loads_with_tf_keras(tmp_path, digits) -
     model.compile("adam", "sparse_categorical_crossentropy")
     model.fit(digits["train"].inputs[0], digits["train"].labels, epochs=8, verbose=0)
     model.save(tmp_path / "dw.h5")
-    result = convert(tmp_path / "dw.h5", "mcu", calibration="digits", outdir=tmp_path / "out", per_layer=False)
+    result = convert(tmp_path / "dw.h5", "mcu", ConvertOptions(calibration="digits", outdir=tmp_path / "out",
+                                                               per_layer=False))
     assert result.report["input"]["saved_by"].startswith("tf_keras")
     assert "DEPTHWISE_CONV_2D" in result.info.all_op_names and result.gate["passed"]
     _agrees(result)
@@ -83,8 +84,8 @@ def test_keras3_lstm_converts_to_what_computes_like_keras(tmp_path) -> None:
     than Keras on trained weights (TF 2.21), which edgeq measures on the float model before it
     uses the op, unrolling the LSTM where they disagree. Either way, what runs agrees with Keras."""
     _, path, data = _saved(tmp_path, "lstm")
-    result = convert(path, "iot", calibration=str(data), evaluation=str(data), outdir=tmp_path / "out",
-                     per_layer=False)
+    result = convert(path, "iot", ConvertOptions(calibration=str(data), evaluation=str(data),
+                                                 outdir=tmp_path / "out", per_layer=False))
     (note,) = result.report["recurrent"]
     ops = result.info.all_op_names
     assert note["class"] == "LSTM" and "WHILE" not in ops, (note, ops)
@@ -93,7 +94,7 @@ def test_keras3_lstm_converts_to_what_computes_like_keras(tmp_path) -> None:
     # Its work counts: 20 steps x 4 gates x 16 units x (8 inputs + 16 recurrent) MACs and more.
     assert result.report["emulation"]["latency"]["total_macs"] >= 20 * 4 * 16 * (8 + 16)
     with pytest.raises(TargetCheckError, match=r"'lstm' \(LSTM\).*int16x8") as refused:
-        convert(path, "mcu", mode="int16x8", calibration=str(data), outdir=tmp_path / "o2")
+        convert(path, "mcu", ConvertOptions(mode="int16x8", calibration=str(data), outdir=tmp_path / "o2"))
     assert refused.value.exit_code == 3
 
 
@@ -116,14 +117,14 @@ def _sequence_model(tmp_path: Path, steps: int) -> tuple[Path, Path]:
 
 def test_short_gru_is_unrolled_and_a_long_one_is_refused_by_name(tmp_path) -> None:
     path, data = _sequence_model(tmp_path, 10)
-    result = convert(path, "mcu", calibration=str(data), evaluation=str(data), outdir=tmp_path / "out",
-                     per_layer=False)
+    result = convert(path, "mcu", ConvertOptions(calibration=str(data), evaluation=str(data),
+                                                 outdir=tmp_path / "out", per_layer=False))
     assert "WHILE" not in result.info.all_op_names and result.info.is_fully_integer
     assert result.report["recurrent"] == [{"layer": "my_gru", "class": "GRU", "action": "unrolled over 10 steps"}]
     _agrees(result)
     long_path, long_data = _sequence_model(tmp_path, 100)
     with pytest.raises(TargetCheckError, match=r"'my_gru' \(GRU\) runs over 100 steps") as refused:
-        convert(long_path, "mcu", calibration=str(long_data), outdir=tmp_path / "long")
+        convert(long_path, "mcu", ConvertOptions(calibration=str(long_data), outdir=tmp_path / "long"))
     assert refused.value.exit_code == 3 and not (tmp_path / "long").exists()
 
 
@@ -149,8 +150,8 @@ def test_two_inputs_two_outputs_are_matched_by_name(tmp_path) -> None:
     """The converter orders these inputs vector, image: data is fed by name, and each output is
     compared with its own float output."""
     _, path, data = _saved(tmp_path, "two_in_two_out")
-    result = convert(path, "mcu", calibration=str(data), evaluation=str(data), outdir=tmp_path / "out",
-                     per_layer=False)
+    result = convert(path, "mcu", ConvertOptions(calibration=str(data), evaluation=str(data),
+                                                 outdir=tmp_path / "out", per_layer=False))
     sidecar = json.loads((tmp_path / "out" / "two_in_two_out_names.json").read_text())
     assert sorted(e["name"] for e in sidecar["inputs"]) == ["image", "vector"]
     acc = result.report["emulation"]["accuracy"]
@@ -159,8 +160,8 @@ def test_two_inputs_two_outputs_are_matched_by_name(tmp_path) -> None:
     # The same data as x0/x1 in Keras order converts to the same model.
     arrays = dict(np.load(data))
     np.savez(tmp_path / "positional.npz", x0=arrays["x_image"], x1=arrays["x_vector"], y=arrays["y"])
-    again = convert(path, "mcu", calibration=str(tmp_path / "positional.npz"), evaluation=None,
-                    outdir=tmp_path / "out2", per_layer=False)
+    again = convert(path, "mcu", ConvertOptions(calibration=str(tmp_path / "positional.npz"), evaluation=None,
+                                                outdir=tmp_path / "out2", per_layer=False))
     assert (again.outdir / "two_in_two_out.tflite").read_bytes() == (
         tmp_path / "out" / "two_in_two_out.tflite").read_bytes()
     # inspect shows the names the flashed model no longer carries.
@@ -177,17 +178,19 @@ def test_open_dimensions_take_the_datas_shape_out_loud_or_an_explicit_one(tmp_pa
     keras.Model(inputs, keras.layers.Dense(3)(x)).save(tmp_path / "open.keras")
     np.savez(tmp_path / "f49.npz", x=np.random.default_rng(0).random((32, 49, 10), dtype=np.float32))
     steps: list[str] = []
-    convert(tmp_path / "open.keras", "mcu", calibration=str(tmp_path / "f49.npz"), outdir=tmp_path / "a",
-            on_step=steps.append, per_layer=False)
+    convert(tmp_path / "open.keras", "mcu", ConvertOptions(calibration=str(tmp_path / "f49.npz"),
+                                                           outdir=tmp_path / "a", per_layer=False),
+            on_step=steps.append)
     assert any("input 'frames' has open dimensions (None, 10): converting for (49, 10)" in s for s in steps), steps
     assert read_tflite_file(tmp_path / "a" / "open.tflite").input_tensors[0].shape == (1, 49, 10)
     from edgeq.errors import CalibrationError
 
     with pytest.raises(CalibrationError, match=r"per-sample shape \(49, 10\)"):
-        convert(tmp_path / "open.keras", "mcu", calibration=str(tmp_path / "f49.npz"), outdir=tmp_path / "b",
-                input_shapes={"frames": (20, 10)})
+        convert(tmp_path / "open.keras", "mcu", ConvertOptions(calibration=str(tmp_path / "f49.npz"),
+                                                               outdir=tmp_path / "b",
+                                                               input_shapes={"frames": (20, 10)}))
     with pytest.raises(ModelLoadError, match="open dimensions") as no_data:
-        convert(tmp_path / "open.keras", "phone", mode="float32", outdir=tmp_path / "c")
+        convert(tmp_path / "open.keras", "phone", ConvertOptions(mode="float32", outdir=tmp_path / "c"))
     assert "--input-shape frames=N,10" in no_data.value.hint
 
 
@@ -201,7 +204,8 @@ def test_savedmodel_gets_batch_1_and_the_flashed_model_is_lean(tmp_path, digits)
 
     model = keras.saving.load_model(ROOT / "examples" / "digits_cnn.keras", compile=False)
     model.export(str(tmp_path / "sm"), format="tf_saved_model", verbose=False)
-    result = convert(tmp_path / "sm", "mcu", calibration="digits", outdir=tmp_path / "out", per_layer=False)
+    result = convert(tmp_path / "sm", "mcu", ConvertOptions(calibration="digits", outdir=tmp_path / "out",
+                                                            per_layer=False))
     assert result.info.input_tensors[0].shape == (1, 8, 8, 1)
     tfm = tf()
     plain = tfm.lite.TFLiteConverter.from_saved_model(str(tmp_path / "sm"))
@@ -230,8 +234,8 @@ def test_keras3_conv1d_gets_edgeqs_arena_plan_and_needs_less_than_plain(tmp_path
     from edgeq.tflite.strip import read_tflite_named
 
     model, path, data = _saved(tmp_path, "conv1d")
-    result = convert(path, "mcu", calibration=str(data), evaluation=str(data), outdir=tmp_path / "out",
-                     per_layer=False)
+    result = convert(path, "mcu", ConvertOptions(calibration=str(data), evaluation=str(data),
+                                                 outdir=tmp_path / "out", per_layer=False))
     plan = result.report["arena_plan"]
     assert plan["kept"] and plan["planned_head_bytes"] < plan["tflm_head_bytes"], plan
     flashed = tmp_path / "out" / "conv1d.tflite"

@@ -18,10 +18,10 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> dict:
     """The bundled example's real report for mcu (a conversion of a few seconds)."""
-    from edgeq.pipeline import convert
+    from edgeq.pipeline import ConvertOptions, convert
 
     out = tmp_path_factory.mktemp("report")
-    result = convert(REPO / "examples" / "digits_cnn.keras", "mcu", calibration="digits", outdir=out)
+    result = convert(REPO / "examples" / "digits_cnn.keras", "mcu", ConvertOptions(calibration="digits", outdir=out))
     assert json.loads((out / "report.json").read_bytes()) == json.loads(render_json(result.report))
     return result.report
 
