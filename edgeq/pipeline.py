@@ -35,6 +35,7 @@ from edgeq.progress import Advance, Progress, Step, no_step
 from edgeq.vocab import CheckName, Runtime
 
 if TYPE_CHECKING:
+    from edgeq.emulator.accuracy import LayerError
     from edgeq.emulator.emulate import Emulation
     from edgeq.loading import ConverterSource, LoadedModel
     from edgeq.quantize.qat import TrainSettings  # noqa: F811
@@ -349,9 +350,10 @@ def _compute_with(plan: _Plan, on_step: Step, progress: Progress, runtimes: Work
     checks, emulation, quantized, info = chosen.checks, chosen.emulation, chosen.quantized, chosen.info
     if plan.compare and candidates["ptq"].emulation.per_layer:
         # The debugger needs the float model, so only PTQ has per-layer statistics: show where PTQ loses.
-        emulation.per_layer = candidates["ptq"].emulation.per_layer
-        emulation.per_layer_note = ("per-layer error of the PTQ model (QuantizationDebugger needs the float model; "
-                                    "QAT carries fake-quant ranges of its own): " + candidates["ptq"].emulation.per_layer_note)
+        ptq = candidates["ptq"].emulation
+        emulation = replace(emulation, per_layer=ptq.per_layer, per_layer_note=(
+            "per-layer error of the PTQ model (QuantizationDebugger needs the float model; QAT carries fake-quant "
+            "ranges of its own): " + ptq.per_layer_note))
     gate = gate_summary(checks, forced=plan.force)
 
     files: dict[str, bytes] = {}
@@ -378,14 +380,12 @@ def _compute_with(plan: _Plan, on_step: Step, progress: Progress, runtimes: Work
         on_step("--harness: no harness firmware written, because TFLite Micro could not run the model "
                 "(see the failed checks)")
     used = min(recipe.calibration_samples, data.num_samples) if data else 0
+    how = {"method": "qat" if qat else "ptq", "folded_batchnorm": list(folded), "recurrent": recurrent,
+           "qat": None if qat_result is None else qat_result.to_dict(),
+           "comparison": {k: c.summary(float_bytes) for k, c in candidates.items()} if plan.compare else None,
+           "harness": harness_manifest}
     report = _report(model, model_path, profile, recipe, data, used, float_bytes, info, checks, gate, emulation,
-                     files, shapes, chosen.sidecar)
-    report["method"] = "qat" if qat else "ptq"
-    report["folded_batchnorm"] = list(folded)
-    report["recurrent"] = recurrent
-    report["qat"] = None if qat_result is None else qat_result.to_dict()
-    report["comparison"] = {k: c.summary(float_bytes) for k, c in candidates.items()} if plan.compare else None
-    report["harness"] = harness_manifest
+                     files, shapes, chosen.sidecar, how)
     files.update(_render_reports(report))
     return _Done(files, report, info, checks, emulation, gate, len(float_bytes), len(quantized))
 
@@ -577,12 +577,11 @@ def _emulated(model: Any, method: str, *, recipe: Recipe, data: Dataset | None, 
         quantized, info, profile, CheckInput(info, profile, recipe.mode, recipe.input_dtype, recipe.output_dtype,
                                              max_accuracy_drop=max_drop, fitting_targets=fitting_targets),
         data=eval_data, reference=reference, host_latency=False, on_step=on_step, progress=progress,
-        per_layer=(lambda em: _per_layer(em, source, info, recipe, data, eval_data, on_step))
+        per_layer=(lambda: _per_layer(source, info, recipe, data, eval_data, on_step))
         if per_layer and method == "ptq" else None,
+        per_layer_note=("per-layer error is measured for PTQ: TFLite's QuantizationDebugger needs the float model, "
+                        "and a QAT model carries fake-quant ranges of its own") if method == "qat" else "",
         worker=runtimes, output_names=source.output_names)
-    if method == "qat":
-        emulation.per_layer_note = ("per-layer error is measured for PTQ: TFLite's QuantizationDebugger needs the float "
-                                    "model, and a QAT model carries fake-quant ranges of its own")
     return _Candidate(quantized, info, checks, emulation, sidecar)
 
 
@@ -658,9 +657,13 @@ def _identical_in_tflm(worker: Worker, model: bytes, stripped: bytes, inputs: li
 def emulate_and_check(model: bytes, info: ModelInfo, profile: TargetProfile, check_input: CheckInput, *,
                       data: Dataset | None, reference: list[Any] | None, host_latency: bool, on_step: Step,
                       progress: Progress | None,
-                      per_layer: Callable[[Emulation], None] | None = None, worker: Worker | None = None,
+                      per_layer: Callable[[], tuple[list[LayerError], str]] | None = None,
+                      per_layer_note: str = "", worker: Worker | None = None,
                       output_names: Sequence[str] | None = None) -> tuple[list[CheckResult], Emulation]:
-    """Static checks, then the emulator (TFLM only if they allow it), then every check again."""
+    """Static checks, then the emulator (TFLM only if they allow it), then every check again.
+
+    `per_layer`: what gives the worst layers and a note on them, run after the emulator; without
+    it, `per_layer_note` says why there are none."""
     from edgeq.emulator.emulate import emulate
 
     static = {c.name: c for c in run_checks(check_input)}
@@ -668,8 +671,8 @@ def emulate_and_check(model: bytes, info: ModelInfo, profile: TargetProfile, che
     emulation = emulate(model, info, profile, data=data, reference=reference, can_run_tflm=runnable,
                         host_latency=host_latency, on_step=on_step, worker=worker, output_names=output_names,
                         **({"progress": progress} if progress else {}))
-    if per_layer:
-        per_layer(emulation)
+    layers, note = per_layer() if per_layer else ([], per_layer_note)
+    emulation = replace(emulation, per_layer=layers, per_layer_note=note)
     checks = run_checks(replace(check_input, memory=emulation.memory, accuracy=emulation.accuracy))
     return checks, emulation
 
@@ -686,12 +689,12 @@ class GateError(TargetCheckError):
         self.result = result
 
 
-def _per_layer(emulation: Emulation, source: ConverterSource, info: ModelInfo, recipe: Recipe,
-               calibration: Dataset | None, eval_data: Dataset | None, on_step: Step) -> None:
-    """The worst layers by TFLite's QuantizationDebugger (integer modes with calibration data only)."""
+def _per_layer(source: ConverterSource, info: ModelInfo, recipe: Recipe, calibration: Dataset | None,
+               eval_data: Dataset | None, on_step: Step) -> tuple[list[LayerError], str]:
+    """The worst layers by TFLite's QuantizationDebugger (integer modes with calibration data only),
+    and a note on them."""
     if recipe.mode != "int8" or calibration is None:
-        emulation.per_layer_note = f"per-layer error needs an int8 model with calibration data (mode {recipe.mode})"
-        return
+        return [], f"per-layer error needs an int8 model with calibration data (mode {recipe.mode})"
     from edgeq.emulator.accuracy import per_layer_errors_of
 
     debug = eval_data or calibration
@@ -700,12 +703,11 @@ def _per_layer(emulation: Emulation, source: ConverterSource, info: ModelInfo, r
         layers = per_layer_errors_of(source, recipe, calibration,
                                      to_graph_inputs(list(debug.inputs), source.input_names, info), samples=64)
     except Exception as exc:  # diagnostic only (and on the debugger's private API): never fail a convert
-        emulation.per_layer_note = f"TFLite's QuantizationDebugger failed: {type(exc).__name__}: {str(exc)[:200]}"
-        return
+        return [], f"TFLite's QuantizationDebugger failed: {type(exc).__name__}: {str(exc)[:200]}"
     # Ops that only move int8 values (RESHAPE, MAX_POOL_2D) show float round-off, not quantization error.
-    emulation.per_layer = [layer for layer in layers if layer.rmse_over_scale > 1e-3][:8]
-    emulation.per_layer_note = (f"{len(layers)} quantized layers compared on {min(64, debug.num_samples)} samples of "
-                                f"{debug.name}; the {len(emulation.per_layer)} worst shown")
+    worst = [layer for layer in layers if layer.rmse_over_scale > 1e-3][:8]
+    return worst, (f"{len(layers)} quantized layers compared on {min(64, debug.num_samples)} samples of "
+                   f"{debug.name}; the {len(worst)} worst shown")
 
 
 def _render_reports(report: dict[str, Any]) -> dict[str, bytes]:
@@ -715,8 +717,12 @@ def _render_reports(report: dict[str, Any]) -> dict[str, bytes]:
 def _report(model: Any, model_path: Path, profile: TargetProfile, recipe: Recipe, data: Dataset | None,
             used: int, float_bytes: bytes, info: ModelInfo, checks: list[CheckResult], gate: dict[str, Any],
             emulation: Emulation, files: dict[str, bytes], shapes: list[tuple[int, ...]],
-            sidecar: dict[str, Any] | None) -> dict[str, Any]:
+            sidecar: dict[str, Any] | None, how: dict[str, Any]) -> dict[str, Any]:
+    """report.json, built once from every stage's facts. `how`: the method and what the stages
+    changed on the way (folded BatchNorm, recurrent rewrites, QAT's training, the PTQ/QAT
+    comparison, the harness manifest)."""
     return {
+        **how,
         "schema_version": SCHEMA_VERSION,
         "versions": library_versions(),
         "input": {
@@ -826,9 +832,10 @@ def emulate_file(
     input_dtype, output_dtype = profile.io_dtypes(mode)
     check_input = CheckInput(info, profile, mode, input_dtype, output_dtype, max_accuracy_drop=max_accuracy_drop,
                              fitting_targets=fitting_targets)
-    checks, emulation = emulate_and_check(model_bytes, info, profile, check_input, data=dataset, reference=outputs,
-                                          host_latency=True, on_step=on_step, progress=progress)
-    emulation.per_layer_note = "per-layer error comes with `edgeq convert`, which has the converter and calibration data"
+    checks, emulation = emulate_and_check(
+        model_bytes, info, profile, check_input, data=dataset, reference=outputs, host_latency=True, on_step=on_step,
+        progress=progress,
+        per_layer_note="per-layer error comes with `edgeq convert`, which has the converter and calibration data")
     gate = gate_summary(checks)
     report = {
         "schema_version": SCHEMA_VERSION,
