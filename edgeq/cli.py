@@ -22,7 +22,7 @@ from edgeq.device.protocol import DEFAULT_MAX_PAYLOAD, LENGTH_LIMIT, MIN_PAYLOAD
 from edgeq.errors import EdgeqError
 from edgeq.report import confirmation_summary, kib
 from edgeq.text import percent
-from edgeq.vocab import DeviceVerdict, Runtime
+from edgeq.vocab import DeviceVerdict
 
 
 
@@ -393,22 +393,11 @@ def export_c(file: Path, outdir: Path, name: str | None, alignment: int, arena_m
     in TFLite Micro) and <name>_op_resolver.h; fails (exit 3) if the model uses an op
     TensorFlow Lite Micro has no kernel for.
     """
-    from edgeq.emulator.memory import measure_tflm_arena
-    from edgeq.export.atomic import check_output_dir, write_files_atomically
-    from edgeq.export.c_arrays import ArenaSize, c_identifier, tflm_sources
-    from edgeq.tflite.reader import read_tflite, read_tflite_bytes
+    from edgeq.export.tflm import export_c as run_export_c
 
-    data = read_tflite_bytes(file)
-    info = read_tflite(data, source=str(file))
-    ident = c_identifier(name or file.stem)
-    names = [f"{ident}_model_data.cc", f"{ident}_model_data.h", f"{ident}_op_resolver.h"]
-    check_output_dir(outdir, names, overwrite=overwrite)
-    tflm_sources(ident, data, info.all_op_names, alignment=alignment)  # fails fast on ops TFLM lacks
-    _require_tflm_kernels(info)
-    arena = measure_tflm_arena(data, source=str(file))
-    sources = tflm_sources(ident, data, info.all_op_names, alignment=alignment,
-                           arena=ArenaSize(arena.smallest, arena_margin))
-    written = write_files_atomically(outdir, sources.files, overwrite=overwrite)
+    written, model = run_export_c(file, outdir, name=name, alignment=alignment, arena_margin=arena_margin,
+                                  overwrite=overwrite)
+    arena = model.arena
     click.echo(f"tensor arena: {arena.smallest:,} B measured in TFLite Micro + {arena_margin:,} B margin")
     for path in written:
         click.echo(f"wrote {path}")
@@ -428,21 +417,6 @@ def _parse_shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
                              hint="e.g. --input-shape audio=49,10 (the sample shape, without the batch dimension)")
         shapes[name.strip()] = shape
     return shapes
-
-
-def _require_tflm_kernels(info: Any) -> None:
-    """float16 and hybrid models have no TFLM kernels: say so before trying to run them."""
-    from edgeq.checks import CheckInput, check_kernels
-    from edgeq.tflite.facts import infer_mode
-    from edgeq.errors import TargetCheckError
-    from edgeq.targets import load_target
-
-    mode = infer_mode(info)
-    result = check_kernels(CheckInput(info, load_target("mcu"), mode, "int8", "int8"))
-    if not result.passed:
-        raise TargetCheckError(f"{info.source} is a {mode} model: {result.message}", hint=result.hint)
-
-
 
 
 @main.command()
@@ -479,36 +453,18 @@ def firmware(model: Path, target: str, outdir: Path | None, name: str | None, ar
       edgeq firmware edgeq-out/digits_cnn-mcu/digits_cnn.tflite -o harness/
       edgeq convert model.keras --target mcu --calibration digits --harness   # the same, in one go
     """
-    from edgeq.device.firmware import firmware_with_sizes
-    from edgeq.emulator.memory import measure_tflm_arena
-    from edgeq.export.atomic import check_output_dir, write_files_atomically
-    from edgeq.export.c_arrays import ArenaSize, c_identifier, tflm_sources
+    from edgeq.export.tflm import build_firmware
     from edgeq.targets import load_target
-    from edgeq.tflite.strip import read_tflite_named
 
     profile = load_target(target)
-    if profile.runtime != Runtime.TFLM:
-        raise EdgeqError(f"target '{profile.name}' runs {profile.runtime}, and the harness firmware is for TFLite Micro",
-                         hint="pick a microcontroller target (edgeq targets list), e.g. --target mcu")
-    data, info = read_tflite_named(model)
-    ident = c_identifier(name or model.stem)
-    out = outdir if outdir is not None else Path("edgeq-out") / f"{ident}-firmware"
-    check_output_dir(out, ["README.md", "edgeq_firmware.json"], overwrite=overwrite)
-    tflm_sources(ident, data, info.all_op_names)  # fails fast on ops TFLM lacks
-    _require_tflm_kernels(info)
-    _step("measuring the tensor arena in TFLite Micro")
-    arena = measure_tflm_arena(data, source=str(model))
-    margin = profile.memory.arena_margin_bytes if arena_margin is None else arena_margin
-    _step("writing the harness and compiling its C parts for Cortex-M4F")
-    built, size = firmware_with_sizes(data, info, name=ident, arena=ArenaSize(arena.smallest, margin),
-                                      target_name=profile.name, max_payload=max_payload,
-                                      alignment=profile.memory.tensor_alignment)
-    written = write_files_atomically(out, built.files, overwrite=overwrite)
+    built = build_firmware(model, profile, outdir=outdir, name=name, arena_margin=arena_margin,
+                           max_payload=max_payload, overwrite=overwrite, on_step=_step)
+    arena, out = built.model.arena.smallest, built.outdir
     click.echo(f"\nharness firmware for {model.name} ({built.manifest['model_sha256'][:16]}…), target {profile.name}")
-    click.echo(f"  arena     {arena.smallest:,} B measured in TFLM + {margin:,} B margin = "
-               f"k_{ident}_tensor_arena_size {arena.smallest + margin:,} B")
-    _firmware_sizes(size, len(data), profile)
-    click.echo(f"wrote {len(written)} files to {out}/ (start with {out / 'README.md'})")
+    click.echo(f"  arena     {arena:,} B measured in TFLM + {built.margin:,} B margin = "
+               f"k_{built.ident}_tensor_arena_size {arena + built.margin:,} B")
+    _firmware_sizes(built.size, len(built.model.data), profile)
+    click.echo(f"wrote {len(built.files)} files to {out}/ (start with {out / 'README.md'})")
     click.echo(f"then: edgeq device-check --port PORT --model {model} --data SET")
 
 
@@ -751,6 +707,7 @@ def device_sim(model: Path, faults: tuple[str, ...], link_path: Path | None, are
     import threading
 
     from edgeq.device.sim import SimDevice, VirtualPort, parse_fault
+    from edgeq.export.tflm import require_tflm_kernels
     from edgeq.tflite.reader import read_tflite, read_tflite_bytes
 
     try:
@@ -759,7 +716,7 @@ def device_sim(model: Path, faults: tuple[str, ...], link_path: Path | None, are
         raise EdgeqError(f"--fault: {exc}", hint="e.g. --fault crc@3 --fault reset@10") from None
     data = read_tflite_bytes(model)
     info = read_tflite(data, source=str(model))
-    _require_tflm_kernels(info)
+    require_tflm_kernels(info)
     if link_path is not None and os.path.lexists(link_path) and not link_path.is_symlink():
         raise EdgeqError(f"--link {link_path} exists and is not a symlink; edgeq will not replace it",
                          hint="pass a new path, e.g. /tmp/edgeq-device")

@@ -1,0 +1,110 @@
+"""A .tflite converted elsewhere, made ready for TensorFlow Lite Micro: the library side of
+`edgeq export-c`, `edgeq firmware` and `edgeq device-sim`.
+
+Each starts the same way: read the file through the checked reader, refuse what TFLM has no
+kernel for (exit 3, before anything runs), and measure the exact tensor arena in TFLM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgeq.emulator.memory import ArenaMeasurement, measure_tflm_arena
+from edgeq.errors import TargetCheckError
+from edgeq.export.atomic import check_output_dir, write_files_atomically
+from edgeq.export.c_arrays import ArenaSize, c_identifier, tflm_sources
+from edgeq.progress import Step, no_step
+from edgeq.targets import TargetProfile, load_target
+from edgeq.tflite.reader import ModelInfo
+
+
+@dataclass(frozen=True)
+class TflmModel:
+    """A .tflite TFLM can run: its bytes, the checked reader's view of it, and its arena."""
+
+    path: Path
+    data: bytes
+    info: ModelInfo
+    arena: ArenaMeasurement
+
+
+def require_tflm_kernels(info: ModelInfo, profile: TargetProfile | None = None) -> None:
+    """float16 and hybrid models have no TFLM kernels: say so (exit 3) before trying to run them."""
+    from edgeq.checks import CheckInput, check_kernels
+    from edgeq.tflite.facts import infer_mode
+
+    profile = profile or load_target("mcu")
+    mode = infer_mode(info)
+    result = check_kernels(CheckInput(info, profile, mode, *profile.io_dtypes(mode)))
+    if not result.passed:
+        raise TargetCheckError(f"{info.source} is a {mode} model: {result.message}", hint=result.hint)
+
+
+def measured(path: Path, data: bytes, info: ModelInfo, on_step: Step = no_step) -> TflmModel:
+    """The model with its smallest TFLM arena, found by bisection in TFLM (edgeq.emulator.memory)."""
+    on_step("measuring the tensor arena in TFLite Micro")
+    return TflmModel(Path(path), data, info, measure_tflm_arena(data, source=str(path)))
+
+
+def export_c(path: Path, outdir: Path, *, name: str | None = None, alignment: int = 16, arena_margin: int = 1024,
+             overwrite: bool = False) -> tuple[list[Path], TflmModel]:
+    """`<name>_model_data.cc/.h` (with the measured arena plus `arena_margin`) and `<name>_op_resolver.h`
+    for a .tflite, written atomically into `outdir`. Returns the files written and the model."""
+    from edgeq.tflite.reader import read_tflite, read_tflite_bytes
+
+    data = read_tflite_bytes(path)
+    info = read_tflite(data, source=str(path))
+    ident = c_identifier(name or Path(path).stem)
+    check_output_dir(outdir, [f"{ident}_model_data.cc", f"{ident}_model_data.h", f"{ident}_op_resolver.h"],
+                     overwrite=overwrite)
+    tflm_sources(ident, data, info.all_op_names, alignment=alignment)  # fails fast on ops TFLM lacks
+    require_tflm_kernels(info)
+    model = measured(path, data, info)
+    sources = tflm_sources(ident, model.data, model.info.all_op_names, alignment=alignment,
+                           arena=ArenaSize(model.arena.smallest, arena_margin))
+    return write_files_atomically(outdir, sources.files, overwrite=overwrite), model
+
+
+@dataclass(frozen=True)
+class FirmwareResult:
+    model: TflmModel
+    outdir: Path
+    files: list[Path]
+    manifest: dict[str, Any]
+    size: Any  # CortexMSize, or None without arm-none-eabi-gcc
+    margin: int
+    ident: str
+
+
+def build_firmware(path: Path, profile: TargetProfile, *, outdir: Path | None = None, name: str | None = None,
+                   arena_margin: int | None = None, max_payload: int | None = None, overwrite: bool = False,
+                   on_step: Step = no_step) -> FirmwareResult:
+    """The device-check harness firmware for a .tflite, written atomically (default folder
+    edgeq-out/<name>-firmware), with its Cortex-M sizes when arm-none-eabi-gcc is installed."""
+    from edgeq.device.firmware import firmware_with_sizes
+    from edgeq.device.protocol import DEFAULT_MAX_PAYLOAD
+    from edgeq.vocab import Runtime
+
+    if profile.runtime != Runtime.TFLM:
+        from edgeq.errors import EdgeqError
+
+        raise EdgeqError(f"target '{profile.name}' runs {profile.runtime}, and the harness firmware is for TFLite Micro",
+                         hint="pick a microcontroller target (edgeq targets list), e.g. --target mcu")
+    from edgeq.tflite.strip import read_tflite_named
+
+    data, info = read_tflite_named(path)
+    ident = c_identifier(name or Path(path).stem)
+    out = outdir if outdir is not None else Path("edgeq-out") / f"{ident}-firmware"
+    check_output_dir(out, ["README.md", "edgeq_firmware.json"], overwrite=overwrite)
+    tflm_sources(ident, data, info.all_op_names)  # fails fast on ops TFLM lacks
+    require_tflm_kernels(info, profile)
+    model = measured(path, data, info, on_step)
+    margin = profile.memory.arena_margin_bytes if arena_margin is None else arena_margin
+    on_step("writing the harness and compiling its C parts for Cortex-M4F")
+    built, size = firmware_with_sizes(model.data, model.info, name=ident, arena=ArenaSize(model.arena.smallest, margin),
+                                      target_name=profile.name, max_payload=max_payload or DEFAULT_MAX_PAYLOAD,
+                                      alignment=profile.memory.tensor_alignment)
+    written = write_files_atomically(out, built.files, overwrite=overwrite)
+    return FirmwareResult(model, out, written, built.manifest, size, margin, ident)
