@@ -293,60 +293,14 @@ def _compute(plan: _Plan, *, isolate_runtimes: bool, step: Step, bar: Callable[[
 
 
 def _compute_with(plan: _Plan, on_step: Step, progress: Progress, runtimes: Worker) -> _Done:
-    model_path, profile, recipe, name, qat = plan.model_path, plan.profile, plan.recipe, plan.name, plan.qat
-    data, eval_data, train_data = plan.data, plan.eval_data, plan.train_data
-    on_step(f"loading {model_path} (TensorFlow start-up takes a few seconds)")
-    from edgeq.loading import load_model
-    from edgeq.quantize.ptq import convert_float32
-
-    model = load_model(model_path, trust_model=plan.trust_model)
-    if qat and model.keras_model is None:
-        raise RecipeError(f"{model_path}: quantization-aware training needs a Keras model (.keras or .h5), "
-                          "not a SavedModel", hint="drop --qat for post-training quantization")
-    data, eval_data, train_data = (None if d is None else validate_for_model(d, model.input_specs, purpose=p)
-                                   for d, p in ((data, "calibration"), (eval_data, "evaluation"),
-                                                (train_data, "training")))
-    data = data or train_data  # QAT without --calibration: the converter's ranges come from training data
-    shapes = sample_shapes(model, plan.input_shapes, data or eval_data, on_step)
-    fixed = fixed_specs(model.input_specs, shapes)
-    data, eval_data, train_data = (None if d is None else validate_for_model(d, fixed, purpose=p)
-                                   for d, p in ((data, "calibration"), (eval_data, "evaluation"),
-                                                (train_data, "training")))
-
+    """The conversion as stages: load -> prepare (fold, recurrent, float32) -> quantize and emulate
+    (PTQ, QAT) -> check -> emit. Each stage hands the next what it made; none reaches back."""
+    model, data, eval_data, train_data, shapes = _load_checked(plan, on_step)
     reference = model.predict(list(eval_data.inputs)) if eval_data is not None else None
-    # Dense->BatchNormalization folded for both methods: tfmot folds Conv+BN itself, not Dense+BN.
-    model, folded = _fold(model, model_path, data or eval_data, on_step)
-    keras_model = model
-    model, recurrent = _recurrent(keras_model, model_path, recipe.mode, data or eval_data, shapes, on_step)
-    on_step("converting to float32 (reference size)")
-    float_bytes = convert_float32(model.converter_source(shapes))
-    if any(r["class"] == "LSTM" and r["action"].startswith("fused") for r in recurrent):
-        difference = _float_difference(float_bytes, model.converter_source(shapes), model, data or eval_data,
-                                       runtimes)
-        if difference > FUSED_LSTM_TOLERANCE:
-            on_step(f"TFLite's fused LSTM computes other outputs than Keras (max difference {difference:.3g} on the "
-                    "float model): unrolling the LSTM instead")
-            model, recurrent = _recurrent(keras_model, model_path, recipe.mode, data or eval_data, shapes, on_step,
-                                          unroll_lstm=True)
-            for note in recurrent:
-                if note["class"] == "LSTM":
-                    note["action"] += (f"; TFLite's fused LSTM was off by {difference:.3g} on the float model")
-            float_bytes = convert_float32(model.converter_source(shapes))
-    candidates: dict[str, _Candidate] = {}
-    emulated = dict(recipe=recipe, data=data, name=name, profile=profile, eval_data=eval_data, reference=reference,
-                    max_drop=plan.max_accuracy_drop, per_layer=plan.per_layer, on_step=on_step, progress=progress,
-                    runtimes=runtimes, shapes=shapes)
-    if not qat or plan.compare:
-        candidates["ptq"] = _emulated(model, "ptq", **emulated)
-    qat_result = None
-    if qat:
-        assert train_data is not None
-        from edgeq.quantize.qat import TrainSettings
-
-        qat_model, qat_result = _qat(model, model_path, train_data, plan.train_settings or TrainSettings(), on_step,
-                                     progress)
-        candidates["qat"] = _emulated(qat_model, "qat", **emulated)
-    chosen = candidates["qat" if qat else "ptq"]
+    model, folded, recurrent, float_bytes = _prepared(model, plan, data or eval_data, shapes, on_step, runtimes)
+    candidates, qat_result = _candidates(model, plan, data, eval_data, train_data, reference, shapes, on_step,
+                                         progress, runtimes)
+    chosen = candidates["qat" if plan.qat else "ptq"]
     checks, emulation, quantized, info = chosen.checks, chosen.emulation, chosen.quantized, chosen.info
     if plan.compare and candidates["ptq"].emulation.per_layer:
         # The debugger needs the float model, so only PTQ has per-layer statistics: show where PTQ loses.
@@ -355,7 +309,94 @@ def _compute_with(plan: _Plan, on_step: Step, progress: Progress, runtimes: Work
             "per-layer error of the PTQ model (QuantizationDebugger needs the float model; QAT carries fake-quant "
             "ranges of its own): " + ptq.per_layer_note))
     gate = gate_summary(checks, forced=plan.force)
+    files, harness_manifest = _emitted(plan, chosen, emulation, gate, on_step)
+    used = min(plan.recipe.calibration_samples, data.num_samples) if data else 0
+    how = {"method": "qat" if plan.qat else "ptq", "folded_batchnorm": list(folded), "recurrent": recurrent,
+           "qat": None if qat_result is None else qat_result.to_dict(),
+           "comparison": {k: c.summary(float_bytes) for k, c in candidates.items()} if plan.compare else None,
+           "harness": harness_manifest}
+    report = _report(model, plan.model_path, plan.profile, plan.recipe, data, used, float_bytes, info, checks, gate,
+                     emulation, files, shapes, chosen.sidecar, how)
+    files.update(_render_reports(report))
+    return _Done(files, report, info, checks, emulation, gate, len(float_bytes), len(quantized))
 
+
+def _load_checked(plan: _Plan, on_step: Step) -> tuple[Any, Dataset | None, Dataset | None, Dataset | None,
+                                                        list[tuple[int, ...]]]:
+    """The model, loaded safely, and each data set checked against its inputs at the shapes the
+    conversion will use: (model, calibration, evaluation, training, sample shapes)."""
+    from edgeq.loading import load_model
+
+    on_step(f"loading {plan.model_path} (TensorFlow start-up takes a few seconds)")
+    model = load_model(plan.model_path, trust_model=plan.trust_model)
+    if plan.qat and model.keras_model is None:
+        raise RecipeError(f"{plan.model_path}: quantization-aware training needs a Keras model (.keras or .h5), "
+                          "not a SavedModel", hint="drop --qat for post-training quantization")
+    sets = ((plan.data, "calibration"), (plan.eval_data, "evaluation"), (plan.train_data, "training"))
+    data, eval_data, train_data = (None if d is None else validate_for_model(d, model.input_specs, purpose=p)
+                                   for d, p in sets)
+    data = data or train_data  # QAT without --calibration: the converter's ranges come from training data
+    shapes = sample_shapes(model, plan.input_shapes, data or eval_data, on_step)
+    fixed = fixed_specs(model.input_specs, shapes)
+    data, eval_data, train_data = (None if d is None else validate_for_model(d, fixed, purpose=p)
+                                   for d, p in ((data, "calibration"), (eval_data, "evaluation"),
+                                                (train_data, "training")))
+    return model, data, eval_data, train_data, shapes
+
+
+def _prepared(model: Any, plan: _Plan, sample: Dataset | None, shapes: list[tuple[int, ...]], on_step: Step,
+              runtimes: Worker) -> tuple[Any, list[str], list[dict[str, Any]], bytes]:
+    """The model as the converter should see it: Dense->BatchNormalization folded (for both methods:
+    tfmot folds Conv+BN itself, not Dense+BN), recurrent layers made convertible; and its float32
+    .tflite. (model, folded layers, recurrent notes, float32 bytes)."""
+    from edgeq.quantize.ptq import convert_float32
+
+    mode = plan.recipe.mode
+    model, folded = _fold(model, plan.model_path, sample, on_step)
+    keras_model = model
+    model, recurrent = _recurrent(keras_model, plan.model_path, mode, sample, shapes, on_step)
+    on_step("converting to float32 (reference size)")
+    float_bytes = convert_float32(model.converter_source(shapes))
+    if any(r["class"] == "LSTM" and r["action"].startswith("fused") for r in recurrent):
+        difference = _float_difference(float_bytes, model.converter_source(shapes), model, sample, runtimes)
+        if difference > FUSED_LSTM_TOLERANCE:
+            on_step(f"TFLite's fused LSTM computes other outputs than Keras (max difference {difference:.3g} on the "
+                    "float model): unrolling the LSTM instead")
+            model, recurrent = _recurrent(keras_model, plan.model_path, mode, sample, shapes, on_step,
+                                          unroll_lstm=True)
+            for note in recurrent:
+                if note["class"] == "LSTM":
+                    note["action"] += (f"; TFLite's fused LSTM was off by {difference:.3g} on the float model")
+            float_bytes = convert_float32(model.converter_source(shapes))
+    return model, folded, recurrent, float_bytes
+
+
+def _candidates(model: Any, plan: _Plan, data: Dataset | None, eval_data: Dataset | None,
+                train_data: Dataset | None, reference: list[Any] | None, shapes: list[tuple[int, ...]],
+                on_step: Step, progress: Progress, runtimes: Worker) -> tuple[dict[str, _Candidate], Any]:
+    """PTQ, QAT or both (--compare), each quantized, emulated and checked; and QAT's training record."""
+    candidates: dict[str, _Candidate] = {}
+    emulated = dict(recipe=plan.recipe, data=data, name=plan.name, profile=plan.profile, eval_data=eval_data,
+                    reference=reference, max_drop=plan.max_accuracy_drop, per_layer=plan.per_layer, on_step=on_step,
+                    progress=progress, runtimes=runtimes, shapes=shapes)
+    if not plan.qat or plan.compare:
+        candidates["ptq"] = _emulated(model, "ptq", **emulated)
+    qat_result = None
+    if plan.qat:
+        assert train_data is not None
+        from edgeq.quantize.qat import TrainSettings
+
+        qat_model, qat_result = _qat(model, plan.model_path, train_data, plan.train_settings or TrainSettings(),
+                                     on_step, progress)
+        candidates["qat"] = _emulated(qat_model, "qat", **emulated)
+    return candidates, qat_result
+
+
+def _emitted(plan: _Plan, chosen: _Candidate, emulation: Emulation, gate: dict[str, Any],
+             on_step: Step) -> tuple[dict[str, bytes], dict[str, Any] | None]:
+    """The model files (only if the gate passed, or --force): the .tflite, its names, the C sources
+    for TFLM targets and the harness firmware with --harness; and the harness manifest."""
+    name, profile, quantized, info = plan.name, plan.profile, chosen.quantized, chosen.info
     files: dict[str, bytes] = {}
     if gate["passed"] or plan.force:
         files[f"{name}.tflite"] = quantized
@@ -366,7 +407,6 @@ def _compute_with(plan: _Plan, on_step: Step, progress: Progress, runtimes: Work
             files.update(tflm_sources(name, quantized, info.all_op_names, alignment=profile.memory.tensor_alignment,
                                       arena=ArenaSize(arena.smallest, emulation.memory.margin) if arena else None
                                       ).files)
-    harness_manifest = None
     if plan.harness and files and emulation.memory.arena:
         from edgeq.device.firmware import firmware_with_sizes
 
@@ -375,19 +415,11 @@ def _compute_with(plan: _Plan, on_step: Step, progress: Progress, runtimes: Work
                                           arena=ArenaSize(emulation.memory.arena.smallest, emulation.memory.margin),
                                           max_payload=plan.max_payload, alignment=profile.memory.tensor_alignment)
         files.update(firmware.files)
-        harness_manifest = firmware.manifest
-    elif plan.harness and files:
+        return files, firmware.manifest
+    if plan.harness and files:
         on_step("--harness: no harness firmware written, because TFLite Micro could not run the model "
                 "(see the failed checks)")
-    used = min(recipe.calibration_samples, data.num_samples) if data else 0
-    how = {"method": "qat" if qat else "ptq", "folded_batchnorm": list(folded), "recurrent": recurrent,
-           "qat": None if qat_result is None else qat_result.to_dict(),
-           "comparison": {k: c.summary(float_bytes) for k, c in candidates.items()} if plan.compare else None,
-           "harness": harness_manifest}
-    report = _report(model, model_path, profile, recipe, data, used, float_bytes, info, checks, gate, emulation,
-                     files, shapes, chosen.sidecar, how)
-    files.update(_render_reports(report))
-    return _Done(files, report, info, checks, emulation, gate, len(float_bytes), len(quantized))
+    return files, None
 
 
 CONVERTER_HINT = ("EDGEQ_VERBOSE=1 shows the converter's full log; try another --mode, or replace the layers "
