@@ -217,7 +217,8 @@ class _ArenaWorker:
                                       start_new_session=True)
         try:
             assert self._proc.stdin is not None
-            self._proc.stdin.write(b"%d %r\n" % (len(self.model), self.timeout) + self.model)
+            header = b"%d %r %d\n" % (len(self.model), self.timeout, _count_inputs(self.model, self.source))
+            self._proc.stdin.write(header + self.model)
             self._proc.stdin.flush()
         except BrokenPipeError:
             error = self._worker_died()
@@ -311,14 +312,14 @@ class _ArenaWorker:
 
 
 def _worker_main() -> None:
-    """Read `<size> <timeout>\\n<model bytes>`, then answer each `<arena> <record>\\n` with a JSON line."""
+    """Read `<size> <timeout> <inputs>\\n<model bytes>`, then answer each `<arena> <record>\\n` with a JSON line."""
     import numpy as np
     from tflite_micro.python.tflite_micro import runtime
 
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
-    size, timeout = stdin.readline().split()
+    size, timeout, count = stdin.readline().split()
     model = stdin.read(int(size))
-    inputs = _count_inputs(model)
+    inputs = int(count)
     for line in stdin:
         arena, record = (int(x) for x in line.split())
         reply = _fork_trial(lambda: _trial_body(runtime, np, model, inputs, arena, bool(record)),
@@ -327,12 +328,15 @@ def _worker_main() -> None:
         stdout.flush()
 
 
-def _count_inputs(model: bytes) -> int:
-    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
+def _count_inputs(model: bytes, source: str) -> int:
+    """The model's input count, from the checked reader (in the parent, which may import it); 0 for a
+    file it refuses, so that TFLM itself fails on it in a trial child and says why."""
+    from edgeq.errors import TFLiteFormatError
+    from edgeq.tflite.reader import read_tflite
 
     try:
-        return int(schema.Model.GetRootAsModel(model, 0).Subgraphs(0).InputsLength())
-    except Exception:  # a corrupt model: let TFLM itself fail on it, in a trial child
+        return len(read_tflite(model, source=source).inputs)
+    except TFLiteFormatError:
         return 0
 
 
