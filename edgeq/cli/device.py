@@ -1,0 +1,178 @@
+"""The commands that talk to a board or stand in for one: device-check, device-sim."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from edgeq.cli import main, _progress_factory, _step
+from edgeq.device.protocol import DEFAULT_MAX_PAYLOAD, LENGTH_LIMIT, MIN_PAYLOAD
+from edgeq.errors import EdgeqError
+from edgeq.vocab import DeviceVerdict
+
+
+@main.command("device-check")
+@click.option("-p", "--port", required=True,
+              help="Serial port of the board (/dev/ttyACM0, COM3) or a pyserial URL (socket://host:port).")
+@click.option("-b", "--baud", default=115200, show_default=True, type=click.IntRange(min=1),
+              help="Baud rate the firmware uses (ignored by pseudo-terminals and sockets).")
+@click.option("-m", "--model", "model", required=True, type=click.Path(path_type=Path),
+              help="The .tflite the firmware was generated from (its SHA-256 must match the device's).")
+@click.option("-d", "--data", required=True, metavar="SET",
+              help="Samples to run: a bundled set (its eval split: 'digits') or a .npz/.npy with x (and y).")
+@click.option("-n", "--limit", default=None, type=click.IntRange(min=1), help="Run only the first N samples.")
+@click.option("--timeout", default=None, type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Wait this long for each reply before resending (default: at least 10 s, more for big "
+                   "samples at low baud rates).")
+@click.option("-o", "--output", "outdir", type=click.Path(path_type=Path), default=Path("device-check"),
+              show_default=True, help="Folder for report.json and report.md.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing report.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (no progress output).")
+def device_check(port: str, baud: int, model: Path, data: str, limit: int | None, timeout: float | None,
+                 outdir: Path, overwrite: bool, as_json: bool) -> None:
+    """Run a data set on the board and compare every answer with the emulator.
+
+    \b
+    The board runs the harness firmware from `edgeq firmware` (or `edgeq convert --harness`).
+    edgeq first asks it which model it runs (HELLO: SHA-256, tensors, arena) and refuses a
+    mismatch; then it sends the samples one by one and checks each output, byte for byte,
+    against TensorFlow Lite Micro on this host. Lost or damaged replies are resent (3 times);
+    a board that resets is detected, checked again, and the run goes on.
+
+    \b
+    Reports top-1 accuracy on the device, bit-exact agreement per sample (and the first
+    samples that differ), and the device's inference time (median, p90, max), in the
+    terminal and in report.json / report.md.
+
+    \b
+    Exit codes: 0 every sample bit-exact; 2 bad input or wrong firmware; 3 some samples
+    differ from the emulator; 4 the device stopped answering (the report says how many
+    samples are missing).
+
+    \b
+    Examples:
+      edgeq device-check --port /dev/ttyACM0 --model digits_cnn.tflite --data digits
+      edgeq device-sim digits_cnn.tflite        # no board? a virtual one, in another terminal
+    """
+    from edgeq.device.check import device_check as run_check
+    from edgeq.device.check import summary_lines
+    from edgeq.device.link import DeviceError
+
+    result = run_check(port, model, data, baud=baud, limit=limit, output_dir=outdir, overwrite=overwrite,
+                       timeout=timeout, on_step=(lambda m: None) if as_json else _step,
+                       progress=_progress_factory(quiet=as_json))
+    report = result.report
+    if as_json:
+        click.echo(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        click.echo(f"\ndevice check of {model.name} on {port}")
+        for line in summary_lines(report):
+            click.echo(f"  {line}")
+        click.echo(f"wrote {', '.join(str(p) for p in result.written)}")
+    run = report["run"]
+    if result.verdict == DeviceVerdict.INCOMPLETE:
+        differing = report["agreement"]["differing"]
+        raise DeviceError(f"the run stopped at sample {run['stopped_at']} with {run['missing']} of {run['requested']} "
+                          f"samples missing: {run['stopped_because']}"
+                          + (f" (and {differing} answered samples differ from the emulator)" if differing else ""),
+                          hint="the accuracy in the report covers only the answered samples; fix the link or the "
+                               "device and run again")
+    if result.verdict == DeviceVerdict.MISMATCH:
+        from edgeq.errors import TargetCheckError
+
+        agree = report["agreement"]
+        first = ", ".join(str(d["sample"]) for d in agree["first_differing"][:5])
+        raise TargetCheckError(f"the device differs from the emulator on {agree['differing']} of {agree['compared']} "
+                               f"samples (first: {first})",
+                               hint="see report.md; optimized kernels (CMSIS-NN) are meant to be bit-exact with "
+                                    "TFLM's reference kernels, so a difference points at the build or the port")
+
+
+@main.command("device-sim")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--fault", "faults", multiple=True, metavar="SPEC",
+              help="Inject a fault (repeatable): drop@N[:BYTES], crc@N, slow@N[:SECONDS], reset@N, mute@N, "
+                   "flip@N, wrong-hash. N counts the INFER frames received, from 0.")
+@click.option("--link", "link_path", type=click.Path(path_type=Path), default=None,
+              help="Also make this path a symlink to the port, a stable name for scripts.")
+@click.option("--arena", default=None, type=click.IntRange(min=1),
+              help="Tensor arena bytes (default: measured smallest + --arena-margin, as `edgeq firmware` does).")
+@click.option("--arena-margin", default=1024, show_default=True, type=click.IntRange(min=0),
+              help="Bytes added to the measured arena.")
+@click.option("--max-payload", default=DEFAULT_MAX_PAYLOAD, show_default=True,
+              type=click.IntRange(min=MIN_PAYLOAD, max=LENGTH_LIMIT),
+              help="Largest frame payload, like the firmware's EDGEQ_MAX_PAYLOAD.")
+def device_sim(model: Path, faults: tuple[str, ...], link_path: Path | None, arena: int | None, arena_margin: int,
+               max_payload: int) -> None:
+    """A virtual board: run MODEL in TFLite Micro behind a serial port (a pseudo-terminal).
+
+    \b
+    It speaks the same protocol as the harness firmware, so you can try the whole on-device
+    flow without hardware. It prints the port on the first line of standard output and serves
+    until Ctrl-C. In another terminal:
+      edgeq device-check --port <the port it printed> --model MODEL --data digits
+
+    \b
+    Faults show how device-check copes with a bad line or a flaky board:
+      drop@N[:K]  drop K bytes (default 3) of the reply to INFER number N
+      crc@N       corrupt that reply's CRC
+      slow@N[:S]  answer after S seconds (default 2)
+      reset@N     reboot instead of answering (the inference count starts again)
+      mute@N      stop answering from INFER number N on
+      flip@N      answer with one output bit flipped (a device computing wrong answers)
+      wrong-hash  claim another model in HELLO (the wrong firmware)
+    """
+    import signal
+    import threading
+
+    from edgeq.device.sim import SimDevice, VirtualPort, parse_fault
+    from edgeq.export.tflm import require_tflm_kernels
+    from edgeq.tflite.reader import read_tflite, read_tflite_bytes
+
+    try:
+        parsed = [parse_fault(spec) for spec in faults]
+    except ValueError as exc:
+        raise EdgeqError(f"--fault: {exc}", hint="e.g. --fault crc@3 --fault reset@10") from None
+    data = read_tflite_bytes(model)
+    info = read_tflite(data, source=str(model))
+    require_tflm_kernels(info)
+    if link_path is not None and os.path.lexists(link_path) and not link_path.is_symlink():
+        raise EdgeqError(f"--link {link_path} exists and is not a symlink; edgeq will not replace it",
+                         hint="pass a new path, e.g. /tmp/edgeq-device")
+    from edgeq.emulator.memory import measure_tflm_arena
+
+    measured = measure_tflm_arena(data, source=str(model))
+    arena_used = measured.recorded_total
+    if arena is None:
+        arena = measured.smallest + arena_margin
+    port = VirtualPort.open()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        device = SimDevice(data, info, arena_size=arena, arena_used=arena_used, arena_needed=measured.smallest,
+                           faults=parsed, max_payload=max_payload,
+                           log=lambda line: click.echo(f"device-sim: {line}", err=True))
+        if link_path is not None:
+            if link_path.is_symlink():
+                link_path.unlink()
+            link_path.symlink_to(port.path)
+        click.echo(port.path)
+        sys.stdout.flush()
+        where = str(link_path) if link_path is not None else port.path
+        click.echo(f"device-sim: serving {model.name} in TFLite Micro on {port.path}"
+                   + (f" (linked at {link_path})" if link_path else "") + f"; arena {arena:,} B"
+                   + (f"; faults: {', '.join(map(str, parsed))}" if parsed else ""), err=True)
+        click.echo(f"device-sim: in another terminal: edgeq device-check --port {where} --model {model} --data SET",
+                   err=True)
+        click.echo("device-sim: Ctrl-C to stop", err=True)
+        device.serve(port.master, stop)
+    finally:
+        port.close()
+        if link_path is not None and link_path.is_symlink():
+            link_path.unlink()
+    click.echo(f"device-sim: stopped after {device.served} inference(s)", err=True)

@@ -1,0 +1,235 @@
+"""The commands that take a model file: convert, emulate, inspect."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgeq.cli import main, _progress_factory, _step, _summary
+from edgeq.defaults import DEFAULT_MAX_ACCURACY_DROP as DEFAULT_DROP
+from edgeq.device.protocol import DEFAULT_MAX_PAYLOAD, LENGTH_LIMIT, MIN_PAYLOAD
+from edgeq.errors import EdgeqError
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-t", "--target", default="mcu", show_default=True,
+              help="Target profile name (see `edgeq targets list`) or a path to your own .toml.")
+@click.option("-m", "--mode", default=None,
+              help="int8, int16x8, float16, dynamic or float32. Default: the target's default mode.")
+@click.option("-c", "--calibration", default=None, metavar="SET",
+              help="Representative data: a bundled set (`edgeq calibration list`), NAME:SPLIT, or your .npz/.npy.")
+@click.option("--calibration-samples", default=200, show_default=True, type=int,
+              help="How many calibration samples the converter sees.")
+@click.option("-e", "--eval", "eval_set", default=None, metavar="SET",
+              help="Held-out data for the accuracy check. Default: the 'eval' split of a bundled calibration set.")
+@click.option("--no-eval", is_flag=True, help="Skip the accuracy check (memory and op checks still run).")
+@click.option("--max-accuracy-drop", default=DEFAULT_DROP, show_default=True, type=click.FloatRange(min=0),
+              help="Largest top-1 drop (percentage points, float vs quantized) the gate accepts.")
+@click.option("--qat", is_flag=True,
+              help="Quantization-aware training (tfmot quantize_model, fine-tuned) instead of PTQ. int8 only.")
+@click.option("--train", "train_set", default=None, metavar="SET",
+              help="Labelled training data for --qat. Default: the 'train' split of a bundled calibration set.")
+@click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1),
+              help="QAT: most epochs (early stopping on validation loss ends sooner).")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="QAT: batch size.")
+@click.option("--learning-rate", default=1e-4, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="QAT: Adam learning rate (fine-tuning: keep it small).")
+@click.option("--compare", is_flag=True, help="Run PTQ and QAT on the same model and data; report both side by "
+                                               "side (the outputs are QAT's).")
+@click.option("--force", is_flag=True, help="Write the outputs even if a check fails; the report says so.")
+@click.option("--harness", is_flag=True, help="Also write the test-harness firmware for `edgeq device-check` "
+              "(see `edgeq firmware --help`). TFLM targets only.")
+@click.option("--max-payload", default=DEFAULT_MAX_PAYLOAD, show_default=True,
+              type=click.IntRange(min=MIN_PAYLOAD, max=LENGTH_LIMIT),
+              help="With --harness: the largest protocol frame payload (EDGEQ_MAX_PAYLOAD).")
+@click.option("-o", "--output", "outdir", type=click.Path(path_type=Path), default=None,
+              help="Output folder. Default: edgeq-out/<name>-<target>.")
+@click.option("--name", default=None, help="Base name of the outputs and C identifiers. Default: the model file name.")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs (otherwise edgeq refuses).")
+@click.option("--trust-model", is_flag=True,
+              help="Allow Lambda layers and unregistered classes (they run code from the file). Only for models you "
+                   "wrote or fully trust.")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=D1,D2,...",
+              help="The sample shape (no batch) to convert an input with open dimensions for, e.g. "
+                   "--input-shape audio=49,10. Default: the calibration data's shape, which edgeq names.")
+def convert(model: Path, target: str, mode: str | None, calibration: str | None, calibration_samples: int,
+            eval_set: str | None, no_eval: bool, max_accuracy_drop: float, qat: bool, train_set: str | None,
+            epochs: int, batch_size: int, learning_rate: float, compare: bool, force: bool, harness: bool,
+            max_payload: int, outdir: Path | None, name: str | None, overwrite: bool, trust_model: bool,
+            input_shapes: tuple[str, ...]) -> None:
+    """Quantize MODEL (.keras, .h5 or SavedModel dir), check it against a target, write deployable files.
+
+    \b
+    Before anything is written, the quantized model runs in the target's runtime (TFLite Micro
+    for MCU targets, LiteRT otherwise): accuracy against the float model on held-out data, the
+    exact tensor arena, flash and RAM against the budgets, an estimated latency. If a check
+    fails, edgeq exits with code 3 and writes only the report.
+
+    \b
+    Writes, atomically:
+      <name>.tflite                      the quantized model (TFLM: as flashed, without names)
+      <name>_names.json                  its tensor and signature names, for inspect and device-check (TFLM)
+      <name>_model_data.cc / .h          the model as a C array and k_<name>_tensor_arena_size (TFLM)
+      <name>_op_resolver.h               a MicroMutableOpResolver with exactly the model's ops
+      report.json / report.md / .png     accuracy, sizes, memory, latency, per-layer error, checks
+      README.md, edgeq_*.c/.h, ports/    with --harness: firmware for `edgeq device-check`
+
+    \b
+    Examples:
+      edgeq convert model.keras --target mcu --calibration digits
+      edgeq convert model.h5 --target nrf52840 --calibration my_data.npz --eval my_test.npz -o firmware/model
+      edgeq convert saved_model_dir --target phone --mode float16
+      edgeq convert model.keras --target mcu --calibration digits --qat --compare
+      edgeq convert kws.keras --target mcu --calibration mfcc.npz --input-shape audio=49,10
+
+    
+    Several inputs: save the data with one array per input, named x_<input name> (or x0, x1, ...
+    in the model's input order); edgeq feeds each input its array by name, whatever order the
+    converter gives the inputs.
+    """
+    from edgeq.pipeline import ConvertOptions, GateError, HarnessOptions, QatOptions
+    from edgeq.pipeline import convert as run_convert
+
+    evaluation = None if no_eval else (eval_set or "auto")
+    settings = None
+    if qat or compare:
+        from edgeq.quantize.qat import TrainSettings
+
+        settings = TrainSettings(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate)
+    try:
+        options = ConvertOptions(
+            mode=mode, calibration=calibration, calibration_samples=calibration_samples, evaluation=evaluation,
+            max_accuracy_drop=max_accuracy_drop, force=force, outdir=outdir, name=name, overwrite=overwrite,
+            trust_model=trust_model, input_shapes=_parse_shapes(input_shapes),
+            qat=QatOptions(train=train_set or "auto", settings=settings, compare=compare) if qat or compare else None,
+            harness=HarnessOptions(max_payload=max_payload) if harness else None)
+        result = run_convert(model, target, options, on_step=_step, progress=_progress_factory(quiet=False))
+    except GateError as exc:
+        click.echo(f"\n{model} does not fit {exc.result.target.name}:", err=True)
+        _summary(exc.result.report, err=True)
+        raise
+    method = "QAT" if result.report.get("method") == "qat" else ("PTQ" if result.recipe.mode != "float32" else "")
+    click.echo(f"\nconverted {model} for {result.target.name} ({' '.join(filter(None, (result.recipe.mode, method)))}, "
+               f"{result.target.runtime})")
+    _summary(result.report)
+    _comparison(result.report)
+    click.echo(f"wrote to {result.outdir}/")
+    harness = result.report.get("harness")
+    own = set(harness["files"]) - {f"{result.name}_model_data.cc", f"{result.name}_model_data.h",
+                                   f"{result.name}_op_resolver.h"} if harness else set()
+    for path in result.files:
+        if path.relative_to(result.outdir).as_posix() not in own:
+            click.echo(f"  {path.name:<32} {path.stat().st_size:>10,} B")
+    if harness:
+        size = harness.get("cortex_m_size") or {}
+        flash = (f"; Cortex-M4F: model {size['model']['bytes']:,} B + harness {size['harness']['flash']:,} B flash, "
+                 f"harness RAM {size['harness']['ram']:,} B") if "model" in size else ""
+        click.echo(f"  + the device-check harness firmware: {len(own)} files, start with README.md{flash}")
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-t", "--target", default="mcu", show_default=True, help="Target profile name or a path to a .toml.")
+@click.option("-d", "--data", default=None, metavar="SET",
+              help="Held-out data: a bundled set (its 'eval' split by default), NAME:SPLIT, or your .npz/.npy.")
+@click.option("-r", "--reference", type=click.Path(path_type=Path), default=None,
+              help="The float Keras model MODEL came from: accuracy drop and output error against it.")
+@click.option("--max-accuracy-drop", default=DEFAULT_DROP, show_default=True, type=click.FloatRange(min=0),
+              help="Largest top-1 drop (percentage points) that passes.")
+@click.option("--report", "report_dir", type=click.Path(path_type=Path), default=None,
+              help="Also write report.json, report.md and report.png to this folder.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing report.")
+@click.option("--trust-model", is_flag=True, help="Allow Lambda layers in the reference model.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (no progress output).")
+def emulate(model: Path, target: str, data: str | None, reference: Path | None, max_accuracy_drop: float,
+            report_dir: Path | None, overwrite: bool, trust_model: bool, as_json: bool) -> None:
+    """Check a .tflite against a target in the runtime the device uses, before flashing it.
+
+    \b
+    Memory: flash, and the exact TFLite Micro tensor arena (MCU targets; measured by running
+    the model, each trial in a child process) or LiteRT's peak activations. Latency: MACs x
+    the target's cycle costs, and LiteRT on this host. With --data: accuracy (and, with
+    --reference, the drop from the float model, output SNR and cosine similarity).
+    Exit code 3 when a check fails.
+
+    \b
+    Examples:
+      edgeq emulate model.tflite --target mcu
+      edgeq emulate model.tflite --target nrf52840 --data digits --reference model.keras --report out/
+    """
+    from edgeq.pipeline import GateError, emulate_file
+
+    step = (lambda message: None) if as_json else _step
+    try:
+        result = emulate_file(model, target, data=data, reference=reference, max_accuracy_drop=max_accuracy_drop,
+                              report_dir=report_dir, overwrite=overwrite, trust_model=trust_model, on_step=step,
+                              progress=_progress_factory(quiet=as_json))
+    except GateError as exc:
+        _show_emulation(exc.result, as_json, err=True)
+        raise
+    _show_emulation(result, as_json)
+
+
+def _comparison(report: dict[str, Any]) -> None:
+    rows = report.get("comparison")
+    if not rows:
+        return
+    click.echo("\n  PTQ vs QAT on the same data (the outputs are QAT's):")
+    click.echo(f"    {'':<5} {'top-1':>8} {'drop':>7} {'SNR dB*':>7} {'.tflite':>9} {'RAM':>9} {'est. ms':>8}  gate")
+    for method, r in rows.items():
+        top1 = "-" if r["quantized_top1"] is None else f"{100 * r['quantized_top1']:.2f}%"
+        drop = "-" if r["drop_points"] is None else f"{r['drop_points']:+.2f}"
+        snr = "-" if r["snr_db"] is None else f"{r['snr_db']:.1f}"
+        ram = "-" if r["ram_bytes"] is None else f"{r['ram_bytes']:,}"
+        click.echo(f"    {method.upper():<5} {top1:>8} {drop:>7} {snr:>7} {r['tflite_bytes']:>9,} {ram:>9} "
+                   f"{r['latency_ms']:>8.3g}  {'pass' if r['gate_passed'] else 'FAIL'}")
+    click.echo("    * against the original float model; QAT's fine-tuning moves its weights away from it")
+
+
+def _show_emulation(result: Any, as_json: bool, err: bool = False) -> None:
+    if as_json:
+        click.echo(json.dumps(result.report, indent=2, sort_keys=True))
+        return
+    click.echo(f"\n{result.info.source} on {result.target.name} ({result.emulation.mode}, {result.target.runtime})",
+               err=err)
+    _summary(result.report, err=err)
+    for path in result.files:
+        click.echo(f"  wrote {path}")
+
+
+@main.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def inspect(file: Path, as_json: bool) -> None:
+    """Show what is inside a .tflite file: ops, tensors, quantization, sizes.
+
+    The file is verified before use: a truncated, empty or non-TFLite file is a clear error.
+    """
+    from edgeq.tflite.inspect_format import format_inspect
+    from edgeq.tflite.strip import read_tflite_named
+
+    _, info = read_tflite_named(file)
+    if as_json:
+        click.echo(json.dumps(info.to_dict(), indent=2, sort_keys=True))
+    else:
+        click.echo(format_inspect(info))
+
+
+def _parse_shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    """--input-shape NAME=D1,D2,... (repeatable) as {name: shape}."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for value in values:
+        name, sep, dims = value.partition("=")
+        try:
+            shape = tuple(int(d) for d in dims.split(","))
+        except ValueError:
+            shape = ()
+        if not sep or not name.strip() or not shape or min(shape) < 1:
+            raise EdgeqError(f"--input-shape {value!r}: expected NAME=D1,D2,... with positive sizes",
+                             hint="e.g. --input-shape audio=49,10 (the sample shape, without the batch dimension)")
+        shapes[name.strip()] = shape
+    return shapes
