@@ -7,11 +7,12 @@ the mode, and what the emulator measured (memory, accuracy) when it ran.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
 from edgeq.defaults import DEFAULT_MAX_ACCURACY_DROP
 from edgeq.modes import MODES
+from edgeq.records import Record
 from edgeq.targets import TargetProfile
 from edgeq.tflite.reader import FLOAT_DTYPES, ModelInfo
 from edgeq.vocab import CheckName, Runtime
@@ -23,15 +24,15 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class CheckResult:
+class CheckResult(Record):
+    """One check of the model against the target: passed or not, the message with the numbers,
+    what to try; `skipped` checks had nothing to check (passed, and say why)."""
+
     name: CheckName
     passed: bool
     message: str
     hint: str = ""
     skipped: bool = False  # nothing to check (e.g. no labels): passed, but says why
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -264,6 +265,16 @@ def run_checks(c: CheckInput) -> list[CheckResult]:
     return [check(c) for check in ALL_CHECKS]
 
 
-def gate_summary(checks: list[CheckResult], *, forced: bool = False) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Gate(Record):
+    """The verdict of the checks: passed when none failed; `forced` when outputs were written
+    although some failed (--force)."""
+
+    passed: bool
+    failed: list[CheckName]
+    forced: bool
+
+
+def gate_summary(checks: list[CheckResult], *, forced: bool = False) -> Gate:
     failed = [c.name for c in checks if not c.passed]
-    return {"passed": not failed, "failed": failed, "forced": forced and bool(failed)}
+    return Gate(passed=not failed, failed=failed, forced=forced and bool(failed))

@@ -19,7 +19,7 @@ import numpy as np
 
 from edgeq.calibration import (CalibrationWarning, Dataset, InputSpec, list_bundled, load_dataset,
                                validate_for_model)
-from edgeq.checks import DEFAULT_MAX_ACCURACY_DROP, CheckInput, CheckResult, gate_summary, run_checks
+from edgeq.checks import DEFAULT_MAX_ACCURACY_DROP, CheckInput, CheckResult, Gate, gate_summary, run_checks
 from edgeq.device.protocol import DEFAULT_MAX_PAYLOAD
 from edgeq.errors import CalibrationError, ConversionError, ModelLoadError, RecipeError, TargetCheckError
 from edgeq.export.atomic import check_output_dir, write_files_atomically
@@ -27,7 +27,10 @@ from edgeq.export.c_arrays import ArenaSize, c_identifier, tflm_sources
 from edgeq.iomap import to_graph_inputs
 from edgeq.isolation import TENSORFLOW, ChildCrashed, Worker, shared_worker
 from edgeq.quantize.recipe import DEFAULT_CALIBRATION_SAMPLES, Recipe, recipe_for
-from edgeq.report import SCHEMA_VERSION, library_versions, render_json, render_markdown, render_png, sha256_path
+from edgeq.report import render_json, render_markdown, render_png
+from edgeq.report_types import (SCHEMA_VERSION, ArenaPlanPart, CalibrationPart, ComparisonRow, ConvertReport,
+                                EmulateReport, ModelInput, ModelPart, Reference, Sizes, SourceModel, TargetPart,
+                                TfliteFile, Versions, sha256_path)
 from edgeq.targets import TargetProfile, load_all, load_target
 from edgeq.tflite.reader import ModelInfo, read_tflite
 from edgeq.tflite.strip import render_sidecar
@@ -36,6 +39,7 @@ from edgeq.vocab import CheckName, Runtime
 
 if TYPE_CHECKING:
     from edgeq.emulator.accuracy import LayerError
+    from edgeq.device.firmware import HarnessManifest
     from edgeq.emulator.emulate import Emulation
     from edgeq.loading import ConverterSource, LoadedModel
     from edgeq.quantize.qat import TrainSettings  # noqa: F811
@@ -55,8 +59,8 @@ class ConvertResult:
     info: ModelInfo
     checks: list[CheckResult]
     emulation: Emulation
-    gate: dict[str, Any]
-    report: dict[str, Any] = field(repr=False)
+    gate: Gate
+    report: ConvertReport = field(repr=False)
 
     @property
     def size_ratio(self) -> float:
@@ -196,7 +200,7 @@ def convert(model_path: str | Path, target: str | TargetProfile = "mcu", options
     written = write_files_atomically(out, done.files, overwrite=o.overwrite, remove=stale)
     result = ConvertResult(name, out, written, profile, recipe, done.float_bytes, done.quantized_bytes, done.info,
                            done.checks, done.emulation, done.gate, done.report)
-    if not done.gate["passed"] and not o.force:
+    if not done.gate.passed and not o.force:
         raise GateError(done.checks, profile, result,
                         f"no .tflite or C files written; the report is in {out}/report.md")
     return result
@@ -230,11 +234,11 @@ class _Done:
     """What the child process hands back: every output file's bytes and what was measured."""
 
     files: dict[str, bytes]
-    report: dict[str, Any]
+    report: ConvertReport
     info: ModelInfo
     checks: list[CheckResult]
     emulation: Emulation
-    gate: dict[str, Any]
+    gate: Gate
     float_bytes: int
     quantized_bytes: int
 
@@ -311,12 +315,12 @@ def _compute_with(plan: _Plan, on_step: Step, progress: Progress, runtimes: Work
     gate = gate_summary(checks, forced=plan.force)
     files, harness_manifest = _emitted(plan, chosen, emulation, gate, on_step)
     used = min(plan.recipe.calibration_samples, data.num_samples) if data else 0
-    how = {"method": "qat" if plan.qat else "ptq", "folded_batchnorm": list(folded), "recurrent": recurrent,
-           "qat": None if qat_result is None else qat_result.to_dict(),
-           "comparison": {k: c.summary(float_bytes) for k, c in candidates.items()} if plan.compare else None,
-           "harness": harness_manifest}
-    report = _report(model, plan.model_path, plan.profile, plan.recipe, data, used, float_bytes, info, checks, gate,
-                     emulation, files, shapes, chosen.sidecar, how)
+    how = dict(method="qat" if plan.qat else "ptq", folded_batchnorm=list(folded), recurrent=recurrent,
+               qat=None if qat_result is None else qat_result.part(),
+               comparison={k: c.summary(float_bytes) for k, c in candidates.items()} if plan.compare else None,
+               harness=harness_manifest)
+    report = _report(model, plan.model_path, plan.profile, plan.recipe, data, used, float_bytes, chosen, gate,
+                     emulation, files, shapes, how)
     files.update(_render_reports(report))
     return _Done(files, report, info, checks, emulation, gate, len(float_bytes), len(quantized))
 
@@ -357,16 +361,15 @@ def _prepared(model: Any, plan: _Plan, sample: Dataset | None, shapes: list[tupl
     model, recurrent = _recurrent(keras_model, plan.model_path, mode, sample, shapes, on_step)
     on_step("converting to float32 (reference size)")
     float_bytes = convert_float32(model.converter_source(shapes))
-    if any(r["class"] == "LSTM" and r["action"].startswith("fused") for r in recurrent):
+    if any(r.kind == "LSTM" and r.action.startswith("fused") for r in recurrent):
         difference = _float_difference(float_bytes, model.converter_source(shapes), model, sample, runtimes)
         if difference > FUSED_LSTM_TOLERANCE:
             on_step(f"TFLite's fused LSTM computes other outputs than Keras (max difference {difference:.3g} on the "
                     "float model): unrolling the LSTM instead")
             model, recurrent = _recurrent(keras_model, plan.model_path, mode, sample, shapes, on_step,
                                           unroll_lstm=True)
-            for note in recurrent:
-                if note["class"] == "LSTM":
-                    note["action"] += (f"; TFLite's fused LSTM was off by {difference:.3g} on the float model")
+            recurrent = [n.with_action(f"; TFLite's fused LSTM was off by {difference:.3g} on the float model")
+                         if n.kind == "LSTM" else n for n in recurrent]
             float_bytes = convert_float32(model.converter_source(shapes))
     return model, folded, recurrent, float_bytes
 
@@ -392,13 +395,13 @@ def _candidates(model: Any, plan: _Plan, data: Dataset | None, eval_data: Datase
     return candidates, qat_result
 
 
-def _emitted(plan: _Plan, chosen: _Candidate, emulation: Emulation, gate: dict[str, Any],
-             on_step: Step) -> tuple[dict[str, bytes], dict[str, Any] | None]:
+def _emitted(plan: _Plan, chosen: _Candidate, emulation: Emulation, gate: Gate,
+             on_step: Step) -> tuple[dict[str, bytes], HarnessManifest | None]:
     """The model files (only if the gate passed, or --force): the .tflite, its names, the C sources
     for TFLM targets and the harness firmware with --harness; and the harness manifest."""
     name, profile, quantized, info = plan.name, plan.profile, chosen.quantized, chosen.info
     files: dict[str, bytes] = {}
-    if gate["passed"] or plan.force:
+    if gate.passed or plan.force:
         files[f"{name}.tflite"] = quantized
         if chosen.sidecar is not None:
             files[f"{name}_names.json"] = render_sidecar(chosen.sidecar)
@@ -478,20 +481,16 @@ class _Candidate:
     checks: list[CheckResult]
     emulation: Emulation
     sidecar: dict[str, Any] | None = None  # the names taken out of the flashed model (TFLM targets)
+    arena_plan: ArenaPlanPart | None = None  # whether edgeq's arena plan was tried, and kept (TFLM targets)
 
-    def summary(self, float_bytes: bytes) -> dict[str, Any]:
+    def summary(self, float_bytes: bytes) -> ComparisonRow:
         acc, mem = self.emulation.accuracy, self.emulation.memory
-        return {
-            "float_top1": acc.float_top1 if acc else None,
-            "quantized_top1": acc.quantized_top1 if acc else None,
-            "drop_points": acc.drop_points if acc else None,
-            "snr_db": acc.errors[0].snr_db if acc and acc.errors else None,
-            "tflite_bytes": len(self.quantized),
-            "ratio": round(len(float_bytes) / len(self.quantized), 3),
-            "ram_bytes": mem.ram_needed,
-            "latency_ms": self.emulation.latency.to_dict()["total_ms"],
-            "gate_passed": all(c.passed for c in self.checks),
-        }
+        return ComparisonRow(
+            float_top1=acc.float_top1 if acc else None, quantized_top1=acc.quantized_top1 if acc else None,
+            drop_points=acc.drop_points if acc else None,
+            snr_db=acc.errors[0].snr_db if acc and acc.errors else None, tflite_bytes=len(self.quantized),
+            ratio=round(len(float_bytes) / len(self.quantized), 3), ram_bytes=mem.ram_needed,
+            latency_ms=self.emulation.latency.part().total_ms, gate_passed=all(c.passed for c in self.checks))
 
 
 def _train_data(train: str | None, calibration: str | None) -> Dataset:
@@ -548,7 +547,7 @@ def _recurrent(model: Any, model_path: Path, mode: str, sample: Dataset | None, 
     rewritten, notes = prepare_recurrent(model.keras_model, mode, list(sample.inputs), shapes,
                                          unroll_lstm=unroll_lstm)
     for note in notes:
-        on_step(f"recurrent layer '{note['layer']}' ({note['class']}): {note['action']}")
+        on_step(f"recurrent layer '{note.layer}' ({note.kind}): {note.action}")
     if rewritten is model.keras_model:
         return model, notes
     return from_keras_object(rewritten, model_path, model.format), notes
@@ -601,9 +600,10 @@ def _emulated(model: Any, method: str, *, recipe: Recipe, data: Dataset | None, 
     source = model.converter_source(shapes)
     quantized = quantize(source, recipe, data, progress("calibrating", used) if progress and data else None)
     info = read_tflite(quantized, source=f"{name}.tflite")
-    sidecar = None
+    sidecar = plan_record = None
     if profile.runtime == Runtime.TFLM:  # the device gets the model without the strings TFLM never reads
-        quantized, info, sidecar = _stripped(quantized, info, source, data or eval_data, runtimes, profile)
+        quantized, info, sidecar, plan_record = _stripped(quantized, info, source, data or eval_data, runtimes,
+                                                          profile)
     # No host timing here: convert's report must be byte-identical between runs (`edgeq emulate` times it).
     checks, emulation = emulate_and_check(
         quantized, info, profile, CheckInput(info, profile, recipe.mode, recipe.input_dtype, recipe.output_dtype,
@@ -614,13 +614,14 @@ def _emulated(model: Any, method: str, *, recipe: Recipe, data: Dataset | None, 
         per_layer_note=("per-layer error is measured for PTQ: TFLite's QuantizationDebugger needs the float model, "
                         "and a QAT model carries fake-quant ranges of its own") if method == "qat" else "",
         worker=runtimes, output_names=source.output_names)
-    return _Candidate(quantized, info, checks, emulation, sidecar)
+    return _Candidate(quantized, info, checks, emulation, sidecar, plan_record)
 
 
 def _stripped(model: bytes, info: ModelInfo, source: ConverterSource, sample: Dataset | None,
-              worker: Worker, profile: TargetProfile) -> tuple[bytes, ModelInfo, dict[str, Any]]:
-    """The model without names, signatures and metadata, its names sidecar, and its info with the
-    names put back. The lean form (no bias scales, one zero point for all-zero per-channel ones)
+              worker: Worker, profile: TargetProfile
+              ) -> tuple[bytes, ModelInfo, dict[str, Any], ArenaPlanPart | None]:
+    """The model without names, signatures and metadata, its info with the names put back, its names
+    sidecar and the arena plan's record. The lean form (no bias scales, one zero point for all-zero per-channel ones)
     where it gives TFLM's outputs bit for bit on up to 32 samples; otherwise only the strings go."""
     from edgeq.tflite.strip import strip_for_device, with_names
 
@@ -633,24 +634,28 @@ def _stripped(model: bytes, info: ModelInfo, source: ConverterSource, sample: Da
             stripped, sidecar = strip_for_device(model, info, lean=False)
             same = True
         if same:
-            stripped = _with_arena_plan(stripped, read_tflite(stripped, source=info.source), inputs, worker, sidecar,
-                                        profile)
-            return stripped, with_names(read_tflite(stripped, source=info.source), sidecar), sidecar
+            stripped, record = _with_arena_plan(stripped, read_tflite(stripped, source=info.source), inputs, worker,
+                                                profile)
+            if record is not None:
+                sidecar["arena_plan"] = record.to_dict()
+                if record.kept:
+                    sidecar["model_sha256"] = hashlib.sha256(stripped).hexdigest()
+            return stripped, with_names(read_tflite(stripped, source=info.source), sidecar), sidecar, record
     raise ConversionError(f"{info.source}: without its names the model gives other outputs in TFLM",
                           hint="report this model; its names should not matter to TFLM")
 
 
 def _with_arena_plan(model: bytes, info: ModelInfo, inputs: list[Any] | None, worker: Worker,
-                     sidecar: dict[str, Any], profile: TargetProfile) -> bytes:
+                     profile: TargetProfile) -> tuple[bytes, ArenaPlanPart | None]:
     """`model` with edgeq's arena plan (TFLM's OfflineMemoryAllocation), where TFLM's smallest arena
     then shrinks by a larger share of the target's RAM than the plan takes of its flash, and the
-    outputs stay bit for bit; `sidecar["arena_plan"]` says what was tried."""
+    outputs stay bit for bit; and the record of what was tried (None: nothing was)."""
     from edgeq.emulator.memory import measure_tflm_arena, recorded_arena
     from edgeq.tflite.arena_plan import with_plan
 
     planned = None if inputs is None else with_plan(model, info)
     if planned is None:
-        return model
+        return model, None
     candidate, plan = planned
     extra_flash = len(candidate) - len(model)
     memory = profile.memory
@@ -658,20 +663,17 @@ def _with_arena_plan(model: bytes, info: ModelInfo, inputs: list[Any] | None, wo
     worth = memory.ram_bytes / memory.flash_bytes if memory.ram_bytes and memory.flash_bytes else 1.0
     try:
         head, planned_head = (recorded_arena(m, source=info.source)[1] for m in (model, candidate))
-        record = {"kept": False, "tflm_head_bytes": head, "planned_head_bytes": planned_head,
-                  "lower_bound_bytes": plan.lower_bound, "order": plan.order, "extra_flash_bytes": extra_flash}
-        if head - planned_head > extra_flash * worth:  # the arena can shrink by no more than the head
-            smallest, planned_smallest = (measure_tflm_arena(m, source=info.source).smallest
-                                          for m in (model, candidate))
-            record.update(arena_bytes=smallest, planned_arena_bytes=planned_smallest)
-            record["kept"] = (smallest - planned_smallest > extra_flash * worth
-                              and _identical_in_tflm(worker, model, candidate, inputs) is True)
+        tried = dict(tflm_head_bytes=head, planned_head_bytes=planned_head, lower_bound_bytes=plan.lower_bound,
+                     order=plan.order, extra_flash_bytes=extra_flash)
+        if head - planned_head <= extra_flash * worth:  # the arena can shrink by no more than the head
+            return model, ArenaPlanPart(kept=False, **tried)
+        smallest, planned_smallest = (measure_tflm_arena(m, source=info.source).smallest for m in (model, candidate))
     except TargetCheckError:  # TFLM cannot run it; the checks will say why
-        return model
-    sidecar["arena_plan"] = record
-    if record["kept"]:
-        sidecar["model_sha256"] = hashlib.sha256(candidate).hexdigest()
-    return candidate if record["kept"] else model
+        return model, None
+    kept = (smallest - planned_smallest > extra_flash * worth
+            and _identical_in_tflm(worker, model, candidate, inputs) is True)
+    record = ArenaPlanPart(kept=kept, arena_bytes=smallest, planned_arena_bytes=planned_smallest, **tried)
+    return (candidate if kept else model), record
 
 
 def _identical_in_tflm(worker: Worker, model: bytes, stripped: bytes, inputs: list[Any]) -> bool | None:
@@ -742,65 +744,30 @@ def _per_layer(source: ConverterSource, info: ModelInfo, recipe: Recipe, calibra
                    f"{debug.name}; the {len(worst)} worst shown")
 
 
-def _render_reports(report: dict[str, Any]) -> dict[str, bytes]:
+def _render_reports(report: ConvertReport | EmulateReport) -> dict[str, bytes]:
     return {"report.json": render_json(report), "report.md": render_markdown(report), "report.png": render_png(report)}
 
 
 def _report(model: Any, model_path: Path, profile: TargetProfile, recipe: Recipe, data: Dataset | None,
-            used: int, float_bytes: bytes, info: ModelInfo, checks: list[CheckResult], gate: dict[str, Any],
-            emulation: Emulation, files: dict[str, bytes], shapes: list[tuple[int, ...]],
-            sidecar: dict[str, Any] | None, how: dict[str, Any]) -> dict[str, Any]:
+            used: int, float_bytes: bytes, chosen: _Candidate, gate: Gate, emulation: Emulation,
+            files: dict[str, bytes], shapes: list[tuple[int, ...]], how: dict[str, Any]) -> ConvertReport:
     """report.json, built once from every stage's facts. `how`: the method and what the stages
     changed on the way (folded BatchNorm, recurrent rewrites, QAT's training, the PTQ/QAT
     comparison, the harness manifest)."""
-    return {
-        **how,
-        "schema_version": SCHEMA_VERSION,
-        "versions": library_versions(),
-        "input": {
-            "model": model_path.name,
-            "format": model.format,
-            "saved_by": model.saved_by,
-            "sha256": sha256_path(model_path),
-            "parameters": model.parameter_count,
-            "inputs": [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype, "converted_shape": [1, *shape]}
-                       for s, shape in zip(model.input_specs, shapes)],
-        },
-        "calibration": None if data is None else {
-            "name": data.name, "sha256": data.sha256, "samples_available": data.num_samples, "samples_used": used,
-        },
-        "target": target_dict(profile),
-        "recipe": recipe.to_dict(),
-        "sizes": {
-            "float32_tflite_bytes": len(float_bytes),
-            "quantized_tflite_bytes": info.file_bytes,
-            "ratio": round(len(float_bytes) / info.file_bytes, 3),
-            "names_stripped_bytes": (sidecar or {}).get("stripped_bytes", 0),
-            "parameter_bytes": info.parameter_bytes,
-        },
-        "arena_plan": (sidecar or {}).get("arena_plan"),
-        "model": model_dict(info),
-        "emulation": emulation.to_dict(),
-        "checks": [c.to_dict() for c in checks],
-        "gate": gate,
-        "outputs": {n: hashlib.sha256(b).hexdigest() for n, b in sorted(files.items())},
-    }
-
-
-def target_dict(profile: TargetProfile) -> dict[str, Any]:
-    # File names and hashes only: absolute paths would make reports differ between checkouts.
-    return profile.to_dict() | {"source": profile.source.name,
-                                "chain_files": [p.name for p in profile.chain_files],
-                                "sha256": {p.name: sha256_path(p) for p in profile.chain_files}}
-
-
-def model_dict(info: ModelInfo) -> dict[str, Any]:
-    return {
-        "fully_integer": info.is_fully_integer,
-        "ops": info.op_counts(),
-        "inputs": [info.tensors[i].to_dict() for i in info.inputs],
-        "outputs": [info.tensors[i].to_dict() for i in info.outputs],
-    }
+    info = chosen.info
+    source = SourceModel(model_path.name, model.format, model.saved_by, sha256_path(model_path),
+                         model.parameter_count,
+                         [ModelInput(s.name, list(s.shape), s.dtype, [1, *shape])
+                          for s, shape in zip(model.input_specs, shapes)])
+    return ConvertReport(
+        **how, schema_version=SCHEMA_VERSION, versions=Versions.here(), input=source,
+        calibration=None if data is None else CalibrationPart(data.name, data.sha256, data.num_samples, used),
+        target=TargetPart.of(profile), recipe=recipe,
+        sizes=Sizes(quantized_tflite_bytes=info.file_bytes, parameter_bytes=info.parameter_bytes,
+                    float32_tflite_bytes=len(float_bytes), ratio=round(len(float_bytes) / info.file_bytes, 3),
+                    names_stripped_bytes=(chosen.sidecar or {}).get("stripped_bytes", 0)),
+        arena_plan=chosen.arena_plan, model=ModelPart.of(info), emulation=emulation.part(), checks=chosen.checks,
+        gate=gate, outputs={n: hashlib.sha256(b).hexdigest() for n, b in sorted(files.items())})
 
 
 @dataclass
@@ -809,8 +776,8 @@ class EmulateResult:
     target: TargetProfile
     checks: list[CheckResult]
     emulation: Emulation
-    gate: dict[str, Any]
-    report: dict[str, Any] = field(repr=False)
+    gate: Gate
+    report: EmulateReport = field(repr=False)
     files: list[Path] = field(default_factory=list)
 
 
@@ -869,24 +836,17 @@ def emulate_file(
         progress=progress,
         per_layer_note="per-layer error comes with `edgeq convert`, which has the converter and calibration data")
     gate = gate_summary(checks)
-    report = {
-        "schema_version": SCHEMA_VERSION,
-        "versions": library_versions(),
-        "input": {"model": tflite_path.name, "format": "tflite", "sha256": sha256_path(tflite_path),
-                  "reference": None if reference is None else {"model": Path(reference).name,
-                                                               "sha256": sha256_path(Path(reference))}},
-        "target": target_dict(profile),
-        "sizes": {"quantized_tflite_bytes": info.file_bytes, "parameter_bytes": info.parameter_bytes},
-        "model": model_dict(info),
-        "emulation": emulation.to_dict(),
-        "checks": [c.to_dict() for c in checks],
-        "gate": gate,
-    }
+    reference_file = None if reference is None else Reference(Path(reference).name, sha256_path(Path(reference)))
+    report = EmulateReport(
+        schema_version=SCHEMA_VERSION, versions=Versions.here(),
+        input=TfliteFile(tflite_path.name, "tflite", sha256_path(tflite_path), reference_file),
+        target=TargetPart.of(profile), sizes=Sizes(info.file_bytes, info.parameter_bytes), model=ModelPart.of(info),
+        emulation=emulation.part(), checks=checks, gate=gate)
     result = EmulateResult(info, profile, checks, emulation, gate, report)
     if report_dir is not None:
         on_step(f"writing the report to {report_dir}")
         result.files = write_files_atomically(Path(report_dir), _render_reports(report), overwrite=overwrite)
-    if not gate["passed"]:
+    if not gate.passed:
         where = f"the report is in {report_dir}/report.md" if report_dir is not None else ""
         raise GateError(checks, profile, result, where, hint="convert again with another mode, QAT or a bigger "
                                                              "target; `edgeq convert --help` shows the options")

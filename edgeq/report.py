@@ -1,58 +1,29 @@
-"""report.json: what was done, with what, to what, so a result can be reproduced.
+"""report.json, report.md and report.png of `convert` and `emulate`, rendered from the typed
+reports (edgeq/report_types.py): what was done, with what, to what, so a result can be reproduced.
 
-Versioned schema; no timestamps or absolute paths, so the same inputs give the same bytes.
+No timestamps or absolute paths, so the same inputs give the same bytes.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import platform
-from importlib import metadata
-from pathlib import Path
 from typing import Any
 
-from edgeq.text import markdown_table
+from edgeq.checks import CheckResult
+from edgeq.device.firmware import CortexMSize, HarnessManifest
+from edgeq.emulator.emulate import EmulationPart
+from edgeq.report_types import ArenaPlanPart, ConvertReport, EmulateReport, sha256_path  # noqa: F401 (re-exported)
+from edgeq.text import kib, markdown_table  # noqa: F401 (kib re-exported)
 from edgeq.text import percent as _pct
 from edgeq.vocab import Runtime
 
-SCHEMA_VERSION = 1
-_PACKAGES = ("edgeq", "tensorflow", "keras", "tf-keras", "tensorflow-model-optimization",
-             "ai-edge-litert", "tflite-micro", "numpy")
+Report = ConvertReport | EmulateReport
 
 
-def library_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in _PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
-def sha256_path(path: Path) -> str:
-    """sha256 of a file, or of a directory's files (names and contents, in sorted order)."""
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
-        with file.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
-def render_json(report: dict[str, Any]) -> bytes:
-    return (json.dumps(report, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
-
-
-def kib(n: int | float) -> str:
-    """Bytes for people: 4.3 KiB, 256 KiB, 1 MiB."""
-    if n >= 1 << 20:
-        return f"{n / (1 << 20):,.4g} MiB"
-    return f"{n / 1024:,.4g} KiB"
+def render_json(report: Any) -> bytes:
+    """A record (or plain JSON data) as report.json: sorted keys, 2-space indent, NaN refused."""
+    data = report.to_dict() if hasattr(report, "to_dict") else report
+    return (json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
 
 
 def _b(n: int | None) -> str:
@@ -63,168 +34,148 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return [*markdown_table(header, rows), ""]
 
 
-def confirmation_summary(confirmation: dict[str, Any]) -> str:
-    """One phrase for how LiteRT compared with TFLM on the confirmation subset (report.json's record)."""
-    k = confirmation["samples"]
-    if confirmation.get("error"):
-        return confirmation["error"]
-    if confirmation["identical"]:
-        return f"LiteRT was bit-exact with TFLM on the first {k} samples"
-    differing = confirmation.get("differing_samples")
-    lsb = confirmation.get("max_lsb_difference")
-    how = (f"by up to {lsb} LSB" if lsb is not None
-           else f"by up to {confirmation.get('max_abs_difference') or 0:g}")
-    on = f"{differing} of the first {k} samples" if differing is not None else f"the first {k} samples"
-    return f"LiteRT's kernels on this CPU differed from TFLM {how} on {on}"
-
-
-def render_markdown(report: dict[str, Any]) -> bytes:
+def render_markdown(report: Report) -> bytes:
     """report.md: the same facts as report.json, as tables a person reads top to bottom."""
-    emu = report.get("emulation") or {}
-    gate = report.get("gate") or {}
-    target = report["target"]
-    name = report["input"]["model"]
-    verdict = "PASSED" if gate.get("passed") else ("FAILED — outputs written anyway (--force)" if gate.get("forced")
-                                                   else "FAILED — no model files written")
-    out = [f"# edgeq report: {name} for {target['name']}", "",
-           f"**Gate: {verdict}**" + (f" (failed: {', '.join(gate['failed'])})" if gate.get("failed") else ""), "",
-           f"Target `{target['name']}` ({target['description']}), runtime {target['runtime']}, "
-           f"mode {emu.get('mode') or report.get('recipe', {}).get('mode', '?')}.", ""]
-    out += _method_md(report)
+    emu, gate, target = report.emulation, report.gate, report.target
+    verdict = "PASSED" if gate.passed else ("FAILED — outputs written anyway (--force)" if gate.forced
+                                            else "FAILED — no model files written")
+    out = [f"# edgeq report: {report.input.model} for {target.name}", "",
+           f"**Gate: {verdict}**" + (f" (failed: {', '.join(gate.failed)})" if gate.failed else ""), "",
+           f"Target `{target.name}` ({target.description}), runtime {target.runtime}, mode {emu.mode or '?'}.", ""]
+    if isinstance(report, ConvertReport):
+        out += _method_md(report)
     out += _accuracy_md(emu)
     out += _sizes_md(report)
-    out += _memory_md(emu, report.get("arena_plan"))
+    out += _memory_md(emu, report.arena_plan if isinstance(report, ConvertReport) else None)
     out += _latency_md(emu)
     out += _per_layer_md(emu)
-    out += _harness_md(report.get("harness"))
+    if isinstance(report, ConvertReport):
+        out += _harness_md(report.harness)
     out += ["## Checks", ""]
-    out += _table(["check", "result", "details", "what to try"],
-                  [[c["name"], "skipped" if c.get("skipped") else ("pass" if c["passed"] else "**FAIL**"),
-                    c["message"], c.get("hint") or ""] for c in report.get("checks", [])])
+    out += _table(["check", "result", "details", "what to try"], [_check_row(c) for c in report.checks])
     out += ["## Reproduce", ""]
-    inputs = [["model", report["input"]["model"], report["input"]["sha256"]]]
-    if report.get("calibration"):
-        inputs.append(["calibration", report["calibration"]["name"], report["calibration"]["sha256"]])
-    if emu.get("data"):
-        inputs.append(["evaluation", emu["data"]["name"], emu["data"]["sha256"]])
+    inputs = [["model", report.input.model, report.input.sha256]]
+    if isinstance(report, ConvertReport) and report.calibration:
+        inputs.append(["calibration", report.calibration.name, report.calibration.sha256])
+    if emu.data:
+        inputs.append(["evaluation", emu.data.name, emu.data.sha256])
     out += _table(["input", "name", "sha256"], inputs)
-    out += _table(["package", "version"], [[k, v] for k, v in sorted(report["versions"].items())])
+    out += _table(["package", "version"], [[k, v] for k, v in report.versions.items()])
     return ("\n".join(out).rstrip() + "\n").encode()
 
 
-def _method_md(report: dict[str, Any]) -> list[str]:
+def _check_row(c: CheckResult) -> list[str]:
+    return [c.name, "skipped" if c.skipped else ("pass" if c.passed else "**FAIL**"), c.message, c.hint or ""]
+
+
+def _method_md(report: ConvertReport) -> list[str]:
     out = []
-    if report.get("folded_batchnorm"):
+    if report.folded_batchnorm:
         out += [f"BatchNormalization folded into the Dense layer before it (the converter leaves these as "
-                f"MUL/ADD): {', '.join(report['folded_batchnorm'])}.", ""]
-    if report.get("recurrent"):
-        out += ["Recurrent layers: " + "; ".join(f"'{r['layer']}' ({r['class']}) {r['action']}"
-                                                 for r in report["recurrent"]) + ".", ""]
-    qat = report.get("qat")
+                f"MUL/ADD): {', '.join(report.folded_batchnorm)}.", ""]
+    if report.recurrent:
+        out += ["Recurrent layers: " + "; ".join(f"'{r.layer}' ({r.kind}) {r.action}" for r in report.recurrent)
+                + ".", ""]
+    qat = report.qat
     if qat:
-        best = (qat.get("best_epoch") or qat["epochs_run"]) - 1
-        last = {k: v[best] for k, v in qat["history"].items() if len(v) > best}
+        best = (qat.best_epoch or qat.epochs_run) - 1
+        last = {k: v[best] for k, v in qat.history.items() if len(v) > best}
         out += ["## Quantization-aware training", "",
-                f"tfmot `quantize_model` (default 8-bit scheme), fine-tuned {qat['epochs_run']} epoch(s)"
-                + (" (stopped early on validation loss)" if qat["stopped_early"] else "")
-                + f"; loss {qat['loss']} ({qat['loss_source']})"
-                + ("; rebuilt from Keras 3 as tf_keras first" if qat.get("bridged") else "") + ".", ""]
+                f"tfmot `quantize_model` (default 8-bit scheme), fine-tuned {qat.epochs_run} epoch(s)"
+                + (" (stopped early on validation loss)" if qat.stopped_early else "")
+                + f"; loss {qat.loss} ({qat.loss_source})"
+                + ("; rebuilt from Keras 3 as tf_keras first" if qat.bridged else "") + ".", ""]
         if last:
             out += _table([f"epoch {best + 1} (kept)", "value"], [[k, f"{v:.4g}"] for k, v in sorted(last.items())])
-    rows = report.get("comparison")
+    rows = report.comparison
     if rows:
         out += ["## PTQ vs QAT", ""]
         out += _table(["method", "top-1", "drop (points)", "SNR vs original float (dB)", ".tflite", "RAM", "est. ms",
                        "gate"],
-                      [[m.upper(), _pct(r["quantized_top1"]),
-                        "–" if r["drop_points"] is None else f"{r['drop_points']:+.2f}",
-                        "–" if r["snr_db"] is None else f"{r['snr_db']:.1f}", _b(r["tflite_bytes"]),
-                        _b(r["ram_bytes"]), f"{r['latency_ms']:.4g}", "pass" if r["gate_passed"] else "FAIL"]
+                      [[m.upper(), _pct(r.quantized_top1), "–" if r.drop_points is None else f"{r.drop_points:+.2f}",
+                        "–" if r.snr_db is None else f"{r.snr_db:.1f}", _b(r.tflite_bytes), _b(r.ram_bytes),
+                        f"{r.latency_ms:.4g}", "pass" if r.gate_passed else "FAIL"]
                        for m, r in rows.items()])
     return out
 
 
-def _accuracy_md(emu: dict[str, Any]) -> list[str]:
-    acc = emu.get("accuracy")
+def _accuracy_md(emu: EmulationPart) -> list[str]:
+    acc = emu.accuracy
     out = ["## Accuracy", ""]
     if not acc:
         return out + ["Not evaluated: pass evaluation data (`--eval SET`).", ""]
-    out += _table(["", "float (Keras)", f"quantized ({acc['runtime_used']})"],
-                  [["top-1 accuracy", _pct(acc["float_top1"]), _pct(acc["quantized_top1"])]])
-    facts = [f"{acc['samples']} samples of `{emu['data']['name']}`."]
-    if acc.get("drop_points") is not None:
-        facts.append(f"Drop: {acc['drop_points']:+.2f} points.")
-    if acc.get("top1_agreement") is not None:
-        facts.append(f"Top-1 agreement with the float model: {_pct(acc['top1_agreement'])}.")
-    conf = acc.get("confirmation")
+    out += _table(["", "float (Keras)", f"quantized ({acc.runtime_used})"],
+                  [["top-1 accuracy", _pct(acc.float_top1), _pct(acc.quantized_top1)]])
+    facts = [f"{acc.samples} samples of `{emu.data.name if emu.data else '?'}`."]
+    if acc.drop_points is not None:
+        facts.append(f"Drop: {acc.drop_points:+.2f} points.")
+    if acc.top1_agreement is not None:
+        facts.append(f"Top-1 agreement with the float model: {_pct(acc.top1_agreement)}.")
+    conf = acc.confirmation
     if conf:
-        facts.append(f"{confirmation_summary(conf)}; "
-                     f"the full set ran in {'LiteRT' if acc['runtime_used'] == 'litert' else 'TFLM'}.")
-    if acc.get("note") and not (conf and acc["runtime_used"] == Runtime.TFLM):  # TFLM's note restates the line above
-        facts.append(acc["note"])
+        facts.append(f"{conf.summary()}; the full set ran in {'LiteRT' if acc.runtime_used == 'litert' else 'TFLM'}.")
+    if acc.note and not (conf and acc.runtime_used == Runtime.TFLM):  # TFLM's note restates the line above
+        facts.append(acc.note)
     out += [" ".join(facts), ""]
-    if acc.get("errors"):
+    if acc.errors:
         out += _table(["output", "mean abs error", "max abs error", "SNR (dB)", "cosine"],
-                      [[i, f"{e['mean_abs']:.4g}", f"{e['max_abs']:.4g}", f"{e['snr_db']:.1f}", f"{e['cosine']:.5f}"]
-                       for i, e in enumerate(acc["errors"])])
+                      [[i, f"{e.mean_abs:.4g}", f"{e.max_abs:.4g}", f"{e.snr_db:.1f}", f"{e.cosine:.5f}"]
+                       for i, e in enumerate(acc.errors)])
     return out
 
 
-def _sizes_md(report: dict[str, Any]) -> list[str]:
-    s = report.get("sizes") or {}
+def _sizes_md(report: Report) -> list[str]:
+    s = report.sizes
     rows = []
-    if s.get("float32_tflite_bytes"):
-        rows.append(["float32 .tflite", _b(s["float32_tflite_bytes"])])
-    rows.append(["quantized .tflite", _b(s["quantized_tflite_bytes"])])
-    if s.get("ratio"):
-        rows.append(["ratio", f"{s['ratio']:.2f}x smaller"])
-    rows.append(["parameter bytes", _b(s.get("parameter_bytes"))])
+    if s.float32_tflite_bytes:
+        rows.append(["float32 .tflite", _b(s.float32_tflite_bytes)])
+    rows.append(["quantized .tflite", _b(s.quantized_tflite_bytes)])
+    if s.ratio:
+        rows.append(["ratio", f"{s.ratio:.2f}x smaller"])
+    rows.append(["parameter bytes", _b(s.parameter_bytes)])
     return ["## Sizes", "", *_table(["", "bytes"], rows)]
 
 
-def _arena_plan_md(plan: dict[str, Any]) -> str:
-    tried = (f"edgeq's plan places the activations in {plan['planned_head_bytes']:,} B, TFLM's own planner in "
-             f"{plan['tflm_head_bytes']:,} B; none can use less than {plan['lower_bound_bytes']:,} B, the most alive at once")
-    if plan["kept"]:
+def _arena_plan_md(plan: ArenaPlanPart) -> str:
+    tried = (f"edgeq's plan places the activations in {plan.planned_head_bytes:,} B, TFLM's own planner in "
+             f"{plan.tflm_head_bytes:,} B; none can use less than {plan.lower_bound_bytes:,} B, the most alive at once")
+    if plan.kept:
         return (f"Arena plan: {tried}. The model carries edgeq's plan (TFLM's OfflineMemoryAllocation metadata, "
-                f"{plan['extra_flash_bytes']:,} B of flash): the smallest arena went from {plan['arena_bytes']:,} B "
-                f"to {plan['planned_arena_bytes']:,} B.")
+                f"{plan.extra_flash_bytes:,} B of flash): the smallest arena went from {plan.arena_bytes:,} B "
+                f"to {plan.planned_arena_bytes:,} B.")
     why = ("the smallest arena would not shrink by more than the plan's flash is worth on this target"
-           if "arena_bytes" in plan else "the saving is smaller than the plan's flash is worth on this target"
-           if plan["planned_head_bytes"] < plan["tflm_head_bytes"] else "it is no better")
+           if plan.arena_bytes is not None else "the saving is smaller than the plan's flash is worth on this target"
+           if plan.planned_head_bytes < plan.tflm_head_bytes else "it is no better")
     return (f"Arena plan: {tried}. TFLM plans the arena itself: {why} (the plan would take "
-            f"{plan['extra_flash_bytes']:,} B of flash).")
+            f"{plan.extra_flash_bytes:,} B of flash).")
 
 
-def _memory_md(emu: dict[str, Any], plan: dict[str, Any] | None = None) -> list[str]:
-    mem = emu.get("memory")
-    if not mem:
-        return []
-    f, r = mem["flash"], mem["ram"]
-    rows = [["flash", f"model {_b(f['model_bytes'])} + runtime {_b(f['runtime_bytes'])}", _b(f["total_bytes"]),
-             _b(f["budget_bytes"]), _share(f["total_bytes"], f["budget_bytes"])]]
-    need = "not measured" if r["needed_bytes"] is None else f"{r['kind']} {_b(r['needed_bytes'])}"
-    rows.append(["RAM", f"{need} + margin {_b(r['margin_bytes'])} + reserved {_b(r['reserved_bytes'])}",
-                 _b(r["total_bytes"]), _b(r["budget_bytes"]), _share(r["total_bytes"], r["budget_bytes"])])
+def _memory_md(emu: EmulationPart, plan: ArenaPlanPart | None = None) -> list[str]:
+    f, r = emu.memory.flash, emu.memory.ram
+    rows = [["flash", f"model {_b(f.model_bytes)} + runtime {_b(f.runtime_bytes)}", _b(f.total_bytes),
+             _b(f.budget_bytes), _share(f.total_bytes, f.budget_bytes)]]
+    need = "not measured" if r.needed_bytes is None else f"{r.kind} {_b(r.needed_bytes)}"
+    rows.append(["RAM", f"{need} + margin {_b(r.margin_bytes)} + reserved {_b(r.reserved_bytes)}",
+                 _b(r.total_bytes), _b(r.budget_bytes), _share(r.total_bytes, r.budget_bytes)])
     out = ["## Memory", "", *_table(["", "made of", "total", "budget", "used"], rows)]
-    arena = r.get("tflm_arena")
+    arena = r.tflm_arena
     if arena:
-        out += [f"TFLite Micro arena: smallest that runs **{arena['smallest']:,} B** (search of {arena['trials']} "
-                f"trials, each in a child process); the recording allocator reported {arena['recorded_total']:,} B "
-                f"(head {arena['recorded_head']:,} B planned activations, tail {arena['recorded_tail']:,} B "
+        out += [f"TFLite Micro arena: smallest that runs **{arena.smallest:,} B** (search of {arena.trials} "
+                f"trials, each in a child process); the recording allocator reported {arena.recorded_total:,} B "
+                f"(head {arena.recorded_head:,} B planned activations, tail {arena.recorded_tail:,} B "
                 f"persistent). Measured in TFLM's host build (reference kernels, 64-bit pointers): on the device, "
                 f"optimized kernels (CMSIS-NN) may ask for scratch buffers and pointers are smaller, which the "
                 f"target's margin is for. The C header declares `k_<name>_tensor_arena_size` = "
-                f"{r['firmware_arena_bytes']:,} B (smallest + margin).", ""]
+                f"{r.firmware_arena_bytes:,} B (smallest + margin).", ""]
     if plan:
         out += [_arena_plan_md(plan), ""]
-    act = r.get("litert_activations")
+    act = r.litert_activations
     if act:
-        out += [f"LiteRT peak activations: {act['peak_bytes']:,} B at op #{act['peak_op_index']} "
-                f"({act['peak_op_name']}); without reuse all activations would take "
-                f"{act['total_activation_bytes']:,} B.", ""]
-    if r.get("note"):
-        out += [f"Note: {r['note']}", ""]
+        out += [f"LiteRT peak activations: {act.peak_bytes:,} B at op #{act.peak_op_index} "
+                f"({act.peak_op_name}); without reuse all activations would take "
+                f"{act.total_activation_bytes:,} B.", ""]
+    if r.note:
+        out += [f"Note: {r.note}", ""]
     return out
 
 
@@ -232,41 +183,38 @@ def _share(used: int, budget: int | None) -> str:
     return "–" if not budget else f"{100 * used / budget:.1f}%"
 
 
-def _latency_md(emu: dict[str, Any]) -> list[str]:
-    lat = emu.get("latency")
-    if not lat:
-        return []
+def _latency_md(emu: EmulationPart) -> list[str]:
+    lat = emu.latency
     out = ["## Latency", "",
-           f"Estimated **{lat['total_ms']:.4g} ms** per inference on the device at {lat['clock_mhz']:g} MHz "
-           f"({lat['total_macs']:,} MACs; cycles per MAC from the target profile)."
-           + (f" **Caution:** {lat['note']}." if lat.get("note") else ""), ""]
+           f"Estimated **{lat.total_ms:.4g} ms** per inference on the device at {lat.clock_mhz:g} MHz "
+           f"({lat.total_macs:,} MACs; cycles per MAC from the target profile)."
+           + (f" **Caution:** {lat.note}." if lat.note else ""), ""]
     out += _table(["op kind", "ops", "MACs", "est. ms"],
-                  [[k, v["ops"], f"{v['macs']:,}", f"{v['ms']:.4g}"] for k, v in lat["by_kind"].items()])
-    slow = sorted(lat["ops"], key=lambda o: -o["ms"])[:5]
+                  [[k, v.ops, f"{v.macs:,}", f"{v.ms:.4g}"] for k, v in lat.by_kind.items()])
+    slow = sorted(lat.ops, key=lambda o: -o.ms)[:5]
     out += _table(["slowest ops", "kind", "MACs", "est. ms"],
-                  [[f"#{o['index']} {o['op']}", o["kind"], f"{o['macs']:,}", f"{o['ms']:.4g}"] for o in slow])
-    host = emu.get("host_latency")
+                  [[f"#{o.index} {o.op}", o.kind, f"{o.macs:,}", f"{o.ms:.4g}"] for o in slow])
+    host = emu.host_latency
     if host:
-        out += [f"Measured on this host in LiteRT (1 thread): median {host['median_us']:.1f} µs, "
-                f"p90 {host['p90_us']:.1f} µs over {host['runs']} runs.", ""]
+        out += [f"Measured on this host in LiteRT (1 thread): median {host.median_us:.1f} µs, "
+                f"p90 {host.p90_us:.1f} µs over {host.runs} runs.", ""]
     return out
 
 
-def _per_layer_md(emu: dict[str, Any]) -> list[str]:
-    layers = (emu.get("per_layer") or {}).get("worst") or []
-    note = (emu.get("per_layer") or {}).get("note")
+def _per_layer_md(emu: EmulationPart) -> list[str]:
+    layers, note = emu.per_layer.worst, emu.per_layer.note
     out = ["## Per-layer error", ""]
     if not layers:
         return out + [note or "Not available.", ""]
     out += ["Where quantization loses most, from TFLite's QuantizationDebugger (each layer's int8 output against "
             "its float output for the same input; RMSE/scale near 0.29 is pure rounding noise).", ""]
     out += _table(["layer", "op", "RMSE/scale", "mean abs error", "max abs error"],
-                  [[l["layer"], l["op"], f"{l['rmse_over_scale']:.3f}", f"{l['mean_abs_error']:.4g}",
-                    f"{l['max_abs_error']:.4g}"] for l in layers])
+                  [[l.layer, l.op, f"{l.rmse_over_scale:.3f}", f"{l.mean_abs_error:.4g}", f"{l.max_abs_error:.4g}"]
+                   for l in layers])
     return out + ([note, ""] if note else [])
 
 
-def render_png(report: dict[str, Any]) -> bytes:
+def render_png(report: Report) -> bytes:
     """report.png: per-layer error, size and accuracy before and after (matplotlib, Agg, no timestamps)."""
     import io
 
@@ -275,26 +223,26 @@ def render_png(report: dict[str, Any]) -> bytes:
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    emu = report.get("emulation") or {}
+    emu = report.emulation
     fig = Figure(figsize=(12, 4), dpi=100, layout="constrained")
     ax_layers, ax_size, ax_acc = fig.subplots(1, 3, width_ratios=[2, 1, 1])
-    layers = (emu.get("per_layer") or {}).get("worst") or []
+    layers = emu.per_layer.worst
     if layers:
-        names = [_shorten(l["layer"]) for l in layers][::-1]
-        ax_layers.barh(names, [l["rmse_over_scale"] for l in layers][::-1], color="#d95f02")
+        names = [_shorten(l.layer) for l in layers][::-1]
+        ax_layers.barh(names, [l.rmse_over_scale for l in layers][::-1], color="#d95f02")
         ax_layers.axvline(0.29, color="grey", linestyle="--", linewidth=1, label="rounding noise")
         ax_layers.legend(loc="lower right", fontsize=8)
         ax_layers.tick_params(axis="y", labelsize=7)
     else:
         ax_layers.text(0.5, 0.5, "per-layer error not available", ha="center", va="center")
     ax_layers.set_title("Per-layer error (RMSE / scale), worst first")
-    sizes = report.get("sizes") or {}
-    bars = [("float32", sizes.get("float32_tflite_bytes")), ("quantized", sizes.get("quantized_tflite_bytes"))]
+    sizes = report.sizes
+    bars = [("float32", sizes.float32_tflite_bytes), ("quantized", sizes.quantized_tflite_bytes)]
     bars = [(k, v) for k, v in bars if v]
     ax_size.bar([k for k, _ in bars], [v / 1024 for _, v in bars], color=["#7570b3", "#1b9e77"][-len(bars):])
     ax_size.set_title("Model size (KiB)")
-    acc = emu.get("accuracy") or {}
-    points = [("float", acc.get("float_top1")), ("quantized", acc.get("quantized_top1"))]
+    acc = emu.accuracy
+    points = [("float", acc.float_top1 if acc else None), ("quantized", acc.quantized_top1 if acc else None)]
     points = [(k, v) for k, v in points if v is not None]
     if points:
         ax_acc.bar([k for k, _ in points], [100 * v for _, v in points], color=["#7570b3", "#1b9e77"][-len(points):])
@@ -312,19 +260,18 @@ def _shorten(name: str, limit: int = 40) -> str:
     return name if len(name) <= limit else "…" + name[-(limit - 1):]
 
 
-def _harness_md(harness: dict[str, Any] | None) -> list[str]:
+def _harness_md(harness: HarnessManifest | None) -> list[str]:
     """The device-check harness firmware (convert --harness) and its Cortex-M sizes."""
     if not harness:
         return []
     out = ["## Harness firmware (`edgeq device-check`)", "",
-           f"{len(harness['files'])} files (start with README.md) for model SHA-256 `{harness['model_sha256'][:16]}…`, "
-           f"frames up to {harness['max_payload']:,} bytes.", ""]
-    size = harness.get("cortex_m_size") or {}
-    if "model" not in size:
-        return out + [size.get("note", ""), ""]
+           f"{len(harness.files)} files (start with README.md) for model SHA-256 `{harness.model_sha256[:16]}…`, "
+           f"frames up to {harness.max_payload:,} bytes.", ""]
+    size = harness.cortex_m_size
+    if not isinstance(size, CortexMSize):
+        return out + [size.note if size else "", ""]
     out += _table(["part (arm-none-eabi-size)", "flash", "RAM"],
-                  [[f"model array `{size['model']['symbol']}` in `{size['model']['section']}`",
-                    f"{size['model']['bytes']:,} B", "0 B"],
-                   ["protocol + device loop + bare-metal port", f"{size['harness']['flash']:,} B",
-                    f"{size['harness']['ram']:,} B"]])
-    return out + [f"{size['compiler']}, `{' '.join(size['cpu_flags'])}`. {size['note']}.", ""]
+                  [[f"model array `{size.model.symbol}` in `{size.model.section}`", f"{size.model.bytes:,} B", "0 B"],
+                   ["protocol + device loop + bare-metal port", f"{size.harness.flash:,} B",
+                    f"{size.harness.ram:,} B"]])
+    return out + [f"{size.compiler}, `{' '.join(size.cpu_flags)}`. {size.note}.", ""]

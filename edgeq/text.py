@@ -17,6 +17,13 @@ def percent(x: float | None, *, missing: str = DASH) -> str:
     return missing if x is None else f"{100 * x:.2f}%"
 
 
+def kib(n: int | float) -> str:
+    """Bytes for people: 4.3 KiB, 256 KiB, 1 MiB."""
+    if n >= 1 << 20:
+        return f"{n / (1 << 20):,.4g} MiB"
+    return f"{n / 1024:,.4g} KiB"
+
+
 def escape_pipes(text: Any) -> str:
     """A Markdown table cell: its pipes escaped."""
     return str(text).replace("|", "\\|")

@@ -114,17 +114,17 @@ def run(reference, fmt: str, target: str, worker) -> dict:  # type: ignore[no-un
             result = convert(path, target, options, worker=worker)
         except GateError as exc:
             result = exc.result
-            row["note"] = "gate failed: " + ", ".join(exc.result.gate["failed"]) + "; "
+            row["note"] = "gate failed: " + ", ".join(exc.result.gate.failed) + "; "
         except EdgeqError as exc:
             row["note"] = f"refused (exit {exc.exit_code}): {exc.message.split(': ', 1)[-1][:120]}"
             return row
         row["seconds"] = time.perf_counter() - started
-        acc = result.report["emulation"]["accuracy"] or {}
-        row["agreement"] = acc.get("top1_agreement")
-        errors = acc.get("errors") or []
-        row["snr_db"] = min((e["snr_db"] for e in errors), default=None)
+        emulation = result.report.emulation
+        row["agreement"] = emulation.accuracy.top1_agreement if emulation.accuracy else None
+        errors = (emulation.accuracy.errors if emulation.accuracy else None) or []
+        row["snr_db"] = min((e.snr_db for e in errors), default=None)
         row["bytes"] = result.quantized_bytes
-        row["arena"] = result.report["emulation"]["memory"]["ram"]["needed_bytes"] if target == "mcu" else None
+        row["arena"] = emulation.memory.ram.needed_bytes if target == "mcu" else None
         names = [t.name.split(":")[0] for t in model.inputs]
         try:
             with Worker(import_paths=(str(ROOT / "scripts"),)) as plain_worker:

@@ -61,14 +61,14 @@ def main() -> int:
             result = convert(path, "mcu", ConvertOptions(calibration=set_name, outdir=Path(tmp) / set_name,
                                                          force=True,
                                                          qat=QatOptions(settings=TrainSettings(epochs=args.epochs_qat), compare=True)))
-            cmp = result.report["comparison"]
-            float_top1 = 100 * cmp["qat"]["float_top1"]
-            ptq, qat = 100 * cmp["ptq"]["quantized_top1"], 100 * cmp["qat"]["quantized_top1"]
-            epochs = result.report["qat"]["epochs_run"]
+            cmp = result.report.comparison
+            float_top1 = 100 * cmp["qat"].float_top1
+            ptq, qat = 100 * cmp["ptq"].quantized_top1, 100 * cmp["qat"].quantized_top1
+            epochs = result.report.qat.epochs_run
             # "Within 0.5 points of float" read one-sided: QAT fine-tunes, so it may also end above float.
             meets = qat >= ptq - 0.2 and qat >= float_top1 - 0.5
             ok &= meets
-            samples = result.report["emulation"]["accuracy"]["samples"]
+            samples = result.report.emulation.accuracy.samples
             rows.append((f"{set_name}:eval ({samples})", float_top1, ptq, qat, epochs, meets))
 
     print(f"{'held-out set':<20}{'float':>8}{'PTQ int8':>10}{'QAT int8':>10}{'QAT epochs':>12}  criteria")

@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
-"""Generate docs/supported_ops.md from the target profiles (edgeq/data/targets/*.toml) and their op sets.
+"""Generate the docs made from code: docs/supported_ops.md from the target profiles
+(edgeq/data/targets/*.toml) and their op sets, docs/report.schema.json from the report types
+(edgeq/report_types.py).
 
-Run after changing a profile or regenerating the op sets:
-    .venv/bin/python scripts/gen_docs.py            # write the file
-    .venv/bin/python scripts/gen_docs.py --check    # exit 1 if it is out of date (CI)
+Run after changing a profile, regenerating the op sets or changing a report's fields:
+    .venv/bin/python scripts/gen_docs.py            # write the files
+    .venv/bin/python scripts/gen_docs.py --check    # exit 1 if one is out of date (CI)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -20,37 +23,46 @@ from edgeq.opsdoc import render_supported_ops_markdown  # noqa: E402
 from edgeq.targets import load_all  # noqa: E402
 
 DOC = ROOT / "docs" / "supported_ops.md"
+SCHEMA = ROOT / "docs" / "report.schema.json"
 
 
 def render() -> str:
     return render_supported_ops_markdown(load_all(ROOT / "edgeq" / "data" / "targets"))
 
 
+def render_schema() -> str:
+    from edgeq.report_types import report_schema
+
+    return json.dumps(report_schema(), indent=2, sort_keys=False) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true",
-                        help=f"do not write; exit 1 if {DOC.relative_to(ROOT)} is out of date")
+                        help="do not write; exit 1 if a generated doc is out of date")
     args = parser.parse_args(argv)
     try:
-        text = render()
+        docs = {DOC: render(), SCHEMA: render_schema()}
     except EdgeqError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    rel = DOC.relative_to(ROOT)
-    if args.check:
-        current = DOC.read_text(encoding="utf-8") if DOC.is_file() else None
-        if current != text:
-            print(f"{rel} is out of date; run: python scripts/gen_docs.py", file=sys.stderr)
-            return 1
-        print(f"{rel} is up to date")
-        return 0
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    tmp = DOC.with_suffix(".md.tmp")
-    tmp.write_text(text, encoding="utf-8", newline="\n")
-    tmp.replace(DOC)
-    print(f"wrote {rel}")
-    return 0
-
+    stale = 0
+    for path, text in docs.items():
+        rel = path.relative_to(ROOT)
+        if args.check:
+            current = path.read_text(encoding="utf-8") if path.is_file() else None
+            if current != text:
+                print(f"{rel} is out of date; run: python scripts/gen_docs.py", file=sys.stderr)
+                stale += 1
+            else:
+                print(f"{rel} is up to date")
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(text, encoding="utf-8", newline="\n")
+        tmp.replace(path)
+        print(f"wrote {rel}")
+    return 1 if stale else 0
 
 if __name__ == "__main__":
     raise SystemExit(main())

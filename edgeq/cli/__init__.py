@@ -13,15 +13,18 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
 from edgeq import __version__
 from edgeq.defaults import DEFAULT_MAX_ACCURACY_DROP as DEFAULT_DROP  # noqa: F401 - the commands' default
 from edgeq.errors import EdgeqError
-from edgeq.report import confirmation_summary, kib
-from edgeq.text import percent
+from edgeq.text import kib, percent
+
+if TYPE_CHECKING:
+    from edgeq.emulator.emulate import EmulationPart
+    from edgeq.report_types import ConvertReport, EmulateReport, Sizes
 
 
 
@@ -85,70 +88,72 @@ def _pct(x: float | None) -> str:
     return percent(x, missing="-")
 
 
-def _summary(report: dict[str, Any], err: bool = False) -> None:
+def _summary(report: ConvertReport | EmulateReport, err: bool = False) -> None:
     """The report's key facts in the terminal: accuracy, size, memory vs budget, latency, gate."""
     def echo(text: str) -> None:
         click.echo(text, err=err)
 
-    emu = report["emulation"]
-    mode = emu["mode"]
-    acc = emu.get("accuracy")
-    if acc:
-        line = (f"  accuracy  float {_pct(acc['float_top1'])} -> {mode} {_pct(acc['quantized_top1'])}"
-                if acc["float_top1"] is not None else f"  accuracy  {mode} {_pct(acc['quantized_top1'])}")
-        if acc["drop_points"] is not None:
-            line += f" (drop {acc['drop_points']:+.2f} points)"
-        elif acc["quantized_top1"] is None and acc.get("errors"):
-            e = acc["errors"][0]
-            line = f"  output    SNR {e['snr_db']:.1f} dB, mean abs error {e['mean_abs']:.4g}, cosine {e['cosine']:.5f}"
-        line += f" on {acc['samples']} samples of {emu['data']['name']}"
-        conf = acc.get("confirmation")
-        if conf and conf["identical"]:
-            line += f" (LiteRT, bit-exact with TFLM on the first {conf['samples']})"
-        elif conf:
-            line += f" (TFLM; {confirmation_summary(conf)})"
-        else:
-            line += f" ({acc['runtime_used']})"
-        echo(line)
-    sizes = report["sizes"]
-    if sizes.get("float32_tflite_bytes") and mode != "float32":
-        ratio = sizes["ratio"]
-        change = f"{ratio:.2f}x smaller" if ratio >= 1 else f"{1 / ratio:.2f}x larger"
-        stripped = (f"; {sizes['names_stripped_bytes']:,} B of names, unused bias scales and repeated zero points "
-                    "left out of the flashed model" if sizes.get("names_stripped_bytes") else "")
-        echo(f"  size      float32 {kib(sizes['float32_tflite_bytes'])} -> {mode} "
-             f"{kib(sizes['quantized_tflite_bytes'])} ({change}{stripped})")
-    elif sizes.get("quantized_tflite_bytes"):
-        echo(f"  size      {kib(sizes['quantized_tflite_bytes'])} (float32, not quantized)")
-    mem = emu["memory"]
-    f, r = mem["flash"], mem["ram"]
-    budget = f" of {kib(f['budget_bytes'])} ({100 * f['total_bytes'] / f['budget_bytes']:.1f}%)" if f["budget_bytes"] else ""
-    echo(f"  flash     model {f['model_bytes']:,} B + runtime {kib(f['runtime_bytes'])} = {kib(f['total_bytes'])}{budget}")
-    if r["needed_bytes"] is None:
-        echo(f"  RAM       not measured: {r['note']}")
+    emu = report.emulation
+    if emu.accuracy:
+        echo(_accuracy_line(emu, emu.mode))
+    _size_line(report.sizes, emu.mode, echo)
+    f, r = emu.memory.flash, emu.memory.ram
+    budget = f" of {kib(f.budget_bytes)} ({100 * f.total_bytes / f.budget_bytes:.1f}%)" if f.budget_bytes else ""
+    echo(f"  flash     model {f.model_bytes:,} B + runtime {kib(f.runtime_bytes)} = {kib(f.total_bytes)}{budget}")
+    if r.needed_bytes is None:
+        echo(f"  RAM       not measured: {r.note}")
     else:
-        exact = " (smallest that runs in TFLM)" if r["tflm_arena"] else ""
-        budget = f" of {kib(r['budget_bytes'])} ({100 * r['total_bytes'] / r['budget_bytes']:.1f}%)" if r["budget_bytes"] else ""
-        echo(f"  RAM       {r['kind']} {r['needed_bytes']:,} B{exact} + margin {r['margin_bytes']:,} B + reserved "
-                   f"{kib(r['reserved_bytes'])} = {kib(r['total_bytes'])}{budget}")
-    lat = emu["latency"]
-    line = f"  latency   ~{lat['total_ms']:.3g} ms estimated on {report['target']['cpu']} @ {lat['clock_mhz']:g} MHz"
-    if emu.get("host_latency"):
-        line += f"; {emu['host_latency']['median_us']:.0f} µs measured on this host (LiteRT)"
-    if lat.get("note"):
-        line += f"; {lat['note']}"
+        exact = " (smallest that runs in TFLM)" if r.tflm_arena else ""
+        budget = f" of {kib(r.budget_bytes)} ({100 * r.total_bytes / r.budget_bytes:.1f}%)" if r.budget_bytes else ""
+        echo(f"  RAM       {r.kind} {r.needed_bytes:,} B{exact} + margin {r.margin_bytes:,} B + reserved "
+             f"{kib(r.reserved_bytes)} = {kib(r.total_bytes)}{budget}")
+    lat = emu.latency
+    line = f"  latency   ~{lat.total_ms:.3g} ms estimated on {report.target.cpu} @ {lat.clock_mhz:g} MHz"
+    if emu.host_latency:
+        line += f"; {emu.host_latency.median_us:.0f} µs measured on this host (LiteRT)"
+    if lat.note:
+        line += f"; {lat.note}"
     echo(line)
-    layers = (emu.get("per_layer") or {}).get("worst") or []
-    if layers:
-        worst = layers[0]
-        echo(f"  per-layer worst: {worst['op']} '{worst['layer'][:48]}' RMSE/scale {worst['rmse_over_scale']:.2f}")
-    for c in report["checks"]:
-        mark = (click.style("skip", fg="yellow") if c.get("skipped") else click.style("ok  ", fg="green")
-                if c["passed"] else click.style("FAIL", fg="red"))
-        echo(f"  {mark} {c['name']:<13} {c['message']}")
-    gate = report["gate"]
-    verdict = click.style("PASSED", fg="green") if gate["passed"] else click.style("FAILED", fg="red")
-    echo(f"  gate      {verdict}" + (" (outputs written anyway: --force)" if gate.get("forced") else ""))
+    if emu.per_layer.worst:
+        worst = emu.per_layer.worst[0]
+        echo(f"  per-layer worst: {worst.op} '{worst.layer[:48]}' RMSE/scale {worst.rmse_over_scale:.2f}")
+    for c in report.checks:
+        mark = (click.style("skip", fg="yellow") if c.skipped else click.style("ok  ", fg="green")
+                if c.passed else click.style("FAIL", fg="red"))
+        echo(f"  {mark} {c.name:<13} {c.message}")
+    verdict = click.style("PASSED", fg="green") if report.gate.passed else click.style("FAILED", fg="red")
+    echo(f"  gate      {verdict}" + (" (outputs written anyway: --force)" if report.gate.forced else ""))
+
+
+def _accuracy_line(emu: EmulationPart, mode: str) -> str:
+    acc = emu.accuracy
+    assert acc is not None
+    line = (f"  accuracy  float {_pct(acc.float_top1)} -> {mode} {_pct(acc.quantized_top1)}"
+            if acc.float_top1 is not None else f"  accuracy  {mode} {_pct(acc.quantized_top1)}")
+    if acc.drop_points is not None:
+        line += f" (drop {acc.drop_points:+.2f} points)"
+    elif acc.quantized_top1 is None and acc.errors:
+        e = acc.errors[0]
+        line = f"  output    SNR {e.snr_db:.1f} dB, mean abs error {e.mean_abs:.4g}, cosine {e.cosine:.5f}"
+    line += f" on {acc.samples} samples of {emu.data.name if emu.data else '?'}"
+    conf = acc.confirmation
+    if conf and conf.identical:
+        return line + f" (LiteRT, bit-exact with TFLM on the first {conf.samples})"
+    if conf:
+        return line + f" (TFLM; {conf.summary()})"
+    return line + f" ({acc.runtime_used})"
+
+
+def _size_line(sizes: Sizes, mode: str, echo: Callable[[str], None]) -> None:
+    if sizes.float32_tflite_bytes and mode != "float32":
+        ratio = sizes.ratio or 0.0
+        change = f"{ratio:.2f}x smaller" if ratio >= 1 else f"{1 / ratio:.2f}x larger"
+        stripped = (f"; {sizes.names_stripped_bytes:,} B of names, unused bias scales and repeated zero points "
+                    "left out of the flashed model" if sizes.names_stripped_bytes else "")
+        echo(f"  size      float32 {kib(sizes.float32_tflite_bytes)} -> {mode} "
+             f"{kib(sizes.quantized_tflite_bytes)} ({change}{stripped})")
+    elif sizes.quantized_tflite_bytes:
+        echo(f"  size      {kib(sizes.quantized_tflite_bytes)} (float32, not quantized)")
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -8,7 +8,7 @@ import os
 import click
 
 from edgeq.cli import main
-from edgeq.report import kib
+from edgeq.text import kib
 
 
 @main.group()

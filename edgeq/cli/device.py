@@ -67,26 +67,26 @@ def device_check(port: str, baud: int, model: Path, data: str, limit: int | None
                        progress=_progress_factory(quiet=as_json))
     report = result.report
     if as_json:
-        click.echo(json.dumps(report, indent=2, sort_keys=True))
+        click.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True))
     else:
         click.echo(f"\ndevice check of {model.name} on {port}")
         for line in summary_lines(report):
             click.echo(f"  {line}")
         click.echo(f"wrote {', '.join(str(p) for p in result.written)}")
-    run = report["run"]
+    run = report.run
     if result.verdict == DeviceVerdict.INCOMPLETE:
-        differing = report["agreement"]["differing"]
-        raise DeviceError(f"the run stopped at sample {run['stopped_at']} with {run['missing']} of {run['requested']} "
-                          f"samples missing: {run['stopped_because']}"
+        differing = report.agreement.differing
+        raise DeviceError(f"the run stopped at sample {run.stopped_at} with {run.missing} of {run.requested} "
+                          f"samples missing: {run.stopped_because}"
                           + (f" (and {differing} answered samples differ from the emulator)" if differing else ""),
                           hint="the accuracy in the report covers only the answered samples; fix the link or the "
                                "device and run again")
     if result.verdict == DeviceVerdict.MISMATCH:
         from edgeq.errors import TargetCheckError
 
-        agree = report["agreement"]
-        first = ", ".join(str(d["sample"]) for d in agree["first_differing"][:5])
-        raise TargetCheckError(f"the device differs from the emulator on {agree['differing']} of {agree['compared']} "
+        agree = report.agreement
+        first = ", ".join(str(d.sample) for d in agree.first_differing[:5])
+        raise TargetCheckError(f"the device differs from the emulator on {agree.differing} of {agree.compared} "
                                f"samples (first: {first})",
                                hint="see report.md; optimized kernels (CMSIS-NN) are meant to be bit-exact with "
                                     "TFLM's reference kernels, so a difference points at the build or the port")

@@ -9,7 +9,7 @@ import click
 
 from edgeq.cli import main, _step
 from edgeq.device.protocol import DEFAULT_MAX_PAYLOAD, LENGTH_LIMIT, MIN_PAYLOAD
-from edgeq.report import kib
+from edgeq.text import kib
 
 
 @main.command("export-c")
@@ -81,7 +81,7 @@ def firmware(model: Path, target: str, outdir: Path | None, name: str | None, ar
     built = build_firmware(model, profile, outdir=outdir, name=name, arena_margin=arena_margin,
                            max_payload=max_payload, overwrite=overwrite, on_step=_step)
     arena, out = built.model.arena.smallest, built.outdir
-    click.echo(f"\nharness firmware for {model.name} ({built.manifest['model_sha256'][:16]}…), target {profile.name}")
+    click.echo(f"\nharness firmware for {model.name} ({built.manifest.model_sha256[:16]}…), target {profile.name}")
     click.echo(f"  arena     {arena:,} B measured in TFLM + {built.margin:,} B margin = "
                f"k_{built.ident}_tensor_arena_size {arena + built.margin:,} B")
     _firmware_sizes(built.size, len(built.model.data), profile)

@@ -112,22 +112,22 @@ def convert(model: Path, target: str, mode: str | None, calibration: str | None,
         click.echo(f"\n{model} does not fit {exc.result.target.name}:", err=True)
         _summary(exc.result.report, err=True)
         raise
-    method = "QAT" if result.report.get("method") == "qat" else ("PTQ" if result.recipe.mode != "float32" else "")
+    method = "QAT" if result.report.method == "qat" else ("PTQ" if result.recipe.mode != "float32" else "")
     click.echo(f"\nconverted {model} for {result.target.name} ({' '.join(filter(None, (result.recipe.mode, method)))}, "
                f"{result.target.runtime})")
     _summary(result.report)
     _comparison(result.report)
     click.echo(f"wrote to {result.outdir}/")
-    harness = result.report.get("harness")
-    own = set(harness["files"]) - {f"{result.name}_model_data.cc", f"{result.name}_model_data.h",
-                                   f"{result.name}_op_resolver.h"} if harness else set()
+    harness = result.report.harness
+    own = set(harness.files) - {f"{result.name}_model_data.cc", f"{result.name}_model_data.h",
+                                f"{result.name}_op_resolver.h"} if harness else set()
     for path in result.files:
         if path.relative_to(result.outdir).as_posix() not in own:
             click.echo(f"  {path.name:<32} {path.stat().st_size:>10,} B")
     if harness:
-        size = harness.get("cortex_m_size") or {}
-        flash = (f"; Cortex-M4F: model {size['model']['bytes']:,} B + harness {size['harness']['flash']:,} B flash, "
-                 f"harness RAM {size['harness']['ram']:,} B") if "model" in size else ""
+        size = harness.cortex_m_size
+        flash = (f"; Cortex-M4F: model {size.model.bytes:,} B + harness {size.harness.flash:,} B flash, "
+                 f"harness RAM {size.harness.ram:,} B") if size is not None and hasattr(size, "model") else ""
         click.echo(f"  + the device-check harness firmware: {len(own)} files, start with README.md{flash}")
 
 
@@ -174,25 +174,25 @@ def emulate(model: Path, target: str, data: str | None, reference: Path | None, 
     _show_emulation(result, as_json)
 
 
-def _comparison(report: dict[str, Any]) -> None:
-    rows = report.get("comparison")
+def _comparison(report: Any) -> None:
+    rows = report.comparison
     if not rows:
         return
     click.echo("\n  PTQ vs QAT on the same data (the outputs are QAT's):")
     click.echo(f"    {'':<5} {'top-1':>8} {'drop':>7} {'SNR dB*':>7} {'.tflite':>9} {'RAM':>9} {'est. ms':>8}  gate")
     for method, r in rows.items():
-        top1 = "-" if r["quantized_top1"] is None else f"{100 * r['quantized_top1']:.2f}%"
-        drop = "-" if r["drop_points"] is None else f"{r['drop_points']:+.2f}"
-        snr = "-" if r["snr_db"] is None else f"{r['snr_db']:.1f}"
-        ram = "-" if r["ram_bytes"] is None else f"{r['ram_bytes']:,}"
-        click.echo(f"    {method.upper():<5} {top1:>8} {drop:>7} {snr:>7} {r['tflite_bytes']:>9,} {ram:>9} "
-                   f"{r['latency_ms']:>8.3g}  {'pass' if r['gate_passed'] else 'FAIL'}")
+        top1 = "-" if r.quantized_top1 is None else f"{100 * r.quantized_top1:.2f}%"
+        drop = "-" if r.drop_points is None else f"{r.drop_points:+.2f}"
+        snr = "-" if r.snr_db is None else f"{r.snr_db:.1f}"
+        ram = "-" if r.ram_bytes is None else f"{r.ram_bytes:,}"
+        click.echo(f"    {method.upper():<5} {top1:>8} {drop:>7} {snr:>7} {r.tflite_bytes:>9,} {ram:>9} "
+                   f"{r.latency_ms:>8.3g}  {'pass' if r.gate_passed else 'FAIL'}")
     click.echo("    * against the original float model; QAT's fine-tuning moves its weights away from it")
 
 
 def _show_emulation(result: Any, as_json: bool, err: bool = False) -> None:
     if as_json:
-        click.echo(json.dumps(result.report, indent=2, sort_keys=True))
+        click.echo(json.dumps(result.report.to_dict(), indent=2, sort_keys=True))
         return
     click.echo(f"\n{result.info.source} on {result.target.name} ({result.emulation.mode}, {result.target.runtime})",
                err=err)

@@ -10,20 +10,22 @@ number of samples it covers: a run that stops early says where, why, and how man
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from edgeq.device.link import DeviceError, DeviceLink
+from edgeq.device.link import DeviceError, DeviceLink, LinkPart
 from edgeq.device.protocol import DType, HelloReply, TimeUnit, WireTensor
 from edgeq.device.tensors import describe, nbytes, pack, unpack, wire_tensors
 from edgeq.errors import EdgeqError
-from edgeq.report import SCHEMA_VERSION, library_versions, render_json
 from edgeq.progress import Advance, Progress, Step
+from edgeq.records import Record
+from edgeq.report_types import SCHEMA_VERSION, Versions
 from edgeq.vocab import DeviceVerdict
 
 REPORT_FILES = ("report.json", "report.md")
@@ -37,9 +39,136 @@ class WrongFirmwareError(EdgeqError):
     """The device runs another model, or one with other inputs/outputs (exit 2: the input is wrong)."""
 
 
+@dataclass(frozen=True)
+class CheckedModel(Record):
+    """The .tflite the device was checked against."""
+
+    file: str
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class CheckedData(Record):
+    """The samples sent: the data set's name and SHA-256, how many were requested, labels or not."""
+
+    name: str
+    sha256: str
+    samples: int
+    labels: bool
+
+
+@dataclass(frozen=True)
+class DeviceTensor(Record):
+    """A tensor as the device described it in HELLO (bytes: null for a dtype the host cannot size)."""
+
+    dtype: str
+    shape: list[int]
+    scale: float
+    zero_point: int
+    bytes: int | None
+
+
+@dataclass(frozen=True)
+class DevicePart(Record):
+    """The device as it answered HELLO: where it is, its protocol and frame size, the model it runs,
+    its arena (size, and bytes used if it says), its tensors."""
+
+    port: str
+    baud: int
+    protocol_version: int
+    max_payload: int
+    model_sha256: str
+    arena_size: int
+    arena_used: int
+    inputs: list[DeviceTensor]
+    outputs: list[DeviceTensor]
+
+
+@dataclass(frozen=True)
+class RunPart(Record):
+    """How the run went: samples requested, answered and missing; where and why it stopped; the
+    samples before which the device reset; samples resent; wall-clock seconds; the link's counts."""
+
+    requested: int
+    completed: int
+    missing: int
+    stopped_at: int | None
+    stopped_because: str | None
+    resets_before_samples: list[int]
+    resent_samples: list[int]
+    seconds: float
+    link: LinkPart
+
+
+@dataclass(frozen=True)
+class Difference(Record):
+    """One sample whose output bytes differ from the emulator's: the first differing output, how many
+    elements differ and by how much at most (in LSB for integer outputs)."""
+
+    sample: int
+    output: int
+    elements: int
+    max_difference: float
+
+
+@dataclass(frozen=True)
+class Agreement(Record):
+    """Answered samples compared byte for byte with the emulator (TFLM on this host)."""
+
+    compared: int
+    bit_exact: int
+    differing: int
+    first_differing: list[Difference]
+    reference: str
+
+
+@dataclass(frozen=True)
+class DeviceAccuracy(Record):
+    """Top-1 in percent (not fractions) of the device and of the emulator on the answered samples,
+    and of the emulator on all requested ones; the note says what a partial run covers."""
+
+    samples: int
+    device_top1: float | None
+    emulator_top1: float | None
+    emulator_top1_all_requested: float | None
+    note: str | None
+
+
+@dataclass(frozen=True)
+class DeviceLatency(Record):
+    """The device's own timing of each answered inference (`unit`: us, or cycles)."""
+
+    unit: str
+    samples: int
+    median: float
+    p90: float
+    max: float
+    min: float
+    mean: float
+
+
+@dataclass(frozen=True)
+class DeviceReport(Record):
+    """report.json of `edgeq device-check`: the model and data, the device, how the run went, the
+    byte-for-byte agreement with the emulator, accuracy and the device's latency."""
+
+    schema_version: Literal[1]  # SCHEMA_VERSION
+    command: Literal["device-check"]
+    versions: Versions
+    verdict: DeviceVerdict
+    model: CheckedModel
+    data: CheckedData
+    device: DevicePart
+    run: RunPart
+    agreement: Agreement
+    accuracy: DeviceAccuracy
+    latency: DeviceLatency | None
+
+
 @dataclass
 class DeviceCheckResult:
-    report: dict[str, Any]
+    report: DeviceReport
     verdict: DeviceVerdict
     written: list[Path]
 
@@ -121,7 +250,7 @@ def device_check(port: str, model_path: Path, data: str, *, baud: int = DEFAULT_
                      emulated.outputs, wire_out, n)
     files = {"report.json": render_json(report), "report.md": render_markdown(report).encode()}
     written = write_files_atomically(Path(output_dir), files, overwrite=overwrite)
-    return DeviceCheckResult(report, report["verdict"], written)
+    return DeviceCheckResult(report, report.verdict, written)
 
 
 def _verify(hello: HelloReply, sha: bytes, wire_in: tuple[WireTensor, ...], wire_out: tuple[WireTensor, ...],
@@ -152,7 +281,7 @@ class _Run:
     stopped: str | None
     stopped_at: int | None
     seconds: float
-    link: dict[str, Any]
+    link: LinkPart
 
 
 def _stream(link: DeviceLink, payloads: list[bytes], wire_out: tuple[WireTensor, ...], sha: bytes,
@@ -192,7 +321,7 @@ def _stream(link: DeviceLink, payloads: list[bytes], wire_out: tuple[WireTensor,
         if advance:
             advance(i + 1)
     return _Run(outputs, times, unit, attempts, resets, stopped, stopped_at, time.monotonic() - start,
-                link.stats.to_dict())
+                link.stats.part())
 
 
 # -- the report ---------------------------------------------------------------------------------
@@ -210,7 +339,7 @@ def _percent_value(x: float | None) -> float | None:
 
 def _report(model_path: Path, model: bytes, data_name: str, data_sha: str, port: str, baud: int, hello: HelloReply,
             run: _Run, expected: list[np.ndarray], labels: np.ndarray | None, emulated: list[np.ndarray],
-            wire_out: tuple[WireTensor, ...], n: int) -> dict[str, Any]:
+            wire_out: tuple[WireTensor, ...], n: int) -> DeviceReport:
     from edgeq.emulator.runtimes import dequantize
 
     done = sorted(run.outputs)
@@ -223,8 +352,7 @@ def _report(model_path: Path, model: bytes, data_name: str, data_sha: str, port:
                 diff = np.abs(got.astype(wide) - want_i.astype(wide))
                 unequal = got.view(f"u{got.dtype.itemsize}") != want_i.view(f"u{got.dtype.itemsize}")
                 finite = np.nan_to_num(diff, nan=0.0, posinf=0.0)
-                differing.append({"sample": i, "output": k, "elements": int(np.count_nonzero(unequal)),
-                                  "max_difference": finite.max().item()})
+                differing.append(Difference(i, k, int(np.count_nonzero(unequal)), finite.max().item()))
                 break
     device_scores = None
     if done:
@@ -235,103 +363,94 @@ def _report(model_path: Path, model: bytes, data_name: str, data_sha: str, port:
     emulator_done = emulated[0][done] if done else None
     times = np.array([run.times[i] for i in done], dtype=np.float64)
     unit = "us" if run.unit == TimeUnit.MICROSECONDS else "cycles"
-    latency = None if not done else {
-        "unit": unit, "samples": len(done), "median": float(np.median(times)),
-        "p90": float(np.percentile(times, 90)), "max": float(times.max()), "min": float(times.min()),
-        "mean": round(float(times.mean()), 3)}
+    latency = None if not done else DeviceLatency(
+        unit, len(done), median=float(np.median(times)), p90=float(np.percentile(times, 90)), max=float(times.max()),
+        min=float(times.min()), mean=round(float(times.mean()), 3))
     missing = n - len(done)
     verdict = DeviceVerdict.INCOMPLETE if missing else (DeviceVerdict.MISMATCH if differing else DeviceVerdict.PASS)
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "command": "device-check",
-        "versions": library_versions(),
-        "verdict": verdict,
-        "model": {"file": model_path.name, "bytes": len(model), "sha256": hashlib.sha256(model).hexdigest()},
-        "data": {"name": data_name, "sha256": data_sha, "samples": n, "labels": labels is not None},
-        "device": {
-            "port": port, "baud": baud, "protocol_version": hello.protocol_version, "max_payload": hello.max_payload,
-            "model_sha256": hello.model_sha256.hex(), "arena_size": hello.arena_size, "arena_used": hello.arena_used,
-            "inputs": [_tensor(t) for t in hello.inputs], "outputs": [_tensor(t) for t in hello.outputs]},
-        "run": {"requested": n, "completed": len(done), "missing": missing, "stopped_at": run.stopped_at,
-                "stopped_because": run.stopped, "resets_before_samples": run.resets,
-                "resent_samples": sorted(i for i, a in run.attempts.items() if a > 1),
-                "seconds": round(run.seconds, 3), "link": run.link},
-        "agreement": {"compared": len(done), "bit_exact": len(done) - len(differing), "differing": len(differing),
-                      "first_differing": differing[:FIRST_DIFFERENCES],
-                      "reference": "TFLite Micro interpreter on this host (edgeq's emulator)"},
-        "accuracy": {"samples": len(done),
-                     "device_top1": (_percent_value(_top1(device_scores, done_labels))
-                                     if device_scores is not None else None),
-                     "emulator_top1": (_percent_value(_top1(emulator_done, done_labels))
-                                       if emulator_done is not None else None),
-                     "emulator_top1_all_requested": _percent_value(_top1(emulated[0][:n], labels)),
-                     "note": None if not missing else f"{missing} of {n} samples missing: accuracy covers the "
-                                                      f"{len(done)} the device answered"},
-        "latency": latency,
-    }
+    device_top1 = _percent_value(_top1(device_scores, done_labels)) if device_scores is not None else None
+    emulator_top1 = _percent_value(_top1(emulator_done, done_labels)) if emulator_done is not None else None
+    return DeviceReport(
+        schema_version=SCHEMA_VERSION, command="device-check", versions=Versions.here(), verdict=verdict,
+        model=CheckedModel(model_path.name, len(model), hashlib.sha256(model).hexdigest()),
+        data=CheckedData(data_name, data_sha, n, labels is not None),
+        device=DevicePart(port, baud, hello.protocol_version, hello.max_payload, hello.model_sha256.hex(),
+                          hello.arena_size, hello.arena_used, [_tensor(t) for t in hello.inputs],
+                          [_tensor(t) for t in hello.outputs]),
+        run=RunPart(n, len(done), missing, run.stopped_at, run.stopped, run.resets,
+                    sorted(i for i, a in run.attempts.items() if a > 1), round(run.seconds, 3), run.link),
+        agreement=Agreement(len(done), len(done) - len(differing), len(differing), differing[:FIRST_DIFFERENCES],
+                            "TFLite Micro interpreter on this host (edgeq's emulator)"),
+        accuracy=DeviceAccuracy(len(done), device_top1, emulator_top1,
+                                _percent_value(_top1(emulated[0][:n], labels)),
+                                None if not missing else f"{missing} of {n} samples missing: accuracy covers the "
+                                                         f"{len(done)} the device answered"),
+        latency=latency)
 
 
-def _tensor(t: WireTensor) -> dict[str, Any]:
-    name = DType(t.dtype).name.lower() if t.dtype in DType._value2member_map_ else str(t.dtype)
-    return {"dtype": name, "shape": list(t.shape), "scale": t.scale, "zero_point": t.zero_point,
-            "bytes": nbytes(t) if t.dtype in DType._value2member_map_ else None}
+def _tensor(t: WireTensor) -> DeviceTensor:
+    known = t.dtype in DType._value2member_map_
+    return DeviceTensor(DType(t.dtype).name.lower() if known else str(t.dtype), list(t.shape), t.scale, t.zero_point,
+                        nbytes(t) if known else None)
 
 
 def _fmt_pct(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2f}%"
 
 
-def render_markdown(report: dict[str, Any]) -> str:
-    run, agree, acc, lat, dev = report["run"], report["agreement"], report["accuracy"], report["latency"], \
-        report["device"]
+def render_json(report: DeviceReport) -> bytes:
+    return (json.dumps(report.to_dict(), indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
+
+
+def render_markdown(report: DeviceReport) -> str:
+    run, agree, acc, lat, dev, model = (report.run, report.agreement, report.accuracy, report.latency, report.device,
+                                        report.model)
     verdict = {"pass": "PASS: every sample bit-exact with the emulator",
-               "mismatch": f"MISMATCH: {agree['differing']} of {agree['compared']} samples differ from the emulator",
-               "incomplete": f"INCOMPLETE: {run['missing']} of {run['requested']} samples missing"}[report["verdict"]]
-    lines = [f"# Device check: {report['model']['file']}", "", f"**{verdict}**", "",
-             f"- model: `{report['model']['file']}`, {report['model']['bytes']:,} bytes, "
-             f"sha256 `{report['model']['sha256'][:16]}…` (the device reported the same)",
-             f"- data: {report['data']['name']}, {run['requested']} samples",
-             f"- device: {dev['port']} at {dev['baud']} baud; arena {dev['arena_size']:,} B"
-             + (f", {dev['arena_used']:,} B used" if dev["arena_used"] else "")
-             + f"; frames up to {dev['max_payload']:,} B", "",
+               "mismatch": f"MISMATCH: {agree.differing} of {agree.compared} samples differ from the emulator",
+               "incomplete": f"INCOMPLETE: {run.missing} of {run.requested} samples missing"}[report.verdict]
+    lines = [f"# Device check: {model.file}", "", f"**{verdict}**", "",
+             f"- model: `{model.file}`, {model.bytes:,} bytes, "
+             f"sha256 `{model.sha256[:16]}…` (the device reported the same)",
+             f"- data: {report.data.name}, {run.requested} samples",
+             f"- device: {dev.port} at {dev.baud} baud; arena {dev.arena_size:,} B"
+             + (f", {dev.arena_used:,} B used" if dev.arena_used else "")
+             + f"; frames up to {dev.max_payload:,} B", "",
              "| | value |", "|---|---:|",
-             f"| samples answered | {run['completed']} of {run['requested']} |",
-             f"| bit-exact with the emulator (TFLM) | {agree['bit_exact']} of {agree['compared']} |",
-             f"| top-1 on the device | {_fmt_pct(acc['device_top1'])} |",
-             f"| top-1 in the emulator, same samples | {_fmt_pct(acc['emulator_top1'])} |"]
+             f"| samples answered | {run.completed} of {run.requested} |",
+             f"| bit-exact with the emulator (TFLM) | {agree.bit_exact} of {agree.compared} |",
+             f"| top-1 on the device | {_fmt_pct(acc.device_top1)} |",
+             f"| top-1 in the emulator, same samples | {_fmt_pct(acc.emulator_top1)} |"]
     if lat:
-        lines += [f"| latency median / p90 / max ({lat['unit']}) | {lat['median']:,.0f} / {lat['p90']:,.0f} / "
-                  f"{lat['max']:,.0f} |"]
-    lines += [f"| requests resent | {run['link']['resends']} |", f"| device resets | {len(run['resets_before_samples'])} |", ""]
-    if acc["note"]:
-        lines += [f"Note: {acc['note']}.", ""]
-    if run["stopped_because"]:
-        lines += [f"The run stopped at sample {run['stopped_at']}: {run['stopped_because']}", ""]
-    if agree["first_differing"]:
+        lines += [f"| latency median / p90 / max ({lat.unit}) | {lat.median:,.0f} / {lat.p90:,.0f} / {lat.max:,.0f} |"]
+    lines += [f"| requests resent | {run.link.resends} |", f"| device resets | {len(run.resets_before_samples)} |", ""]
+    if acc.note:
+        lines += [f"Note: {acc.note}.", ""]
+    if run.stopped_because:
+        lines += [f"The run stopped at sample {run.stopped_at}: {run.stopped_because}", ""]
+    if agree.first_differing:
         lines += ["## First differing samples", "", "| sample | output | elements differing | max difference (LSB) |",
                   "|---:|---:|---:|---:|"]
-        lines += [f"| {d['sample']} | {d['output']} | {d['elements']} | {d['max_difference']} |"
-                  for d in agree["first_differing"]]
+        lines += [f"| {d.sample} | {d.output} | {d.elements} | {d.max_difference} |" for d in agree.first_differing]
         lines += [""]
-    if run["link"]["events"]:
-        lines += ["## Link events", ""] + [f"- {e}" for e in run["link"]["events"]] + [""]
+    if run.link.events:
+        lines += ["## Link events", ""] + [f"- {e}" for e in run.link.events] + [""]
     return "\n".join(lines)
 
 
-def summary_lines(report: dict[str, Any]) -> list[str]:
+def summary_lines(report: DeviceReport) -> list[str]:
     """What the terminal shows after a run."""
-    run, agree, acc, lat = report["run"], report["agreement"], report["accuracy"], report["latency"]
-    out = [f"samples answered: {run['completed']} of {run['requested']}"
-           + (f" (stopped at sample {run['stopped_at']})" if run["missing"] else ""),
-           f"bit-exact with the emulator: {agree['bit_exact']} of {agree['compared']}",
-           f"top-1: device {_fmt_pct(acc['device_top1'])}, emulator {_fmt_pct(acc['emulator_top1'])}"
-           + (f" (on the {acc['samples']} answered samples; {run['missing']} missing)" if run["missing"] else "")]
+    run, agree, acc, lat = report.run, report.agreement, report.accuracy, report.latency
+    out = [f"samples answered: {run.completed} of {run.requested}"
+           + (f" (stopped at sample {run.stopped_at})" if run.missing else ""),
+           f"bit-exact with the emulator: {agree.bit_exact} of {agree.compared}",
+           f"top-1: device {_fmt_pct(acc.device_top1)}, emulator {_fmt_pct(acc.emulator_top1)}"
+           + (f" (on the {acc.samples} answered samples; {run.missing} missing)" if run.missing else "")]
     if lat:
-        out.append(f"latency ({lat['unit']}): median {lat['median']:,.0f}, p90 {lat['p90']:,.0f}, max {lat['max']:,.0f}")
-    if run["link"]["resends"] or run["resets_before_samples"]:
-        out.append(f"link: {run['link']['resends']} resend(s), {run['link']['timeouts']} timeout(s), "
-                   f"{run['link']['bad_frames']} damaged repl(ies), {len(run['resets_before_samples'])} device reset(s)")
-    for d in agree["first_differing"][:3]:
-        out.append(f"differs: sample {d['sample']} output {d['output']}: {d['elements']} element(s), "
-                   f"up to {d['max_difference']} LSB")
+        out.append(f"latency ({lat.unit}): median {lat.median:,.0f}, p90 {lat.p90:,.0f}, max {lat.max:,.0f}")
+    if run.link.resends or run.resets_before_samples:
+        out.append(f"link: {run.link.resends} resend(s), {run.link.timeouts} timeout(s), "
+                   f"{run.link.bad_frames} damaged repl(ies), {len(run.resets_before_samples)} device reset(s)")
+    for d in agree.first_differing[:3]:
+        out.append(f"differs: sample {d.sample} output {d.output}: {d.elements} element(s), "
+                   f"up to {d.max_difference} LSB")
     return out

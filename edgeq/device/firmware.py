@@ -18,7 +18,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from string import Template
@@ -32,6 +32,7 @@ from edgeq.device.protocol import LENGTH_LIMIT as PAYLOAD_LIMIT
 from edgeq.device.tensors import WIRE_DTYPES, nbytes, wire_tensor
 from edgeq.errors import EdgeqError, TargetCheckError
 from edgeq.export.c_arrays import ArenaSize, c_identifier, tflm_sources
+from edgeq.records import Record, optional
 from edgeq.tflite.reader import ModelInfo, TensorInfo
 
 DEVICE_OVERHEAD = 64  # edgeq_device beyond its two buffers (parser fields, pointers, read chunk), rounded up
@@ -49,19 +50,30 @@ DEFAULT_CPU_FLAGS = ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fp
 
 
 @dataclass(frozen=True)
-class Firmware:
-    """A firmware source tree: relative path ("/" separated) -> contents, and what it holds."""
+class ManifestArena(Record):
+    """The tensor arena the firmware declares: measured smallest + margin = total, and its C symbol."""
 
-    files: dict[str, bytes]
-    manifest: dict[str, Any]
-
-    @property
-    def ident(self) -> str:
-        return str(self.manifest["model_id"])
+    total: int
+    measured: int
+    margin: int
+    symbol: str
 
 
 @dataclass(frozen=True)
-class ObjectSize:
+class ManifestTensor(Record):
+    """One model input or output as the device reports it in HELLO (dtype_code: the schema's TensorType)."""
+
+    name: str
+    dtype: str
+    dtype_code: int
+    shape: list[int]
+    scale: float
+    zero_point: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class ObjectSize(Record):
     """arm-none-eabi-size (Berkeley) of one object file: text (code + rodata), data, bss."""
 
     text: int
@@ -94,15 +106,91 @@ class CrossSize:
                  "library are not part of edgeq; the figures cover the model data and the edgeq C code only")
     max_payload: int = DEFAULT_MAX_PAYLOAD
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "compiler": self.compiler, "cpu_flags": list(self.cpu_flags),
-            "objects": {k: {"text": v.text, "data": v.data, "bss": v.bss} for k, v in self.objects.items()},
-            "model": {"symbol": self.model_symbol, "section": self.model_section, "bytes": self.model_size},
-            "harness": {"flash": self.harness_flash, "ram": self.harness_ram, "device_struct": self.device_struct},
-            "max_payload": self.max_payload, "note": self.note,
-        }
+    def part(self) -> CortexMSize:
+        return CortexMSize(self.compiler, list(self.cpu_flags), dict(self.objects),
+                           ModelSymbol(self.model_symbol, self.model_section, self.model_size),
+                           HarnessCode(self.harness_flash, self.harness_ram, self.device_struct), self.max_payload,
+                           self.note)
 
+    def to_dict(self) -> dict[str, Any]:
+        return self.part().to_dict()
+
+
+@dataclass(frozen=True)
+class ModelSymbol(Record):
+    """The model array in the cross-compiled object: its symbol, ELF section and size."""
+
+    symbol: str
+    section: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class HarnessCode(Record):
+    """The protocol, device loop and bare-metal port together: flash (text + data) and RAM (data + bss
+    + the edgeq_device struct)."""
+
+    flash: int
+    ram: int
+    device_struct: int
+
+
+@dataclass(frozen=True)
+class CortexMSize(Record):
+    """arm-none-eabi-gcc's sizes of the firmware parts that need no TFLM, per object and together."""
+
+    compiler: str
+    cpu_flags: list[str]
+    objects: dict[str, ObjectSize]
+    model: ModelSymbol
+    harness: HarnessCode
+    max_payload: int
+    note: str
+
+
+@dataclass(frozen=True)
+class NoCrossCompiler(Record):
+    """Why there are no Cortex-M sizes (the arm-none-eabi toolchain is missing)."""
+
+    note: str
+
+
+@dataclass(frozen=True)
+class HarnessManifest(Record):
+    """The device-check harness firmware (edgeq_firmware.json): the model it serves, its arena, the
+    tensors HELLO will report, the frame size, the files; the Cortex-M sizes when they were taken."""
+
+    edgeq_version: str
+    protocol_version: int
+    model_id: str
+    target: str
+    model_sha256: str
+    model_bytes: int
+    arena: ManifestArena
+    inputs: list[ManifestTensor]
+    outputs: list[ManifestTensor]
+    input_bytes: int
+    output_bytes: int
+    max_payload: int
+    device_buffers_bytes: int
+    model_symbol: str
+    files: list[str]
+    cortex_m_size: CortexMSize | NoCrossCompiler | None = optional()
+
+    def render(self) -> bytes:
+        return (json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n").encode()
+
+
+@dataclass(frozen=True)
+class Firmware:
+    """A firmware source tree: relative path ("/" separated) -> contents, and what it holds."""
+
+    files: dict[str, bytes]
+    manifest: HarnessManifest
+
+    @property
+    def ident(self) -> str:
+        return self.manifest.model_id
 
 # --- the tree -----------------------------------------------------------------------------------
 
@@ -128,10 +216,9 @@ def _c_float(x: float) -> str:
     return f"{float(np.float32(x)):.9e}f"  # 9 significant digits: the float32 round-trips exactly
 
 
-def _tensor_json(t: TensorInfo, size: int) -> dict[str, Any]:
+def _tensor_json(t: TensorInfo, size: int) -> ManifestTensor:
     wire = wire_tensor(t)  # what the device reports in HELLO: the host checks it against the same function
-    return {"name": t.name, "dtype": t.dtype, "dtype_code": wire.dtype, "shape": list(wire.shape),
-            "scale": wire.scale, "zero_point": wire.zero_point, "bytes": size}
+    return ManifestTensor(t.name, t.dtype, wire.dtype, list(wire.shape), wire.scale, wire.zero_point, size)
 
 
 def _c_tensor(t: TensorInfo) -> str:
@@ -140,9 +227,9 @@ def _c_tensor(t: TensorInfo) -> str:
     return f"{{{wire.dtype}, {len(wire.shape)}, {{{dims}}}, {_c_float(wire.scale)}, {wire.zero_point}}}"
 
 
-def _shape_text(tensors: list[dict[str, Any]]) -> str:
-    return ", ".join(f"{t['dtype']} {t['shape']}" + (f" (scale {t['scale']:.6g}, zero point {t['zero_point']})"
-                                                    if t["scale"] else "") for t in tensors)
+def _shape_text(tensors: list[ManifestTensor]) -> str:
+    return ", ".join(f"{t.dtype} {t.shape}" + (f" (scale {t.scale:.6g}, zero point {t.zero_point})" if t.scale else "")
+                     for t in tensors)
 
 
 def build_firmware(model: bytes, info: ModelInfo, *, name: str, arena: ArenaSize, target_name: str,
@@ -207,17 +294,14 @@ def build_firmware(model: bytes, info: ModelInfo, *, name: str, arena: ArenaSize
                                                       output_bytes).encode()
     files["edgeq_harness.cc"] = _template("edgeq_harness.cc.tmpl").substitute(subs).encode()
     files["README.md"] = _template("README.md.tmpl").substitute(subs).encode()
-    manifest: dict[str, Any] = {
-        "edgeq_version": __version__, "protocol_version": 1, "model_id": ident, "target": target_name,
-        "model_sha256": digest, "model_bytes": len(model),
-        "arena": {"total": arena.total, "measured": arena.measured, "margin": arena.margin,
-                  "symbol": f"k_{ident}_tensor_arena_size"},
-        "inputs": inputs, "outputs": outputs, "input_bytes": input_bytes, "output_bytes": output_bytes,
-        "max_payload": max_payload, "device_buffers_bytes": device_ram,
-        "model_symbol": f"g_{ident}_model_data",
-    }
-    manifest["files"] = sorted([*files, "edgeq_firmware.json"])
-    files["edgeq_firmware.json"] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    manifest = HarnessManifest(
+        edgeq_version=__version__, protocol_version=1, model_id=ident, target=target_name, model_sha256=digest,
+        model_bytes=len(model), arena=ManifestArena(arena.total, arena.measured, arena.margin,
+                                                    f"k_{ident}_tensor_arena_size"),
+        inputs=inputs, outputs=outputs, input_bytes=input_bytes, output_bytes=output_bytes, max_payload=max_payload,
+        device_buffers_bytes=device_ram, model_symbol=f"g_{ident}_model_data",
+        files=sorted([*files, "edgeq_firmware.json"]))
+    files["edgeq_firmware.json"] = manifest.render()
     return Firmware(dict(sorted(files.items())), manifest)
 
 
@@ -386,9 +470,6 @@ def firmware_with_sizes(model: bytes, info: ModelInfo, *, name: str, arena: Aren
     firmware = build_firmware(model, info, name=name, arena=arena, target_name=target_name, max_payload=max_payload,
                               alignment=alignment)
     size = cross_compile(firmware.files)
-    manifest = dict(firmware.manifest)
-    manifest["cortex_m_size"] = size.to_dict() if size else {
-        "note": "arm-none-eabi-gcc not found: install gcc-arm-none-eabi for flash and RAM figures"}
-    files = dict(firmware.files)
-    files["edgeq_firmware.json"] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
-    return Firmware(files, manifest), size
+    manifest = replace(firmware.manifest, cortex_m_size=size.part() if size else NoCrossCompiler(
+        "arm-none-eabi-gcc not found: install gcc-arm-none-eabi for flash and RAM figures"))
+    return Firmware(firmware.files | {"edgeq_firmware.json": manifest.render()}, manifest), size

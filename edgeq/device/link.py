@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from edgeq.device.protocol import (
     INTER_BYTE_TIMEOUT,
@@ -30,6 +30,7 @@ from edgeq.device.protocol import (
     encode_frame,
 )
 from edgeq.errors import EXIT_DEVICE, EdgeqError
+from edgeq.records import Record
 
 HELLO_TIMEOUT = 1.0
 HELLO_ATTEMPTS = 5  # a board may still be booting (an Arduino resets when the port opens)
@@ -68,9 +69,24 @@ class LinkStats:
     stale_replies: int = 0    # late replies to an earlier attempt, recognised by seq and dropped
     events: list[str] = field(default_factory=list)  # one line per problem, for the report
 
-    def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("requests", "resends", "timeouts", "bad_frames", "device_errors",
-                                               "stale_replies")} | {"events": self.events[:50]}
+    def part(self) -> LinkPart:
+        """What the report keeps: the counts, and the first 50 events."""
+        return LinkPart(self.requests, self.resends, self.timeouts, self.bad_frames, self.device_errors,
+                        self.stale_replies, self.events[:50])
+
+
+@dataclass(frozen=True)
+class LinkPart(Record):
+    """How the serial link went: INFER requests sent, resent, timed out; replies damaged (bad CRC or
+    length on the host), requests the device got damaged, late replies dropped; the first 50 events."""
+
+    requests: int
+    resends: int
+    timeouts: int
+    bad_frames: int
+    device_errors: int
+    stale_replies: int
+    events: list[str]
 
 
 @dataclass(frozen=True)

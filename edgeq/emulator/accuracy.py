@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from edgeq.emulator.runtimes import RunResult, run_litert, run_tflm
-from edgeq.report import confirmation_summary
 from edgeq.progress import Advance
+from edgeq.records import Record, optional
 from edgeq.vocab import Runtime
 
 SNR_CAP_DB = 200.0
@@ -45,8 +45,20 @@ class OutputError:
     snr_db: float   # 10*log10(sum(ref^2) / sum((ref-q)^2)), clipped to +-SNR_CAP_DB
     cosine: float   # of the flattened arrays; 1.0 when both are all zero
 
-    def to_dict(self) -> dict[str, float]:
-        return {k: round(v, 6) for k, v in asdict(self).items()}
+    def part(self) -> OutputErrorPart:
+        """As report.json has it: rounded to 6 decimals."""
+        return OutputErrorPart(**{k: round(v, 6) for k, v in asdict(self).items()})
+
+
+@dataclass(frozen=True)
+class OutputErrorPart(Record):
+    """One output's error against the float model: mean and max absolute error, SNR (dB, capped at
+    +-200), cosine similarity."""
+
+    mean_abs: float
+    max_abs: float
+    snr_db: float
+    cosine: float
 
 
 def output_error(reference: np.ndarray, quantized: np.ndarray) -> OutputError:
@@ -91,13 +103,68 @@ class AccuracyMetrics:
     drop_points: float | None      # (float_top1 - quantized_top1) * 100, percentage points
     errors: tuple[OutputError, ...] | None   # per output; None without float reference
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe: floats rounded to 6 decimals, None kept as null."""
-        rounded = {k: None if v is None else round(v, 6)
-                   for k, v in (("float_top1", self.float_top1), ("quantized_top1", self.quantized_top1),
-                                ("top1_agreement", self.top1_agreement), ("drop_points", self.drop_points))}
-        errors = None if self.errors is None else [e.to_dict() for e in self.errors]
-        return {"samples": self.samples, **rounded, "errors": errors}
+    def part(self, evaluation: Evaluation | None) -> AccuracyPart:
+        """report.json's accuracy: floats rounded to 6 decimals, with how `evaluation` ran."""
+        def rounded(v: float | None) -> float | None:
+            return None if v is None else round(v, 6)
+
+        ev = evaluation
+        return AccuracyPart(
+            samples=self.samples, float_top1=rounded(self.float_top1), quantized_top1=rounded(self.quantized_top1),
+            top1_agreement=rounded(self.top1_agreement), drop_points=rounded(self.drop_points),
+            errors=None if self.errors is None else [e.part() for e in self.errors],
+            runtime_used=ev.runtime_used if ev else None,
+            # LiteRT's kernel choice (runtimes.KERNELS): "builtin" when checked against TFLM,
+            # "default" (XNNPACK applied) for LiteRT targets; None for TFLM.
+            kernels=(ev.result.kernels or None) if ev else None, batched=ev.result.batched if ev else None,
+            confirmation=ev.confirmation if ev else None, note=ev.result.note if ev else "")
+
+
+@dataclass(frozen=True)
+class Confirmation(Record):
+    """How LiteRT compared with TFLM on the first `samples` samples (TFLM targets): whether
+    identical, on how many samples they differed, by how many output LSB at most (null where an
+    output is float) and by how much after dequantizing; `error` when LiteRT could not run it."""
+
+    runtime: Runtime
+    samples: int
+    identical: bool
+    max_abs_difference: float | None = None
+    differing_samples: int | None = None
+    max_lsb_difference: int | None = None
+    error: str | None = optional()
+
+    def summary(self) -> str:
+        """One phrase for how LiteRT compared with TFLM on the confirmation subset."""
+        k = self.samples
+        if self.error:
+            return self.error
+        if self.identical:
+            return f"LiteRT was bit-exact with TFLM on the first {k} samples"
+        lsb = self.max_lsb_difference
+        how = f"by up to {lsb} LSB" if lsb is not None else f"by up to {self.max_abs_difference or 0:g}"
+        on = (f"{self.differing_samples} of the first {k} samples" if self.differing_samples is not None
+              else f"the first {k} samples")
+        return f"LiteRT's kernels on this CPU differed from TFLM {how} on {on}"
+
+
+@dataclass(frozen=True)
+class AccuracyPart(Record):
+    """Accuracy on the evaluation data: top-1 (fractions in [0, 1]) of the float and the
+    quantized model, their agreement, the drop in percentage points, per-output error; and how the
+    quantized model ran (runtime, LiteRT kernels, batched, the LiteRT-vs-TFLM confirmation)."""
+
+    samples: int
+    float_top1: float | None
+    quantized_top1: float | None
+    top1_agreement: float | None
+    drop_points: float | None
+    errors: list[OutputErrorPart] | None
+    runtime_used: Runtime | None
+    kernels: str | None
+    batched: bool | None
+    confirmation: Confirmation | None
+    note: str
 
 
 def _is_class_scores(output: np.ndarray) -> bool:
@@ -150,7 +217,7 @@ def _max_difference(a: list[np.ndarray], b: list[np.ndarray]) -> float:
 class Evaluation:
     result: RunResult             # the outputs used for accuracy (full set)
     runtime_used: str             # "litert" or "tflm"
-    confirmation: dict[str, Any] | None   # TFLM targets: how LiteRT compared with TFLM (see _confirm)
+    confirmation: Confirmation | None   # TFLM targets: how LiteRT compared with TFLM (see _confirm)
 
 
 def evaluate(model: bytes, inputs: Sequence[np.ndarray], *, runtime: str, confirm_samples: int = 100,
@@ -183,31 +250,23 @@ def evaluate(model: bytes, inputs: Sequence[np.ndarray], *, runtime: str, confir
     outputs = [np.concatenate([a, b]) for a, b in zip(head.outputs, rest.outputs)]
     raw = [np.concatenate([a, b]) for a, b in zip(head.raw_outputs or [], rest.raw_outputs or [])]
     full = RunResult(Runtime.TFLM, outputs, n, head.seconds + rest.seconds, batched=False,
-                     note=f"{confirmation_summary(confirmation)}; every sample ran in TFLM", raw_outputs=raw)
+                     note=f"{confirmation.summary()}; every sample ran in TFLM", raw_outputs=raw)
     return Evaluation(full, Runtime.TFLM, confirmation)
 
 
 def _confirm(model: bytes, inputs: Sequence[np.ndarray], head: RunResult,
-             k: int) -> tuple[RunResult | None, dict[str, Any]]:
-    """LiteRT's run over all samples if its first k outputs equal TFLM's (else None), and the record.
-
-    The record: `identical`; `differing_samples` (of the k); `max_lsb_difference`, the largest
-    difference of the raw integer outputs (None where an output is float); `max_abs_difference`,
-    the same after dequantizing; `error` when LiteRT could not run the model at all.
-    """
-    record: dict[str, Any] = {"runtime": Runtime.TFLM, "samples": k, "identical": False, "max_abs_difference": None,
-                              "differing_samples": None, "max_lsb_difference": None}
+             k: int) -> tuple[RunResult | None, Confirmation]:
+    """LiteRT's run over all samples if its first k outputs equal TFLM's (else None), and the record."""
     try:
         lite = run_litert(model, inputs, kernels=TFLM_CONFIRM_KERNELS)
     except (RuntimeError, ValueError) as exc:  # LiteRT refused a model TFLM runs: TFLM it is
-        record["error"] = f"LiteRT could not run the model: {str(exc).splitlines()[0][:200]}"
-        return None, record
+        return None, Confirmation(Runtime.TFLM, k, identical=False,
+                                  error=f"LiteRT could not run the model: {str(exc).splitlines()[0][:200]}")
     differing, lsb = raw_disagreement([o[:k] for o in lite.raw_outputs or []], head.raw_outputs or [])
-    record["identical"] = differing == 0
-    record["differing_samples"] = differing
-    record["max_lsb_difference"] = lsb
-    record["max_abs_difference"] = round(_max_difference([o[:k] for o in lite.outputs], head.outputs), 9)
-    return (lite if record["identical"] else None), record
+    record = Confirmation(Runtime.TFLM, k, identical=differing == 0, differing_samples=differing,
+                          max_lsb_difference=lsb,
+                          max_abs_difference=round(_max_difference([o[:k] for o in lite.outputs], head.outputs), 9))
+    return (lite if record.identical else None), record
 
 
 def raw_disagreement(ours: Sequence[np.ndarray], theirs: Sequence[np.ndarray]) -> tuple[int, int | None]:
@@ -243,9 +302,20 @@ class LayerError:
     mean_abs_error: float
     max_abs_error: float
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"layer": self.layer, "op": self.op, "rmse_over_scale": _json_float(self.rmse_over_scale),
-                "mean_abs_error": _json_float(self.mean_abs_error), "max_abs_error": _json_float(self.max_abs_error)}
+    def part(self) -> LayerErrorPart:
+        return LayerErrorPart(self.layer, self.op, _json_float(self.rmse_over_scale),
+                              _json_float(self.mean_abs_error), _json_float(self.max_abs_error))
+
+
+@dataclass(frozen=True)
+class LayerErrorPart(Record):
+    """One quantized layer's output error from the QuantizationDebugger (null where not finite)."""
+
+    layer: str
+    op: str
+    rmse_over_scale: float | None
+    mean_abs_error: float | None
+    max_abs_error: float | None
 
 
 def _json_float(value: float) -> float | None:

@@ -11,13 +11,14 @@ an unsupported or malformed model must not take the caller down with it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from edgeq.calibration import Dataset
-from edgeq.emulator.accuracy import AccuracyMetrics, Evaluation, LayerError, compare, evaluate
-from edgeq.emulator.latency import HostLatency, LatencyEstimate, estimate_latency, measure_host_latency
+from edgeq.emulator.accuracy import AccuracyMetrics, AccuracyPart, Evaluation, LayerError, LayerErrorPart, compare, evaluate
+from edgeq.emulator.latency import (HostLatency, HostLatencyPart, LatencyEstimate, LatencyPart, estimate_latency,
+                                    measure_host_latency)
 from edgeq.emulator.memory import ActivationMemory, ArenaMeasurement, measure_tflm_arena, peak_activation_memory
 from edgeq.errors import EdgeqError, ModelLoadError, TargetCheckError
 from edgeq.iomap import from_graph_outputs, natural_output_names, to_graph_inputs
@@ -26,7 +27,81 @@ from edgeq.targets import TargetProfile
 from edgeq.tflite.facts import infer_mode
 from edgeq.tflite.reader import ModelInfo
 from edgeq.progress import Progress, Step, no_progress, no_step
+from edgeq.records import Record
 from edgeq.vocab import Runtime
+
+
+@dataclass(frozen=True)
+class FlashPart(Record):
+    """Flash: the model array, the runtime's code (from the target profile), their total, the budget."""
+
+    model_bytes: int
+    runtime_bytes: int
+    total_bytes: int
+    budget_bytes: int | None
+
+
+@dataclass(frozen=True)
+class RamPart(Record):
+    """RAM: what the model needs (`kind`: the TFLM arena, or LiteRT's peak activations; null when it
+    could not be measured, see `note`), the target's margin and reserve, the total, the budget, and
+    the arena size written into the C files (smallest + margin)."""
+
+    kind: str
+    needed_bytes: int | None
+    margin_bytes: int
+    reserved_bytes: int
+    total_bytes: int
+    budget_bytes: int | None
+    firmware_arena_bytes: int | None
+    tflm_arena: ArenaMeasurement | None
+    litert_activations: ActivationMemory | None
+    note: str
+
+
+@dataclass(frozen=True)
+class MemoryPart(Record):
+    """Flash and RAM of the model on the target."""
+
+    flash: FlashPart
+    ram: RamPart
+
+
+@dataclass(frozen=True)
+class DataPart(Record):
+    """A data set the model was evaluated on: its name, SHA-256, size and whether it has labels."""
+
+    name: str
+    sha256: str
+    samples: int
+    labels: bool
+
+    @classmethod
+    def of(cls, data: Dataset) -> DataPart:
+        return cls(data.name, data.sha256, data.num_samples, data.labels is not None)
+
+
+@dataclass(frozen=True)
+class PerLayerPart(Record):
+    """The layers where quantization loses most (worst first), and what was compared."""
+
+    worst: list[LayerErrorPart]
+    note: str
+
+
+@dataclass(frozen=True)
+class EmulationPart(Record):
+    """What the emulator measured: memory, latency (estimated, and on this host), and with data,
+    accuracy and the per-layer error."""
+
+    mode: str
+    runtime: Runtime
+    data: DataPart | None
+    accuracy: AccuracyPart | None
+    per_layer: PerLayerPart
+    memory: MemoryPart
+    latency: LatencyPart
+    host_latency: HostLatencyPart | None
 
 @dataclass(frozen=True)
 class MemoryReport:
@@ -56,53 +131,33 @@ class MemoryReport:
         """The kTensorArenaSize written into the C files: measured smallest + the target's margin."""
         return None if self.arena is None else self.arena.smallest + self.margin
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "flash": {"model_bytes": self.flash_model, "runtime_bytes": self.flash_runtime,
-                      "total_bytes": self.flash_total, "budget_bytes": self.flash_budget},
-            "ram": {"kind": self.ram_label, "needed_bytes": self.ram_needed, "margin_bytes": self.margin,
-                    "reserved_bytes": self.reserved, "total_bytes": self.ram_total, "budget_bytes": self.ram_budget,
-                    "firmware_arena_bytes": self.firmware_arena,
-                    "tflm_arena": None if self.arena is None else self.arena.to_dict(),
-                    "litert_activations": None if self.activations is None else self.activations.to_dict(),
-                    "note": self.note},
-        }
+    def part(self) -> MemoryPart:
+        return MemoryPart(
+            FlashPart(self.flash_model, self.flash_runtime, self.flash_total, self.flash_budget),
+            RamPart(self.ram_label, self.ram_needed, self.margin, self.reserved, self.ram_total, self.ram_budget,
+                    self.firmware_arena, self.arena, self.activations, self.note))
 
 
-@dataclass
+@dataclass(frozen=True)
 class Emulation:
     target: TargetProfile
     mode: str
     memory: MemoryReport
     latency: LatencyEstimate
     host: HostLatency | None = None
-    data: dict[str, Any] | None = None
+    data: DataPart | None = None      # the evaluation set's identity (not its arrays)
     evaluation: Evaluation | None = None
     accuracy: AccuracyMetrics | None = None
     per_layer: list[LayerError] = field(default_factory=list)
     per_layer_note: str = ""
 
-    def to_dict(self) -> dict[str, Any]:
-        ev = self.evaluation
-        return {
-            "mode": self.mode,
-            "runtime": self.target.runtime,
-            "data": self.data,
-            "accuracy": None if self.accuracy is None else self.accuracy.to_dict() | {
-                "runtime_used": ev.runtime_used if ev else None,
-                # LiteRT's kernel choice (runtimes.KERNELS): "builtin" when checked against TFLM,
-                # "default" (XNNPACK applied) for LiteRT targets; None for TFLM.
-                "kernels": (ev.result.kernels or None) if ev else None,
-                "batched": ev.result.batched if ev else None,
-                "confirmation": ev.confirmation if ev else None,
-                "note": ev.result.note if ev else "",
-            },
-            "per_layer": {"worst": [e.to_dict() for e in self.per_layer], "note": self.per_layer_note},
-            "memory": self.memory.to_dict(),
-            "latency": self.latency.to_dict(),
-            # Wall-clock on this machine: differs from run to run, unlike everything else in the report.
-            "host_latency": None if self.host is None else self.host.to_dict() | {"varies_between_runs": True},
-        }
+    def part(self) -> EmulationPart:
+        return EmulationPart(
+            mode=self.mode, runtime=self.target.runtime, data=self.data,
+            accuracy=None if self.accuracy is None else self.accuracy.part(self.evaluation),
+            per_layer=PerLayerPart([e.part() for e in self.per_layer], self.per_layer_note),
+            memory=self.memory.part(), latency=self.latency.part(),
+            host_latency=None if self.host is None else self.host.part())
 
 
 def _check_reference(reference: list[np.ndarray], quantized: list[np.ndarray], info: ModelInfo) -> None:
@@ -164,24 +219,38 @@ def emulate(
         on_step("measuring the exact tensor arena in TFLite Micro (each trial in a child process)")
     memory = measure_memory(model, info, target, can_run_tflm=can_run_tflm, source=info.source)
     tflm_ok = target.runtime == Runtime.TFLM and memory.arena is not None
-    result = Emulation(target=target, mode=mode, memory=memory, latency=estimate_latency(info, target))
+    measured = dict(target=target, mode=mode, memory=memory, latency=estimate_latency(info, target))
     if not host_latency and data is None:
-        return result
+        return Emulation(**measured)
     runner = worker or shared_worker()
+    host = None
     if host_latency:
         try:
-            result.host = runner.call(measure_host_latency, model)
+            host = runner.call(measure_host_latency, model)
         except (EdgeqError, ChildCrashed):
-            result.host = None  # a diagnostic: LiteRT failures show up in the evaluation anyway
+            host = None  # a diagnostic: LiteRT failures show up in the evaluation anyway
     if data is None:
-        return result
+        return Emulation(**measured, host=host)
+    evaluation = _evaluation(model, info, target, data, tflm_ok, memory, confirm_samples, on_step, progress, runner)
+    outputs = output_names if output_names is not None else natural_output_names(info)
+    quantized = from_graph_outputs(evaluation.result.outputs, outputs, info)
+    if reference is not None:
+        _check_reference(list(reference), quantized, info)
+    accuracy = compare(None if reference is None else list(reference), quantized, data.labels)
+    return Emulation(**measured, host=host, data=DataPart.of(data), evaluation=evaluation, accuracy=accuracy)
+
+
+def _evaluation(model: bytes, info: ModelInfo, target: TargetProfile, data: Dataset, tflm_ok: bool,
+                memory: MemoryReport, confirm_samples: int, on_step: Step, progress: Progress,
+                runner: Worker) -> Evaluation:
+    """`data` through the target's runtime (TFLM where it can run the model, else LiteRT), in `runner`."""
     runtime = Runtime.TFLM if tflm_ok else Runtime.LITERT
     note = "" if tflm_ok or target.runtime != Runtime.TFLM else " (TFLM cannot run it; LiteRT instead)"
     on_step(f"evaluating on {data.num_samples} samples of {data.name} in {runtime}{note}")
     arena = memory.firmware_arena if tflm_ok else None
     names = data.input_names or info.input_names
     try:
-        result.evaluation = runner.call(
+        return runner.call(
             evaluate, model, to_graph_inputs(list(data.inputs), names, info), runtime=runtime,
             confirm_samples=confirm_samples, arena_size=arena, on_progress=progress("evaluating", data.num_samples))
     except (RuntimeError, ValueError) as exc:
@@ -192,11 +261,3 @@ def emulate(
                                f"running the model on {data.name}" + crash.last_words(),
                                hint="check the model with `edgeq inspect`; EDGEQ_VERBOSE=1 shows the runtime's "
                                     "log") from None
-    outputs = output_names if output_names is not None else natural_output_names(info)
-    quantized = from_graph_outputs(result.evaluation.result.outputs, outputs, info)
-    if reference is not None:
-        _check_reference(list(reference), quantized, info)
-    result.accuracy = compare(None if reference is None else list(reference), quantized, data.labels)
-    result.data = {"name": data.name, "sha256": data.sha256, "samples": data.num_samples,
-                   "labels": data.labels is not None}
-    return result

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from edgeq.errors import TFLiteFormatError
+from edgeq.records import Record
 from edgeq.targets import TargetProfile
 from edgeq.tflite.reader import ModelInfo, OpInfo
 from edgeq.vocab import Runtime
@@ -57,9 +58,56 @@ class OpCost:
     cycles: float
     ms: float
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "op": self.op, "kind": self.kind, "macs": self.macs,
-                "cycles": round(self.cycles), "ms": _significant(self.ms)}
+    def part(self) -> OpCostPart:
+        return OpCostPart(self.index, self.op, self.kind, self.macs, round(self.cycles), _significant(self.ms))
+
+
+@dataclass(frozen=True)
+class OpCostPart(Record):
+    """One op's estimated work (MACs, or the op kind's unit of work), cycles and milliseconds."""
+
+    index: int
+    op: str
+    kind: str
+    macs: int
+    cycles: int
+    ms: float
+
+
+@dataclass(frozen=True)
+class KindCostPart(Record):
+    """The ops of one cost kind together: how many, their work and their estimated milliseconds."""
+
+    ops: int
+    macs: int
+    ms: float
+
+
+@dataclass(frozen=True)
+class LatencyPart(Record):
+    """The first-order latency estimate on the target: totals, by op kind (KINDS order) and per op."""
+
+    target: str
+    clock_mhz: float
+    total_macs: int
+    total_cycles: int
+    total_ms: float
+    by_kind: dict[str, KindCostPart]
+    ops: list[OpCostPart]
+    note: str
+
+
+@dataclass(frozen=True)
+class HostLatencyPart(Record):
+    """Wall-clock time of one invoke() in LiteRT on this machine (1 thread), in microseconds;
+    it differs from run to run, unlike everything else in the report."""
+
+    runtime: str
+    runs: int
+    median_us: float
+    p90_us: float
+    min_us: float
+    varies_between_runs: bool
 
 
 @dataclass(frozen=True)
@@ -88,11 +136,10 @@ class LatencyEstimate:
         """The `n` ops with the most cycles, slowest first (graph order among equals)."""
         return tuple(sorted(self.ops, key=lambda c: (-c.cycles, c.index))[: max(n, 0)])
 
-    def to_dict(self) -> dict[str, Any]:
-        kinds = {k: {**v, "ms": _significant(v["ms"])} for k, v in self.by_kind().items()}
-        return {"target": self.target, "clock_mhz": self.clock_mhz, "total_macs": self.total_macs,
-                "total_cycles": round(self.total_cycles), "total_ms": _significant(self.total_ms),
-                "by_kind": kinds, "ops": [c.to_dict() for c in self.ops], "note": self.note}
+    def part(self) -> LatencyPart:
+        kinds = {k: KindCostPart(v["ops"], v["macs"], _significant(v["ms"])) for k, v in self.by_kind().items()}
+        return LatencyPart(self.target, self.clock_mhz, self.total_macs, round(self.total_cycles),
+                           _significant(self.total_ms), kinds, [c.part() for c in self.ops], self.note)
 
 
 @dataclass(frozen=True)
@@ -105,9 +152,9 @@ class HostLatency:
     p90_us: float
     min_us: float
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"runtime": self.runtime, "runs": self.runs, "median_us": _significant(self.median_us),
-                "p90_us": _significant(self.p90_us), "min_us": _significant(self.min_us)}
+    def part(self) -> HostLatencyPart:
+        return HostLatencyPart(self.runtime, self.runs, _significant(self.median_us), _significant(self.p90_us),
+                               _significant(self.min_us), varies_between_runs=True)
 
 
 # -- counting work --------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from edgeq.errors import TargetCheckError
+from edgeq.records import Record
 
 if TYPE_CHECKING:
     from edgeq.tflite.reader import ModelInfo, TensorInfo
@@ -52,7 +53,7 @@ _NOISE = ("Number of allocated temp buffers", "All temp buffers must be freed", 
 
 
 @dataclass(frozen=True)
-class ArenaMeasurement:
+class ArenaMeasurement(Record):
     """The TFLM arena of one model: what the recording allocator reports and what TFLM accepts."""
 
     recorded_total: int  # "[RecordingMicroAllocator] Arena allocation total N bytes"
@@ -61,9 +62,6 @@ class ArenaMeasurement:
     smallest: int  # smallest arena (bytes) with which the interpreter allocates and invokes
     trials: int  # child runs of the search, the recording run(s) included
     crashed_trials: int  # child runs that died by a signal instead of failing cleanly
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -406,16 +404,13 @@ _DEFAULT_BITS = 32  # strings, resources, variants and unknown types: 4 bytes pe
 
 
 @dataclass(frozen=True)
-class ActivationMemory:
+class ActivationMemory(Record):
     """RAM for the non-constant tensors of a graph run op by op, each freed after its last use."""
 
     peak_bytes: int  # largest sum of live non-constant tensor bytes at any op step
     peak_op_index: int  # the op at which it peaks (-1: the graph has no ops)
     peak_op_name: str
     total_activation_bytes: int  # all non-constant tensors with no reuse at all, for comparison
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def tensor_bytes(tensor: TensorInfo, alignment: int = 1) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeq.emulator.memory import ArenaMeasurement, measure_tflm_arena
 from edgeq.errors import TargetCheckError
@@ -18,6 +18,9 @@ from edgeq.export.c_arrays import ArenaSize, c_identifier, tflm_sources
 from edgeq.progress import Step, no_step
 from edgeq.targets import TargetProfile, load_target
 from edgeq.tflite.reader import ModelInfo
+
+if TYPE_CHECKING:
+    from edgeq.device.firmware import CrossSize, HarnessManifest
 
 
 @dataclass(frozen=True)
@@ -72,8 +75,8 @@ class FirmwareResult:
     model: TflmModel
     outdir: Path
     files: list[Path]
-    manifest: dict[str, Any]
-    size: Any  # CortexMSize, or None without arm-none-eabi-gcc
+    manifest: HarnessManifest
+    size: CrossSize | None  # None without arm-none-eabi-gcc
     margin: int
     ident: str
 

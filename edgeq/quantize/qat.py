@@ -25,6 +25,7 @@ import numpy as np
 from edgeq._tf import captured_output, tf
 from edgeq.calibration import Dataset
 from edgeq.errors import CalibrationError, ConversionError, RecipeError
+from edgeq.records import Record
 
 LABELS_HINT = "save the targets with the inputs: np.savez(path, x=inputs, y=labels)"
 PTQ_HINT = "use PTQ (drop --qat), or replace the layer"
@@ -86,14 +87,29 @@ class QATResult:
         finite = [(v, i) for i, v in enumerate(values) if math.isfinite(v)]
         return min(finite)[1] + 1 if finite else None
 
+    def part(self) -> QatPart:
+        """report.json's record of the training: floats rounded, NaN/Inf as null, no model."""
+        return QatPart(self.loss, list(self.metrics), self.loss_source, self.epochs_run, self.stopped_early,
+                       self.best_epoch, {k: [_round(v) for v in vs] for k, vs in self.history.items()}, self.bridged)
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe summary (for report.json): floats rounded, NaN/Inf as null, no model."""
-        return {
-            "loss": self.loss, "metrics": list(self.metrics), "loss_source": self.loss_source,
-            "epochs_run": self.epochs_run, "stopped_early": self.stopped_early, "best_epoch": self.best_epoch,
-            "history": {k: [_round(v) for v in vs] for k, vs in self.history.items()},
-            "bridged": self.bridged,
-        }
+        return self.part().to_dict()
+
+
+@dataclass(frozen=True)
+class QatPart(Record):
+    """Quantization-aware training: the loss (and where it came from), the epochs run, whether it
+    stopped early, the 1-based epoch whose weights were kept, the per-epoch history, and whether
+    the model was rebuilt from Keras 3 in tf_keras first."""
+
+    loss: str
+    metrics: list[str]
+    loss_source: str
+    epochs_run: int
+    stopped_early: bool
+    best_epoch: int | None
+    history: dict[str, list[float | None]]
+    bridged: bool
 
 
 def _round(value: float) -> float | None:

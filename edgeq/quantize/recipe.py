@@ -5,18 +5,21 @@ Recorded verbatim in report.json so a result can be reproduced. No TensorFlow he
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from edgeq.errors import RecipeError
 from edgeq.modes import MODES
+from edgeq.records import Record
 from edgeq.targets import TargetProfile
 
 DEFAULT_CALIBRATION_SAMPLES = 200
 
 
 @dataclass(frozen=True)
-class Recipe:
+class Recipe(Record):
+    """The quantization a target asked for: the mode, weight and activation types, per-channel
+    weights or not, the model's I/O dtypes and the calibration samples used (0: none needed)."""
+
     mode: str
     weights: str
     activations: str
@@ -24,9 +27,6 @@ class Recipe:
     input_dtype: str
     output_dtype: str
     calibration_samples: int  # 0 for modes that need none
-
-    def to_dict(self) -> dict[str, object]:
-        return dataclasses.asdict(self)
 
 
 def recipe_for(

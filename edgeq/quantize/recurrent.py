@@ -18,11 +18,13 @@ Float modes keep the loop: LiteRT runs WHILE, and float calibration is not neede
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from edgeq.errors import TargetCheckError
+from edgeq.records import Record, key
 
 MAX_UNROLL_STEPS = 64
 """Longest sequence unrolled: each step repeats the cell's ops (and flash and arena grow with them)."""
@@ -44,9 +46,21 @@ def recurrent_layers(keras_model: Any) -> list[Any]:
     return found
 
 
+@dataclass(frozen=True)
+class RecurrentNote(Record):
+    """What edgeq did to one recurrent layer (`class`: LSTM, GRU or SimpleRNN) so that it converts."""
+
+    layer: str
+    kind: str = key("class")
+    action: str = ""
+
+    def with_action(self, more: str) -> RecurrentNote:
+        return replace(self, action=self.action + more)
+
+
 def prepare_recurrent(keras_model: Any, mode: str, samples: Sequence[np.ndarray],
                       sample_shapes: Sequence[tuple[int, ...]], *,
-                      unroll_lstm: bool = False) -> tuple[Any, list[dict[str, Any]]]:
+                      unroll_lstm: bool = False) -> tuple[Any, list[RecurrentNote]]:
     """The model rewritten so that its recurrent layers convert for `mode`, and what was done.
 
     `samples`: float inputs (one array per model input) to verify the rewrite against the
@@ -57,7 +71,7 @@ def prepare_recurrent(keras_model: Any, mode: str, samples: Sequence[np.ndarray]
     layers = recurrent_layers(keras_model)
     if not layers or mode not in _INTEGER_MODES:
         return keras_model, []
-    notes: list[dict[str, Any]] = []
+    notes: list[RecurrentNote] = []
     to_unroll = []
     for layer in layers:
         kind = type(layer).__name__
@@ -66,10 +80,10 @@ def prepare_recurrent(keras_model: Any, mode: str, samples: Sequence[np.ndarray]
                 raise TargetCheckError(f"layer '{layer.name}' (LSTM): the TFLite converter has no int16x8 kernel for "
                                        "UNIDIRECTIONAL_SEQUENCE_LSTM",
                                        hint="convert with --mode int8 (TFLM runs the fused int8 LSTM)")
-            notes.append({"layer": layer.name, "class": kind, "action": "fused into UNIDIRECTIONAL_SEQUENCE_LSTM"})
+            notes.append(RecurrentNote(layer.name, kind, "fused into UNIDIRECTIONAL_SEQUENCE_LSTM"))
             continue
         if getattr(layer, "unroll", False):
-            notes.append({"layer": layer.name, "class": kind, "action": "already unrolled"})
+            notes.append(RecurrentNote(layer.name, kind, "already unrolled"))
             continue
         steps = _steps(layer, keras_model, sample_shapes)
         if steps is None or steps > MAX_UNROLL_STEPS:
@@ -81,21 +95,19 @@ def prepare_recurrent(keras_model: Any, mode: str, samples: Sequence[np.ndarray]
                 hint="shorten the sequence (--input-shape), use an LSTM (fused into one op), or a float mode "
                      "on a LiteRT target")
         to_unroll.append(layer.name)
-        notes.append({"layer": layer.name, "class": kind, "action": f"unrolled over {steps} steps"})
+        notes.append(RecurrentNote(layer.name, kind, f"unrolled over {steps} steps"))
     rewritten = keras_model
     if to_unroll:
         rewritten = _unrolled(rewritten, set(to_unroll), sample_shapes)
     # tf_keras' LSTM is the one the converter fuses, and the one whose unrolled int8 ops are all
     # integer (Keras 3's unrolled LSTM keeps QUANTIZE/DEQUANTIZE pairs).
-    if any(note["class"] == "LSTM" for note in notes) and not _is_tf_keras(rewritten):
+    if any(note.kind == "LSTM" for note in notes) and not _is_tf_keras(rewritten):
         from edgeq.quantize.bridge import to_tf_keras
 
         rewritten = to_tf_keras(rewritten, list(samples))
-        for note in notes:
-            if note["class"] == "LSTM":
-                note["action"] += " (the model rebuilt in tf_keras)"
+        notes = [n.with_action(" (the model rebuilt in tf_keras)") if n.kind == "LSTM" else n for n in notes]
     if rewritten is not keras_model:
-        _verify(keras_model, rewritten, samples, [n["layer"] for n in notes])
+        _verify(keras_model, rewritten, samples, [n.layer for n in notes])
     return rewritten, notes
 
 

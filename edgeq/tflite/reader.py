@@ -24,6 +24,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
 from edgeq.errors import TFLiteFormatError
+from edgeq.records import Record
 
 MAX_FILE_BYTES = 2 * 1024**3
 """Flatbuffers address at most 2 GiB; larger files are refused before being read whole."""
@@ -98,18 +99,51 @@ class TensorInfo:
     def is_per_channel(self) -> bool:
         return len(self.scales) > 1
 
-    def quantization_dict(self) -> dict[str, Any] | None:
+    def quantization_part(self) -> TensorQuant | ChannelQuant | None:
         """Per-tensor scale/zero point, or a per-channel summary (hundreds of scales help nobody)."""
         if not self.scales:
             return None
         if len(self.scales) == 1:
-            return {"scale": self.scales[0], "zero_point": self.zero_points[0] if self.zero_points else 0}
-        return {"channels": len(self.scales), "axis": self.quantized_dimension,
-                "scale_min": min(self.scales), "scale_max": max(self.scales)}
+            return TensorQuant(self.scales[0], self.zero_points[0] if self.zero_points else 0)
+        return ChannelQuant(len(self.scales), self.quantized_dimension, min(self.scales), max(self.scales))
+
+    def part(self) -> TensorPart:
+        return TensorPart(self.index, self.name, self.dtype, list(self.shape), self.is_constant, self.buffer_bytes,
+                          self.quantization_part())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "name": self.name, "dtype": self.dtype, "shape": list(self.shape),
-                "constant": self.is_constant, "buffer_bytes": self.buffer_bytes, "quant": self.quantization_dict()}
+        return self.part().to_dict()
+
+
+@dataclass(frozen=True)
+class TensorQuant(Record):
+    """Per-tensor quantization: real = scale * (q - zero_point)."""
+
+    scale: float
+    zero_point: int
+
+
+@dataclass(frozen=True)
+class ChannelQuant(Record):
+    """Per-channel quantization, summarised: how many channels, along which axis, the scales' range."""
+
+    channels: int
+    axis: int
+    scale_min: float
+    scale_max: float
+
+
+@dataclass(frozen=True)
+class TensorPart(Record):
+    """One tensor of the model's main graph as the report lists it (shape -1: a dynamic dimension)."""
+
+    index: int
+    name: str
+    dtype: str
+    shape: list[int]
+    constant: bool
+    buffer_bytes: int
+    quant: TensorQuant | ChannelQuant | None
 
 
 @dataclass(frozen=True)

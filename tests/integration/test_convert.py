@@ -35,7 +35,7 @@ def converted(tmp_path_factory, keras3_model_path):
 def test_quantized_model_agrees_with_float_model(converted, target, digits, float_predictions):
     result = converted[target]
     tflite = (result.outdir / f"{result.name}.tflite").read_bytes()
-    quantized = predict(reported_runtime(result.report["emulation"]["accuracy"]), tflite, digits["eval"].inputs[0])
+    quantized = predict(reported_runtime(result.report.to_dict()["emulation"]["accuracy"]), tflite, digits["eval"].inputs[0])
     agreement = np.mean(quantized.argmax(1) == float_predictions.argmax(1))
     accuracy = np.mean(quantized.argmax(1) == digits["eval"].labels)
     assert agreement >= 0.97, f"{target}: int8 vs float top-1 agreement {agreement:.3f}"
@@ -82,7 +82,7 @@ def test_tflm_and_litert_stay_close_and_the_report_says_which_ran(converted, dig
     lsb = np.abs(micro.astype(np.int64) - lite.astype(np.int64))
     assert lsb.max() <= LITERT_TFLM_MAX_LSB, f"LiteRT and TFLM differ by {lsb.max()} LSB"
     assert np.count_nonzero(lsb.max(axis=1)) <= LITERT_TFLM_MAX_DIFFERING * len(x)
-    acc = converted["mcu"].report["emulation"]["accuracy"]
+    acc = converted["mcu"].report.to_dict()["emulation"]["accuracy"]
     conf = acc["confirmation"]
     head = lsb[:conf["samples"]]
     differing = int(np.count_nonzero(head.max(axis=1)))
@@ -160,7 +160,7 @@ def test_c_arrays_compile_and_match_the_tflite(converted, tmp_path):
     run = subprocess.run([str(exe), str(out / "my_model_2.tflite")], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout
     assert run.stdout.startswith("ok ")
-    arena = converted["mcu"].report["emulation"]["memory"]["ram"]["firmware_arena_bytes"]
+    arena = converted["mcu"].report.to_dict()["emulation"]["memory"]["ram"]["firmware_arena_bytes"]
     assert run.stdout.strip().endswith(f"arena {arena}")
 
 
@@ -201,7 +201,7 @@ def test_int16x8_on_request(keras3_model_path, tmp_path):
 def test_float16_for_phone_needs_no_calibration(keras3_model_path, tmp_path):
     result = convert(keras3_model_path, "phone", ConvertOptions(mode="float16", outdir=tmp_path))
     assert "float16" in {t.dtype for t in result.info.tensors}
-    assert result.report["calibration"] is None
+    assert result.report.to_dict()["calibration"] is None
 
 
 def test_export_c_and_inspect_cli(converted, tmp_path):
@@ -224,7 +224,7 @@ def test_user_profile_by_path_inheriting_a_bundled_class(keras3_model_path, tmp_
     board.parent.mkdir()
     board.write_text('inherits = "mcu"\nkind = "board"\ndescription = "mine"\n[memory]\nflash_bytes = 131_072\n')
     result = convert(keras3_model_path, str(board), ConvertOptions(calibration="digits", outdir=tmp_path / "o"))
-    target = result.report["target"]
+    target = result.report.to_dict()["target"]
     assert target["chain_files"] == ["my-board.toml", "mcu.toml"]
     assert set(target["sha256"]) == {"my-board.toml", "mcu.toml"}
     assert result.target.memory.flash_bytes == 131_072 and result.target.memory.ram_bytes == 262_144

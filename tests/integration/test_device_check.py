@@ -65,7 +65,7 @@ def check(sim: Sim, model: Path, out: Path, *, limit: int = LIMIT, timeout: floa
 def test_sim_run_is_bit_exact_and_matches_the_emulator(digits_int8, tmp_path):
     with Sim(digits_int8) as sim:
         result = check(sim, digits_int8, tmp_path / "r", limit=None, timeout=None)
-    report = result.report
+    report = result.report.to_dict()
     assert result.verdict == "pass"
     assert report["run"]["completed"] == report["run"]["requested"] == 400
     assert report["agreement"]["bit_exact"] == 400 and report["agreement"]["first_differing"] == []
@@ -83,8 +83,8 @@ def test_float_model_round_trips_float_bytes(tiny_cnn_tflite, tmp_path):
     model.write_bytes(tiny_cnn_tflite["float32"])
     with Sim(model) as sim:
         result = check(sim, model, tmp_path / "r", limit=20)
-    assert result.verdict == "pass" and result.report["agreement"]["bit_exact"] == 20
-    assert result.report["device"]["inputs"][0]["dtype"] == "float32"
+    assert result.verdict == "pass" and result.report.to_dict()["agreement"]["bit_exact"] == 20
+    assert result.report.to_dict()["device"]["inputs"][0]["dtype"] == "float32"
 
 
 @pytest.mark.parametrize("fault, counter", [
@@ -96,9 +96,9 @@ def test_float_model_round_trips_float_bytes(tiny_cnn_tflite, tmp_path):
 def test_line_faults_are_retried_and_the_run_completes(digits_int8, tmp_path, fault, counter):
     with Sim(digits_int8, [fault]) as sim:
         result = check(sim, digits_int8, tmp_path / "r")
-    run = result.report["run"]
+    run = result.report.to_dict()["run"]
     assert result.verdict == "pass", run
-    assert run["completed"] == LIMIT and result.report["agreement"]["bit_exact"] == LIMIT
+    assert run["completed"] == LIMIT and result.report.to_dict()["agreement"]["bit_exact"] == LIMIT
     assert run["link"]["resends"] >= 1 and run["link"][counter] >= 1
     sample = int(fault.split("@")[1].split(":")[0])
     assert run["resent_samples"] == [sample]
@@ -112,8 +112,8 @@ def test_a_reset_is_detected_checked_with_hello_and_the_run_resumes(digits_int8,
         result = check(sim, digits_int8, tmp_path / "r", on_step=steps.append)
         hellos = sim.device.served
     assert result.verdict == "pass"
-    assert result.report["run"]["resets_before_samples"] == [10]
-    assert result.report["agreement"]["bit_exact"] == LIMIT
+    assert result.report.to_dict()["run"]["resets_before_samples"] == [10]
+    assert result.report.to_dict()["agreement"]["bit_exact"] == LIMIT
     assert any("reset before answering sample 10" in s for s in steps)
     assert hellos == LIMIT  # the lost request was not counted as served
 
@@ -121,7 +121,7 @@ def test_a_reset_is_detected_checked_with_hello_and_the_run_resumes(digits_int8,
 def test_repeated_resets_stop_the_run_with_what_is_missing(digits_int8, tmp_path):
     with Sim(digits_int8, ["reset@2", "reset@4", "reset@6", "reset@8"]) as sim:
         result = check(sim, digits_int8, tmp_path / "r")
-    run, acc = result.report["run"], result.report["accuracy"]
+    run, acc = result.report.to_dict()["run"], result.report.to_dict()["accuracy"]
     assert result.verdict == "incomplete"
     assert "reset 4 times" in run["stopped_because"]
     assert run["missing"] == LIMIT - run["completed"] > 0
@@ -134,7 +134,7 @@ def test_a_hung_device_is_reported_with_the_sample_index(digits_int8, tmp_path):
         started = time.monotonic()
         result = check(sim, digits_int8, tmp_path / "r", timeout=0.3)
         elapsed = time.monotonic() - started
-    run = result.report["run"]
+    run = result.report.to_dict()["run"]
     assert result.verdict == "incomplete"
     assert run["stopped_at"] == 25 and run["completed"] == 25 and run["missing"] == LIMIT - 25
     assert "sample 25" in run["stopped_because"] and "4 attempts" in run["stopped_because"]
@@ -161,7 +161,7 @@ def test_a_different_model_file_is_refused(digits_int8, tiny_cnn_tflite, tmp_pat
 def test_a_device_that_computes_wrong_answers_is_caught(digits_int8, tmp_path):
     with Sim(digits_int8, ["flip@4", "flip@9"]) as sim:
         result = check(sim, digits_int8, tmp_path / "r", limit=20)
-    agree = result.report["agreement"]
+    agree = result.report.to_dict()["agreement"]
     assert result.verdict == "mismatch"
     assert agree["differing"] == 2 and [d["sample"] for d in agree["first_differing"]] == [4, 9]
     assert all(d["elements"] == 1 and d["max_difference"] >= 1 for d in agree["first_differing"])
@@ -170,7 +170,7 @@ def test_a_device_that_computes_wrong_answers_is_caught(digits_int8, tmp_path):
 def test_not_ready_device_is_a_clear_error(digits_int8, tmp_path):
     with Sim(digits_int8, arena_size=256, arena_needed=3000) as sim:  # too small: AllocateTensors fails
         result = check(sim, digits_int8, tmp_path / "r", limit=5)
-    run = result.report["run"]
+    run = result.report.to_dict()["run"]
     assert result.verdict == "incomplete" and run["stopped_at"] == 0
     assert "NOT_READY" in run["stopped_because"] and "this device has 256 bytes" in run["stopped_because"]
 

@@ -67,12 +67,12 @@ def _assert_figures_recomputed(acc: dict, tflite: bytes, digits, float_predictio
 def test_accuracy_matches_an_independent_computation(mcu, digits, float_predictions):
     """Whichever runtime this CPU led the emulator to (LiteRT where its kernels matched TFLM on the
     first 100 samples, TFLM otherwise), the figures are that runtime's."""
-    acc = mcu.report["emulation"]["accuracy"]
+    acc = mcu.report.to_dict()["emulation"]["accuracy"]
     _assert_figures_recomputed(acc, (mcu.outdir / "my_model_2.tflite").read_bytes(), digits, float_predictions)
     conf = acc["confirmation"]
     assert conf["runtime"] == "tflm" and conf["samples"] == 100
     assert acc["runtime_used"] == ("litert" if conf["identical"] else "tflm")
-    assert mcu.report["gate"]["passed"] is True
+    assert mcu.report.to_dict()["gate"]["passed"] is True
 
 
 def test_where_litert_differs_from_tflm_every_figure_comes_from_tflm(keras3_model_path, digits, float_predictions,
@@ -84,7 +84,7 @@ def test_where_litert_differs_from_tflm_every_figure_comes_from_tflm(keras3_mode
     # In this process: the stand-in patches this process's LiteRT runner, not a child's.
     result = convert(keras3_model_path, "mcu", ConvertOptions(calibration="digits", outdir=tmp_path),
                      worker=Worker(in_process=True))
-    acc = result.report["emulation"]["accuracy"]
+    acc = result.report.to_dict()["emulation"]["accuracy"]
     conf = acc["confirmation"]
     assert conf["identical"] is False and conf["differing_samples"] >= 1 and conf["max_lsb_difference"] >= 1
     assert acc["runtime_used"] == "tflm" and acc["kernels"] is None
@@ -92,7 +92,7 @@ def test_where_litert_differs_from_tflm_every_figure_comes_from_tflm(keras3_mode
     md = (result.outdir / "report.md").read_text()
     summary = f"on {conf['differing_samples']} of the first 100 samples; the full set ran in TFLM."
     assert md.count("differed from TFLM") == 1 and summary in md, md
-    assert result.report["gate"]["passed"] is True
+    assert result.report.to_dict()["gate"]["passed"] is True
     from edgeq.cli import _summary
 
     _summary(result.report)
@@ -102,7 +102,7 @@ def test_where_litert_differs_from_tflm_every_figure_comes_from_tflm(keras3_mode
 
 
 def test_reported_arena_runs_in_tflm_and_16_bytes_less_does_not(mcu):
-    ram = mcu.report["emulation"]["memory"]["ram"]
+    ram = mcu.report.to_dict()["emulation"]["memory"]["ram"]
     arena = ram["tflm_arena"]
     model = mcu.outdir / "my_model_2.tflite"
     assert ram["needed_bytes"] == arena["smallest"] > 0
@@ -118,7 +118,7 @@ def test_reports_render(mcu):
     md = (mcu.outdir / "report.md").read_text()
     for section in SECTIONS:
         assert section in md, section
-    arena = mcu.report["emulation"]["memory"]["ram"]["firmware_arena_bytes"]
+    arena = mcu.report.to_dict()["emulation"]["memory"]["ram"]["firmware_arena_bytes"]
     assert "**Gate: PASSED**" in md and f"_tensor_arena_size` = {arena:,} B" in md
     png = (mcu.outdir / "report.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
@@ -126,18 +126,18 @@ def test_reports_render(mcu):
 
     image = matplotlib.image.imread(mcu.outdir / "report.png")
     assert image.shape[0] >= 300 and image.shape[1] >= 900
-    latency = mcu.report["emulation"]["latency"]
+    latency = mcu.report.to_dict()["emulation"]["latency"]
     assert latency["total_ms"] > 0 and latency["total_macs"] > 0
-    assert mcu.report["emulation"]["per_layer"]["worst"], "QuantizationDebugger gave no per-layer statistics"
+    assert mcu.report.to_dict()["emulation"]["per_layer"]["worst"], "QuantizationDebugger gave no per-layer statistics"
 
 
 def test_litert_targets_report_peak_activations(keras3_model_path, tmp_path):
     result = convert(keras3_model_path, "iot", ConvertOptions(calibration="digits", outdir=tmp_path))
-    ram = result.report["emulation"]["memory"]["ram"]
+    ram = result.report.to_dict()["emulation"]["memory"]["ram"]
     assert ram["tflm_arena"] is None and ram["firmware_arena_bytes"] is None
     act = ram["litert_activations"]
     assert 0 < act["peak_bytes"] <= act["total_activation_bytes"]
-    assert result.report["emulation"]["accuracy"]["runtime_used"] == "litert"
+    assert result.report.to_dict()["emulation"]["accuracy"]["runtime_used"] == "litert"
 
 
 def _dense_model(path: Path, units: int) -> None:
@@ -204,7 +204,7 @@ def test_emulate_cli_agrees_with_convert(mcu, keras3_model_path, tmp_path):
                      "--reference", str(keras3_model_path), "--json", "--report", str(tmp_path / "r"))
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
-    ours, theirs = report["emulation"], mcu.report["emulation"]
+    ours, theirs = report["emulation"], mcu.report.to_dict()["emulation"]
     assert ours["mode"] == "int8"
     for key in ("float_top1", "quantized_top1", "top1_agreement", "drop_points"):
         assert ours["accuracy"][key] == theirs["accuracy"][key], key
@@ -242,7 +242,7 @@ def test_multi_output_models_compare_each_output_with_its_own_float_output(tmp_p
     second = keras.layers.Dense(3, activation="softmax", name="coarse")(keras.layers.Dense(16)(features))
     keras.Model(x, [first, second]).save(tmp_path / "two.keras")
     result = convert(tmp_path / "two.keras", "iot", ConvertOptions(calibration="digits", outdir=tmp_path / "o"))
-    acc = result.report["emulation"]["accuracy"]
+    acc = result.report.to_dict()["emulation"]["accuracy"]
     assert len(acc["errors"]) == 2
     assert all(e["snr_db"] > 15 and e["cosine"] > 0.97 for e in acc["errors"]), acc["errors"]
     assert acc["top1_agreement"] > 0.9

@@ -28,7 +28,7 @@ def test_keras3_qat_keeps_accuracy_against_ptq_and_float(compared, digits, float
     """QAT ends no more than 0.5 points below PTQ or float. The issue's stricter PTQ criterion
     (0.2 points) is less than one sample of digits:eval (0.25 points), so it is measured by
     scripts/bench_qat.py on both sets and quoted in the README, not asserted on one seed here."""
-    rows = compared.report["comparison"]
+    rows = compared.report.to_dict()["comparison"]
     ptq, qat = 100 * rows["ptq"]["quantized_top1"], 100 * rows["qat"]["quantized_top1"]
     float_top1 = 100 * rows["qat"]["float_top1"]
     assert qat >= ptq - 0.5, rows
@@ -36,14 +36,14 @@ def test_keras3_qat_keeps_accuracy_against_ptq_and_float(compared, digits, float
     # The numbers are the emitted model's own: recompute QAT's accuracy independently, in the
     # runtime the report names (TFLM, or LiteRT where it matched TFLM on this CPU).
     tflite = (compared.outdir / "my_model_2.tflite").read_bytes()
-    runtime = reported_runtime(compared.report["emulation"]["accuracy"])
+    runtime = reported_runtime(compared.report.to_dict()["emulation"]["accuracy"])
     mine = np.mean(predict(runtime, tflite, digits["eval"].inputs[0]).argmax(1) == digits["eval"].labels)
     assert 100 * mine == pytest.approx(qat, abs=1e-4)
     assert float_top1 == pytest.approx(100 * np.mean(float_predictions.argmax(1) == digits["eval"].labels))
 
 
 def test_qat_output_is_a_full_int8_model_with_its_report(compared):
-    report = compared.report
+    report = compared.report.to_dict()
     assert report["method"] == "qat" and report["qat"]["bridged"] is True
     assert 1 <= report["qat"]["epochs_run"] <= 8 and report["qat"]["history"]["val_loss"]
     assert "sparse_categorical_crossentropy" in report["qat"]["loss"]
@@ -81,7 +81,7 @@ def test_dense_batchnorm_is_folded_and_beats_the_plain_converter(tmp_path, digit
     model.save(tmp_path / "bn.keras")
     result = convert(tmp_path / "bn.keras", "mcu", ConvertOptions(calibration="digits", outdir=tmp_path / "o"))
     dense, bn = model.layers[1].name, model.layers[2].name
-    assert result.report["folded_batchnorm"] == [f"{dense}+{bn}"]
+    assert result.report.to_dict()["folded_batchnorm"] == [f"{dense}+{bn}"]
     ours = (tmp_path / "o" / "bn.tflite").read_bytes()
     plain = plain_tflite(model, data=digits["calibration"].inputs[0])
     assert len(ours) < len(plain)
@@ -95,8 +95,8 @@ def test_dense_batchnorm_is_folded_and_beats_the_plain_converter(tmp_path, digit
     # tfmot folds Conv+BN itself but not Dense+BN: without edgeq's fold, QAT leaves a float island.
     qat = convert(tmp_path / "bn.keras", "mcu", ConvertOptions(calibration="digits", outdir=tmp_path / "q",
                                                                qat=QatOptions(settings=TrainSettings(epochs=1))))
-    assert qat.info.is_fully_integer and qat.gate["passed"]
-    assert qat.report["folded_batchnorm"] == [f"{dense}+{bn}"]
+    assert qat.info.is_fully_integer and qat.gate.passed
+    assert qat.report.to_dict()["folded_batchnorm"] == [f"{dense}+{bn}"]
 
 
 def test_qat_refuses_per_tensor_targets(keras3_model_path, tmp_path):

@@ -49,7 +49,7 @@ def _saved(tmp_path: Path, name: str, fmt: str = "keras", **changes):  # type: i
 
 
 def _agrees(result) -> None:  # type: ignore[no-untyped-def]
-    acc = result.report["emulation"]["accuracy"]
+    acc = result.report.to_dict()["emulation"]["accuracy"]
     if acc["top1_agreement"] is not None:
         assert acc["top1_agreement"] >= MIN_AGREEMENT, acc
     assert min(e["snr_db"] for e in acc["errors"]) >= MIN_SNR_DB, acc["errors"]
@@ -74,8 +74,8 @@ def test_tf_keras_h5_with_depthwise_conv_loads_with_tf_keras(tmp_path, digits) -
     model.save(tmp_path / "dw.h5")
     result = convert(tmp_path / "dw.h5", "mcu", ConvertOptions(calibration="digits", outdir=tmp_path / "out",
                                                                per_layer=False))
-    assert result.report["input"]["saved_by"].startswith("tf_keras")
-    assert "DEPTHWISE_CONV_2D" in result.info.all_op_names and result.gate["passed"]
+    assert result.report.to_dict()["input"]["saved_by"].startswith("tf_keras")
+    assert "DEPTHWISE_CONV_2D" in result.info.all_op_names and result.gate.passed
     _agrees(result)
 
 
@@ -86,13 +86,13 @@ def test_keras3_lstm_converts_to_what_computes_like_keras(tmp_path) -> None:
     _, path, data = _saved(tmp_path, "lstm")
     result = convert(path, "iot", ConvertOptions(calibration=str(data), evaluation=str(data),
                                                  outdir=tmp_path / "out", per_layer=False))
-    (note,) = result.report["recurrent"]
+    (note,) = result.report.to_dict()["recurrent"]
     ops = result.info.all_op_names
     assert note["class"] == "LSTM" and "WHILE" not in ops, (note, ops)
     assert ("UNIDIRECTIONAL_SEQUENCE_LSTM" in ops) == note["action"].startswith("fused"), (note, ops)
     _agrees(result)
     # Its work counts: 20 steps x 4 gates x 16 units x (8 inputs + 16 recurrent) MACs and more.
-    assert result.report["emulation"]["latency"]["total_macs"] >= 20 * 4 * 16 * (8 + 16)
+    assert result.report.to_dict()["emulation"]["latency"]["total_macs"] >= 20 * 4 * 16 * (8 + 16)
     with pytest.raises(TargetCheckError, match=r"'lstm' \(LSTM\).*int16x8") as refused:
         convert(path, "mcu", ConvertOptions(mode="int16x8", calibration=str(data), outdir=tmp_path / "o2"))
     assert refused.value.exit_code == 3
@@ -120,7 +120,7 @@ def test_short_gru_is_unrolled_and_a_long_one_is_refused_by_name(tmp_path) -> No
     result = convert(path, "mcu", ConvertOptions(calibration=str(data), evaluation=str(data),
                                                  outdir=tmp_path / "out", per_layer=False))
     assert "WHILE" not in result.info.all_op_names and result.info.is_fully_integer
-    assert result.report["recurrent"] == [{"layer": "my_gru", "class": "GRU", "action": "unrolled over 10 steps"}]
+    assert result.report.to_dict()["recurrent"] == [{"layer": "my_gru", "class": "GRU", "action": "unrolled over 10 steps"}]
     _agrees(result)
     long_path, long_data = _sequence_model(tmp_path, 100)
     with pytest.raises(TargetCheckError, match=r"'my_gru' \(GRU\) runs over 100 steps") as refused:
@@ -154,7 +154,7 @@ def test_two_inputs_two_outputs_are_matched_by_name(tmp_path) -> None:
                                                  outdir=tmp_path / "out", per_layer=False))
     sidecar = json.loads((tmp_path / "out" / "two_in_two_out_names.json").read_text())
     assert sorted(e["name"] for e in sidecar["inputs"]) == ["image", "vector"]
-    acc = result.report["emulation"]["accuracy"]
+    acc = result.report.to_dict()["emulation"]["accuracy"]
     assert len(acc["errors"]) == 2 and acc["top1_agreement"] >= MIN_AGREEMENT, acc
     assert all(e["snr_db"] >= MIN_SNR_DB for e in acc["errors"]), acc["errors"]
     # The same data as x0/x1 in Keras order converts to the same model.
@@ -218,8 +218,8 @@ def test_savedmodel_gets_batch_1_and_the_flashed_model_is_lean(tmp_path, digits)
     assert read_tflite(plain_bytes).input_tensors[0].shape[0] == -1  # the plain way keeps a dynamic batch
     flashed = (tmp_path / "out" / "sm.tflite").read_bytes()
     assert len(flashed) <= 0.9 * len(plain_bytes), (len(flashed), len(plain_bytes))
-    assert read_tflite(flashed).input_names == ("",) and result.report["sizes"]["names_stripped_bytes"] > 0
-    acc = result.report["emulation"]["accuracy"]
+    assert read_tflite(flashed).input_names == ("",) and result.report.to_dict()["sizes"]["names_stripped_bytes"] > 0
+    acc = result.report.to_dict()["emulation"]["accuracy"]
     ours = predict("tflm", flashed, digits["eval"].inputs[0])
     assert acc["quantized_top1"] == pytest.approx(np.mean(ours.argmax(1) == digits["eval"].labels), abs=1e-6)
 
@@ -236,12 +236,12 @@ def test_keras3_conv1d_gets_edgeqs_arena_plan_and_needs_less_than_plain(tmp_path
     model, path, data = _saved(tmp_path, "conv1d")
     result = convert(path, "mcu", ConvertOptions(calibration=str(data), evaluation=str(data),
                                                  outdir=tmp_path / "out", per_layer=False))
-    plan = result.report["arena_plan"]
+    plan = result.report.to_dict()["arena_plan"]
     assert plan["kept"] and plan["planned_head_bytes"] < plan["tflm_head_bytes"], plan
     flashed = tmp_path / "out" / "conv1d.tflite"
     _, named = read_tflite_named(flashed)  # the sidecar still names the planned bytes
     assert read_plan(flashed.read_bytes()) is not None and any(t.name for t in named.tensors)
-    arena = result.report["emulation"]["memory"]["ram"]["needed_bytes"]
+    arena = result.report.to_dict()["emulation"]["memory"]["ram"]["needed_bytes"]
     assert arena == measure_tflm_arena(flashed.read_bytes()).smallest
     plain = plain_int8("keras", path, dict(np.load(data)), [t.name.split(":")[0] for t in model.inputs])
     assert arena <= measure_tflm_arena(plain).smallest

@@ -127,13 +127,16 @@ def test_the_c_header_says_when_the_model_carries_a_plan(conv1d_tflite) -> None:
 
 def test_report_says_why_a_plan_was_or_was_not_kept() -> None:
     from edgeq.report import _arena_plan_md
+    from edgeq.report_types import ArenaPlanPart
 
-    base = {"tflm_head_bytes": 4832, "planned_head_bytes": 3840, "lower_bound_bytes": 3840, "extra_flash_bytes": 160}
-    kept = _arena_plan_md({**base, "kept": True, "arena_bytes": 7568, "planned_arena_bytes": 6576})
+    base = {"tflm_head_bytes": 4832, "lower_bound_bytes": 3840, "extra_flash_bytes": 160, "order": "largest first"}
+    kept = _arena_plan_md(ArenaPlanPart(**base, planned_head_bytes=3840, kept=True, arena_bytes=7568,
+                                        planned_arena_bytes=6576))
     assert "carries edgeq's plan" in kept and "7,568 B to 6,576 B" in kept
-    measured = _arena_plan_md({**base, "kept": False, "arena_bytes": 7568, "planned_arena_bytes": 7560})
+    measured = _arena_plan_md(ArenaPlanPart(**base, planned_head_bytes=3840, kept=False, arena_bytes=7568,
+                                            planned_arena_bytes=7560))
     assert "would not shrink" in measured and "160 B of flash" in measured
-    small = _arena_plan_md({**base, "kept": False, "planned_head_bytes": 4800})
+    small = _arena_plan_md(ArenaPlanPart(**base, kept=False, planned_head_bytes=4800))
     assert "saving is smaller" in small
-    same = _arena_plan_md({**base, "kept": False, "planned_head_bytes": 4832})
+    same = _arena_plan_md(ArenaPlanPart(**base, kept=False, planned_head_bytes=4832))
     assert "no better" in same

@@ -118,5 +118,5 @@ def test_gate_summary_and_cli_default_agree():
     assert DEFAULT_DROP == DEFAULT_MAX_ACCURACY_DROP
     results = run_checks(_input(_graph("float32", "int8")))
     gate = gate_summary(results, forced=True)
-    assert not gate["passed"] and gate["forced"] and "kernels" in gate["failed"]
-    assert gate_summary(run_checks(_input(_graph("int8", "int8"))), forced=True)["forced"] is False
+    assert not gate.passed and gate.forced and "kernels" in gate.failed
+    assert gate_summary(run_checks(_input(_graph("int8", "int8"))), forced=True).forced is False

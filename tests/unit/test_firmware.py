@@ -72,7 +72,7 @@ def test_tree_holds_model_harness_ports_and_readme(firmware, model, tree):
     expected = {f"{ident}_model_data.h", f"{ident}_model_data.cc", f"{ident}_op_resolver.h", "edgeq_harness.cc",
                 "edgeq_harness_config.h", "edgeq_config.h", "README.md", "edgeq_firmware.json", *STATIC_FILES}
     assert set(firmware.files) == expected
-    assert firmware.manifest["files"] == sorted(expected)
+    assert firmware.manifest.files == sorted(expected)
     for port in ("ports/arduino/edgeq_harness/edgeq_harness.ino", "ports/zephyr/CMakeLists.txt",
                  "ports/zephyr/prj.conf", "ports/zephyr/src/main.c", "ports/baremetal/main.c",
                  "ports/posix/edgeq_platform_posix.c"):
@@ -101,7 +101,7 @@ def test_tree_holds_model_harness_ports_and_readme(firmware, model, tree):
         assert needle in readme, needle
     assert re.search(r"\$\{[a-z_]+\}", readme) is None  # no unfilled placeholder (shell's ${f##*/} is fine)
 
-    m = firmware.manifest
+    m = firmware.manifest.to_dict()
     assert (m["model_id"], m["model_sha256"], m["model_bytes"], m["max_payload"]) == (ident, digest, len(model), 4096)
     assert m["arena"] == {"total": 3024, "measured": 2000, "margin": 1024, "symbol": f"k_{ident}_tensor_arena_size"}
     assert [(t["dtype"], t["shape"], t["bytes"]) for t in m["inputs"]] == [("int8", [1, 8, 8, 1], 64)]

@@ -144,10 +144,10 @@ def test_slowest_and_json(models: dict[str, bytes]) -> None:
     assert len(top) == 3 and [c.cycles for c in top] == sorted((c.cycles for c in estimate.ops), reverse=True)[:3]
     assert top[0].op == "DEPTHWISE_CONV_2D"  # 2592 MACs x 1.6 cycles beats the 2592 x 1.0 of the conv
     assert estimate.slowest(0) == () and len(estimate.slowest(100)) == len(estimate.ops)
-    document = json.loads(json.dumps(estimate.to_dict()))
+    document = json.loads(json.dumps(estimate.part().to_dict()))
     assert document["target"] == "mcu" and document["total_macs"] == CNN_MACS
     assert document["total_ms"] == float(f"{estimate.total_ms:.4g}")
-    assert len(document["ops"]) == len(estimate.ops) and document["ops"][0] == estimate.ops[0].to_dict()
+    assert len(document["ops"]) == len(estimate.ops) and document["ops"][0] == estimate.ops[0].part().to_dict()
     assert set(document["by_kind"]) == set(estimate.by_kind())
     assert all(isinstance(op["cycles"], int) for op in document["ops"])
 
@@ -161,7 +161,7 @@ def test_host_latency_is_positive_and_ordered(models: dict[str, bytes], kind: st
     assert isinstance(result, HostLatency) and result.runtime == "litert" and result.runs == 20
     assert 0 < result.min_us <= result.median_us <= result.p90_us
     assert result.median_us < 1e6  # a 9k-MAC model takes microseconds, not seconds
-    document = json.loads(json.dumps(result.to_dict()))
+    document = json.loads(json.dumps(result.part().to_dict()))
     assert document["runs"] == 20 and document["min_us"] > 0
 
 

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
-import copy
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from edgeq.checks import Gate
+from edgeq.emulator.accuracy import Confirmation
+from edgeq.report_types import ConvertReport
 from edgeq.report import (
-    confirmation_summary, kib, render_json, render_markdown, render_png, sha256_path,
+    kib, render_json, render_markdown, render_png, sha256_path,
 )
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory) -> dict:
-    """The bundled example's real report for mcu (a conversion of a few seconds)."""
+def report(tmp_path_factory) -> ConvertReport:
+    """The bundled example's real report for mcu (a conversion of a few seconds), as its record."""
     from edgeq.pipeline import ConvertOptions, convert
 
     out = tmp_path_factory.mktemp("report")
@@ -29,26 +32,23 @@ def report(tmp_path_factory) -> dict:
 def test_json_is_sorted_and_refuses_nan(report) -> None:
     text = render_json(report).decode()
     assert text == json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"  # keys sorted at every level
-    assert list(json.loads(text)) == sorted(report)
-    broken = copy.deepcopy(report)
-    broken["sizes"]["ratio"] = float("nan")
+    assert list(json.loads(text)) == sorted(report.to_dict())
+    broken = replace(report, sizes=replace(report.sizes, ratio=float("nan")))
     with pytest.raises(ValueError):
         render_json(broken)
 
 
 def test_markdown_states_the_measured_figures(report) -> None:
     md = render_markdown(report).decode()
-    ram, flash = report["emulation"]["memory"]["ram"], report["emulation"]["memory"]["flash"]
+    ram, flash = report.emulation.memory.ram, report.emulation.memory.flash
     assert md.startswith("# edgeq report: digits_cnn.keras for mcu\n") and "**Gate: PASSED**" in md
-    assert f"smallest that runs **{ram['tflm_arena']['smallest']:,} B**" in md
-    assert f"model {flash['model_bytes']:,} B" in md
-    acc = report["emulation"]["accuracy"]
-    assert f"{100 * acc['quantized_top1']:.2f}%" in md
+    assert f"smallest that runs **{ram.tflm_arena.smallest:,} B**" in md
+    assert f"model {flash.model_bytes:,} B" in md
+    assert f"{100 * report.emulation.accuracy.quantized_top1:.2f}%" in md
     checks = md[md.index("## Checks"):md.index("## Reproduce")]
     rows = [line.split(" | ")[0][2:] for line in checks.splitlines()[4:] if line.startswith("| ")]
-    assert rows == [c["name"] for c in report["checks"]]
-    failed = copy.deepcopy(report)
-    failed["gate"] = {**failed["gate"], "passed": False, "failed": ["ram"]}
+    assert rows == [c.name for c in report.checks]
+    failed = replace(report, gate=Gate(passed=False, failed=["ram"], forced=False))
     assert "**Gate: FAILED — no model files written** (failed: ram)" in render_markdown(failed).decode()
 
 
@@ -58,12 +58,11 @@ def test_png_is_a_png_and_the_same_every_time(report) -> None:
 
 
 def test_confirmation_phrases() -> None:
-    assert confirmation_summary({"samples": 100, "identical": True}) == \
+    assert Confirmation("tflm", 100, identical=True).summary() == \
         "LiteRT was bit-exact with TFLM on the first 100 samples"
-    differs = confirmation_summary({"samples": 100, "identical": False, "differing_samples": 3,
-                                    "max_lsb_difference": 2})
+    differs = Confirmation("tflm", 100, identical=False, differing_samples=3, max_lsb_difference=2).summary()
     assert differs == "LiteRT's kernels on this CPU differed from TFLM by up to 2 LSB on 3 of the first 100 samples"
-    assert confirmation_summary({"samples": 5, "error": "LiteRT failed: x"}) == "LiteRT failed: x"
+    assert Confirmation("tflm", 5, identical=False, error="LiteRT failed: x").summary() == "LiteRT failed: x"
 
 
 def test_sizes_and_hashes_for_people_and_for_reproduction(tmp_path) -> None:

@@ -212,8 +212,8 @@ def test_evaluate_uses_litert_for_the_full_set_where_it_matches_tflm(max_pool_in
     done: list[int] = []
     ev = evaluate(max_pool_int8, [x], runtime="tflm", confirm_samples=40, on_progress=done.append)
     assert ev.runtime_used == "litert" and ev.result.samples == len(x) and ev.result.kernels == "builtin"
-    assert ev.confirmation == {"runtime": "tflm", "samples": 40, "identical": True, "max_abs_difference": 0.0,
-                               "differing_samples": 0, "max_lsb_difference": 0}
+    assert ev.confirmation.to_dict() == {"runtime": "tflm", "samples": 40, "identical": True,
+                                         "max_abs_difference": 0.0, "differing_samples": 0, "max_lsb_difference": 0}
     assert np.array_equal(ev.result.outputs[0], run_litert(max_pool_int8, [x], kernels="builtin").outputs[0])
     assert np.array_equal(ev.result.outputs[0], run_tflm(max_pool_int8, [x]).outputs[0])
     assert done == sorted(done) and done[-1] == len(x)
@@ -225,7 +225,6 @@ def test_evaluate_runs_every_sample_in_tflm_where_litert_differs(models, eval_se
     from conftest import stand_in_a_cpu_whose_litert_differs
     from edgeq.emulator.accuracy import evaluate
     from edgeq.emulator.runtimes import run_tflm
-    from edgeq.report import confirmation_summary
 
     stand_in_a_cpu_whose_litert_differs(monkeypatch, sample=3)
     x = eval_set.inputs[0]
@@ -234,10 +233,10 @@ def test_evaluate_runs_every_sample_in_tflm_where_litert_differs(models, eval_se
     direct = run_tflm(models["int8"], [x])
     assert ev.runtime_used == "tflm" and ev.result.runtime == "tflm"
     conf = ev.confirmation
-    assert conf["identical"] is False and conf["differing_samples"] >= 1 and conf["max_lsb_difference"] >= 1
+    assert conf.identical is False and conf.differing_samples >= 1 and conf.max_lsb_difference >= 1
     assert np.array_equal(ev.result.outputs[0], direct.outputs[0])
     assert np.array_equal(ev.result.raw_outputs[0], direct.raw_outputs[0])
-    assert confirmation_summary(conf) in ev.result.note and "every sample ran in TFLM" in ev.result.note
+    assert conf.summary() in ev.result.note and "every sample ran in TFLM" in ev.result.note
     assert done == sorted(done) and done[-1] == len(x)
 
 
@@ -249,27 +248,28 @@ def test_int16x8_outputs_come_from_the_runtime_evaluate_names(models, eval_set) 
 
     x = eval_set.inputs[0]
     ev = evaluate(models["int16x8"], [x], runtime="tflm", confirm_samples=len(x) // 2)
-    if ev.confirmation["identical"]:
+    if ev.confirmation.identical:
         expected = run_litert(models["int16x8"], [x], kernels="builtin")
     else:
         expected = run_tflm(models["int16x8"], [x])
-        assert ev.confirmation["max_lsb_difference"] > 0
+        assert ev.confirmation.max_lsb_difference > 0
     assert ev.runtime_used == expected.runtime
     assert np.array_equal(ev.result.outputs[0], expected.outputs[0])
 
 
 def test_confirmation_summary_says_how_far_and_how_often() -> None:
-    from edgeq.report import confirmation_summary
+    from edgeq.emulator.accuracy import Confirmation
 
-    base = {"runtime": "tflm", "samples": 100, "max_abs_difference": 0.0039}
-    assert confirmation_summary(base | {"identical": True, "differing_samples": 0, "max_lsb_difference": 0}) == (
+    def summary(**fields) -> str:
+        return Confirmation("tflm", 100, max_abs_difference=0.0039, **fields).summary()
+
+    assert summary(identical=True, differing_samples=0, max_lsb_difference=0) == (
         "LiteRT was bit-exact with TFLM on the first 100 samples")
-    assert confirmation_summary(base | {"identical": False, "differing_samples": 2, "max_lsb_difference": 1}) == (
+    assert summary(identical=False, differing_samples=2, max_lsb_difference=1) == (
         "LiteRT's kernels on this CPU differed from TFLM by up to 1 LSB on 2 of the first 100 samples")
-    assert "by up to 0.0039" in confirmation_summary(base | {"identical": False, "differing_samples": 5,
-                                                             "max_lsb_difference": None})
-    error = base | {"identical": False, "error": "LiteRT could not run the model: boom"}
-    assert confirmation_summary(error) == "LiteRT could not run the model: boom"
+    assert "by up to 0.0039" in summary(identical=False, differing_samples=5, max_lsb_difference=None)
+    assert summary(identical=False, error="LiteRT could not run the model: boom") == (
+        "LiteRT could not run the model: boom")
 
 
 # -- quantization and metrics -------------------------------------------------------------------
@@ -318,7 +318,7 @@ def test_output_error_and_compare_match_numpy(example, models, eval_set) -> None
     assert math.isclose(metrics.drop_points, (float_acc - quant_acc) * 100)
     assert math.isclose(metrics.top1_agreement, np.mean(ref.argmax(1) == quant.argmax(1)))
     assert metrics.quantized_top1 > 0.9
-    assert metrics.to_dict()["errors"][0]["snr_db"] == round(err.snr_db, 6)
+    assert metrics.part(None).to_dict()["errors"][0]["snr_db"] == round(err.snr_db, 6)
 
     no_ref = compare(None, [quant], None)
     assert (no_ref.float_top1, no_ref.quantized_top1, no_ref.top1_agreement, no_ref.errors) == (None,) * 4
