@@ -11,7 +11,6 @@ import click
 
 from edgeq.cli import main, _progress_factory, _step
 from edgeq.device.protocol import DEFAULT_MAX_PAYLOAD, LENGTH_LIMIT, MIN_PAYLOAD
-from edgeq.errors import EdgeqError
 from edgeq.vocab import DeviceVerdict
 
 
@@ -129,50 +128,24 @@ def device_sim(model: Path, faults: tuple[str, ...], link_path: Path | None, are
     import signal
     import threading
 
-    from edgeq.device.sim import SimDevice, VirtualPort, parse_fault
-    from edgeq.export.tflm import require_tflm_kernels
-    from edgeq.tflite.reader import read_tflite, read_tflite_bytes
+    from edgeq.device.sim import Serving, serve_model
 
-    try:
-        parsed = [parse_fault(spec) for spec in faults]
-    except ValueError as exc:
-        raise EdgeqError(f"--fault: {exc}", hint="e.g. --fault crc@3 --fault reset@10") from None
-    data = read_tflite_bytes(model)
-    info = read_tflite(data, source=str(model))
-    require_tflm_kernels(info)
-    if link_path is not None and os.path.lexists(link_path) and not link_path.is_symlink():
-        raise EdgeqError(f"--link {link_path} exists and is not a symlink; edgeq will not replace it",
-                         hint="pass a new path, e.g. /tmp/edgeq-device")
-    from edgeq.emulator.memory import measure_tflm_arena
-
-    measured = measure_tflm_arena(data, source=str(model))
-    arena_used = measured.recorded_total
-    if arena is None:
-        arena = measured.smallest + arena_margin
-    port = VirtualPort.open()
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    try:
-        device = SimDevice(data, info, arena_size=arena, arena_used=arena_used, arena_needed=measured.smallest,
-                           faults=parsed, max_payload=max_payload,
-                           log=lambda line: click.echo(f"device-sim: {line}", err=True))
-        if link_path is not None:
-            if link_path.is_symlink():
-                link_path.unlink()
-            link_path.symlink_to(port.path)
-        click.echo(port.path)
+
+    def ready(serving: Serving) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        click.echo(serving.port)
         sys.stdout.flush()
-        where = str(link_path) if link_path is not None else port.path
-        click.echo(f"device-sim: serving {model.name} in TFLite Micro on {port.path}"
-                   + (f" (linked at {link_path})" if link_path else "") + f"; arena {arena:,} B"
-                   + (f"; faults: {', '.join(map(str, parsed))}" if parsed else ""), err=True)
+        where = str(serving.link) if serving.link is not None else serving.port
+        click.echo(f"device-sim: serving {model.name} in TFLite Micro on {serving.port}"
+                   + (f" (linked at {serving.link})" if serving.link else "") + f"; arena {serving.arena:,} B"
+                   + (f"; faults: {', '.join(map(str, serving.faults))}" if serving.faults else ""), err=True)
         click.echo(f"device-sim: in another terminal: edgeq device-check --port {where} --model {model} --data SET",
                    err=True)
         click.echo("device-sim: Ctrl-C to stop", err=True)
-        device.serve(port.master, stop)
-    finally:
-        port.close()
-        if link_path is not None and link_path.is_symlink():
-            link_path.unlink()
-    click.echo(f"device-sim: stopped after {device.served} inference(s)", err=True)
+
+    served = serve_model(model, stop, faults=faults, link_path=link_path, arena=arena, arena_margin=arena_margin,
+                         max_payload=max_payload, on_ready=ready, log=lambda line: click.echo(f"device-sim: {line}",
+                                                                                                err=True))
+    click.echo(f"device-sim: stopped after {served} inference(s)", err=True)

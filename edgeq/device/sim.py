@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -46,6 +47,7 @@ from edgeq.device.protocol import (
     encode_frame,
 )
 from edgeq.device.tensors import nbytes, numpy_dtype, unpack, wire_tensors
+from edgeq.errors import EdgeqError
 from edgeq.tflite.reader import ModelInfo
 
 BOOT_BANNER = b"\r\nedgeq-sim: boot\r\n"
@@ -302,3 +304,60 @@ class VirtualPort:
                 os.close(fd)
             except OSError:
                 pass
+
+
+@dataclass(frozen=True)
+class Serving:
+    """A virtual board that is ready: the model it runs, the port to open (and its stable link),
+    its arena and the faults it will inject."""
+
+    model: Path
+    port: str
+    link: Path | None
+    arena: int
+    faults: tuple[Fault, ...]
+
+
+def serve_model(model_path: Path, stop: threading.Event, *, faults: Sequence[str] = (), link_path: Path | None = None,
+                arena: int | None = None, arena_margin: int = 1024, max_payload: int = DEFAULT_MAX_PAYLOAD,
+                on_ready: Callable[[Serving], None] = lambda serving: None,
+                log: Callable[[str], None] = lambda line: None) -> int:
+    """Serve `model_path` as a virtual board on a new pseudo-terminal until `stop` is set; the
+    number of inferences it served.
+
+    Everything a user can get wrong is checked before the port opens (the fault specs, the model,
+    TFLM's kernels, --link); then the arena is measured in a child process (default size: the
+    smallest that runs + `arena_margin`, as `edgeq firmware` sizes it), and `on_ready` hears where
+    the board is. `link_path`, a symlink to the port, is removed again when serving ends.
+    """
+    from edgeq.emulator.memory import measure_tflm_arena
+    from edgeq.export.tflm import require_tflm_kernels
+    from edgeq.tflite.reader import read_tflite, read_tflite_bytes
+
+    try:
+        parsed = tuple(parse_fault(spec) for spec in faults)
+    except ValueError as exc:
+        raise EdgeqError(f"--fault: {exc}", hint="e.g. --fault crc@3 --fault reset@10") from None
+    data = read_tflite_bytes(model_path)
+    info = read_tflite(data, source=str(model_path))
+    require_tflm_kernels(info)
+    if link_path is not None and os.path.lexists(link_path) and not link_path.is_symlink():
+        raise EdgeqError(f"--link {link_path} exists and is not a symlink; edgeq will not replace it",
+                         hint="pass a new path, e.g. /tmp/edgeq-device")
+    measured = measure_tflm_arena(data, source=str(model_path))
+    size = arena if arena is not None else measured.smallest + arena_margin
+    port = VirtualPort.open()
+    try:
+        device = SimDevice(data, info, arena_size=size, arena_used=measured.recorded_total,
+                           arena_needed=measured.smallest, faults=parsed, max_payload=max_payload, log=log)
+        if link_path is not None:
+            if link_path.is_symlink():
+                link_path.unlink()
+            link_path.symlink_to(port.path)
+        on_ready(Serving(Path(model_path), port.path, link_path, size, parsed))
+        device.serve(port.master, stop)
+    finally:
+        port.close()
+        if link_path is not None and link_path.is_symlink():
+            link_path.unlink()
+    return device.served

@@ -18,6 +18,7 @@ import pytest
 from edgeq.calibration import load_dataset
 from edgeq.device.check import WrongFirmwareError, device_check, render_markdown
 from edgeq.device.link import DeviceError
+from edgeq.errors import EdgeqError
 from edgeq.device.sim import SimDevice, VirtualPort, parse_fault
 from edgeq.tflite.reader import read_tflite
 from tests.conftest import plain_tflite, predict, run_edgeq
@@ -297,3 +298,30 @@ def test_convert_harness_then_device_sim_then_device_check(tmp_path):
     assert "bit-exact with the emulator: 50 of 50" in check_result.stdout
     iot = run_edgeq("convert", str(example), "--target", "iot", "--harness", "-o", str(tmp_path / "iot"))
     assert iot.returncode == 2 and "--harness builds TFLite Micro firmware" in iot.stderr
+
+
+def test_serve_model_is_device_sim_as_a_library_call(digits_int8, tmp_path):
+    """The serving loop without the CLI: ready with a port and a link, checked, stopped, link gone."""
+    from edgeq.device.sim import serve_model
+
+    stop, ready, served = threading.Event(), [], []
+    link = tmp_path / "board"
+    thread = threading.Thread(target=lambda: served.append(serve_model(
+        digits_int8, stop, faults=["crc@1"], link_path=link, arena_margin=512, on_ready=ready.append)), daemon=True)
+    thread.start()
+    for _ in range(600):
+        if ready:
+            break
+        time.sleep(0.05)
+    (serving,) = ready
+    assert link.is_symlink() and os.readlink(link) == serving.port and serving.faults[0].kind == "crc"
+    try:
+        result = device_check(str(link), digits_int8, "digits", limit=5, output_dir=tmp_path / "r", timeout=0.6)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert result.verdict == "pass" and result.report.run.link.resends >= 1
+    assert served[0] >= 5  # every sample, and the resent one again
+    assert not os.path.lexists(link)
+    with pytest.raises(EdgeqError, match="--fault"):
+        serve_model(digits_int8, threading.Event(), faults=["explode@1"])
