@@ -180,6 +180,31 @@ def _load_file(path: Path, *, name: str, sha256: str | None = None) -> Dataset:
     if suffix not in SUPPORTED_SUFFIXES:
         raise CalibrationError(f"{path}: unsupported file type '{path.suffix or '(none)'}' "
                                f"(supported: {', '.join(SUPPORTED_SUFFIXES)})", hint=SAVE_HINT)
+    arrays = _read_arrays(path, suffix)
+    inputs, names = _pick_inputs(path, arrays)
+    labels = arrays.get("y")
+    for i, arr in enumerate(inputs):
+        if arr.ndim == 0:
+            raise CalibrationError(f"{path}: array '{_input_key(len(inputs), i, names)}' is a scalar; samples must be on axis 0",
+                                   hint="stack your samples: x = np.stack(samples)")
+    counts = [int(a.shape[0]) for a in inputs]
+    if len(set(counts)) > 1:
+        desc = ", ".join(f"{_input_key(len(inputs), i, names)}: {c}" for i, c in enumerate(counts))
+        raise CalibrationError(f"{path}: inputs have different sample counts ({desc})",
+                               hint="every input array needs one row per sample, in the same order")
+    if counts[0] == 0:
+        raise CalibrationError(f"{path}: array '{_input_key(len(inputs), 0, names)}' has 0 samples (shape {inputs[0].shape})",
+                               hint="calibration needs real samples; 100-500 representative ones are typical")
+    if labels is not None and (labels.ndim == 0 or labels.shape[0] != counts[0]):
+        got = "a scalar" if labels.ndim == 0 else f"{labels.shape[0]} labels"
+        raise CalibrationError(f"{path}: labels 'y' do not match the samples: {got} for {counts[0]} samples",
+                               hint="y needs one label per sample (axis 0), in the same order as x")
+    return Dataset(name=name, source=path, inputs=inputs, labels=labels, sha256=sha256 or _sha256(path),
+                   input_names=names)
+
+
+def _read_arrays(path: Path, suffix: str) -> dict[str, np.ndarray]:
+    """Every array of a .npy (as "x") or .npz, without pickles; damage of any kind is a CalibrationError."""
     arrays: dict[str, np.ndarray] = {}
     key = "(file)"
     try:
@@ -210,26 +235,7 @@ def _load_file(path: Path, *, name: str, sha256: str | None = None) -> Dataset:
         # zlib.error or EOFError, I/O as OSError: all mean "corrupt file" to the user.
         raise CalibrationError(f"{path}: array '{key}' cannot be read ({type(exc).__name__}: {exc}); "
                                "the file is corrupt or truncated", hint=CORRUPT_HINT) from exc
-    inputs, names = _pick_inputs(path, arrays)
-    labels = arrays.get("y")
-    for i, arr in enumerate(inputs):
-        if arr.ndim == 0:
-            raise CalibrationError(f"{path}: array '{_input_key(len(inputs), i, names)}' is a scalar; samples must be on axis 0",
-                                   hint="stack your samples: x = np.stack(samples)")
-    counts = [int(a.shape[0]) for a in inputs]
-    if len(set(counts)) > 1:
-        desc = ", ".join(f"{_input_key(len(inputs), i, names)}: {c}" for i, c in enumerate(counts))
-        raise CalibrationError(f"{path}: inputs have different sample counts ({desc})",
-                               hint="every input array needs one row per sample, in the same order")
-    if counts[0] == 0:
-        raise CalibrationError(f"{path}: array '{_input_key(len(inputs), 0, names)}' has 0 samples (shape {inputs[0].shape})",
-                               hint="calibration needs real samples; 100-500 representative ones are typical")
-    if labels is not None and (labels.ndim == 0 or labels.shape[0] != counts[0]):
-        got = "a scalar" if labels.ndim == 0 else f"{labels.shape[0]} labels"
-        raise CalibrationError(f"{path}: labels 'y' do not match the samples: {got} for {counts[0]} samples",
-                               hint="y needs one label per sample (axis 0), in the same order as x")
-    return Dataset(name=name, source=path, inputs=inputs, labels=labels, sha256=sha256 or _sha256(path),
-                   input_names=names)
+    return arrays
 
 
 def _input_key(n: int, i: int, names: tuple[str, ...] | None = None) -> str:

@@ -781,6 +781,24 @@ class EmulateResult:
     files: list[Path] = field(default_factory=list)
 
 
+def _reference_outputs(reference: Path, tflite_path: Path, info: ModelInfo, dataset: Dataset | None,
+                       trust_model: bool, on_step: Step) -> list[Any] | None:
+    """The float model's outputs on `dataset`, after checking that it takes the .tflite's inputs."""
+    from edgeq.loading import load_model
+    from edgeq.tflite.facts import input_specs
+
+    on_step(f"loading the float reference {reference} (TensorFlow start-up takes a few seconds)")
+    ref_model = load_model(reference, trust_model=trust_model)
+    theirs = [tuple(s.shape[1:]) for s in ref_model.input_specs]
+    ours = [tuple(s.shape[1:]) for s in input_specs(info)]
+    if theirs != ours:
+        raise ModelLoadError(f"{reference}: the reference model takes inputs {theirs}, but {tflite_path.name} "
+                             f"takes {ours}", hint="pass --reference the Keras model this .tflite was converted from")
+    if dataset is None:
+        return None
+    return ref_model.predict(list(validate_for_model(dataset, ref_model.input_specs, purpose="evaluation").inputs))
+
+
 def emulate_file(
     tflite_path: str | Path,
     target: str | TargetProfile = "mcu",
@@ -813,20 +831,8 @@ def emulate_file(
     dataset = load_dataset(data, default_split="eval") if data else None
     if dataset is not None:
         dataset = validate_for_model(dataset, input_specs(info), purpose="evaluation")
-    outputs = None
-    if reference is not None:
-        from edgeq.loading import load_model
-
-        on_step(f"loading the float reference {reference} (TensorFlow start-up takes a few seconds)")
-        ref_model = load_model(reference, trust_model=trust_model)
-        theirs = [tuple(s.shape[1:]) for s in ref_model.input_specs]
-        ours = [tuple(s.shape[1:]) for s in input_specs(info)]
-        if theirs != ours:
-            raise ModelLoadError(f"{reference}: the reference model takes inputs {theirs}, but {tflite_path.name} "
-                                 f"takes {ours}", hint="pass --reference the Keras model this .tflite was converted from")
-        if dataset is not None:
-            outputs = ref_model.predict(list(validate_for_model(dataset, ref_model.input_specs,
-                                                                purpose="evaluation").inputs))
+    outputs = None if reference is None else _reference_outputs(Path(reference), tflite_path, info, dataset,
+                                                                 trust_model, on_step)
     mode = infer_mode(info)
     input_dtype, output_dtype = profile.io_dtypes(mode)
     check_input = CheckInput(info, profile, mode, input_dtype, output_dtype, max_accuracy_drop=max_accuracy_drop,

@@ -55,3 +55,10 @@ class Scheme(StrEnum):
 
     ASYMMETRIC = "asymmetric"
     SYMMETRIC = "symmetric"
+
+
+class Granularity(StrEnum):
+    """How many quantization scales a weight tensor has: one, or one per output channel."""
+
+    PER_TENSOR = "per-tensor"
+    PER_CHANNEL = "per-channel"

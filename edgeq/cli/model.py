@@ -56,6 +56,7 @@ from edgeq.errors import EdgeqError
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=D1,D2,...",
               help="The sample shape (no batch) to convert an input with open dimensions for, e.g. "
                    "--input-shape audio=49,10. Default: the calibration data's shape, which edgeq names.")
+# Half of this function is its docstring, which is `edgeq convert --help`.
 def convert(model: Path, target: str, mode: str | None, calibration: str | None, calibration_samples: int,
             eval_set: str | None, no_eval: bool, max_accuracy_drop: float, qat: bool, train_set: str | None,
             epochs: int, batch_size: int, learning_rate: float, compare: bool, force: bool, harness: bool,
@@ -117,6 +118,13 @@ def convert(model: Path, target: str, mode: str | None, calibration: str | None,
                f"{result.target.runtime})")
     _summary(result.report)
     _comparison(result.report)
+    _written(result)
+
+
+def _written(result: Any) -> None:
+    """The files convert wrote, with their sizes; the harness tree as one line."""
+    from edgeq.device.firmware import CortexMSize
+
     click.echo(f"wrote to {result.outdir}/")
     harness = result.report.harness
     own = set(harness.files) - {f"{result.name}_model_data.cc", f"{result.name}_model_data.h",
@@ -127,7 +135,7 @@ def convert(model: Path, target: str, mode: str | None, calibration: str | None,
     if harness:
         size = harness.cortex_m_size
         flash = (f"; Cortex-M4F: model {size.model.bytes:,} B + harness {size.harness.flash:,} B flash, "
-                 f"harness RAM {size.harness.ram:,} B") if size is not None and hasattr(size, "model") else ""
+                 f"harness RAM {size.harness.ram:,} B") if isinstance(size, CortexMSize) else ""
         click.echo(f"  + the device-check harness firmware: {len(own)} files, start with README.md{flash}")
 
 

@@ -193,9 +193,8 @@ def device_check(port: str, model_path: Path, data: str, *, baud: int = DEFAULT_
                  ) -> DeviceCheckResult:
     """Run `data` (a bundled set or .npz; its eval split by default) on the device at `port`."""
     from edgeq.calibration import load_dataset, validate_for_model
-    from edgeq.emulator.runtimes import quantize_inputs, run_tflm
+    from edgeq.emulator.runtimes import quantize_inputs
     from edgeq.export.atomic import check_output_dir, write_files_atomically
-    from edgeq.isolation import ChildCrashed, shared_worker
     from edgeq.tflite.facts import input_specs
     from edgeq.tflite.strip import read_tflite_named
 
@@ -214,16 +213,7 @@ def device_check(port: str, model_path: Path, data: str, *, baud: int = DEFAULT_
                                  t.zero_points[0] if t.zero_points else 0) for x, t in zip(inputs, info.input_tensors)]
     payloads = [pack([q[i:i + 1] for q in quantized], wire_in) for i in range(n)]
 
-    on_step(f"emulator: running {n} samples of {dataset.name} in TFLite Micro on this host")
-    try:  # in a child process: TFLM must not take device-check down with it
-        emulated = shared_worker().call(run_tflm, model, inputs,
-                                        on_progress=progress("emulator (TFLM)", n) if progress else None)
-    except RuntimeError as exc:
-        raise EdgeqError(f"{model_path}: the emulator could not run the model: {exc}",
-                         hint="check the model with `edgeq emulate` first") from exc
-    except ChildCrashed as crash:
-        raise EdgeqError(f"{model_path}: TFLite Micro {crash.how} running the model on this host"
-                         + crash.last_words(), hint="check the model with `edgeq emulate` first") from None
+    emulated = _emulated(model, model_path, inputs, f"{n} samples of {dataset.name}", on_step, progress)
     expected = emulated.raw_outputs or []
 
     on_step(f"opening {port} at {baud} baud")
@@ -251,6 +241,26 @@ def device_check(port: str, model_path: Path, data: str, *, baud: int = DEFAULT_
     files = {"report.json": render_json(report), "report.md": render_markdown(report).encode()}
     written = write_files_atomically(Path(output_dir), files, overwrite=overwrite)
     return DeviceCheckResult(report, report.verdict, written)
+
+
+def _emulated(model: bytes, model_path: Path, inputs: list[np.ndarray], what: str, on_step: Step,
+              progress: Progress | None) -> Any:
+    """The emulator's answer first: TFLM on this host, in a child process (it must not take
+    device-check down with it)."""
+    from edgeq.emulator.runtimes import run_tflm
+    from edgeq.isolation import ChildCrashed, shared_worker
+
+    on_step(f"emulator: running {what} in TFLite Micro on this host")
+    n = len(inputs[0])
+    try:
+        return shared_worker().call(run_tflm, model, inputs,
+                                    on_progress=progress("emulator (TFLM)", n) if progress else None)
+    except RuntimeError as exc:
+        raise EdgeqError(f"{model_path}: the emulator could not run the model: {exc}",
+                         hint="check the model with `edgeq emulate` first") from exc
+    except ChildCrashed as crash:
+        raise EdgeqError(f"{model_path}: TFLite Micro {crash.how} running the model on this host"
+                         + crash.last_words(), hint="check the model with `edgeq emulate` first") from None
 
 
 def _verify(hello: HelloReply, sha: bytes, wire_in: tuple[WireTensor, ...], wire_out: tuple[WireTensor, ...],

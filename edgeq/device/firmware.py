@@ -232,17 +232,27 @@ def _shape_text(tensors: list[ManifestTensor]) -> str:
                      for t in tensors)
 
 
-def build_firmware(model: bytes, info: ModelInfo, *, name: str, arena: ArenaSize, target_name: str,
-                   max_payload: int = DEFAULT_MAX_PAYLOAD, alignment: int = 16) -> Firmware:
-    """The firmware folder for `model` (its .tflite bytes, read into `info`): files and manifest.
+@dataclass(frozen=True)
+class _Frames:
+    """The protocol frames a model needs: bytes per input and output, the INFER reply, the largest."""
 
-    Raises TargetCheckError when the model cannot be served by protocol version 1 (inputs or outputs
-    above `max_payload`, dynamic shapes, an op TFLM lacks), EdgeqError for a bad max_payload.
-    """
-    if not MIN_PAYLOAD <= max_payload <= PAYLOAD_LIMIT:
-        raise EdgeqError(f"--max-payload {max_payload} is out of range",
-                         hint=f"choose a value from {MIN_PAYLOAD} to {PAYLOAD_LIMIT} (default {DEFAULT_MAX_PAYLOAD})")
-    ident = c_identifier(name)
+    input_sizes: list[int]
+    output_sizes: list[int]
+    reply: int
+    needed: int
+
+    @property
+    def input_bytes(self) -> int:
+        return sum(self.input_sizes)
+
+    @property
+    def output_bytes(self) -> int:
+        return sum(self.output_sizes)
+
+
+def _frames(info: ModelInfo, ident: str, max_payload: int) -> _Frames:
+    """The frame sizes of `info`; TargetCheckError when protocol version 1 cannot serve it (no
+    inputs or outputs, over 255 of them, a dtype or rank the wire lacks, a frame above `max_payload`)."""
     source = info.source
     if not info.inputs or not info.outputs:
         raise TargetCheckError(f"{source} has no inputs or no outputs", hint="re-export the model")
@@ -273,6 +283,23 @@ def build_firmware(model: bytes, info: ModelInfo, *, name: str, arena: ArenaSize
             f"{max_payload} bytes (version 1 of the device protocol has no chunking)",
             hint=f"rebuild the firmware with a larger --max-payload (at least {needed}, at most {PAYLOAD_LIMIT}); "
                  "the device needs about twice that in RAM")
+    return _Frames(in_sizes, out_sizes, reply_bytes, needed)
+
+
+def build_firmware(model: bytes, info: ModelInfo, *, name: str, arena: ArenaSize, target_name: str,
+                   max_payload: int = DEFAULT_MAX_PAYLOAD, alignment: int = 16) -> Firmware:
+    """The firmware folder for `model` (its .tflite bytes, read into `info`): files and manifest.
+
+    Raises TargetCheckError when the model cannot be served by protocol version 1 (inputs or outputs
+    above `max_payload`, dynamic shapes, an op TFLM lacks), EdgeqError for a bad max_payload.
+    """
+    if not MIN_PAYLOAD <= max_payload <= PAYLOAD_LIMIT:
+        raise EdgeqError(f"--max-payload {max_payload} is out of range",
+                         hint=f"choose a value from {MIN_PAYLOAD} to {PAYLOAD_LIMIT} (default {DEFAULT_MAX_PAYLOAD})")
+    ident = c_identifier(name)
+    frames = _frames(info, ident, max_payload)
+    in_sizes, out_sizes = frames.input_sizes, frames.output_sizes
+    input_bytes, output_bytes, reply_bytes, needed = frames.input_bytes, frames.output_bytes, frames.reply, frames.needed
 
     c_sources = tflm_sources(ident, model, info.all_op_names, arena=arena, alignment=alignment)
     digest = hashlib.sha256(model).hexdigest()

@@ -109,6 +109,8 @@ def _keep_old(path: Path) -> Path:
     return backup
 
 
+# One function, though over 60 lines: it is one transaction, and its state (staged, backups,
+# changed, created) must be in one try/except/finally for the roll-back to see all of it.
 def write_files_atomically(
     outdir: Path, files: Mapping[str, bytes], *, overwrite: bool, remove: Sequence[str] = ()
 ) -> list[Path]:

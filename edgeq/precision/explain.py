@@ -174,6 +174,11 @@ def _num(x: float) -> str:
 def render_text(report: FormatsReport) -> str:
     """The terminal view: per value one line per float format and per integer format, notes,
     then the quantization parameters and the format table."""
+    lines = _values_text(report) + _params_text(report) + _table_text(report)
+    return "\n".join(lines) + "\n"
+
+
+def _values_text(report: FormatsReport) -> list[str]:
     lines: list[str] = []
     name_w = max([len(e.format) for encs in report.encodings for e in encs] + [4])
     bits_w = max([len(e.bit_string) for encs in report.encodings for e in encs] + [1])
@@ -203,23 +208,28 @@ def render_text(report: FormatsReport) -> str:
         for n in notes:
             lines.append(f"  ! {n}")
         lines.append("")
+    return lines
 
-    if report.params:
-        lines.append("Integer quantization (per tensor; round half away from zero, as TFLite):")
-        for p in report.params:
-            src = {"values": "range of the values (with 0)", "range": "given range",
-                   "scale": "given scale"}[p.source]
-            lines.append(f"  {p.name:<16} s = {p.scale:.6g}  z = {p.zero_point}  codes "
-                         f"[{p.code_min}, {p.code_max}]  range [{_num(p.range_min)}, "
-                         f"{_num(p.range_max)}] ({src})")
-            lines.append(f"  {'':<16} {p.formula}")
-            for n in p.notes:
-                lines.append(f"  {'':<16} note: {n}")
-        lines.append("")
 
-    lines.append("Formats:")
-    lines.append(f"  {'format':<20} {'bits':>4}  {'layout':<8} {'smallest subnormal':>18} "
-                 f"{'smallest normal':>15} {'largest finite':>14} {'epsilon':>10} {'digits':>6}")
+def _params_text(report: FormatsReport) -> list[str]:
+    if not report.params:
+        return []
+    lines = ["Integer quantization (per tensor; round half away from zero, as TFLite):"]
+    for p in report.params:
+        src = {"values": "range of the values (with 0)", "range": "given range", "scale": "given scale"}[p.source]
+        lines.append(f"  {p.name:<16} s = {p.scale:.6g}  z = {p.zero_point}  codes "
+                     f"[{p.code_min}, {p.code_max}]  range [{_num(p.range_min)}, "
+                     f"{_num(p.range_max)}] ({src})")
+        lines.append(f"  {'':<16} {p.formula}")
+        for n in p.notes:
+            lines.append(f"  {'':<16} note: {n}")
+    return lines + [""]
+
+
+def _table_text(report: FormatsReport) -> list[str]:
+    lines = ["Formats:",
+             f"  {'format':<20} {'bits':>4}  {'layout':<8} {'smallest subnormal':>18} "
+             f"{'smallest normal':>15} {'largest finite':>14} {'epsilon':>10} {'digits':>6}"]
     for row in report.table:
         if row["kind"] == "float":
             layout = f"1+{row['exponent_bits']}+{row['mantissa_bits']}"
@@ -236,7 +246,7 @@ def render_text(report: FormatsReport) -> str:
                 f"{'1/' + str(row['levels'] - 1):>10} {row['decimal_digits']:>6.2f}"
                 f"  ({row['levels']} levels)")
     lines.append("  (epsilon: float gap above 1; for INT, one step over the full range)")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _pow2(x: float) -> str:

@@ -644,32 +644,13 @@ def quantize_dequantize(array: Any, bits: int = 8, scheme: str = "asymmetric",
     if scale is not None:
         if min is not None or max is not None:
             raise FormatsInputError("give either min/max or scale/zero_point, not both")
-        scales = np.broadcast_to(np.asarray(scale, dtype=np.float64), ch_shape).copy()
-        if not np.all(np.isfinite(scales) & (scales > 0)):
-            raise FormatsInputError("scales must be positive and finite")
-        zp_in = np.zeros(ch_shape) if zero_point is None else np.asarray(zero_point)
-        zps = np.broadcast_to(zp_in, ch_shape)
-        if not np.all(zps == np.round(zps)) or np.any((zps < qmin) | (zps > qmax)):
-            raise FormatsInputError(f"zero points must be integers in [{qmin}, {qmax}]")
-        zps = zps.astype(np.int64)
-        if scheme == "symmetric" and np.any(zps != 0):
-            raise FormatsInputError("symmetric quantization has zero point 0")
+        scales, zps = _given_params(scale, zero_point, ch_shape, qmin, qmax, scheme)
     else:
         if zero_point is not None:
             raise FormatsInputError("a zero point needs a scale")
         if (min is None) != (max is None):
             raise FormatsInputError("give both min and max, or neither")
-        if min is None:
-            if x.size == 0:
-                lo = hi = np.zeros(ch_shape)
-            else:
-                lo = x.min(axis=reduce_axes) if reduce_axes is not None else x.min()
-                hi = x.max(axis=reduce_axes) if reduce_axes is not None else x.max()
-        else:
-            lo = np.broadcast_to(np.asarray(min, dtype=np.float64), ch_shape)
-            hi = np.broadcast_to(np.asarray(max, dtype=np.float64), ch_shape)
-            if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))) or np.any(lo > hi):
-                raise FormatsInputError("min/max must be finite with min <= max")
+        lo, hi = _ranges(x, min, max, ch_shape, reduce_axes)
         scales, zps = _choose_params(lo, hi, bits, scheme)
 
     q, deq, clipped = _quantize_core(x, scales.reshape(bshape), zps.reshape(bshape), qmin, qmax)
@@ -677,6 +658,38 @@ def quantize_dequantize(array: Any, bits: int = 8, scheme: str = "asymmetric",
     return QuantizedArray(q=q.astype(qdtype), dequantized=deq, scales=np.asarray(scales),
                           zero_points=np.asarray(zps, dtype=np.int64), clipped=clipped,
                           bits=bits, scheme=scheme, axis=ax)
+
+
+def _given_params(scale: Any, zero_point: Any, ch_shape: tuple[int, ...], qmin: int, qmax: int,
+                  scheme: str) -> tuple[np.ndarray, np.ndarray]:
+    """The caller's scales and zero points, broadcast to the channel shape and checked."""
+    scales = np.broadcast_to(np.asarray(scale, dtype=np.float64), ch_shape).copy()
+    if not np.all(np.isfinite(scales) & (scales > 0)):
+        raise FormatsInputError("scales must be positive and finite")
+    zp_in = np.zeros(ch_shape) if zero_point is None else np.asarray(zero_point)
+    zps = np.broadcast_to(zp_in, ch_shape)
+    if not np.all(zps == np.round(zps)) or np.any((zps < qmin) | (zps > qmax)):
+        raise FormatsInputError(f"zero points must be integers in [{qmin}, {qmax}]")
+    zps = zps.astype(np.int64)
+    if scheme == "symmetric" and np.any(zps != 0):
+        raise FormatsInputError("symmetric quantization has zero point 0")
+    return scales, zps
+
+
+def _ranges(x: np.ndarray, lo_given: Any, hi_given: Any, ch_shape: tuple[int, ...],
+            reduce_axes: tuple[int, ...] | None) -> tuple[np.ndarray, np.ndarray]:
+    """The min and max to quantize over: the caller's (checked), else the data's, per channel."""
+    if lo_given is not None:
+        lo = np.broadcast_to(np.asarray(lo_given, dtype=np.float64), ch_shape)
+        hi = np.broadcast_to(np.asarray(hi_given, dtype=np.float64), ch_shape)
+        if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))) or np.any(lo > hi):
+            raise FormatsInputError("min/max must be finite with min <= max")
+        return lo, hi
+    if x.size == 0:
+        return np.zeros(ch_shape), np.zeros(ch_shape)
+    if reduce_axes is None:
+        return x.min(), x.max()
+    return x.min(axis=reduce_axes), x.max(axis=reduce_axes)
 
 
 def _normalize_axis(axis: int, ndim: int) -> int:

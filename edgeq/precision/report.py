@@ -155,7 +155,7 @@ def render_png(result: PrecisionResult) -> bytes:
 def _kind(name: str) -> str:
     from edgeq.precision.simulate import FORMATS
 
-    return str(FORMATS[name]["kind"])
+    return FORMATS[name].kind
 
 
 def to_json(result: PrecisionResult) -> dict[str, Any]:

@@ -18,33 +18,54 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from edgeq.emulator.accuracy import top1_accuracy
 from edgeq.precision.formats import quantize_dequantize
+from edgeq.vocab import Granularity, Scheme
+
+@dataclass(frozen=True)
+class FormatSpec:
+    """How one format stores the weights: `kind` float (cast), fp8 (scaled, cast), int (linear
+    quantization with `scheme` and `granularity`) or policy (a Keras dtype policy: the layers
+    also compute in `dtype`)."""
+
+    kind: Literal["float", "fp8", "int", "policy"]
+    bits: int
+    label: str
+    dtype: str | None = None
+    scheme: Scheme | None = None
+    granularity: Granularity | None = None
+
+    @property
+    def per_channel(self) -> bool:
+        return self.granularity == Granularity.PER_CHANNEL
+
+
+def _int(bits: int, scheme: Scheme, granularity: Granularity) -> FormatSpec:
+    label = f"INT{bits} {scheme}, {granularity.replace('-', ' ')}"
+    return FormatSpec("int", bits, label, scheme=scheme, granularity=granularity)
+
+
+_SYM, _ASYM = Scheme.SYMMETRIC, Scheme.ASYMMETRIC
+_TENSOR, _CHANNEL = Granularity.PER_TENSOR, Granularity.PER_CHANNEL
 
 # name -> how the weights are stored. "activations" variants also compute in that float type.
-FormatSpec = dict[str, Any]
 FORMATS: dict[str, FormatSpec] = {
-    "fp32": {"kind": "float", "bits": 32, "label": "FP32 (reference)"},
-    "fp16": {"kind": "float", "bits": 16, "dtype": "float16", "label": "FP16 weights"},
-    "bf16": {"kind": "float", "bits": 16, "dtype": "bfloat16", "label": "BF16 weights"},
-    "fp8_e4m3": {"kind": "fp8", "bits": 8, "dtype": "float8_e4m3fn", "label": "FP8 E4M3 weights (per-tensor scale)"},
-    "fp8_e5m2": {"kind": "fp8", "bits": 8, "dtype": "float8_e5m2", "label": "FP8 E5M2 weights (per-tensor scale)"},
-    "int8_sym_tensor": {"kind": "int", "bits": 8, "scheme": "symmetric", "per_channel": False,
-                        "label": "INT8 symmetric, per tensor"},
-    "int8_sym_channel": {"kind": "int", "bits": 8, "scheme": "symmetric", "per_channel": True,
-                         "label": "INT8 symmetric, per channel"},
-    "int8_asym_tensor": {"kind": "int", "bits": 8, "scheme": "asymmetric", "per_channel": False,
-                         "label": "INT8 asymmetric, per tensor"},
-    "int8_asym_channel": {"kind": "int", "bits": 8, "scheme": "asymmetric", "per_channel": True,
-                          "label": "INT8 asymmetric, per channel"},
-    "int4_sym_channel": {"kind": "int", "bits": 4, "scheme": "symmetric", "per_channel": True,
-                         "label": "INT4 symmetric, per channel"},
-    "fp16_act": {"kind": "policy", "bits": 16, "dtype": "float16", "label": "FP16 weights and activations"},
-    "bf16_act": {"kind": "policy", "bits": 16, "dtype": "bfloat16", "label": "BF16 weights and activations"},
+    "fp32": FormatSpec("float", 32, "FP32 (reference)"),
+    "fp16": FormatSpec("float", 16, "FP16 weights", dtype="float16"),
+    "bf16": FormatSpec("float", 16, "BF16 weights", dtype="bfloat16"),
+    "fp8_e4m3": FormatSpec("fp8", 8, "FP8 E4M3 weights (per-tensor scale)", dtype="float8_e4m3fn"),
+    "fp8_e5m2": FormatSpec("fp8", 8, "FP8 E5M2 weights (per-tensor scale)", dtype="float8_e5m2"),
+    "int8_sym_tensor": _int(8, _SYM, _TENSOR),
+    "int8_sym_channel": _int(8, _SYM, _CHANNEL),
+    "int8_asym_tensor": _int(8, _ASYM, _TENSOR),
+    "int8_asym_channel": _int(8, _ASYM, _CHANNEL),
+    "int4_sym_channel": _int(4, _SYM, _CHANNEL),
+    "fp16_act": FormatSpec("policy", 16, "FP16 weights and activations", dtype="float16"),
+    "bf16_act": FormatSpec("policy", 16, "BF16 weights and activations", dtype="bfloat16"),
 }
 
 # What TFLite's runtimes (as edgeq's modes use them) can store and run, per format.
@@ -223,13 +244,13 @@ def _from_channels_last(flat: np.ndarray, meta: _Weight, shape: tuple[int, ...])
 def _transform(w: np.ndarray, spec: FormatSpec, meta: _Weight) -> np.ndarray:
     import ml_dtypes
 
-    kind = spec["kind"]
-    if kind in ("float", "policy") and spec.get("dtype"):
-        dtype = getattr(ml_dtypes, spec["dtype"]) if spec["dtype"] == "bfloat16" else np.dtype(spec["dtype"])
+    kind = spec.kind
+    if kind in ("float", "policy") and spec.dtype:
+        dtype = getattr(ml_dtypes, spec.dtype) if spec.dtype == "bfloat16" else np.dtype(spec.dtype)
         with np.errstate(over="ignore"):  # overflow to Inf is the point: it is reported, not warned about
             return w.astype(dtype).astype(np.float32)
     if kind == "fp8":
-        dtype = getattr(ml_dtypes, spec["dtype"])
+        dtype = getattr(ml_dtypes, spec.dtype)
         top = float(ml_dtypes.finfo(dtype).max)
         peak = float(np.max(np.abs(w))) if w.size else 0.0
         if peak == 0:
@@ -238,8 +259,8 @@ def _transform(w: np.ndarray, spec: FormatSpec, meta: _Weight) -> np.ndarray:
         return ((w / scale).astype(dtype).astype(np.float32) * scale).astype(np.float32)
     if kind == "int":
         flat = _channels_last(w, meta)
-        quantized = quantize_dequantize(flat, bits=spec["bits"], scheme=spec["scheme"],
-                                        axis=-1 if spec["per_channel"] else None)
+        quantized = quantize_dequantize(flat, bits=spec.bits, scheme=spec.scheme,
+                                        axis=-1 if spec.per_channel else None)
         return _from_channels_last(np.asarray(quantized.dequantized, dtype=np.float32), meta, w.shape)
     return w
 
@@ -248,17 +269,17 @@ def weight_bytes(weights: Sequence[np.ndarray], meta: Sequence[_Weight], spec: F
     """Exact storage of the weights in `spec`: kernels in the format (+ scales), the rest FP32."""
     total = 0
     for w, m in zip(weights, meta):
-        if spec["kind"] in ("float", "policy"):
-            total += w.size * spec["bits"] // 8
+        if spec.kind in ("float", "policy"):
+            total += w.size * spec.bits // 8
         elif not m.kernel:
             total += w.size * 4
-        elif spec["kind"] == "fp8":
+        elif spec.kind == "fp8":
             total += w.size + 4  # one byte each, one float32 scale per tensor
         else:
-            bits = spec["bits"]
-            channels = _channels_last(w, m).shape[-1] if spec["per_channel"] else 1
+            bits = spec.bits
+            channels = _channels_last(w, m).shape[-1] if spec.per_channel else 1
             params = math.ceil(w.size * bits / 8)
-            per_scale = 4 + (4 if spec["scheme"] == "asymmetric" else 0)
+            per_scale = 4 + (4 if spec.scheme == Scheme.ASYMMETRIC else 0)
             total += params + channels * per_scale
     return total
 
@@ -360,50 +381,58 @@ def simulate(model: Any, inputs: Sequence[np.ndarray], labels: np.ndarray | None
     try:
         reference = _predict(model, inputs)
         for name in formats:
-            spec = FORMATS[name]
-            on_step(f"{spec['label']}")
-            size = weight_bytes(original, meta, spec)
-            note = ""
-            try:
-                if spec["kind"] == "policy":
-                    runner = _policy_clone(model, spec["dtype"])
-                    out = _predict(runner, inputs)  # each layer casts its inputs to its compute dtype
-                else:
-                    model.set_weights([_transform(w, spec, m) if (m.kernel or spec["kind"] == "float")
-                                       else w for w, m in zip(original, meta)])
-                    out = _predict(model, inputs)
-            except Exception as exc:  # noqa: BLE001 (a layer without a kernel for that dtype: report, go on)
-                results.append(FormatResult(name, spec["label"], spec["bits"], size, None, None, None, None,
-                                            note=f"cannot run: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"))
-                continue
-            finally:
-                model.set_weights(original)
-            diff = np.abs(out.astype(np.float64) - reference.astype(np.float64))
-            bad = int(np.count_nonzero(~np.isfinite(diff)))
-            if bad:
-                note = f"overflow: {bad} of {diff.size} outputs are Inf or NaN in this format"
-            results.append(FormatResult(
-                name, spec["label"], spec["bits"], size,
-                math.inf if bad else float(diff.mean()), math.inf if bad else float(diff.max()),
-                _top1(out, reference), top1_accuracy(out, labels), note=note))
+            on_step(FORMATS[name].label)
+            results.append(_measure(model, inputs, labels, reference, name, original, meta))
         gains = _channel_gains(original, meta)
         dots = _dot_products(model, inputs, on_step)
     finally:
         if undo:
             undo()
     if target is not None:
-        for r in results:
-            modes, why = _RUNS[r.name]
-            runs = any(m in target.quantization.modes for m in modes)
-            if modes and not runs:
-                why += f"; not among {target.name}'s modes ({', '.join(target.quantization.modes)})"
-            if r.name == "int8_sym_tensor" and runs and target.quantization.per_channel:
-                why += f"; {target.name} uses per-channel"
-            r.target_runs, r.target_note = runs, why
+        _mark_target(results, target)
     if not dots and any(m.kernel for m in meta):
         notes.append("no dot products: no Dense/Conv2D layer's input could be reached from the model's inputs")
     return PrecisionResult(model_name, data_name, len(inputs[0]), sum(w.size for w in original), kernel_params,
                            results, gains, dots, None if target is None else target.name, notes, output_kind)
+
+
+def _measure(model: Any, inputs: Sequence[np.ndarray], labels: np.ndarray | None, reference: np.ndarray,
+             name: str, original: list[np.ndarray], meta: Sequence[_Weight]) -> FormatResult:
+    """`model` with its weights in format `name`, against the FP32 `reference` outputs; the
+    original weights are back in place afterwards."""
+    spec = FORMATS[name]
+    size = weight_bytes(original, meta, spec)
+    try:
+        if spec.kind == "policy":
+            runner = _policy_clone(model, spec.dtype)
+            out = _predict(runner, inputs)  # each layer casts its inputs to its compute dtype
+        else:
+            model.set_weights([_transform(w, spec, m) if (m.kernel or spec.kind == "float")
+                               else w for w, m in zip(original, meta)])
+            out = _predict(model, inputs)
+    except Exception as exc:  # noqa: BLE001 (a layer without a kernel for that dtype: report, go on)
+        return FormatResult(name, spec.label, spec.bits, size, None, None, None, None,
+                            note=f"cannot run: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+    finally:
+        model.set_weights(original)
+    diff = np.abs(out.astype(np.float64) - reference.astype(np.float64))
+    bad = int(np.count_nonzero(~np.isfinite(diff)))
+    note = f"overflow: {bad} of {diff.size} outputs are Inf or NaN in this format" if bad else ""
+    return FormatResult(name, spec.label, spec.bits, size, math.inf if bad else float(diff.mean()),
+                        math.inf if bad else float(diff.max()), _top1(out, reference), top1_accuracy(out, labels),
+                        note=note)
+
+
+def _mark_target(results: list[FormatResult], target: Any) -> None:
+    """Whether `target`'s runtime can store and run each format, and why (or why not)."""
+    for r in results:
+        modes, why = _RUNS[r.name]
+        runs = any(m in target.quantization.modes for m in modes)
+        if modes and not runs:
+            why += f"; not among {target.name}'s modes ({', '.join(target.quantization.modes)})"
+        if r.name == "int8_sym_tensor" and runs and target.quantization.per_channel:
+            why += f"; {target.name} uses per-channel"
+        r.target_runs, r.target_note = runs, why
 
 
 def _channel_gains(weights: Sequence[np.ndarray], meta: Sequence[_Weight]) -> list[LayerChannelGain]:

@@ -10,6 +10,7 @@ from edgeq.calibration import Dataset, to_representative_dataset
 from edgeq.errors import ConversionError
 from edgeq.loading import ConverterSource
 from edgeq.quantize.recipe import Recipe
+from edgeq.vocab import Granularity
 
 
 def convert_float32(source: ConverterSource) -> bytes:
@@ -54,7 +55,7 @@ def configured_converter(source: ConverterSource, recipe: Recipe, calibration: D
         converter.target_spec.supported_types = [tfm.float16]
     elif recipe.mode == "dynamic":
         converter.optimizations = [tfm.lite.Optimize.DEFAULT]
-    if not recipe.per_channel:
+    if recipe.granularity == Granularity.PER_TENSOR:
         converter._experimental_disable_per_channel = True
     return converter
 

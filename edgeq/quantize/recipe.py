@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from edgeq.errors import RecipeError
 from edgeq.modes import MODES
 from edgeq.records import Record
+from edgeq.vocab import Granularity
 from edgeq.targets import TargetProfile
 
 DEFAULT_CALIBRATION_SAMPLES = 200
@@ -27,6 +28,11 @@ class Recipe(Record):
     input_dtype: str
     output_dtype: str
     calibration_samples: int  # 0 for modes that need none
+
+    @property
+    def granularity(self) -> Granularity:
+        """Per-channel or per-tensor weight scales (report.json keeps the boolean `per_channel`)."""
+        return Granularity.PER_CHANNEL if self.per_channel else Granularity.PER_TENSOR
 
 
 def recipe_for(
