@@ -63,7 +63,7 @@ def test_wheel_carries_the_targets_and_calibration_sets(dists) -> None:
     bundled = _bundled_files()
     assert any(n.endswith("targets/mcu.toml") for n in bundled) and any(n.endswith("digits/eval.npz") for n in bundled)
     assert not [n for n in bundled if n not in names], "package data missing from the wheel"
-    assert "edgeq/device/c/edgeq_protocol.c" in names and "edgeq/device/templates/edgeq_harness.cc.tmpl" in names
+    assert "edgeq/device/c/edgeq_protocol.c" in names and "edgeq/templates/edgeq_harness.cc.j2" in names
     assert not [n for n in names if n.startswith(("tests/", "scripts/", "examples/"))]
 
 

@@ -237,13 +237,16 @@ def test_package_data_ships_the_tree_sources():
         import tomllib
     else:  # pragma: no cover
         import tomli as tomllib
-    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["edgeq.device"]
-    packaged = [*(f"c/{p}" for p in STATIC_FILES), "c/edgeq_config.h", "templates/edgeq_harness.cc.tmpl",
-                "templates/README.md.tmpl"]
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    packaged = [*(f"c/{p}" for p in STATIC_FILES), "c/edgeq_config.h"]
     for rel in packaged:
         assert (ROOT / "edgeq/device" / rel).is_file(), rel
         # setuptools' "**" spans folders; fnmatch's "*" does too, which is close enough here
-        assert any(fnmatch(rel, g) for g in globs), rel
+        assert any(fnmatch(rel, g) for g in data["edgeq.device"]), rel
+    templates = sorted(p.name for p in (ROOT / "edgeq" / "templates").iterdir() if p.is_file())
+    assert "edgeq_harness.cc.j2" in templates and "model_data.h.j2" in templates
+    for name in templates:
+        assert any(fnmatch(name, g) for g in data["edgeq.templates"]), name
 
 
 # --- the real Cortex-M toolchain --------------------------------------------------------------
