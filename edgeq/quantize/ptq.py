@@ -9,6 +9,7 @@ from edgeq._tf import captured_output, tf
 from edgeq.calibration import Dataset, to_representative_dataset
 from edgeq.errors import ConversionError
 from edgeq.loading import ConverterSource
+from edgeq.modes import MODES
 from edgeq.quantize.recipe import Recipe
 from edgeq.vocab import Granularity
 
@@ -35,26 +36,20 @@ def configured_converter(source: ConverterSource, recipe: Recipe, calibration: D
     tfm = tf()
     converter = source.make()
     converter.exclude_conversion_metadata = True  # no timestamps/versions: byte-identical reruns
-    dtypes = {"int8": tfm.int8, "uint8": tfm.uint8, "int16": tfm.int16, "float32": tfm.float32}
-    if recipe.mode in ("int8", "int16x8"):
-        assert calibration is not None
+    mode = MODES[recipe.mode]
+    if mode.optimize:
         converter.optimizations = [tfm.lite.Optimize.DEFAULT]
+    if mode.needs_calibration:
+        assert calibration is not None
         converter.representative_dataset = to_representative_dataset(calibration, limit=recipe.calibration_samples,
                                                                      on_progress=on_progress,
                                                                      names=source.input_names)
-        ops_set = (
-            tfm.lite.OpsSet.TFLITE_BUILTINS_INT8
-            if recipe.mode == "int8"
-            else tfm.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
-        )
-        converter.target_spec.supported_ops = [ops_set]
-        converter.inference_input_type = dtypes[recipe.input_dtype]
-        converter.inference_output_type = dtypes[recipe.output_dtype]
-    elif recipe.mode == "float16":
-        converter.optimizations = [tfm.lite.Optimize.DEFAULT]
-        converter.target_spec.supported_types = [tfm.float16]
-    elif recipe.mode == "dynamic":
-        converter.optimizations = [tfm.lite.Optimize.DEFAULT]
+    if mode.ops_set:
+        converter.target_spec.supported_ops = [getattr(tfm.lite.OpsSet, mode.ops_set)]
+        converter.inference_input_type = getattr(tfm, recipe.input_dtype)
+        converter.inference_output_type = getattr(tfm, recipe.output_dtype)
+    if mode.supported_types:
+        converter.target_spec.supported_types = [getattr(tfm, t) for t in mode.supported_types]
     if recipe.granularity == Granularity.PER_TENSOR:
         converter._experimental_disable_per_channel = True
     return converter
