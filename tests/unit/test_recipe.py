@@ -13,8 +13,10 @@ from edgeq.targets import load_target
 def test_every_mode_is_consistent() -> None:
     for name, mode in MODES.items():
         assert mode.name == name and mode.summary
-        # Only integer modes are calibrated, and only they have integer I/O.
-        assert mode.needs_calibration == mode.integer_only
+        # Integer-only modes are calibrated and restrict the converter to integer ops (a calibrated
+        # mode may still fall back to float kernels, with float I/O).
+        assert not mode.integer_only or (mode.needs_calibration and mode.ops_set)
+        assert mode.optimize or not (mode.needs_calibration or mode.ops_set or mode.supported_types)
         assert activation_dtype(name) == (mode.activations if mode.integer_only else "float32")
     assert activation_dtype("int16x8") == "int16" and activation_dtype("dynamic") == "float32"
 
