@@ -86,38 +86,13 @@ def precision(model: Path, data: str, target: str | None, limit: int, outdir: Pa
       edgeq precision examples/digits_cnn.keras --data digits --target mcu
       edgeq formats 85.125 65504 1e-8      # the bits behind the table
     """
-    from edgeq.calibration import load_dataset, validate_for_model
-    from edgeq.export.atomic import check_output_dir, write_files_atomically
-    from edgeq.export.c_arrays import c_identifier
-    from edgeq.loading import load_model
-    from edgeq.precision.report import render_markdown, render_png, render_text, to_json
-    from edgeq.precision.simulate import simulate
-    from edgeq.report import render_json
-    from edgeq.targets import load_target
+    from edgeq.precision.report import render_text, run_precision
 
-    profile = load_target(target) if target else None
-    ident = c_identifier(model.name.removesuffix(model.suffix) or model.name)
-    out = outdir if outdir is not None else Path("edgeq-out") / f"{ident}-precision"
-    names = ["precision.json", "precision.md", "precision.png"]
-    check_output_dir(out, names, overwrite=overwrite)
-    if not as_json:
-        _step(f"loading {model} (TensorFlow start-up takes a few seconds)")
-    loaded = load_model(model, trust_model=trust_model)
-    if loaded.keras_model is None:
-        raise EdgeqError(f"{model} is a SavedModel: `edgeq precision` changes a Keras model's weights and needs its "
-                         "layers", hint="pass the .keras or .h5 file the SavedModel was exported from")
-    dataset = validate_for_model(load_dataset(data, default_split="eval"), loaded.input_specs, purpose="evaluation")
-    n = min(limit, dataset.num_samples)
-    result = simulate(loaded.keras_model, [x[:n] for x in dataset.inputs],
-                      None if dataset.labels is None else dataset.labels[:n], model_name=model.name,
-                      data_name=dataset.name, target=profile, on_step=(lambda m: None) if as_json else _step)
-    report = to_json(result)
-    files = {"precision.json": render_json(report), "precision.md": render_markdown(result).encode(),
-             "precision.png": render_png(result)}
-    written = write_files_atomically(out, files, overwrite=overwrite)
+    done = run_precision(model, data, target=target, limit=limit, outdir=outdir, overwrite=overwrite,
+                         trust_model=trust_model, on_step=(lambda m: None) if as_json else _step)
     if as_json:
-        click.echo(json.dumps(report, indent=2, sort_keys=True))
+        click.echo(json.dumps(done.report, indent=2, sort_keys=True))
         return
     click.echo("")
-    click.echo(render_text(result), nl=False)
-    click.echo(f"\nwrote {', '.join(str(p) for p in written)}")
+    click.echo(render_text(done.result), nl=False)
+    click.echo(f"\nwrote {', '.join(str(p) for p in done.written)}")

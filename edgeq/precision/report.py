@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from edgeq.precision.simulate import PrecisionResult
@@ -160,3 +163,51 @@ def _kind(name: str) -> str:
 
 def to_json(result: PrecisionResult) -> dict[str, Any]:
     return {"schema_version": 1, "command": "precision", **result.to_dict()}
+
+
+PRECISION_FILES = ("precision.json", "precision.md", "precision.png")
+
+
+@dataclass(frozen=True)
+class PrecisionRun:
+    """What `edgeq precision` measured, the precision.json it wrote, and where."""
+
+    result: PrecisionResult
+    report: dict[str, Any]
+    outdir: Path
+    written: list[Path]
+
+
+def run_precision(model: Path, data: str, *, target: str | None = None, limit: int = 1000,
+                  outdir: Path | None = None, overwrite: bool = False, trust_model: bool = False,
+                  on_step: Callable[[str], None] = lambda message: None) -> PrecisionRun:
+    """Every number format's cost for `model` (.keras or .h5) on the first `limit` samples of
+    `data`, written as precision.json / .md / .png (default folder edgeq-out/<name>-precision)."""
+    from edgeq.calibration import load_dataset, validate_for_model
+    from edgeq.errors import EdgeqError
+    from edgeq.export.atomic import check_output_dir, write_files_atomically
+    from edgeq.export.c_arrays import c_identifier
+    from edgeq.loading import load_model
+    from edgeq.precision.simulate import simulate
+    from edgeq.report import render_json
+    from edgeq.targets import load_target
+
+    model = Path(model)
+    profile = load_target(target) if target else None
+    ident = c_identifier(model.name.removesuffix(model.suffix) or model.name)
+    out = outdir if outdir is not None else Path("edgeq-out") / f"{ident}-precision"
+    check_output_dir(out, list(PRECISION_FILES), overwrite=overwrite)
+    on_step(f"loading {model} (TensorFlow start-up takes a few seconds)")
+    loaded = load_model(model, trust_model=trust_model)
+    if loaded.keras_model is None:
+        raise EdgeqError(f"{model} is a SavedModel: `edgeq precision` changes a Keras model's weights and needs its "
+                         "layers", hint="pass the .keras or .h5 file the SavedModel was exported from")
+    dataset = validate_for_model(load_dataset(data, default_split="eval"), loaded.input_specs, purpose="evaluation")
+    n = min(limit, dataset.num_samples)
+    result = simulate(loaded.keras_model, [x[:n] for x in dataset.inputs],
+                      None if dataset.labels is None else dataset.labels[:n], model_name=model.name,
+                      data_name=dataset.name, target=profile, on_step=on_step)
+    report = to_json(result)
+    files = {"precision.json": render_json(report), "precision.md": render_markdown(result).encode(),
+             "precision.png": render_png(result)}
+    return PrecisionRun(result, report, out, write_files_atomically(out, files, overwrite=overwrite))
