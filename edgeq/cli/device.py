@@ -11,7 +11,6 @@ import click
 
 from edgeq.cli import main, _progress_factory, _step
 from edgeq.device.protocol import DEFAULT_MAX_PAYLOAD, LENGTH_LIMIT, MIN_PAYLOAD
-from edgeq.vocab import DeviceVerdict
 
 
 @main.command("device-check")
@@ -59,7 +58,6 @@ def device_check(port: str, baud: int, model: Path, data: str, limit: int | None
     """
     from edgeq.device.check import device_check as run_check
     from edgeq.device.check import summary_lines
-    from edgeq.device.link import DeviceError
 
     result = run_check(port, model, data, baud=baud, limit=limit, output_dir=outdir, overwrite=overwrite,
                        timeout=timeout, on_step=(lambda m: None) if as_json else _step,
@@ -72,23 +70,9 @@ def device_check(port: str, baud: int, model: Path, data: str, limit: int | None
         for line in summary_lines(report):
             click.echo(f"  {line}")
         click.echo(f"wrote {', '.join(str(p) for p in result.written)}")
-    run = report.run
-    if result.verdict == DeviceVerdict.INCOMPLETE:
-        differing = report.agreement.differing
-        raise DeviceError(f"the run stopped at sample {run.stopped_at} with {run.missing} of {run.requested} "
-                          f"samples missing: {run.stopped_because}"
-                          + (f" (and {differing} answered samples differ from the emulator)" if differing else ""),
-                          hint="the accuracy in the report covers only the answered samples; fix the link or the "
-                               "device and run again")
-    if result.verdict == DeviceVerdict.MISMATCH:
-        from edgeq.errors import TargetCheckError
-
-        agree = report.agreement
-        first = ", ".join(str(d.sample) for d in agree.first_differing[:5])
-        raise TargetCheckError(f"the device differs from the emulator on {agree.differing} of {agree.compared} "
-                               f"samples (first: {first})",
-                               hint="see report.md; optimized kernels (CMSIS-NN) are meant to be bit-exact with "
-                                    "TFLM's reference kernels, so a difference points at the build or the port")
+    failure = result.failure()
+    if failure is not None:
+        raise failure
 
 
 @main.command("device-sim")

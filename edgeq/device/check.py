@@ -172,6 +172,27 @@ class DeviceCheckResult:
     verdict: DeviceVerdict
     written: list[Path]
 
+    def failure(self) -> EdgeqError | None:
+        """What a run that did not pass means for the caller, as the error to raise: DeviceError
+        (exit 4) when samples are missing, TargetCheckError (exit 3) when outputs differ."""
+        from edgeq.errors import TargetCheckError
+
+        run, agree = self.report.run, self.report.agreement
+        if self.verdict == DeviceVerdict.INCOMPLETE:
+            return DeviceError(f"the run stopped at sample {run.stopped_at} with {run.missing} of {run.requested} "
+                               f"samples missing: {run.stopped_because}"
+                               + (f" (and {agree.differing} answered samples differ from the emulator)"
+                                  if agree.differing else ""),
+                               hint="the accuracy in the report covers only the answered samples; fix the link or "
+                                    "the device and run again")
+        if self.verdict == DeviceVerdict.MISMATCH:
+            first = ", ".join(str(d.sample) for d in agree.first_differing[:5])
+            return TargetCheckError(f"the device differs from the emulator on {agree.differing} of {agree.compared} "
+                                    f"samples (first: {first})",
+                                    hint="see report.md; optimized kernels (CMSIS-NN) are meant to be bit-exact with "
+                                         "TFLM's reference kernels, so a difference points at the build or the port")
+        return None
+
 
 def open_port(port: str, baud: int) -> Any:
     """A pyserial port for a device path or URL (socket://host:port, rfc2217://...)."""
