@@ -271,12 +271,15 @@ class EmulateReport(Record):
 
 
 def report_schema() -> dict[str, Any]:
-    """docs/report.schema.json: every report.json edgeq writes is one of these records."""
+    """docs/report.schema.json: every report.json (and precision.json) edgeq writes is one of these records."""
     from edgeq.device.check import DeviceReport
+    from edgeq.precision.simulate import PrecisionReport
 
     return json_schema(
-        {"convert": ConvertReport, "emulate": EmulateReport, "device-check": DeviceReport},
+        {"convert": ConvertReport, "emulate": EmulateReport, "device-check": DeviceReport,
+         "precision": PrecisionReport},
         title=f"edgeq report.json, schema version {SCHEMA_VERSION}",
-        description=("The report.json that `edgeq convert`, `edgeq emulate` and `edgeq device-check` write. "
-                     "Generated from edgeq/report_types.py by scripts/gen_docs.py; do not edit."),
+        description=("The report.json that `edgeq convert`, `edgeq emulate` and `edgeq device-check` write, and "
+                     "the precision.json of `edgeq precision`. Generated from the report records "
+                     "(edgeq/report_types.py and the parts it names) by scripts/gen_docs.py; do not edit."),
         schema_id=SCHEMA_ID)

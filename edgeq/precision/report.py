@@ -162,7 +162,8 @@ def _kind(name: str) -> str:
 
 
 def to_json(result: PrecisionResult) -> dict[str, Any]:
-    return {"schema_version": 1, "command": "precision", **result.to_dict()}
+    """precision.json's contents (edgeq.precision.simulate.PrecisionReport as JSON)."""
+    return result.part().to_dict()
 
 
 PRECISION_FILES = ("precision.json", "precision.md", "precision.png")

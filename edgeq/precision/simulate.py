@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
 from edgeq.emulator.accuracy import top1_accuracy
 from edgeq.precision.formats import quantize_dequantize
+from edgeq.records import Record
 from edgeq.vocab import Granularity, Scheme
 
 @dataclass(frozen=True)
@@ -102,11 +103,34 @@ class FormatResult:
     target_note: str = ""
     note: str = ""
 
+    def part(self) -> FormatPart:
+        def n(x: float | None) -> float | str | None:
+            return _json_number(x, 8)
+
+        return FormatPart(self.name, self.label, self.bits, self.weight_bytes, n(self.mean_logit_diff),
+                          n(self.max_logit_diff), n(self.top1_agreement), n(self.accuracy), self.target_runs,
+                          self.target_note, self.note)
+
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        for key in ("mean_logit_diff", "max_logit_diff", "top1_agreement", "accuracy"):
-            out[key] = _json_number(out[key], 8)
-        return out
+        return self.part().to_dict()
+
+
+@dataclass(frozen=True)
+class FormatPart(Record):
+    """One format's cost: weight bytes, mean and max difference from FP32 ("inf" on overflow),
+    top-1 agreement with FP32 and accuracy (fractions); whether the target runs it, and why."""
+
+    name: str
+    label: str
+    bits: int
+    weight_bytes: int
+    mean_logit_diff: float | str | None
+    max_logit_diff: float | str | None
+    top1_agreement: float | str | None
+    accuracy: float | str | None
+    target_runs: bool | None
+    target_note: str
+    note: str
 
 
 def _json_number(x: float | None, digits: int | None = None) -> float | str | None:
@@ -136,11 +160,22 @@ class LayerChannelGain:
             return self.per_tensor_mse / self.per_channel_mse
         return 1.0 if self.per_tensor_mse == 0 else math.inf
 
-    def to_dict(self) -> dict[str, Any]:
+    def part(self) -> ChannelGainPart:
         gain = self.gain
-        return {"layer": self.layer, "weight": self.weight, "shape": list(self.shape),
-                "per_tensor_mse": self.per_tensor_mse, "per_channel_mse": self.per_channel_mse,
-                "gain": None if math.isinf(gain) else round(gain, 4)}
+        return ChannelGainPart(self.layer, self.weight, list(self.shape), self.per_tensor_mse, self.per_channel_mse,
+                               None if math.isinf(gain) else round(gain, 4))
+
+
+@dataclass(frozen=True)
+class ChannelGainPart(Record):
+    """How much per-channel INT8 beats per-tensor on one weight: both MSEs and their ratio (null: infinite)."""
+
+    layer: str
+    weight: str
+    shape: list[int]
+    per_tensor_mse: float
+    per_channel_mse: float
+    gain: float | None
 
 
 @dataclass
@@ -152,9 +187,19 @@ class DotProduct:
     reference: float           # float64
     errors: dict[str, float]   # format -> |value - reference|
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"layer": self.layer, "terms": self.terms, "reference": _json_number(self.reference),
-                "errors": {k: _json_number(v) for k, v in self.errors.items()}}
+    def part(self) -> DotProductPart:
+        return DotProductPart(self.layer, self.terms, _json_number(self.reference),
+                              {k: _json_number(v) for k, v in self.errors.items()})
+
+
+@dataclass(frozen=True)
+class DotProductPart(Record):
+    """One output element of a layer in float64, and each format's absolute error on it."""
+
+    layer: str
+    terms: int
+    reference: float | str | None
+    errors: dict[str, float | str | None]
 
 
 @dataclass
@@ -171,13 +216,36 @@ class PrecisionResult:
     notes: list[str] = field(default_factory=list)
     output_kind: str = "logits"  # what the differences are measured on: logits, probabilities, outputs
 
+    def part(self) -> PrecisionReport:
+        return PrecisionReport(1, "precision", self.model, self.data, self.samples, self.parameters,
+                               self.output_kind, self.kernel_parameters, self.target,
+                               [f.part() for f in self.formats], [g.part() for g in self.channel_gains],
+                               [d.part() for d in self.dot_products], list(self.notes))
+
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "data": self.data, "samples": self.samples, "parameters": self.parameters,
-                "output_kind": self.output_kind,
-                "kernel_parameters": self.kernel_parameters, "target": self.target,
-                "formats": [f.to_dict() for f in self.formats],
-                "per_channel_vs_per_tensor": [g.to_dict() for g in self.channel_gains],
-                "dot_products": [d.to_dict() for d in self.dot_products], "notes": self.notes}
+        """precision.json without its schema_version and command (to_json adds them)."""
+        data = self.part().to_dict()
+        del data["schema_version"], data["command"]
+        return data
+
+
+@dataclass(frozen=True)
+class PrecisionReport(Record):
+    """precision.json of `edgeq precision`: every number format's cost for a Keras model on data."""
+
+    schema_version: Literal[1]
+    command: Literal["precision"]
+    model: str
+    data: str
+    samples: int
+    parameters: int
+    output_kind: str
+    kernel_parameters: int
+    target: str | None
+    formats: list[FormatPart]
+    per_channel_vs_per_tensor: list[ChannelGainPart]
+    dot_products: list[DotProductPart]
+    notes: list[str]
 
 
 # -- weights ----------------------------------------------------------------------------------------

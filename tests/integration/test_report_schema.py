@@ -38,7 +38,7 @@ def test_schema_file_is_current() -> None:
 def test_schema_is_a_valid_draft_2020_12_schema(schema: dict) -> None:
     jsonschema.Draft202012Validator.check_schema(schema)
     assert f"schema version {SCHEMA_VERSION}" in schema["title"]
-    for root in ("ConvertReport", "EmulateReport", "DeviceReport"):
+    for root in ("ConvertReport", "EmulateReport", "DeviceReport", "PrecisionReport"):
         assert schema["$defs"][root]["properties"]["schema_version"] == {"enum": [SCHEMA_VERSION]}
 
 
@@ -52,8 +52,15 @@ def test_real_convert_reports_match(schema: dict, mcu_report: dict, phone_report
         assert not errors, "\n".join(f"{list(e.absolute_path)}: {e.message}" for e in errors[:5])
 
 
-def test_real_emulate_and_device_reports_match(schema: dict, emulate_report: dict, device_report: dict) -> None:
-    for report in (emulate_report, device_report):
+def test_real_emulate_device_and_precision_reports_match(schema: dict, emulate_report: dict, device_report: dict,
+                                                         tmp_path) -> None:
+    from edgeq.precision.report import run_precision
+
+    precision = run_precision(REPO / "examples" / "digits_cnn.keras", "digits", target="mcu", limit=64,
+                              outdir=tmp_path / "precision")
+    written = json.loads((tmp_path / "precision" / "precision.json").read_text())
+    assert written == precision.report and written["formats"][0]["name"] == "fp32"
+    for report in (emulate_report, device_report, written):
         errors = sorted(_validator(schema).iter_errors(report), key=str)
         assert not errors, "\n".join(f"{list(e.absolute_path)}: {e.message}" for e in errors[:5])
 
