@@ -22,9 +22,16 @@ def _environment() -> Any:
     def load(name: str) -> str:
         return resources.files("edgeq.templates").joinpath(name).read_text(encoding="utf-8")
 
-    return jinja2.Environment(loader=jinja2.FunctionLoader(load), undefined=jinja2.StrictUndefined,
-                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
-                              autoescape=False)
+    env = jinja2.Environment(loader=jinja2.FunctionLoader(load), undefined=jinja2.StrictUndefined,
+                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
+    env.filters["c_rows"] = c_rows
+    return env
+
+
+def c_rows(values: Any, per_line: int = 16) -> str:
+    """Integers as the rows of a C initializer: `per_line` a row, indented, comma-separated."""
+    items = [str(int(v)) for v in values]
+    return ",\n".join("  " + ", ".join(items[i:i + per_line]) for i in range(0, len(items), per_line))
 
 
 def render(name: str, **values: Any) -> str:

@@ -1,0 +1,198 @@
+"""A checked .tflite as a list of C kernel steps with every constant worked out.
+
+What TFLite Micro's Prepare() computes on the device (per-channel multipliers and shifts, input and
+output offsets, activation clamps, padding) is computed here once, so the C has only integer
+loops over constants. The first kernels: FULLY_CONNECTED, CONV_2D, DEPTHWISE_CONV_2D,
+MAX_POOL_2D, AVERAGE_POOL_2D and RESHAPE, int8.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edgeq.aot.qmath import activation_range, effective_scale, quantize_multiplier
+from edgeq.errors import TargetCheckError
+from edgeq.tflite.arena_plan import plan_arena
+from edgeq.tflite.reader import ModelInfo, TensorInfo
+
+KERNELS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D", "RESHAPE")
+_HINT = "convert for a TFLite Micro target (runtime tflm) and use the model data and op resolver instead"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One op as the C will run it: `kernel` names the template macro, `values` its numbers."""
+
+    index: int
+    op: str
+    kernel: str
+    input: int       # tensor index of the activation read
+    output: int      # tensor index written
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Program:
+    """The whole model: its steps, the constant arrays, the arena and where each activation sits."""
+
+    steps: tuple[Step, ...]
+    constants: dict[str, tuple[str, np.ndarray]]  # C name -> (C type, values)
+    offsets: dict[int, int]                         # tensor index -> byte offset in the arena
+    arena_bytes: int
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+    sizes: dict[int, int]                           # tensor index -> bytes
+
+
+def lower(model: bytes, info: ModelInfo) -> Program:
+    """`model` (already accepted by the checked reader as `info`) as C steps; TargetCheckError
+    naming the first op, dtype or option the C backend lacks."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    if info.subgraph_count != 1:
+        raise TargetCheckError(f"{info.source} has {info.subgraph_count} subgraphs; the c runtime runs one",
+                               hint=_HINT)
+    for t in (*info.input_tensors, *info.output_tensors):
+        if t.dtype != "int8":
+            raise TargetCheckError(f"{info.source}: tensor '{t.name}' is {t.dtype}; the c runtime takes int8 I/O",
+                                   hint=_HINT)
+    for op in info.ops:
+        if op.name not in KERNELS:
+            raise TargetCheckError(f"{info.source}: the c runtime has no kernel for {op.name} (op #{op.index}); it "
+                                   f"has {', '.join(KERNELS)}", hint=_HINT)
+    obj = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
+    graph = obj.subgraphs[0]
+    constants: dict[str, tuple[str, np.ndarray]] = {}
+    steps = []
+    for op in info.ops:
+        options = graph.operators[op.index].builtinOptions
+        steps.append(_LOWER[op.name](op, info, obj, graph, options, constants))
+    plan = plan_arena(info)
+    if plan is None:
+        raise TargetCheckError(f"{info.source}: no activation plan for this model", hint=_HINT)
+    planned = {i: o for i, o in enumerate(plan.offsets) if o >= 0}
+    sizes = {i: _bytes(info.tensors[i]) for i in planned}
+    return Program(tuple(steps), constants, planned, max(plan.peak, 1), tuple(info.inputs), tuple(info.outputs),
+                   sizes)
+
+
+def _bytes(t: TensorInfo) -> int:
+    return math.prod(t.shape) * (4 if t.dtype == "int32" else 1)
+
+
+def _weights(obj: Any, graph: Any, index: int, dtype: str) -> np.ndarray:
+    tensor = graph.tensors[index]
+    data = obj.buffers[tensor.buffer].data
+    return np.frombuffer(bytes(data), dtype=dtype).reshape(tensor.shape)
+
+
+def _act(info: ModelInfo, index: int, what: str, op_name: str) -> TensorInfo:
+    t = info.tensors[index]
+    if t.dtype != "int8" or len(t.scales) != 1:
+        raise TargetCheckError(f"{info.source}: {op_name}'s {what} '{t.name}' is {t.dtype}"
+                               f"{' per-channel' if len(t.scales) > 1 else ''}; the c runtime has per-tensor int8",
+                               hint=_HINT)
+    return t
+
+
+def _requant(info: ModelInfo, name: str, inp: TensorInfo, weights: TensorInfo, out: TensorInfo, channels: int,
+             constants: dict[str, tuple[str, np.ndarray]]) -> None:
+    scales = weights.scales if len(weights.scales) > 1 else weights.scales * channels
+    pairs = [quantize_multiplier(effective_scale(inp.scales[0], s, out.scales[0])) for s in scales]
+    constants[f"{name}_mult"] = ("int32_t", np.asarray([q for q, _ in pairs], dtype=np.int64))
+    constants[f"{name}_shift"] = ("int32_t", np.asarray([s for _, s in pairs], dtype=np.int64))
+
+
+def _common(op: Any, info: ModelInfo, activation: int) -> tuple[TensorInfo, TensorInfo, dict[str, Any]]:
+    inp = _act(info, op.inputs[0], "input", op.name)
+    out = _act(info, op.outputs[0], "output", op.name)
+    lo, hi = activation_range(activation, out.scales[0], out.zero_points[0])
+    return inp, out, {"input_offset": -inp.zero_points[0], "output_offset": out.zero_points[0],
+                      "act_min": lo, "act_max": hi}
+
+
+def _fully_connected(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any,
+                     constants: dict[str, tuple[str, np.ndarray]]) -> Step:
+    inp, out, values = _common(op, info, options.fusedActivationFunction)
+    weights = info.tensors[op.inputs[1]]
+    if weights.dtype != "int8" or any(z != 0 for z in weights.zero_points):
+        raise TargetCheckError(f"{info.source}: FULLY_CONNECTED #{op.index} has {weights.dtype} weights with a zero "
+                               "point; the c runtime has symmetric int8", hint=_HINT)
+    units, depth = weights.shape
+    name = f"op{op.index}"
+    constants[f"{name}_w"] = ("int8_t", _weights(obj, graph, op.inputs[1], "int8").reshape(-1))
+    has_bias = len(op.inputs) > 2 and op.inputs[2] >= 0
+    if has_bias:
+        constants[f"{name}_b"] = ("int32_t", _weights(obj, graph, op.inputs[2], "<i4").reshape(-1))
+    _requant(info, name, inp, weights, out, units, constants)
+    batches = math.prod(inp.shape) // depth
+    return Step(op.index, op.name, "fully_connected", op.inputs[0], op.outputs[0],
+                {**values, "name": name, "batches": batches, "units": units, "depth": depth, "bias": has_bias})
+
+
+def _padding(padding: int, stride: int, dilation: int, size: int, filter_size: int, out_size: int) -> int:
+    effective = (filter_size - 1) * dilation + 1
+    total = (out_size - 1) * stride + effective - size
+    return max(total, 0) // 2 if padding == 0 else 0  # 0: SAME, 1: VALID
+
+
+def _conv(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any,
+          constants: dict[str, tuple[str, np.ndarray]]) -> Step:
+    depthwise = op.name == "DEPTHWISE_CONV_2D"
+    inp, out, values = _common(op, info, options.fusedActivationFunction)
+    weights = info.tensors[op.inputs[1]]
+    if weights.dtype != "int8" or any(z != 0 for z in weights.zero_points):
+        raise TargetCheckError(f"{info.source}: {op.name} #{op.index} has {weights.dtype} weights with a zero point; "
+                               "the c runtime has symmetric int8", hint=_HINT)
+    _, in_h, in_w, in_c = inp.shape
+    _, out_h, out_w, out_c = out.shape
+    _, k_h, k_w, k_c = weights.shape
+    if not depthwise and k_c != in_c:
+        raise TargetCheckError(f"{info.source}: CONV_2D #{op.index} is a grouped convolution ({in_c} input "
+                               f"channels, filters of {k_c}); the c runtime has ungrouped ones", hint=_HINT)
+    name = f"op{op.index}"
+    constants[f"{name}_w"] = ("int8_t", _weights(obj, graph, op.inputs[1], "int8").reshape(-1))
+    has_bias = len(op.inputs) > 2 and op.inputs[2] >= 0
+    if has_bias:
+        constants[f"{name}_b"] = ("int32_t", _weights(obj, graph, op.inputs[2], "<i4").reshape(-1))
+    _requant(info, name, inp, weights, out, out_c, constants)
+    dil_h, dil_w = options.dilationHFactor, options.dilationWFactor
+    values.update(name=name, bias=has_bias, in_h=in_h, in_w=in_w, in_c=in_c, out_h=out_h, out_w=out_w, out_c=out_c,
+                  k_h=k_h, k_w=k_w, stride_h=options.strideH, stride_w=options.strideW, dil_h=dil_h, dil_w=dil_w,
+                  pad_h=_padding(options.padding, options.strideH, dil_h, in_h, k_h, out_h),
+                  pad_w=_padding(options.padding, options.strideW, dil_w, in_w, k_w, out_w),
+                  multiplier=out_c // in_c if depthwise else 1)
+    return Step(op.index, op.name, "depthwise_conv_2d" if depthwise else "conv_2d", op.inputs[0], op.outputs[0],
+                values)
+
+
+def _pool(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any,
+          constants: dict[str, tuple[str, np.ndarray]]) -> Step:
+    inp, out, values = _common(op, info, options.fusedActivationFunction)
+    if inp.scales[0] != out.scales[0] or inp.zero_points[0] != out.zero_points[0]:
+        raise TargetCheckError(f"{info.source}: {op.name} #{op.index} rescales its input; TFLM's pooling does not",
+                               hint=_HINT)
+    _, in_h, in_w, channels = inp.shape
+    _, out_h, out_w, _ = out.shape
+    values.update(in_h=in_h, in_w=in_w, channels=channels, out_h=out_h, out_w=out_w, k_h=options.filterHeight,
+                  k_w=options.filterWidth, stride_h=options.strideH, stride_w=options.strideW,
+                  pad_h=_padding(options.padding, options.strideH, 1, in_h, options.filterHeight, out_h),
+                  pad_w=_padding(options.padding, options.strideW, 1, in_w, options.filterWidth, out_w))
+    kernel = "max_pool_2d" if op.name == "MAX_POOL_2D" else "average_pool_2d"
+    return Step(op.index, op.name, kernel, op.inputs[0], op.outputs[0], values)
+
+
+def _reshape(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any,
+             constants: dict[str, tuple[str, np.ndarray]]) -> Step:
+    inp, out = info.tensors[op.inputs[0]], info.tensors[op.outputs[0]]
+    if _bytes(inp) != _bytes(out):
+        raise TargetCheckError(f"{info.source}: RESHAPE #{op.index} changes the size", hint=_HINT)
+    return Step(op.index, op.name, "reshape", op.inputs[0], op.outputs[0], {"bytes": _bytes(out)})
+
+
+_LOWER = {"FULLY_CONNECTED": _fully_connected, "CONV_2D": _conv, "DEPTHWISE_CONV_2D": _conv,
+          "MAX_POOL_2D": _pool, "AVERAGE_POOL_2D": _pool, "RESHAPE": _reshape}

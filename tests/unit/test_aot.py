@@ -1,0 +1,153 @@
+"""edgeq/aot: the model as plain C, compiled by gcc with -Werror, byte for byte TFLite Micro's outputs.
+
+Each model comes from the real TFLite converter (full int8, random weights and calibration), the
+C is built as a shared library and called through ctypes, and TFLM's Python interpreter runs the
+same .tflite on the same int8 inputs. Bytes must match on every sample.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeq.errors import TargetCheckError
+from tests.conftest import plain_tflite
+
+GCC = shutil.which("gcc")
+pytestmark = pytest.mark.skipif(GCC is None, reason="needs gcc")
+
+
+def _keras_model(kind: str, seed: int):  # type: ignore[no-untyped-def]
+    from edgeq._tf import tf
+
+    tf()
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    L = keras.layers
+    if kind == "cnn":
+        layers = [L.Input((9, 9, 3), batch_size=1), L.Conv2D(6, 3, padding="same", activation="relu"),
+                  L.DepthwiseConv2D(3, strides=2, padding="valid", depth_multiplier=2, activation="relu6"),
+                  L.AveragePooling2D(2, padding="same"), L.Conv2D(5, 2, strides=2, padding="same", dilation_rate=1),
+                  L.Flatten(), L.Dense(7)]
+    elif kind == "pool":
+        layers = [L.Input((7, 6, 4), batch_size=1), L.MaxPooling2D(3, strides=2, padding="same"), L.Flatten(), L.Dense(3)]
+    else:
+        layers = [L.Input((5, 3), batch_size=1), L.Flatten(), L.Dense(8, activation="relu"), L.Dense(4)]
+    model = keras.Sequential(layers)
+    # Calibration on wider data than the test inputs: outputs exercise saturation as well.
+    rng = np.random.default_rng(seed)
+    data = rng.normal(0, 1.5, size=(64, *model.inputs[0].shape[1:])).astype(np.float32)
+    return model, data
+
+
+def _build(tmp_path: Path, name: str, model: bytes):  # type: ignore[no-untyped-def]
+    from edgeq.aot.emit import emit_c
+    from edgeq.tflite.reader import read_tflite
+
+    sources = emit_c(name, model, read_tflite(model))
+    for file, text in sources.files.items():
+        (tmp_path / file).write_bytes(text)
+    lib = tmp_path / f"lib{name}.so"
+    proc = subprocess.run([GCC, "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic", "-shared", "-fPIC",
+                           str(tmp_path / f"{sources.ident}_model.c"), "-o", str(lib)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return ctypes.CDLL(str(lib)), sources
+
+
+def _tflm(model: bytes, inputs: np.ndarray) -> np.ndarray:
+    from tflite_micro.python.tflite_micro import runtime
+
+    interp = runtime.Interpreter.from_bytes(model)
+    outs = []
+    for x in inputs:
+        interp.set_input(x[None], 0)
+        interp.invoke()
+        outs.append(interp.get_output(0).copy())
+    return np.stack(outs)
+
+
+@pytest.mark.parametrize("kind", ["dense", "pool", "cnn"])
+def test_c_is_bit_exact_with_tflm(kind: str, tmp_path: Path) -> None:
+    model, data = _keras_model(kind, seed={"dense": 1, "pool": 2, "cnn": 3}[kind])
+    tflite = plain_tflite(model, io="int8", data=data)
+    lib, sources = _build(tmp_path, kind, tflite)
+    from edgeq.tflite.reader import read_tflite
+
+    info = read_tflite(tflite)
+    shape, out_shape = info.input_tensors[0].shape, info.output_tensors[0].shape
+    rng = np.random.default_rng(7)
+    inputs = rng.integers(-128, 128, size=(40, *shape[1:]), dtype=np.int8)
+    expected = _tflm(tflite, inputs)
+    invoke = getattr(lib, f"{sources.ident}_invoke")
+    got = np.zeros((len(inputs), *out_shape[1:]), dtype=np.int8)
+    for i, x in enumerate(inputs):
+        x = np.ascontiguousarray(x)
+        out = np.zeros(out_shape[1:], dtype=np.int8)
+        assert invoke(x.ctypes.data_as(ctypes.c_void_p), out.ctypes.data_as(ctypes.c_void_p)) == 0
+        got[i] = out
+    assert got.reshape(expected.shape).tobytes() == expected.tobytes()
+    from edgeq.emulator.memory import measure_tflm_arena
+
+    assert 0 < sources.arena_bytes <= measure_tflm_arena(tflite).recorded_head  # never more than TFLM plans
+    arm = shutil.which("arm-none-eabi-gcc")
+    if arm:  # the same C, for a Cortex-M4F, with every warning an error
+        build = subprocess.run([arm, "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic", "-mcpu=cortex-m4",
+                                "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16", "-c",
+                                str(tmp_path / f"{sources.ident}_model.c"), "-o", str(tmp_path / "m.o")],
+                               capture_output=True, text=True)
+        assert build.returncode == 0, build.stderr
+
+
+def test_an_op_without_a_c_kernel_is_refused_by_name() -> None:
+    from edgeq.aot.emit import emit_c
+    from edgeq.tflite.reader import read_tflite
+
+    model, data = _keras_model("dense", seed=1)
+    import keras
+
+    with_softmax = keras.Sequential([model, keras.layers.Softmax()])
+    tflite = plain_tflite(with_softmax, io="int8", data=data)
+    with pytest.raises(TargetCheckError, match="no kernel for SOFTMAX") as caught:
+        emit_c("m", tflite, read_tflite(tflite))
+    assert "tflm" in caught.value.hint
+
+
+def test_requantize_matches_the_c_helper_on_edge_values(tmp_path: Path) -> None:
+    """qmath.requantize and the C helper the generated code uses agree, at the edges and at random."""
+    from edgeq.aot.qmath import INT32_MAX, INT32_MIN, quantize_multiplier, requantize
+    from edgeq.templating import render
+
+    rng = np.random.default_rng(3)
+    cases = [(x, *quantize_multiplier(m)) for x, m in
+             [(INT32_MIN, 0.5), (INT32_MAX, 0.999), (-1, 1e-6), (123456, 3.75), (-98765, 0.0123), (7, 2.0 ** -31)]]
+    cases += [(int(x), *quantize_multiplier(float(m))) for x, m in
+              zip(rng.integers(-(1 << 24), 1 << 24, 300), 10 ** rng.uniform(-7, 0.5, 300))]
+    program = render("aot_runtime.j2") + (
+        "\n#include <stdio.h>\nint main(void) {\n  long x, q, s;\n"
+        "  while (scanf(\"%ld %ld %ld\", &x, &q, &s) == 3)\n"
+        "    printf(\"%ld\\n\", (long)edgeq_requantize((int32_t)x, (int32_t)q, (int32_t)s));\n"
+        "  return (int)edgeq_clamp(0, 0, 0);\n}\n")
+    (tmp_path / "rq.c").write_text("#include <stdint.h>\n" + program)
+    build = subprocess.run([GCC, "-std=c99", "-Wall", "-Wextra", "-Werror", str(tmp_path / "rq.c"), "-o",
+                            str(tmp_path / "rq")], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    run = subprocess.run([str(tmp_path / "rq")], input="".join(f"{x} {q} {s}\n" for x, q, s in cases),
+                         capture_output=True, text=True, check=True)
+    assert [int(v) for v in run.stdout.split()] == [requantize(x, q, s) for x, q, s in cases]
+
+    assert quantize_multiplier(0.0) == (0, 0) and quantize_multiplier(0.5) == (1 << 30, 0)
+    assert quantize_multiplier(1.0) == (1 << 30, 1) and quantize_multiplier(2.0 ** -40) == (0, 0)
+    q, shift = quantize_multiplier(0.0123)
+    assert abs(q * 2.0 ** (shift - 31) - 0.0123) < 1e-9
+    assert requantize(1000, q, shift) == 12 and requantize(-1000, q, shift) == -12  # 12.3 -> 12
+    # An exact half rounds up in the doubling high multiply (gemmlowp's nudge): 1.5 -> 2, -1.5 -> -1;
+    half = quantize_multiplier(0.5)
+    assert requantize(3, *half) == 2 and requantize(-3, *half) == -1 and requantize(1, *half) == 1
+    quarter = quantize_multiplier(0.25)  # shift -1: the division by 2 rounds half away from zero
+    assert requantize(6, *quarter) == 2 and requantize(-6, *quarter) == -2 and requantize(-2, *quarter) == -1
