@@ -3,7 +3,7 @@
 What TFLite Micro's Prepare() computes on the device (per-channel multipliers and shifts, input and
 output offsets, activation clamps, padding) is computed here once, so the C has only integer
 loops over constants. The first kernels: FULLY_CONNECTED, CONV_2D, DEPTHWISE_CONV_2D,
-MAX_POOL_2D, AVERAGE_POOL_2D and RESHAPE, int8.
+MAX_POOL_2D, AVERAGE_POOL_2D, RESHAPE and SOFTMAX, int8.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from edgeq.errors import TargetCheckError
 from edgeq.tflite.arena_plan import plan_arena
 from edgeq.tflite.reader import ModelInfo, TensorInfo
 
-KERNELS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D", "RESHAPE")
+KERNELS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D", "RESHAPE", "SOFTMAX")
 _HINT = "convert for a TFLite Micro target (runtime tflm) and use the model data and op resolver instead"
 
 
@@ -194,5 +194,28 @@ def _reshape(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any,
     return Step(op.index, op.name, "reshape", op.inputs[0], op.outputs[0], {"bytes": _bytes(out)})
 
 
-_LOWER = {"FULLY_CONNECTED": _fully_connected, "CONV_2D": _conv, "DEPTHWISE_CONV_2D": _conv,
+def _softmax(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any,
+             constants: dict[str, tuple[str, np.ndarray]]) -> Step:
+    """TFLM's int8 softmax: input differences scaled into Q5.26 by beta * input scale, exp and
+    the reciprocal of their sum in fixed point, output scale 1/256 with zero point -128."""
+    inp = _act(info, op.inputs[0], "input", op.name)
+    out = _act(info, op.outputs[0], "output", op.name)
+    if (out.scales[0], out.zero_points[0]) != (1 / 256, -128):
+        raise TargetCheckError(f"{info.source}: SOFTMAX #{op.index} outputs scale {out.scales[0]}, zero point "
+                               f"{out.zero_points[0]}; TFLM's int8 softmax needs 1/256 and -128", hint=_HINT)
+    integer_bits = 5
+    real = min(float(np.float32(options.beta)) * float(np.float32(inp.scales[0])) * (1 << (31 - integer_bits)),
+               (1 << 31) - 1.0)
+    multiplier, left_shift = quantize_multiplier(real)
+    if real <= 1.0 or left_shift < 0:
+        raise TargetCheckError(f"{info.source}: SOFTMAX #{op.index} has an input scale too small for TFLM's "
+                               "fixed-point softmax", hint=_HINT)
+    radius = math.floor(((1 << integer_bits) - 1) * (1 << (31 - integer_bits)) / (1 << left_shift))
+    depth = inp.shape[-1]
+    return Step(op.index, op.name, "softmax", op.inputs[0], op.outputs[0],
+                {"rows": math.prod(inp.shape) // depth, "depth": depth, "multiplier": multiplier,
+                 "left_shift": left_shift, "diff_min": -radius})
+
+
+_LOWER = {"SOFTMAX": _softmax, "FULLY_CONNECTED": _fully_connected, "CONV_2D": _conv, "DEPTHWISE_CONV_2D": _conv,
           "MAX_POOL_2D": _pool, "AVERAGE_POOL_2D": _pool, "RESHAPE": _reshape}

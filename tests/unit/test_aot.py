@@ -37,6 +37,8 @@ def _keras_model(kind: str, seed: int):  # type: ignore[no-untyped-def]
                   L.Flatten(), L.Dense(7)]
     elif kind == "pool":
         layers = [L.Input((7, 6, 4), batch_size=1), L.MaxPooling2D(3, strides=2, padding="same"), L.Flatten(), L.Dense(3)]
+    elif kind == "softmax":
+        layers = [L.Input((6, 5), batch_size=1), L.Dense(9), L.Softmax()]
     else:
         layers = [L.Input((5, 3), batch_size=1), L.Flatten(), L.Dense(8, activation="relu"), L.Dense(4)]
     model = keras.Sequential(layers)
@@ -72,9 +74,9 @@ def _tflm(model: bytes, inputs: np.ndarray) -> np.ndarray:
     return np.stack(outs)
 
 
-@pytest.mark.parametrize("kind", ["dense", "pool", "cnn"])
+@pytest.mark.parametrize("kind", ["dense", "pool", "cnn", "softmax"])
 def test_c_is_bit_exact_with_tflm(kind: str, tmp_path: Path) -> None:
-    model, data = _keras_model(kind, seed={"dense": 1, "pool": 2, "cnn": 3}[kind])
+    model, data = _keras_model(kind, seed={"dense": 1, "pool": 2, "cnn": 3, "softmax": 4}[kind])
     tflite = plain_tflite(model, io="int8", data=data)
     lib, sources = _build(tmp_path, kind, tflite)
     from edgeq.tflite.reader import read_tflite
@@ -104,16 +106,42 @@ def test_c_is_bit_exact_with_tflm(kind: str, tmp_path: Path) -> None:
         assert build.returncode == 0, build.stderr
 
 
+def test_the_bundled_example_as_edgeq_flashes_it_is_bit_exact_on_every_eval_sample(tmp_path: Path) -> None:
+    """examples/digits_cnn.keras through `edgeq convert` (the lean, names-stripped form), then C."""
+    from edgeq.calibration import load_dataset
+    from edgeq.emulator.runtimes import quantize_inputs, run_tflm
+    from edgeq.pipeline import ConvertOptions, convert
+
+    root = Path(__file__).resolve().parents[2]
+    result = convert(root / "examples" / "digits_cnn.keras", "mcu",
+                     ConvertOptions(calibration="digits", outdir=tmp_path / "out", per_layer=False))
+    tflite = (result.outdir / "digits_cnn.tflite").read_bytes()
+    lib, sources = _build(tmp_path, "digits_cnn", tflite)
+    data = load_dataset("digits", default_split="eval")
+    t = result.info.input_tensors[0]
+    inputs = quantize_inputs(data.inputs[0], np.dtype("int8"), t.scales[0], t.zero_points[0])
+    expected = run_tflm(tflite, [data.inputs[0]]).raw_outputs[0]
+    invoke, got = lib.digits_cnn_invoke, np.zeros_like(expected)
+    for i, x in enumerate(inputs):
+        x, out = np.ascontiguousarray(x), np.zeros(expected.shape[1:], dtype=np.int8)
+        invoke(x.ctypes.data_as(ctypes.c_void_p), out.ctypes.data_as(ctypes.c_void_p))
+        got[i] = out
+    assert len(inputs) == 400 and got.tobytes() == expected.tobytes()
+    assert sources.arena_bytes <= result.emulation.memory.arena.recorded_head
+
+
 def test_an_op_without_a_c_kernel_is_refused_by_name() -> None:
+    from edgeq._tf import tf
     from edgeq.aot.emit import emit_c
     from edgeq.tflite.reader import read_tflite
 
-    model, data = _keras_model("dense", seed=1)
+    tf()
     import keras
 
-    with_softmax = keras.Sequential([model, keras.layers.Softmax()])
-    tflite = plain_tflite(with_softmax, io="int8", data=data)
-    with pytest.raises(TargetCheckError, match="no kernel for SOFTMAX") as caught:
+    keras.utils.set_random_seed(5)
+    model = keras.Sequential([keras.layers.Input((6,), batch_size=1), keras.layers.Dense(4, activation="tanh")])
+    tflite = plain_tflite(model, io="int8")
+    with pytest.raises(TargetCheckError, match="no kernel for TANH") as caught:
         emit_c("m", tflite, read_tflite(tflite))
     assert "tflm" in caught.value.hint
 
