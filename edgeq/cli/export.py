@@ -21,15 +21,32 @@ from edgeq.text import kib
               help="Byte alignment of the model array (CMSIS-NN needs 16).")
 @click.option("--arena-margin", default=1024, show_default=True, type=click.IntRange(min=0),
               help="Bytes added to the measured tensor arena in k_<name>_tensor_arena_size.")
+@click.option("--runtime", type=click.Choice(["tflm", "c"]), default="tflm", show_default=True,
+              help="tflm: the model as a flatbuffer array for TFLite Micro; c: the model as plain C, no interpreter.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
-def export_c(file: Path, outdir: Path, name: str | None, alignment: int, arena_margin: int, overwrite: bool) -> None:
-    """Write TFLM C sources for a .tflite converted elsewhere.
+def export_c(file: Path, outdir: Path, name: str | None, alignment: int, arena_margin: int, runtime: str,
+             overwrite: bool) -> None:
+    """Write C sources for a .tflite converted elsewhere.
 
     \b
-    Writes <name>_model_data.cc/.h (with the exact tensor arena, measured by running the model
-    in TFLite Micro) and <name>_op_resolver.h; fails (exit 3) if the model uses an op
-    TensorFlow Lite Micro has no kernel for.
+    --runtime tflm (default): <name>_model_data.cc/.h (with the exact tensor arena, measured by
+    running the model in TFLite Micro) and <name>_op_resolver.h; fails (exit 3) if the model uses
+    an op TensorFlow Lite Micro has no kernel for.
+    --runtime c: <name>_model.c/.h, the model as C99 with no interpreter, no heap and no floating
+    point, bit-exact with TFLite Micro: call <name>_invoke(input, output). int8 models with
+    FULLY_CONNECTED, CONV_2D, DEPTHWISE_CONV_2D, MAX/AVERAGE_POOL_2D, RESHAPE and SOFTMAX so far;
+    any other op fails (exit 3) and names it.
     """
+    if runtime == "c":
+        from edgeq.aot.emit import export_aot
+
+        done = export_aot(file, outdir, name=name, overwrite=overwrite)
+        tflm = f" (TFLite Micro plans {done.tflm_planned_bytes:,} B for the same tensors)" if done.tflm_planned_bytes \
+            else ""
+        click.echo(f"activation arena: {done.arena_bytes:,} B, static, planned by edgeq{tflm}")
+        for path in done.files:
+            click.echo(f"wrote {path}")
+        return
     from edgeq.export.tflm import export_c as run_export_c
 
     written, model = run_export_c(file, outdir, name=name, alignment=alignment, arena_margin=arena_margin,

@@ -179,3 +179,20 @@ def test_requantize_matches_the_c_helper_on_edge_values(tmp_path: Path) -> None:
     assert requantize(3, *half) == 2 and requantize(-3, *half) == -1 and requantize(1, *half) == 1
     quarter = quantize_multiplier(0.25)  # shift -1: the division by 2 rounds half away from zero
     assert requantize(6, *quarter) == 2 and requantize(-6, *quarter) == -2 and requantize(-2, *quarter) == -1
+
+
+def test_export_c_runtime_c_writes_two_files_or_refuses_and_writes_none(tmp_path: Path) -> None:
+    from tests.conftest import run_edgeq
+
+    model, data = _keras_model("softmax", seed=4)
+    good = tmp_path / "good.tflite"
+    good.write_bytes(plain_tflite(model, io="int8", data=data))
+    proc = run_edgeq("export-c", str(good), "--runtime", "c", "-o", str(tmp_path / "c"))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["good_model.c", "good_model.h"]
+    assert "activation arena:" in proc.stdout and "GOOD_ARENA_BYTES" in (tmp_path / "c" / "good_model.h").read_text()
+    float_model = tmp_path / "float.tflite"
+    float_model.write_bytes(plain_tflite(model, io="float32"))
+    proc = run_edgeq("export-c", str(float_model), "--runtime", "c", "-o", str(tmp_path / "f"))
+    assert proc.returncode == 3 and "int8" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "f").exists()
