@@ -1,0 +1,125 @@
+"""The plain-C model on an emulated Cortex-M: a firmware for QEMU's MPS2 boards, built and booted.
+
+The firmware is the model as C (edgeq/aot), the device loop and protocol every edgeq harness
+uses (edgeq/device/c), a small glue file (templates/aot_harness.c.j2) and the QEMU port
+(c/ports/qemu-mps2: vector table, reset, CMSDK UART, SysTick). No TFLM: everything in it is
+edgeq's own C, so CI can build it. QEMU runs it with `-icount shift=0`: one instruction per
+virtual nanosecond, so the device's reported microseconds are instructions / 1000 on any host.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeq.errors import EdgeqError, TargetCheckError
+
+BOARDS = {  # QEMU machine -> (the CPU, arm-none-eabi-gcc flags)
+    "mps2-an386": ("Cortex-M4", ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16")),
+    "mps2-an500": ("Cortex-M7", ("-mcpu=cortex-m7", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv5-d16")),
+}
+QEMU_HINT = "install qemu-system-arm and gcc-arm-none-eabi (scripts/setup does, with apt-get, when run as root)"
+_SOURCES = ("edgeq_protocol.c", "edgeq_device.c", "edgeq_aot_harness.c", "ports/qemu-mps2/startup.c")
+
+
+@dataclass(frozen=True)
+class QemuFirmware:
+    """A linked firmware image and what it is made of."""
+
+    elf: Path
+    board: str
+    ident: str
+    arena_bytes: int
+    sizes: dict[str, int]  # arm-none-eabi-size of the image: text, data, bss
+
+
+def build_qemu_firmware(model_path: Path, workdir: Path, *, board: str = "mps2-an386",
+                        name: str | None = None) -> QemuFirmware:
+    """The harness firmware for `model_path` (a .tflite the C backend can run) as an ELF for `board`."""
+    from edgeq.aot.emit import emit_c
+    from edgeq.device.firmware import _package_file, build_firmware
+    from edgeq.export.c_arrays import ArenaSize, c_identifier
+    from edgeq.templating import render
+    from edgeq.tflite.strip import read_tflite_named
+
+    if board not in BOARDS:
+        raise EdgeqError(f"--board {board}: not an emulated board edgeq knows",
+                         hint=f"choose one of: {', '.join(BOARDS)}")
+    gcc = shutil.which("arm-none-eabi-gcc")
+    if gcc is None:
+        raise EdgeqError("arm-none-eabi-gcc not found: the firmware cannot be built", hint=QEMU_HINT)
+    data, info = read_tflite_named(Path(model_path))
+    ident = c_identifier(name or Path(model_path).stem)
+    model = emit_c(ident, data, info)
+    tree = build_firmware(data, info, name=ident, arena=ArenaSize(model.arena_bytes, 0), target_name=board)
+    files = {rel: tree.files[rel] for rel in ("edgeq_config.h", "edgeq_harness_config.h")}
+    for rel in ("edgeq_protocol.h", "edgeq_protocol.c", "edgeq_device.h", "edgeq_device.c", "edgeq_platform.h",
+                "edgeq_harness.h", "ports/qemu-mps2/startup.c", "ports/qemu-mps2/mps2.ld"):
+        files[rel] = _package_file(f"c/{rel}")
+    files.update(model.files)
+    arguments = "(const int8_t *)input, (int8_t *)output" if len(info.inputs) == len(info.outputs) == 1 else None
+    if arguments is None:
+        raise TargetCheckError(f"{info.source}: the QEMU harness serves models with one input and one output",
+                               hint="check this model with `edgeq emulate`")
+    files["edgeq_aot_harness.c"] = render("aot_harness.c.j2", ident=ident, IDENT=ident.upper(),
+                                          arguments=arguments).encode()
+    workdir.mkdir(parents=True, exist_ok=True)
+    for rel, content in files.items():
+        (workdir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (workdir / rel).write_bytes(content)
+    elf = workdir / "edgeq_firmware.elf"
+    flags = [*BOARDS[board][1], "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-ffunction-sections",
+             "-fdata-sections", "-I."]
+    cmd = [gcc, *flags, *_SOURCES, f"{ident}_model.c", "-nostartfiles", "--specs=nano.specs", "--specs=nosys.specs",
+           "-Wl,--gc-sections", "-T", "ports/qemu-mps2/mps2.ld", "-o", str(elf)]
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise EdgeqError(f"building the {board} firmware failed: {proc.stderr.strip()[:2000]}",
+                         hint="report this model: the generated C should always build")
+    return QemuFirmware(elf, board, ident, model.arena_bytes, _size(elf))
+
+
+def _size(elf: Path) -> dict[str, int]:
+    tool = shutil.which("arm-none-eabi-size")
+    if tool is None:
+        return {}
+    lines = subprocess.run([tool, str(elf)], capture_output=True, text=True, check=True).stdout.splitlines()
+    text, data, bss = (int(v) for v in lines[1].split()[:3])
+    return {"text": text, "data": data, "bss": bss}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def boot(firmware: QemuFirmware, port: int) -> subprocess.Popen:
+    """QEMU running `firmware`, its UART on 127.0.0.1:`port` (socket://127.0.0.1:port for pyserial)."""
+    qemu = shutil.which("qemu-system-arm")
+    if qemu is None:
+        raise EdgeqError("qemu-system-arm not found: the emulated board cannot start", hint=QEMU_HINT)
+    proc = subprocess.Popen([qemu, "-M", firmware.board, "-display", "none", "-monitor", "none", "-icount", "shift=0",
+                             "-serial", f"tcp:127.0.0.1:{port},server=on,wait=off", "-kernel", str(firmware.elf)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the port accepts once QEMU listens
+        if proc.poll() is not None:
+            raise EdgeqError(f"QEMU stopped at once: {proc.stderr.read().decode(errors='replace')[:500]}",
+                             hint=QEMU_HINT)
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return proc
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise EdgeqError(f"QEMU did not open its serial port {port} within 10 s", hint=QEMU_HINT)
+
+
+def temporary_workdir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="edgeq-qemu-"))
