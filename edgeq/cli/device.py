@@ -6,11 +6,13 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
 from edgeq.cli import main, _progress_factory, _step
 from edgeq.device.protocol import DEFAULT_MAX_PAYLOAD, LENGTH_LIMIT, MIN_PAYLOAD
+from edgeq.errors import EdgeqError
 
 
 @main.command("device-check")
@@ -89,8 +91,11 @@ def device_check(port: str, baud: int, model: Path, data: str, limit: int | None
 @click.option("--max-payload", default=DEFAULT_MAX_PAYLOAD, show_default=True,
               type=click.IntRange(min=MIN_PAYLOAD, max=LENGTH_LIMIT),
               help="Largest frame payload, like the firmware's EDGEQ_MAX_PAYLOAD.")
+@click.option("--board", type=click.Choice(["mps2-an386", "mps2-an500"]), default=None,
+              help="Instead of TFLM on this host: build MODEL as plain C (export-c --runtime c) into a firmware "
+                   "and boot it on this emulated Cortex-M4 (an386) or M7 (an500) board in QEMU.")
 def device_sim(model: Path, faults: tuple[str, ...], link_path: Path | None, arena: int | None, arena_margin: int,
-               max_payload: int) -> None:
+               max_payload: int, board: str | None) -> None:
     """A virtual board: run MODEL in TFLite Micro behind a serial port (a pseudo-terminal).
 
     \b
@@ -115,6 +120,9 @@ def device_sim(model: Path, faults: tuple[str, ...], link_path: Path | None, are
     from edgeq.device.sim import Serving, serve_model
 
     stop = threading.Event()
+    if board is not None:
+        _serve_board(model, board, stop, faults, link_path)
+        return
 
     def ready(serving: Serving) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -133,3 +141,29 @@ def device_sim(model: Path, faults: tuple[str, ...], link_path: Path | None, are
                          max_payload=max_payload, on_ready=ready, log=lambda line: click.echo(f"device-sim: {line}",
                                                                                                 err=True))
     click.echo(f"device-sim: stopped after {served} inference(s)", err=True)
+
+
+def _serve_board(model: Path, board: str, stop: Any, faults: tuple[str, ...], link_path: Path | None) -> None:
+    import signal
+
+    from edgeq.device.qemu import BoardServing, serve_board
+
+    if faults or link_path is not None:
+        raise EdgeqError("--fault and --link are for the host simulator, not for --board",
+                         hint="drop them: the emulated board's serial line is a local TCP socket")
+
+    def ready(serving: BoardServing) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        click.echo(serving.url)
+        sys.stdout.flush()
+        size = serving.firmware.sizes
+        click.echo(f"device-sim: {model.name} as plain C on QEMU {board} ({serving.firmware.elf.name}: "
+                   f"{size.get('text', 0):,} B text, {size.get('bss', 0):,} B bss; arena {serving.firmware.arena_bytes:,} B)",
+                   err=True)
+        click.echo(f"device-sim: in another terminal: edgeq device-check --port {serving.url} --model {model} "
+                   "--data SET", err=True)
+        click.echo("device-sim: Ctrl-C to stop", err=True)
+
+    code = serve_board(model, stop, board=board, on_ready=ready)
+    click.echo(f"device-sim: QEMU stopped (exit {code})", err=True)

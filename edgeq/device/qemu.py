@@ -13,7 +13,9 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,3 +125,33 @@ def boot(firmware: QemuFirmware, port: int) -> subprocess.Popen:
 
 def temporary_workdir() -> Path:
     return Path(tempfile.mkdtemp(prefix="edgeq-qemu-"))
+
+
+@dataclass(frozen=True)
+class BoardServing:
+    """An emulated board that is up: its serial port as a pyserial URL, and its firmware."""
+
+    url: str
+    firmware: QemuFirmware
+
+
+def serve_board(model_path: Path, stop: threading.Event, *, board: str = "mps2-an386",
+                on_ready: Callable[[BoardServing], None] = lambda serving: None) -> int:
+    """Build the plain-C firmware for `model_path`, boot it on `board` in QEMU and keep it up until
+    `stop` is set (or QEMU exits); QEMU's exit code (0 when stopped)."""
+    workdir = temporary_workdir()
+    try:
+        firmware = build_qemu_firmware(Path(model_path), workdir, board=board)
+        port = free_port()
+        proc = boot(firmware, port)
+        try:
+            on_ready(BoardServing(f"socket://127.0.0.1:{port}", firmware))
+            while not stop.is_set() and proc.poll() is None:
+                stop.wait(0.2)
+            return 0 if proc.poll() is None else int(proc.returncode)
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=10)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
