@@ -3,7 +3,8 @@
 What TFLite Micro's Prepare() computes on the device (per-channel multipliers and shifts, input and
 output offsets, activation clamps, padding) is computed here once, so the C has only integer
 loops over constants. The first kernels: FULLY_CONNECTED, CONV_2D, DEPTHWISE_CONV_2D,
-MAX_POOL_2D, AVERAGE_POOL_2D, RESHAPE and SOFTMAX, int8.
+MAX_POOL_2D, AVERAGE_POOL_2D, RESHAPE, SOFTMAX, ADD, MUL, RELU, RELU6, PAD(V2) and
+CONCATENATION, int8.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from edgeq.errors import TargetCheckError
 from edgeq.tflite.arena_plan import plan_arena
 from edgeq.tflite.reader import ModelInfo, TensorInfo
 
-KERNELS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D", "RESHAPE", "SOFTMAX")
+KERNELS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D", "RESHAPE", "SOFTMAX",
+           "ADD", "MUL", "RELU", "RELU6", "PAD", "PADV2", "CONCATENATION")
 _HINT = "convert for a TFLite Micro target (runtime tflm) and use the model data and op resolver instead"
 
 
@@ -30,9 +32,14 @@ class Step:
     index: int
     op: str
     kernel: str
-    input: int       # tensor index of the activation read
+    input: int       # tensor index of the (first) activation read
     output: int      # tensor index written
     values: dict[str, Any] = field(default_factory=dict)
+    more_inputs: tuple[int, ...] = ()  # further activations read (ADD, MUL, CONCATENATION)
+
+    @property
+    def inputs(self) -> tuple[int, ...]:
+        return (self.input, *self.more_inputs)
 
 
 @dataclass(frozen=True)
@@ -217,5 +224,112 @@ def _softmax(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any,
                  "left_shift": left_shift, "diff_min": -radius})
 
 
-_LOWER = {"SOFTMAX": _softmax, "FULLY_CONNECTED": _fully_connected, "CONV_2D": _conv, "DEPTHWISE_CONV_2D": _conv,
+def _operand(op: Any, k: int, info: ModelInfo, obj: Any, graph: Any, name: str, size: int,
+             constants: dict[str, tuple[str, np.ndarray]], activations: list[int]) -> dict[str, Any]:
+    """Operand k of an element-wise op: its C pointer (the arena, or a const array), its index
+    expression (every element, or element 0 of a one-element tensor) and its offset."""
+    t = _act(info, op.inputs[k], f"input {k}", op.name) if not info.tensors[op.inputs[k]].is_constant \
+        else info.tensors[op.inputs[k]]
+    if t.dtype != "int8" or len(t.scales) != 1:
+        raise TargetCheckError(f"{info.source}: {op.name} #{op.index} input {k} is {t.dtype}; the c runtime has "
+                               "per-tensor int8", hint=_HINT)
+    count = math.prod(t.shape)
+    if count not in (1, size):
+        raise TargetCheckError(f"{info.source}: {op.name} #{op.index} broadcasts {list(t.shape)} to the output; "
+                               "the c runtime has equal shapes or a single value", hint=_HINT)
+    if t.is_constant:
+        constants[f"{name}_c{k}"] = ("int8_t", _weights(obj, graph, op.inputs[k], "int8").reshape(-1))
+        pointer = f"{name}_c{k}"
+    else:
+        pointer = "in" if not activations else f"in{len(activations)}"
+        activations.append(op.inputs[k])
+    return {"pointer": pointer, "index": "i" if count == size else "0", "offset": -t.zero_points[0],
+            "scale": t.scales[0]}
+
+
+def _elementwise(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any,
+                 constants: dict[str, tuple[str, np.ndarray]]) -> Step:
+    """ADD and MUL of two int8 tensors of the output's shape (or single values), as TFLM's
+    reference kernels compute them: ADD rescales both to a common scale with 20 bits of headroom."""
+    out = _act(info, op.outputs[0], "output", op.name)
+    size, name = math.prod(out.shape), f"op{op.index}"
+    activations: list[int] = []
+    a, b = (_operand(op, k, info, obj, graph, name, size, constants, activations) for k in (0, 1))
+    if not activations:
+        raise TargetCheckError(f"{info.source}: {op.name} #{op.index} has only constant inputs", hint=_HINT)
+    lo, hi = activation_range(options.fusedActivationFunction if options else 0, out.scales[0], out.zero_points[0])
+    values: dict[str, Any] = {"size": size, "a": a["pointer"], "a_index": a["index"], "a_offset": a["offset"],
+                              "b": b["pointer"], "b_index": b["index"], "b_offset": b["offset"],
+                              "output_offset": out.zero_points[0], "act_min": lo, "act_max": hi}
+    if op.name == "ADD":
+        twice = 2 * max(float(np.float32(a["scale"])), float(np.float32(b["scale"])))
+        (values["a_mult"], values["a_shift"]), (values["b_mult"], values["b_shift"]) = (
+            quantize_multiplier(float(np.float32(x["scale"])) / twice) for x in (a, b))
+        values["mult"], values["shift"] = quantize_multiplier(twice / ((1 << 20) * float(np.float32(out.scales[0]))))
+    else:
+        values["mult"], values["shift"] = quantize_multiplier(effective_scale(a["scale"], b["scale"], out.scales[0]))
+    return Step(op.index, op.name, op.name.lower(), activations[0], op.outputs[0], values, tuple(activations[1:]))
+
+
+def _requantize_step(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any,
+                     constants: dict[str, tuple[str, np.ndarray]]) -> Step:
+    """RELU: a rescale from the input's scale to the output's, then the activation's clamp. RELU6:
+    TFLM clamps in the input's codes and does not rescale."""
+    inp = _act(info, op.inputs[0], "input", op.name)
+    out = _act(info, op.outputs[0], "output", op.name)
+    mult, shift = quantize_multiplier(float(np.float32(inp.scales[0])) / float(np.float32(out.scales[0])))
+    lo, hi = activation_range({"RELU": 1, "RELU6": 3}.get(op.name, 0), out.scales[0], out.zero_points[0])
+    if op.name == "RELU6":  # TFLM clamps RELU6 in the input's codes, without rescaling
+        lo, hi = activation_range(3, inp.scales[0], inp.zero_points[0])
+        mult, shift = 1 << 30, 1  # exactly 1.0
+        out_zero = inp.zero_points[0]
+        return Step(op.index, op.name, "requantize", op.inputs[0], op.outputs[0],
+                    {"size": math.prod(out.shape), "input_zero_point": inp.zero_points[0], "mult": mult,
+                     "shift": shift, "output_offset": out_zero, "act_min": lo, "act_max": hi})
+    return Step(op.index, op.name, "requantize", op.inputs[0], op.outputs[0],
+                {"size": math.prod(out.shape), "input_zero_point": inp.zero_points[0], "mult": mult, "shift": shift,
+                 "output_offset": out.zero_points[0], "act_min": lo, "act_max": hi})
+
+
+def _pad(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any,
+         constants: dict[str, tuple[str, np.ndarray]]) -> Step:
+    inp = _act(info, op.inputs[0], "input", op.name)
+    out = _act(info, op.outputs[0], "output", op.name)
+    paddings = info.tensors[op.inputs[1]]
+    if not paddings.is_constant or len(inp.shape) > 4:
+        raise TargetCheckError(f"{info.source}: {op.name} #{op.index} has computed paddings or rank above 4",
+                               hint=_HINT)
+    pads = _weights(obj, graph, op.inputs[1], "<i4" if paddings.dtype == "int32" else "<i8").reshape(-1, 2)
+    value = out.zero_points[0]
+    if op.name == "PADV2" and len(op.inputs) > 2 and op.inputs[2] >= 0:
+        value = int(_weights(obj, graph, op.inputs[2], "int8").reshape(-1)[0])
+    lead = 4 - len(inp.shape)
+    return Step(op.index, op.name, "pad", op.inputs[0], op.outputs[0],
+                {"inp": [1] * lead + list(inp.shape), "out": [1] * lead + list(out.shape),
+                 "before": [0] * lead + [int(p) for p in pads[:, 0]], "value": value})
+
+
+def _concatenation(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any,
+                   constants: dict[str, tuple[str, np.ndarray]]) -> Step:
+    out = _act(info, op.outputs[0], "output", op.name)
+    axis = options.axis % len(out.shape)
+    parts, at, activations = [], 0, []
+    for k, index in enumerate(op.inputs):
+        t = info.tensors[index]
+        if t.is_constant or t.dtype != "int8" or (t.scales, t.zero_points) != (out.scales, out.zero_points):
+            raise TargetCheckError(f"{info.source}: CONCATENATION #{op.index} input {k} is constant or quantized "
+                                   "unlike its output; the c runtime joins int8 tensors of one scale", hint=_HINT)
+        row = math.prod(t.shape[axis:])
+        parts.append({"pointer": "in" if k == 0 else f"in{k}", "at": at, "bytes": row})
+        activations.append(index)
+        at += row
+    if options.fusedActivationFunction:
+        raise TargetCheckError(f"{info.source}: CONCATENATION #{op.index} has a fused activation", hint=_HINT)
+    return Step(op.index, op.name, "concatenation", activations[0], op.outputs[0],
+                {"outer": math.prod(out.shape[:axis]), "row": at, "parts": parts}, tuple(activations[1:]))
+
+
+_LOWER = {"ADD": _elementwise, "MUL": _elementwise, "RELU": _requantize_step, "RELU6": _requantize_step,
+          "PAD": _pad, "PADV2": _pad, "CONCATENATION": _concatenation,
+          "SOFTMAX": _softmax, "FULLY_CONNECTED": _fully_connected, "CONV_2D": _conv, "DEPTHWISE_CONV_2D": _conv,
           "MAX_POOL_2D": _pool, "AVERAGE_POOL_2D": _pool, "RESHAPE": _reshape}
