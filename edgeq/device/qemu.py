@@ -9,6 +9,7 @@ virtual nanosecond, so the device's reported microseconds are instructions / 100
 
 from __future__ import annotations
 
+import math
 import shutil
 import socket
 import subprocess
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeq.errors import EdgeqError, TargetCheckError
+from edgeq.errors import EdgeqError
 
 BOARDS = {  # QEMU machine -> (the CPU, arm-none-eabi-gcc flags)
     "mps2-an386": ("Cortex-M4", ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16")),
@@ -64,10 +65,16 @@ def build_qemu_firmware(model_path: Path, workdir: Path, *, board: str = "mps2-a
                 "edgeq_harness.h", "ports/qemu-mps2/startup.c", "ports/qemu-mps2/mps2.ld"):
         files[rel] = _package_file(f"c/{rel}")
     files.update(model.files)
-    arguments = "(const int8_t *)input, (int8_t *)output" if len(info.inputs) == len(info.outputs) == 1 else None
-    if arguments is None:
-        raise TargetCheckError(f"{info.source}: the QEMU harness serves models with one input and one output",
-                               hint="check this model with `edgeq emulate`")
+    # The INFER payload holds the inputs one after another, the reply the outputs: one pointer each.
+    arguments, at = [], 0
+    for t in info.input_tensors:
+        arguments.append(f"(const int8_t *)input + {at}")
+        at += math.prod(t.shape)
+    at = 0
+    for t in info.output_tensors:
+        arguments.append(f"(int8_t *)output + {at}")
+        at += math.prod(t.shape)
+    arguments = ", ".join(arguments)
     files["edgeq_aot_harness.c"] = render("aot_harness.c.j2", ident=ident, IDENT=ident.upper(),
                                           arguments=arguments).encode()
     workdir.mkdir(parents=True, exist_ok=True)
