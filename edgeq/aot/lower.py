@@ -3,7 +3,7 @@
 What TFLite Micro's Prepare() computes on the device (per-channel multipliers and shifts, input and
 output offsets, activation clamps, padding) is computed here once, so the C has only integer
 loops over constants. The first kernels: FULLY_CONNECTED, CONV_2D, DEPTHWISE_CONV_2D,
-MAX_POOL_2D, AVERAGE_POOL_2D, RESHAPE, SOFTMAX, ADD, MUL, RELU, RELU6, PAD(V2) and
+MAX_POOL_2D, AVERAGE_POOL_2D, MEAN, RESHAPE, SOFTMAX, ADD, MUL, RELU, RELU6, PAD(V2) and
 CONCATENATION, int8.
 """
 
@@ -21,7 +21,7 @@ from edgeq.tflite.arena_plan import plan_arena
 from edgeq.tflite.reader import ModelInfo, TensorInfo
 
 KERNELS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D", "RESHAPE", "SOFTMAX",
-           "ADD", "MUL", "RELU", "RELU6", "PAD", "PADV2", "CONCATENATION")
+           "ADD", "MUL", "RELU", "RELU6", "PAD", "PADV2", "CONCATENATION", "MEAN")
 _HINT = "convert for a TFLite Micro target (runtime tflm) and use the model data and op resolver instead"
 
 
@@ -329,7 +329,38 @@ def _concatenation(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any,
                 {"outer": math.prod(out.shape[:axis]), "row": at, "parts": parts}, tuple(activations[1:]))
 
 
-_LOWER = {"ADD": _elementwise, "MUL": _elementwise, "RELU": _requantize_step, "RELU6": _requantize_step,
+def _mean(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any,
+          constants: dict[str, tuple[str, np.ndarray]]) -> Step:
+    """MEAN over a run of axes before the last (global average pooling): TFLM sums in int32 and
+    rescales the sum, the element count folded into the multiplier."""
+    inp = _act(info, op.inputs[0], "input", op.name)
+    out = _act(info, op.outputs[0], "output", op.name)
+    axes_tensor = info.tensors[op.inputs[1]]
+    if not axes_tensor.is_constant:
+        raise TargetCheckError(f"{info.source}: MEAN #{op.index} has computed axes", hint=_HINT)
+    rank = len(inp.shape)
+    axes = sorted({int(a) % rank for a in _weights(obj, graph, op.inputs[1], "<i4").reshape(-1)})
+    if axes != list(range(axes[0], axes[-1] + 1)) or axes[-1] == rank - 1:
+        raise TargetCheckError(f"{info.source}: MEAN #{op.index} reduces axes {axes} of a rank-{rank} tensor; the "
+                               "c runtime reduces a run of axes before the last", hint=_HINT)
+    if (inp.scales[0], inp.zero_points[0]) == (out.scales[0], out.zero_points[0]):
+        # TFLM takes another path (a plain integer division) when nothing is rescaled; no converter-made
+        # model has exercised it against TFLM yet, so it is refused rather than guessed.
+        raise TargetCheckError(f"{info.source}: MEAN #{op.index} keeps its input's scale and zero point; the c "
+                               "runtime has the rescaling MEAN only", hint=_HINT)
+    outer = math.prod(inp.shape[:axes[0]])
+    reduce = math.prod(inp.shape[axes[0]:axes[-1] + 1])
+    inner = math.prod(inp.shape[axes[-1] + 1:])
+    values: dict[str, Any] = {"outer": outer, "reduce": reduce, "inner": inner,
+                              "input_zero_point": inp.zero_points[0], "output_offset": out.zero_points[0]}
+    mult, shift = quantize_multiplier(float(np.float32(inp.scales[0])) / float(np.float32(out.scales[0])))
+    fold = min(reduce.bit_length() - 1, 32, 31 + shift)
+    values["mult"] = int((mult << fold) // reduce) if fold >= 0 else int((mult >> -fold) // reduce)
+    values["shift"] = shift - fold
+    return Step(op.index, op.name, "mean", op.inputs[0], op.outputs[0], values)
+
+
+_LOWER = {"MEAN": _mean, "ADD": _elementwise, "MUL": _elementwise, "RELU": _requantize_step, "RELU6": _requantize_step,
           "PAD": _pad, "PADV2": _pad, "CONCATENATION": _concatenation,
           "SOFTMAX": _softmax, "FULLY_CONNECTED": _fully_connected, "CONV_2D": _conv, "DEPTHWISE_CONV_2D": _conv,
           "MAX_POOL_2D": _pool, "AVERAGE_POOL_2D": _pool, "RESHAPE": _reshape}

@@ -105,6 +105,12 @@ def device_sim(model: Path, faults: tuple[str, ...], link_path: Path | None, are
       edgeq device-check --port <the port it printed> --model MODEL --data digits
 
     \b
+    With --board mps2-an386 (Cortex-M4) or mps2-an500 (Cortex-M7), the board is a real firmware
+    instead: MODEL as plain C (export-c --runtime c), edgeq's device loop and a bare-metal port,
+    booted in QEMU (qemu-system-arm) with one instruction per virtual nanosecond, so the latency
+    device-check reports is instructions / 1000. The port it prints is a socket:// URL.
+
+    \b
     Faults show how device-check copes with a bad line or a flaky board:
       drop@N[:K]  drop K bytes (default 3) of the reply to INFER number N
       crc@N       corrupt that reply's CRC

@@ -34,8 +34,9 @@ def export_c(file: Path, outdir: Path, name: str | None, alignment: int, arena_m
     an op TensorFlow Lite Micro has no kernel for.
     --runtime c: <name>_model.c/.h, the model as C99 with no interpreter, no heap and no floating
     point, bit-exact with TFLite Micro: call <name>_invoke(input, output). int8 models with
-    CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, MAX/AVERAGE_POOL_2D, ADD, MUL, CONCATENATION,
-    PAD, RELU, RELU6, RESHAPE and SOFTMAX so far; any other op fails (exit 3) and names it.
+    CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, MAX/AVERAGE_POOL_2D, MEAN, ADD, MUL,
+    CONCATENATION, PAD, RELU, RELU6, RESHAPE and SOFTMAX so far; any other op fails (exit 3) and
+    names it.
     """
     if runtime == "c":
         from edgeq.aot.emit import export_aot

@@ -58,3 +58,10 @@ def test_a_board_refuses_what_the_c_backend_cannot_run(tmp_path: Path) -> None:
 
     with pytest.raises(EdgeqError, match="--board"):
         build_qemu_firmware(tmp_path / "missing.tflite", tmp_path / "fw", board="stm32")
+
+
+def test_device_sim_board_refuses_host_only_options(example: Path) -> None:
+    from tests.conftest import run_edgeq
+
+    proc = run_edgeq("device-sim", str(example), "--board", "mps2-an386", "--fault", "crc@1")
+    assert proc.returncode == 2 and "--board" in proc.stderr and "Traceback" not in proc.stderr

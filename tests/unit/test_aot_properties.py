@@ -23,7 +23,7 @@ GCC = shutil.which("gcc")
 pytestmark = [pytest.mark.skipif(GCC is None, reason="needs gcc"), pytest.mark.slow]
 
 KINDS = ("conv", "depthwise", "dense", "max_pool", "avg_pool", "add", "mul", "concat", "pad", "relu", "relu6",
-         "concat_input", "softmax")
+         "concat_input", "mean", "mean1d", "softmax")
 
 
 @st.composite
@@ -66,6 +66,10 @@ def _build(p: dict):  # type: ignore[no-untyped-def]
         y = L.Conv2D(p["filters"], 1)(L.ReLU(max_value=6.0 if kind == "relu6" else None)(x))
     elif kind == "concat_input":  # the input itself joins a computed tensor
         y = L.Concatenate()([x, L.Conv2D(p["filters"], 1)(x)])
+    elif kind == "mean":
+        y = L.GlobalAveragePooling2D(keepdims=p["same"])(L.Conv2D(p["filters"], 1, activation=p["act"])(x))
+    elif kind == "mean1d":
+        y = L.GlobalAveragePooling1D()(L.Reshape((p["h"] * p["w"], p["c"]))(x))
     else:
         y = L.Softmax()(L.Dense(p["filters"] + 2)(L.Flatten()(x)))
     model = keras.Model(x, y)
@@ -113,7 +117,8 @@ def test_random_models_are_bit_exact_with_tflm(tmp_path_factory, kind: str, draw
     expected_op = {"conv": "CONV_2D", "depthwise": "DEPTHWISE_CONV_2D", "dense": "FULLY_CONNECTED",
                    "max_pool": "MAX_POOL_2D", "avg_pool": "AVERAGE_POOL_2D", "add": "ADD", "mul": "MUL",
                    "concat": "CONCATENATION", "pad": "PAD", "relu": "RELU", "relu6": "RELU6",
-                   "concat_input": "CONCATENATION", "softmax": "SOFTMAX"}[kind]
+                   "concat_input": "CONCATENATION", "mean": "MEAN", "mean1d": "MEAN",
+                   "softmax": "SOFTMAX"}[kind]
     assert expected_op in ops, (kind, sorted(ops))  # the op under test is really in the model
     rng = np.random.default_rng(params["seed"])
     inputs = rng.integers(-128, 128, size=(12, *info.input_tensors[0].shape[1:]), dtype=np.int8)
