@@ -59,7 +59,13 @@ def build_qemu_firmware(model_path: Path, workdir: Path, *, board: str = "mps2-a
     data, info = read_tflite_named(Path(model_path))
     ident = c_identifier(name or Path(model_path).stem)
     model = emit_c(ident, data, info)
-    tree = build_firmware(data, info, name=ident, arena=ArenaSize(model.arena_bytes, 0), target_name=board)
+    from edgeq.device.firmware import _frames
+    from edgeq.device.protocol import DEFAULT_MAX_PAYLOAD, LENGTH_LIMIT
+
+    # Frames as large as this model's tensors need (QEMU's RAM is plentiful), at least the default.
+    payload = max(DEFAULT_MAX_PAYLOAD, _frames(info, ident, LENGTH_LIMIT).needed)
+    tree = build_firmware(data, info, name=ident, arena=ArenaSize(model.arena_bytes, 0), target_name=board,
+                          max_payload=payload)
     files = {rel: tree.files[rel] for rel in ("edgeq_config.h", "edgeq_harness_config.h")}
     for rel in ("edgeq_protocol.h", "edgeq_protocol.c", "edgeq_device.h", "edgeq_device.c", "edgeq_platform.h",
                 "edgeq_harness.h", "ports/qemu-mps2/startup.c", "ports/qemu-mps2/mps2.ld"):
