@@ -16,12 +16,14 @@ from typing import Any
 import numpy as np
 
 from edgeq.aot.qmath import activation_range, effective_scale, quantize_multiplier
+from edgeq.aot.schedule import scheduled
 from edgeq.errors import TargetCheckError
-from edgeq.tflite.arena_plan import plan_arena
+from edgeq.tflite.arena_plan import ArenaPlan, plan_arena
 from edgeq.tflite.reader import ModelInfo, TensorInfo
 
 KERNELS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D", "RESHAPE", "SOFTMAX",
            "ADD", "MUL", "RELU", "RELU6", "PAD", "PADV2", "CONCATENATION", "MEAN")
+_NO_PLAN = ArenaPlan(offsets=(), peak=1 << 62, lower_bound=0, order="")
 _HINT = "convert for a TFLite Micro target (runtime tflm) and use the model data and op resolver instead"
 
 
@@ -74,11 +76,13 @@ def lower(model: bytes, info: ModelInfo) -> Program:
     obj = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
     graph = obj.subgraphs[0]
     constants: dict[str, tuple[str, np.ndarray]] = {}
+    # The ops in the order that keeps the fewest bytes alive (branchy graphs), if its plan is smaller.
+    order = min((info, scheduled(info)), key=lambda i: (plan_arena(i) or _NO_PLAN).peak)
     steps = []
-    for op in info.ops:
+    for op in order.ops:
         options = graph.operators[op.index].builtinOptions
         steps.append(_LOWER[op.name](op, info, obj, graph, options, constants))
-    plan = plan_arena(info)
+    plan = plan_arena(order)
     if plan is None:
         raise TargetCheckError(f"{info.source}: no activation plan for this model", hint=_HINT)
     planned = {i: o for i, o in enumerate(plan.offsets) if o >= 0}
