@@ -161,7 +161,7 @@ def test_requantize_matches_the_c_helper_on_edge_values(tmp_path: Path) -> None:
         "  while (scanf(\"%ld %ld %ld\", &x, &q, &s) == 3)\n"
         "    printf(\"%ld\\n\", (long)edgeq_requantize((int32_t)x, (int32_t)q, (int32_t)s));\n"
         "  return (int)edgeq_clamp(0, 0, 0);\n}\n")
-    (tmp_path / "rq.c").write_text("#include <stdint.h>\n" + program)
+    (tmp_path / "rq.c").write_text("#include <stdint.h>\n#include <string.h>\n" + program)
     build = subprocess.run([GCC, "-std=c99", "-Wall", "-Wextra", "-Werror", str(tmp_path / "rq.c"), "-o",
                             str(tmp_path / "rq")], capture_output=True, text=True)
     assert build.returncode == 0, build.stderr
