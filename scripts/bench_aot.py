@@ -99,6 +99,9 @@ def measure(name: str) -> dict:
             board.join(timeout=30)
         report = result.report
         row["bit_exact"] = f"{report.agreement.bit_exact}/{report.run.requested}"
+        if result.verdict != "pass":
+            row["bit_exact"] += f" ({result.verdict}: {report.run.stopped_because or report.agreement.first_differing[:1]})"
+            print(f"{name}: {row['bit_exact']}", file=sys.stderr)
         row["instructions"] = int(report.latency.median * 1000) if report.latency else None
     return row
 
