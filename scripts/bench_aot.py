@@ -23,7 +23,6 @@ import argparse
 import os
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +64,7 @@ def converted(name: str, folder: Path) -> tuple[Path, str]:
 def measure(name: str) -> dict:
     from edgeq.aot.emit import emit_c
     from edgeq.device.check import device_check
-    from edgeq.device.qemu import build_qemu_firmware, serve_board
+    from edgeq.device.qemu import build_qemu_firmware, running_board
     from edgeq.emulator.memory import measure_tflm_arena
     from edgeq.errors import EdgeqError
     from edgeq.targets import load_target
@@ -86,17 +85,8 @@ def measure(name: str) -> dict:
             return row
         row["aot_flash"] = firmware.sizes["text"] + firmware.sizes["data"]
         row["aot_arena"] = firmware.arena_bytes
-        stop, ready = threading.Event(), []
-        board = threading.Thread(target=serve_board, args=(tflite, stop), kwargs={"on_ready": ready.append},
-                                 daemon=True)
-        board.start()
-        while not ready and board.is_alive():
-            stop.wait(0.05)
-        try:
-            result = device_check(ready[0].url, tflite, data, limit=20, output_dir=folder / "check", timeout=30)
-        finally:
-            stop.set()
-            board.join(timeout=30)
+        with running_board(tflite) as board:
+            result = device_check(board.url, tflite, data, limit=20, output_dir=folder / "check", timeout=30)
         report = result.report
         row["bit_exact"] = f"{report.agreement.bit_exact}/{report.run.requested}"
         if result.verdict != "pass":

@@ -129,20 +129,34 @@ def _common(op: Any, info: ModelInfo, activation: int) -> tuple[TensorInfo, Tens
 def _fully_connected(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any,
                      constants: dict[str, tuple[str, np.ndarray]]) -> Step:
     inp, out, values = _common(op, info, options.fusedActivationFunction)
+    name = f"op{op.index}"
+    units, depth = info.tensors[op.inputs[1]].shape
+    has_bias = _weights_and_bias(op, info, obj, graph, name, inp, out, units, constants)
+    batches = math.prod(inp.shape) // depth
+    return Step(op.index, op.name, "fully_connected", op.inputs[0], op.outputs[0],
+                {**values, "name": name, "batches": batches, "units": units, "depth": depth, "bias": has_bias})
+
+
+def _weights_and_bias(op: Any, info: ModelInfo, obj: Any, graph: Any, name: str, inp: TensorInfo, out: TensorInfo,
+                      channels: int, constants: dict[str, tuple[str, np.ndarray]]) -> bool:
+    """The op's symmetric int8 weights, its int32 bias (whether it has one) and its per-channel
+    requantization, as constant arrays `<name>_w`, `<name>_b`, `<name>_mult`, `<name>_shift`."""
     weights = info.tensors[op.inputs[1]]
     if weights.dtype != "int8" or any(z != 0 for z in weights.zero_points):
-        raise TargetCheckError(f"{info.source}: FULLY_CONNECTED #{op.index} has {weights.dtype} weights with a zero "
-                               "point; the c runtime has symmetric int8", hint=_HINT)
-    units, depth = weights.shape
-    name = f"op{op.index}"
+        raise TargetCheckError(f"{info.source}: {op.name} #{op.index} has {weights.dtype} weights with a zero point; "
+                               "the c runtime has symmetric int8", hint=_HINT)
     constants[f"{name}_w"] = ("int8_t", _weights(obj, graph, op.inputs[1], "int8").reshape(-1))
     has_bias = len(op.inputs) > 2 and op.inputs[2] >= 0
     if has_bias:
         constants[f"{name}_b"] = ("int32_t", _weights(obj, graph, op.inputs[2], "<i4").reshape(-1))
-    _requant(info, name, inp, weights, out, units, constants)
-    batches = math.prod(inp.shape) // depth
-    return Step(op.index, op.name, "fully_connected", op.inputs[0], op.outputs[0],
-                {**values, "name": name, "batches": batches, "units": units, "depth": depth, "bias": has_bias})
+    _requant(info, name, inp, weights, out, channels, constants)
+    return has_bias
+
+
+def _single_batch(op: Any, info: ModelInfo, inp: TensorInfo) -> None:
+    if len(inp.shape) != 4 or inp.shape[0] != 1:
+        raise TargetCheckError(f"{info.source}: {op.name} #{op.index} takes {list(inp.shape)}; the c runtime's "
+                               "2-D kernels take one NHWC sample (batch 1)", hint=_HINT)
 
 
 def _padding(padding: int, stride: int, dilation: int, size: int, filter_size: int, out_size: int) -> int:
@@ -155,22 +169,15 @@ def _conv(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any,
           constants: dict[str, tuple[str, np.ndarray]]) -> Step:
     depthwise = op.name == "DEPTHWISE_CONV_2D"
     inp, out, values = _common(op, info, options.fusedActivationFunction)
-    weights = info.tensors[op.inputs[1]]
-    if weights.dtype != "int8" or any(z != 0 for z in weights.zero_points):
-        raise TargetCheckError(f"{info.source}: {op.name} #{op.index} has {weights.dtype} weights with a zero point; "
-                               "the c runtime has symmetric int8", hint=_HINT)
+    _single_batch(op, info, inp)
     _, in_h, in_w, in_c = inp.shape
     _, out_h, out_w, out_c = out.shape
-    _, k_h, k_w, k_c = weights.shape
+    _, k_h, k_w, k_c = info.tensors[op.inputs[1]].shape
     if not depthwise and k_c != in_c:
         raise TargetCheckError(f"{info.source}: CONV_2D #{op.index} is a grouped convolution ({in_c} input "
                                f"channels, filters of {k_c}); the c runtime has ungrouped ones", hint=_HINT)
     name = f"op{op.index}"
-    constants[f"{name}_w"] = ("int8_t", _weights(obj, graph, op.inputs[1], "int8").reshape(-1))
-    has_bias = len(op.inputs) > 2 and op.inputs[2] >= 0
-    if has_bias:
-        constants[f"{name}_b"] = ("int32_t", _weights(obj, graph, op.inputs[2], "<i4").reshape(-1))
-    _requant(info, name, inp, weights, out, out_c, constants)
+    has_bias = _weights_and_bias(op, info, obj, graph, name, inp, out, out_c, constants)
     dil_h, dil_w = options.dilationHFactor, options.dilationWFactor
     values.update(name=name, bias=has_bias, in_h=in_h, in_w=in_w, in_c=in_c, out_h=out_h, out_w=out_w, out_c=out_c,
                   k_h=k_h, k_w=k_w, stride_h=options.strideH, stride_w=options.strideW, dil_h=dil_h, dil_w=dil_w,
@@ -187,6 +194,7 @@ def _pool(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any,
     if inp.scales[0] != out.scales[0] or inp.zero_points[0] != out.zero_points[0]:
         raise TargetCheckError(f"{info.source}: {op.name} #{op.index} rescales its input; TFLM's pooling does not",
                                hint=_HINT)
+    _single_batch(op, info, inp)
     _, in_h, in_w, channels = inp.shape
     _, out_h, out_w, _ = out.shape
     values.update(in_h=in_h, in_w=in_w, channels=channels, out_h=out_h, out_w=out_w, k_h=options.filterHeight,

@@ -9,6 +9,7 @@ virtual nanosecond, so the device's reported microseconds are instructions / 100
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import socket
@@ -16,7 +17,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,3 +169,32 @@ def serve_board(model_path: Path, stop: threading.Event, *, board: str = "mps2-a
                 proc.wait(timeout=10)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_board(model_path: Path, board: str = "mps2-an386", *, start_timeout: float = 60.0
+                  ) -> Iterator[BoardServing]:
+    """`serve_board` in a background thread for the length of a `with` block: the board once it
+    is up (its serial port URL and firmware), stopped and cleaned up afterwards."""
+    stop, ready, failed = threading.Event(), [], []
+
+    def serve() -> None:
+        try:
+            serve_board(Path(model_path), stop, board=board, on_ready=ready.append)
+        except Exception as exc:  # noqa: BLE001 (handed to the caller's thread below)
+            failed.append(exc)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_timeout
+    while not ready and thread.is_alive() and time.monotonic() < deadline:
+        stop.wait(0.05)
+    try:
+        if failed:
+            raise failed[0]
+        if not ready:
+            raise EdgeqError(f"the emulated {board} did not come up within {start_timeout:.0f} s", hint=QEMU_HINT)
+        yield ready[0]
+    finally:
+        stop.set()
+        thread.join(timeout=30)

@@ -4,7 +4,6 @@ device-check over the board's serial line: every eval sample bit-exact with the 
 from __future__ import annotations
 
 import shutil
-import threading
 from pathlib import Path
 
 import pytest
@@ -28,50 +27,26 @@ def example(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_example_on_emulated_cortex_m4_is_bit_exact_on_every_eval_sample(example: Path, tmp_path: Path) -> None:
-    from edgeq.device.qemu import serve_board
+    from edgeq.device.qemu import running_board
 
-    stop, ready = threading.Event(), []
-    board = threading.Thread(target=serve_board, args=(example, stop), kwargs={"on_ready": ready.append},
-                             daemon=True)
-    board.start()
-    for _ in range(600):
-        if ready or not board.is_alive():
-            break
-        stop.wait(0.05)
-    assert ready, "the emulated board did not come up"
-    try:
-        result = device_check(ready[0].url, example, "digits", output_dir=tmp_path / "check", timeout=10)
-    finally:
-        stop.set()
-        board.join(timeout=30)
+    with running_board(example, "mps2-an386") as board:
+        result = device_check(board.url, example, "digits", output_dir=tmp_path / "check", timeout=10)
+        sizes = board.firmware.sizes
     report = result.report
     assert result.verdict == "pass" and report.run.completed == report.agreement.bit_exact == 400
     # One instruction per virtual nanosecond: the plain C needs fewer than TFLM's reference kernels (~819k).
     assert report.latency is not None and 50 < report.latency.median < 819
-    sizes = ready[0].firmware.sizes
     assert 0 < sizes["text"] < 73_500  # the whole firmware, below TFLM's runtime alone
 
 
 def test_the_cortex_m7_board_serves_the_same_bytes(example: Path, tmp_path: Path) -> None:
     """mps2-an500 (Cortex-M7, double-precision FPU flags, the DSP path too): 50 samples bit-exact."""
-    from edgeq.device.qemu import serve_board
+    from edgeq.device.qemu import running_board
 
-    stop, ready = threading.Event(), []
-    board = threading.Thread(target=serve_board, args=(example, stop),
-                             kwargs={"board": "mps2-an500", "on_ready": ready.append}, daemon=True)
-    board.start()
-    for _ in range(600):
-        if ready or not board.is_alive():
-            break
-        stop.wait(0.05)
-    assert ready, "the emulated board did not come up"
-    try:
-        result = device_check(ready[0].url, example, "digits", limit=50, output_dir=tmp_path / "m7", timeout=10)
-    finally:
-        stop.set()
-        board.join(timeout=30)
+    with running_board(example, "mps2-an500") as board:
+        result = device_check(board.url, example, "digits", limit=50, output_dir=tmp_path / "m7", timeout=10)
+        assert board.firmware.board == "mps2-an500"
     assert result.verdict == "pass" and result.report.agreement.bit_exact == 50
-    assert ready[0].firmware.board == "mps2-an500"
 
 
 def test_a_board_refuses_what_the_c_backend_cannot_run(tmp_path: Path) -> None:
