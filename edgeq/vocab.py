@@ -27,6 +27,12 @@ class Runtime(StrEnum):
 
     LITERT = "litert"  # phones and Linux boards: dynamic allocation, XNNPACK on CPUs
     TFLM = "tflm"  # microcontrollers: TensorFlow Lite Micro, one fixed tensor arena
+    C = "c"  # microcontrollers: edgeq's plain C (edgeq/aot), no interpreter, bit-exact with TFLM
+
+    @property
+    def micro(self) -> bool:
+        """A microcontroller runtime: TFLM emulates it exactly (the c runtime's bytes are TFLM's)."""
+        return self in (Runtime.TFLM, Runtime.C)
 
 
 class CheckName(StrEnum):

@@ -68,6 +68,17 @@ def main() -> int:
             tflm_ops,
         )
     )
+    from edgeq import __version__
+    from edgeq.aot.lower import KERNELS
+
+    (out / "c.toml").write_text(
+        render(
+            "c",
+            "Builtin ops edgeq's plain-C backend (edgeq/aot) has an int8 kernel for, bit-exact with TFLite Micro",
+            f"edgeq {__version__}",
+            sorted(KERNELS),
+        )
+    )
     litert_version = metadata.version("ai-edge-litert")
     builtins = litert_builtin_ops()
     (out / "litert_builtins.toml").write_text(

@@ -154,8 +154,8 @@ def reported_runtime(accuracy: dict) -> str:
 
 def plain_tflite(model, io: str = "int8", data: np.ndarray | None = None) -> bytes:  # type: ignore[no-untyped-def]
     """A Keras model through the plain TFLite converter (not edgeq): full integer with int8 or
-    int16 activations, calibrated on `data[:200]` (default: 8 seeded random samples), or
-    io="float32" for no quantization. For tests about a .tflite's structure, or edgeq vs plain."""
+    int16 activations, calibrated on `data[:200]` (default: 8 seeded random samples), io="float32_io"
+    for int8 inside float32 I/O (QUANTIZE in, DEQUANTIZE out), or io="float32" for no quantization. For tests about a .tflite's structure, or edgeq vs plain."""
     from edgeq._tf import tf as load_tf
 
     tf = load_tf()
@@ -177,8 +177,9 @@ def plain_tflite(model, io: str = "int8", data: np.ndarray | None = None) -> byt
         converter.target_spec.supported_ops = [
             tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8 if io == "int16"
             else tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = getattr(tf, io)
-        converter.inference_output_type = getattr(tf, io)
+        if io != "float32_io":
+            converter.inference_input_type = getattr(tf, io)
+            converter.inference_output_type = getattr(tf, io)
     return bytes(converter.convert())
 
 

@@ -12,6 +12,9 @@ from edgeq.templating import render
 from edgeq.tflite.reader import ModelInfo
 
 
+_CTYPES = {"int8": "int8_t", "float32": "float"}
+
+
 @dataclass(frozen=True)
 class AotSources:
     ident: str
@@ -23,8 +26,9 @@ def _io(program: Program, info: ModelInfo, indices: tuple[int, ...]) -> list[dic
     out = []
     for i in indices:
         t = info.tensors[i]
+        scale = f"scale {t.scales[0]:.9g}, zero point {t.zero_points[0]}" if t.scales else "not quantized"
         out.append({"offset": program.offsets[i], "bytes": program.sizes[i], "shape": list(t.shape),
-                    "scale": f"{t.scales[0]:.9g}", "zero_point": t.zero_points[0]})
+                    "dtype": t.dtype, "ctype": _CTYPES[t.dtype], "quantization": scale})
     return out
 
 
@@ -33,10 +37,10 @@ def emit_c(name: str, model: bytes, info: ModelInfo) -> AotSources:
     program = lower(model, info)
     ident = c_identifier(name)
     inputs, outputs = _io(program, info, program.inputs), _io(program, info, program.outputs)
-    signature = ", ".join([f"const int8_t *input{i}" for i in range(len(inputs))]
-                          + [f"int8_t *output{i}" for i in range(len(outputs))])
+    signature = ", ".join([f"const {t['ctype']} *input{i}" for i, t in enumerate(inputs)]
+                          + [f"{t['ctype']} *output{i}" for i, t in enumerate(outputs)])
     values = dict(ident=ident, IDENT=ident.upper(), arena_bytes=program.arena_bytes, inputs=inputs,
-                  outputs=outputs, signature=signature)
+                  outputs=outputs, signature=signature, float_io=any(t["dtype"] != "int8" for t in inputs + outputs))
     header = render("aot_model.h.j2", guard=f"EDGEQ_{ident.upper()}_MODEL_H_", model_bytes=len(model),
                     sha256=hashlib.sha256(model).hexdigest(), **values)
     source = render("aot_model.c.j2", constants=program.constants, steps=program.steps, offsets=program.offsets,

@@ -3,8 +3,9 @@
 What TFLite Micro's Prepare() computes on the device (per-channel multipliers and shifts, input and
 output offsets, activation clamps, padding) is computed here once, so the C has only integer
 loops over constants. The first kernels: FULLY_CONNECTED, CONV_2D, DEPTHWISE_CONV_2D,
-MAX_POOL_2D, AVERAGE_POOL_2D, MEAN, RESHAPE, SOFTMAX, ADD, MUL, RELU, RELU6, PAD(V2) and
-CONCATENATION, int8.
+MAX_POOL_2D, AVERAGE_POOL_2D, MEAN, RESHAPE, SOFTMAX, ADD and MUL (broadcasting), RELU, RELU6,
+PAD(V2), CONCATENATION, PACK, SPLIT(_V), UNPACK, LOGISTIC, TANH, HARD_SWISH, QUANTIZE (from float32 or
+int8) and DEQUANTIZE (to float32); int8 inside, int8 or float32 at the edges.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from edgeq.tflite.arena_plan import ArenaPlan, plan_arena
 from edgeq.tflite.reader import ModelInfo, TensorInfo
 
 KERNELS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D", "RESHAPE", "SOFTMAX",
-           "ADD", "MUL", "RELU", "RELU6", "PAD", "PADV2", "CONCATENATION", "MEAN")
+           "ADD", "MUL", "RELU", "RELU6", "PAD", "PADV2", "CONCATENATION", "MEAN", "QUANTIZE", "DEQUANTIZE",
+           "LOGISTIC", "TANH", "HARD_SWISH", "SPLIT", "SPLIT_V", "UNPACK", "PACK")
 _NO_PLAN = ArenaPlan(offsets=(), peak=1 << 62, lower_bound=0, order="")
 _HINT = "convert for a TFLite Micro target (runtime tflm) and use the model data and op resolver instead"
 
@@ -37,11 +39,16 @@ class Step:
     input: int       # tensor index of the (first) activation read
     output: int      # tensor index written
     values: dict[str, Any] = field(default_factory=dict)
-    more_inputs: tuple[int, ...] = ()  # further activations read (ADD, MUL, CONCATENATION)
+    more_inputs: tuple[int, ...] = ()  # further activations read (ADD, MUL, CONCATENATION, PACK)
+    more_outputs: tuple[int, ...] = ()  # further tensors written (SPLIT, UNPACK)
 
     @property
     def inputs(self) -> tuple[int, ...]:
         return (self.input, *self.more_inputs)
+
+    @property
+    def outputs(self) -> tuple[int, ...]:
+        return (self.output, *self.more_outputs)
 
 
 @dataclass(frozen=True)
@@ -66,9 +73,9 @@ def lower(model: bytes, info: ModelInfo) -> Program:
         raise TargetCheckError(f"{info.source} has {info.subgraph_count} subgraphs; the c runtime runs one",
                                hint=_HINT)
     for t in (*info.input_tensors, *info.output_tensors):
-        if t.dtype != "int8":
-            raise TargetCheckError(f"{info.source}: tensor '{t.name}' is {t.dtype}; the c runtime takes int8 I/O",
-                                   hint=_HINT)
+        if t.dtype not in ("int8", "float32"):
+            raise TargetCheckError(f"{info.source}: tensor '{t.name}' is {t.dtype}; the c runtime takes int8 I/O "
+                                   "(or float32 that the model quantizes and dequantizes)", hint=_HINT)
     for op in info.ops:
         if op.name not in KERNELS:
             raise TargetCheckError(f"{info.source}: the c runtime has no kernel for {op.name} (op #{op.index}); it "
@@ -92,7 +99,7 @@ def lower(model: bytes, info: ModelInfo) -> Program:
 
 
 def _bytes(t: TensorInfo) -> int:
-    return math.prod(t.shape) * (4 if t.dtype == "int32" else 1)
+    return math.prod(t.shape) * (4 if t.dtype in ("int32", "float32") else 1)
 
 
 def _weights(obj: Any, graph: Any, index: int, dtype: str) -> np.ndarray:
@@ -236,43 +243,66 @@ def _softmax(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any,
                  "left_shift": left_shift, "diff_min": -radius})
 
 
-def _operand(op: Any, k: int, info: ModelInfo, obj: Any, graph: Any, name: str, size: int,
+def _operand(op: Any, k: int, info: ModelInfo, obj: Any, graph: Any, name: str, out_shape: tuple[int, ...],
              constants: dict[str, tuple[str, np.ndarray]], activations: list[int]) -> dict[str, Any]:
-    """Operand k of an element-wise op: its C pointer (the arena, or a const array), its index
-    expression (every element, or element 0 of a one-element tensor) and its offset."""
+    """Operand k of an element-wise op: its C pointer (the arena, or a const array), its offset, and
+    its element index in the output's loops: `i` for the output's shape, `0` for a single value, or
+    a sum over the loop counters d0..d3 with stride 0 where it broadcasts (NumPy's rules)."""
     t = _act(info, op.inputs[k], f"input {k}", op.name) if not info.tensors[op.inputs[k]].is_constant \
         else info.tensors[op.inputs[k]]
     if t.dtype != "int8" or len(t.scales) != 1:
         raise TargetCheckError(f"{info.source}: {op.name} #{op.index} input {k} is {t.dtype}; the c runtime has "
                                "per-tensor int8", hint=_HINT)
-    count = math.prod(t.shape)
-    if count not in (1, size):
-        raise TargetCheckError(f"{info.source}: {op.name} #{op.index} broadcasts {list(t.shape)} to the output; "
-                               "the c runtime has equal shapes or a single value", hint=_HINT)
     if t.is_constant:
         constants[f"{name}_c{k}"] = ("int8_t", _weights(obj, graph, op.inputs[k], "int8").reshape(-1))
         pointer = f"{name}_c{k}"
     else:
         pointer = "in" if not activations else f"in{len(activations)}"
         activations.append(op.inputs[k])
-    return {"pointer": pointer, "index": "i" if count == size else "0", "offset": -t.zero_points[0],
-            "scale": t.scales[0]}
+    count, size = math.prod(t.shape), math.prod(out_shape)
+    if count == size:
+        index = "i"
+    elif count == 1:
+        index = "0"
+    else:
+        index = _broadcast_index(op, info, tuple(t.shape), out_shape)
+    return {"pointer": pointer, "index": index, "offset": -t.zero_points[0], "scale": t.scales[0]}
+
+
+def _broadcast_index(op: Any, info: ModelInfo, shape: tuple[int, ...], out_shape: tuple[int, ...]) -> str:
+    if len(shape) > len(out_shape) or len(out_shape) > 4:
+        raise TargetCheckError(f"{info.source}: {op.name} #{op.index} broadcasts {list(shape)} to "
+                               f"{list(out_shape)}; the c runtime broadcasts up to rank 4", hint=_HINT)
+    dims = (1,) * (4 - len(shape)) + shape
+    full = (1,) * (4 - len(out_shape)) + out_shape
+    terms, stride = [], 1
+    for axis in range(3, -1, -1):
+        if dims[axis] not in (1, full[axis]):
+            raise TargetCheckError(f"{info.source}: {op.name} #{op.index} cannot broadcast {list(shape)} to "
+                                   f"{list(out_shape)}", hint=_HINT)
+        if dims[axis] == full[axis] and full[axis] > 1:
+            terms.append(f"d{axis}" if stride == 1 else f"d{axis} * {stride}")
+        stride *= dims[axis]
+    return " + ".join(reversed(terms)) or "0"
 
 
 def _elementwise(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any,
                  constants: dict[str, tuple[str, np.ndarray]]) -> Step:
-    """ADD and MUL of two int8 tensors of the output's shape (or single values), as TFLM's
-    reference kernels compute them: ADD rescales both to a common scale with 20 bits of headroom."""
+    """ADD and MUL of two int8 tensors, each of the output's shape, a single value, or broadcast to
+    it, as TFLM's reference kernels compute them: ADD rescales both to a common scale with 20 bits of
+    headroom."""
     out = _act(info, op.outputs[0], "output", op.name)
     size, name = math.prod(out.shape), f"op{op.index}"
     activations: list[int] = []
-    a, b = (_operand(op, k, info, obj, graph, name, size, constants, activations) for k in (0, 1))
+    a, b = (_operand(op, k, info, obj, graph, name, tuple(out.shape), constants, activations) for k in (0, 1))
     if not activations:
         raise TargetCheckError(f"{info.source}: {op.name} #{op.index} has only constant inputs", hint=_HINT)
     lo, hi = activation_range(options.fusedActivationFunction if options else 0, out.scales[0], out.zero_points[0])
+    broadcast = any(x["index"] not in ("i", "0") for x in (a, b))
     values: dict[str, Any] = {"size": size, "a": a["pointer"], "a_index": a["index"], "a_offset": a["offset"],
                               "b": b["pointer"], "b_index": b["index"], "b_offset": b["offset"],
-                              "output_offset": out.zero_points[0], "act_min": lo, "act_max": hi}
+                              "output_offset": out.zero_points[0], "act_min": lo, "act_max": hi,
+                              "loops": list((1,) * (4 - len(out.shape)) + tuple(out.shape)) if broadcast else None}
     if op.name == "ADD":
         twice = 2 * max(float(np.float32(a["scale"])), float(np.float32(b["scale"])))
         (values["a_mult"], values["a_shift"]), (values["b_mult"], values["b_shift"]) = (
@@ -355,11 +385,6 @@ def _mean(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any,
     if axes != list(range(axes[0], axes[-1] + 1)) or axes[-1] == rank - 1:
         raise TargetCheckError(f"{info.source}: MEAN #{op.index} reduces axes {axes} of a rank-{rank} tensor; the "
                                "c runtime reduces a run of axes before the last", hint=_HINT)
-    if (inp.scales[0], inp.zero_points[0]) == (out.scales[0], out.zero_points[0]):
-        # TFLM takes another path (a plain integer division) when nothing is rescaled; no converter-made
-        # model has exercised it against TFLM yet, so it is refused rather than guessed.
-        raise TargetCheckError(f"{info.source}: MEAN #{op.index} keeps its input's scale and zero point; the c "
-                               "runtime has the rescaling MEAN only", hint=_HINT)
     outer = math.prod(inp.shape[:axes[0]])
     reduce = math.prod(inp.shape[axes[0]:axes[-1] + 1])
     inner = math.prod(inp.shape[axes[-1] + 1:])
@@ -372,7 +397,140 @@ def _mean(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any,
     return Step(op.index, op.name, "mean", op.inputs[0], op.outputs[0], values)
 
 
-_LOWER = {"MEAN": _mean, "ADD": _elementwise, "MUL": _elementwise, "RELU": _requantize_step, "RELU6": _requantize_step,
+def _f32(x: float) -> float:
+    return float(np.float32(x))
+
+
+def _c_float(x: float) -> str:
+    """A float32 as an exact C99 literal (hexadecimal, so no decimal rounding can creep in)."""
+    return float.hex(_f32(x)) + "f"
+
+
+def _quantize(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any,
+              constants: dict[str, tuple[str, np.ndarray]]) -> Step:
+    """QUANTIZE from float32 (round(x / scale) + zero point, in float as TFLM does), or from int8 to
+    another int8 scale (a requantization)."""
+    out = _act(info, op.outputs[0], "output", op.name)
+    inp, size = info.tensors[op.inputs[0]], math.prod(out.shape)
+    if inp.dtype == "float32":
+        return Step(op.index, op.name, "quantize_float", op.inputs[0], op.outputs[0],
+                    {"size": size, "scale": _c_float(out.scales[0]), "zero_point": out.zero_points[0]})
+    inp = _act(info, op.inputs[0], "input", op.name)
+    mult, shift = quantize_multiplier(_f32(inp.scales[0]) / _f32(out.scales[0]))
+    return Step(op.index, op.name, "requantize", op.inputs[0], op.outputs[0],
+                {"size": size, "input_zero_point": inp.zero_points[0], "mult": mult, "shift": shift,
+                 "output_offset": out.zero_points[0], "act_min": -128, "act_max": 127})
+
+
+def _dequantize(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any,
+                constants: dict[str, tuple[str, np.ndarray]]) -> Step:
+    """DEQUANTIZE int8 to float32: (q - zero point) * scale, one float rounding (TFLM multiplies in
+    double, but the exact product of a float and a 9-bit integer rounds to the same float)."""
+    inp = _act(info, op.inputs[0], "input", op.name)
+    if info.tensors[op.outputs[0]].dtype != "float32":
+        raise TargetCheckError(f"{info.source}: DEQUANTIZE #{op.index} writes {info.tensors[op.outputs[0]].dtype}; "
+                               "the c runtime dequantizes int8 to float32", hint=_HINT)
+    return Step(op.index, op.name, "dequantize", op.inputs[0], op.outputs[0],
+                {"size": math.prod(inp.shape), "scale": _c_float(inp.scales[0]), "zero_point": inp.zero_points[0]})
+
+
+def _sigmoid_like(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any,
+                  constants: dict[str, tuple[str, np.ndarray]]) -> Step:
+    """LOGISTIC and TANH as TFLM's int8 kernels: the input rescaled into Q4.27 (inputs beyond a
+    radius saturate), gemmlowp's fixed-point logistic or tanh, the result to 1/256 (zero point
+    -128) or 1/128 (zero point 0)."""
+    inp = _act(info, op.inputs[0], "input", op.name)
+    out = _act(info, op.outputs[0], "output", op.name)
+    expected = (1 / 256, -128) if op.name == "LOGISTIC" else (1 / 128, 0)
+    if (_f32(out.scales[0]), out.zero_points[0]) != expected:
+        raise TargetCheckError(f"{info.source}: {op.name} #{op.index} outputs scale {out.scales[0]}, zero point "
+                               f"{out.zero_points[0]}; TFLM's int8 {op.name} writes {expected[0]} and {expected[1]}",
+                               hint=_HINT)
+    mantissa, left_shift = math.frexp(_f32(inp.scales[0]) * (1 << 27))
+    mult = int(math.floor(mantissa * (1 << 31) + 0.5))
+    if left_shift < 0 or mult >= 1 << 31:
+        raise TargetCheckError(f"{info.source}: {op.name} #{op.index} has an input scale ({inp.scales[0]}) outside "
+                               "what TFLM's fixed-point kernel handles", hint=_HINT)
+    radius = math.floor(15 * (1 << 27) / (1 << left_shift))
+    return Step(op.index, op.name, op.name.lower(), op.inputs[0], op.outputs[0],
+                {"size": math.prod(inp.shape), "input_zero_point": inp.zero_points[0], "mult": mult,
+                 "shift": left_shift, "radius": radius})
+
+
+def _int16_multiplier(real: float) -> tuple[int, int]:
+    """TFLM's QuantizeMultiplier then DownScaleInt32ToInt16Multiplier: (q16, shift)."""
+    q, shift = quantize_multiplier(real)
+    return (32767 if q >= (1 << 31) - 1 - (1 << 15) else (q + (1 << 15)) >> 16), shift
+
+
+def _hard_swish(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any,
+                constants: dict[str, tuple[str, np.ndarray]]) -> Step:
+    """HARD_SWISH as TFLM's int8 kernel: int16 fixed point, its multipliers formed in float32."""
+    inp = _act(info, op.inputs[0], "input", op.name)
+    out = _act(info, op.outputs[0], "output", op.name)
+    hires = np.float32(1 / 128) * np.float32(inp.scales[0])
+    out_mult, out_shift = _int16_multiplier(float(hires / np.float32(out.scales[0])))
+    relu_mult, relu_shift = _int16_multiplier(float(hires / (np.float32(3) / np.float32(32768))))
+    if out_shift > 0:
+        raise TargetCheckError(f"{info.source}: HARD_SWISH #{op.index} scales its output up; TFLM refuses that too",
+                               hint=_HINT)
+    return Step(op.index, op.name, "hard_swish", op.inputs[0], op.outputs[0],
+                {"size": math.prod(inp.shape), "input_zero_point": inp.zero_points[0],
+                 "output_zero_point": out.zero_points[0], "out_mult": out_mult, "out_shift": out_shift,
+                 "relu_mult": relu_mult, "relu_shift": relu_shift})
+
+
+def _split(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any,
+           constants: dict[str, tuple[str, np.ndarray]]) -> Step:
+    """SPLIT, SPLIT_V and UNPACK: each output a slice along one axis, copied row by row."""
+    data = op.inputs[1] if op.name == "SPLIT" else op.inputs[0]
+    inp = info.tensors[data]
+    if op.name == "UNPACK":
+        axis = options.axis
+    else:
+        axis_tensor = op.inputs[0] if op.name == "SPLIT" else op.inputs[2]
+        if not info.tensors[axis_tensor].is_constant:
+            raise TargetCheckError(f"{info.source}: {op.name} #{op.index} has a computed axis", hint=_HINT)
+        axis = int(_weights(obj, graph, axis_tensor, "<i4").reshape(-1)[0])
+    axis %= len(inp.shape)
+    width = (4 if inp.dtype in ("int32", "float32") else 1) * math.prod(inp.shape[axis + 1:])
+    parts, at = [], 0
+    for k, index in enumerate(op.outputs):
+        t = info.tensors[index]
+        if (t.dtype, t.scales, t.zero_points) != (inp.dtype, inp.scales, inp.zero_points):
+            raise TargetCheckError(f"{info.source}: {op.name} #{op.index} output {k} is quantized unlike its input",
+                                   hint=_HINT)
+        rows = t.shape[axis] if op.name != "UNPACK" else 1
+        parts.append({"pointer": "out" if k == 0 else f"out{k}", "at": at, "bytes": rows * width})
+        at += rows * width
+    if at != inp.shape[axis] * width:
+        raise TargetCheckError(f"{info.source}: {op.name} #{op.index}'s outputs do not tile its input", hint=_HINT)
+    return Step(op.index, op.name, "split", data, op.outputs[0],
+                {"outer": math.prod(inp.shape[:axis]), "row": at, "parts": parts}, (), tuple(op.outputs[1:]))
+
+
+def _pack(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any,
+          constants: dict[str, tuple[str, np.ndarray]]) -> Step:
+    """PACK: the inputs stacked along a new axis, a concatenation of rows."""
+    out = info.tensors[op.outputs[0]]
+    axis = options.axis % len(out.shape)
+    parts, at, activations = [], 0, []
+    for k, index in enumerate(op.inputs):
+        t = info.tensors[index]
+        if t.is_constant or (t.dtype, t.scales, t.zero_points) != (out.dtype, out.scales, out.zero_points):
+            raise TargetCheckError(f"{info.source}: PACK #{op.index} input {k} is constant or quantized unlike its "
+                                   "output", hint=_HINT)
+        row = _bytes(t) // max(math.prod(t.shape[:axis]), 1)
+        parts.append({"pointer": "in" if k == 0 else f"in{k}", "at": at, "bytes": row})
+        activations.append(index)
+        at += row
+    return Step(op.index, op.name, "concatenation", activations[0], op.outputs[0],
+                {"outer": math.prod(out.shape[:axis]), "row": at, "parts": parts}, tuple(activations[1:]))
+
+
+_LOWER = {"QUANTIZE": _quantize, "DEQUANTIZE": _dequantize, "LOGISTIC": _sigmoid_like, "TANH": _sigmoid_like,
+          "HARD_SWISH": _hard_swish, "SPLIT": _split, "SPLIT_V": _split, "UNPACK": _split, "PACK": _pack,
+          "MEAN": _mean, "ADD": _elementwise, "MUL": _elementwise, "RELU": _requantize_step, "RELU6": _requantize_step,
           "PAD": _pad, "PADV2": _pad, "CONCATENATION": _concatenation,
           "SOFTMAX": _softmax, "FULLY_CONNECTED": _fully_connected, "CONV_2D": _conv, "DEPTHWISE_CONV_2D": _conv,
           "MAX_POOL_2D": _pool, "AVERAGE_POOL_2D": _pool, "RESHAPE": _reshape}

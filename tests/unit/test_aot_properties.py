@@ -23,7 +23,15 @@ GCC = shutil.which("gcc")
 pytestmark = [pytest.mark.skipif(GCC is None, reason="needs gcc"), pytest.mark.slow]
 
 KINDS = ("conv", "depthwise", "dense", "max_pool", "avg_pool", "add", "mul", "concat", "pad", "relu", "relu6",
-         "concat_input", "mean", "mean1d", "softmax")
+         "concat_input", "mean", "mean1d", "softmax", "logistic", "tanh", "hard_swish", "requantize", "float_io",
+         "broadcast_add", "broadcast_mul", "mean_same_scale", "split", "unpack", "pack", "lstm")
+EXPECTED_OP = {"conv": "CONV_2D", "depthwise": "DEPTHWISE_CONV_2D", "dense": "FULLY_CONNECTED",
+               "max_pool": "MAX_POOL_2D", "avg_pool": "AVERAGE_POOL_2D", "add": "ADD", "mul": "MUL",
+               "concat": "CONCATENATION", "pad": "PAD", "relu": "RELU", "relu6": "RELU6",
+               "concat_input": "CONCATENATION", "mean": "MEAN", "mean1d": "MEAN", "softmax": "SOFTMAX",
+               "logistic": "LOGISTIC", "tanh": "TANH", "hard_swish": "HARD_SWISH", "requantize": "QUANTIZE",
+               "float_io": "DEQUANTIZE", "broadcast_add": "ADD", "broadcast_mul": "MUL", "mean_same_scale": "MEAN",
+               "split": "SPLIT", "unpack": "UNPACK", "pack": "PACK", "lstm": "TANH"}
 
 
 @st.composite
@@ -70,15 +78,39 @@ def _build(p: dict):  # type: ignore[no-untyped-def]
         y = L.GlobalAveragePooling2D(keepdims=p["same"])(L.Conv2D(p["filters"], 1, activation=p["act"])(x))
     elif kind == "mean1d":
         y = L.GlobalAveragePooling1D()(L.Reshape((p["h"] * p["w"], p["c"]))(x))
-    else:
+    elif kind == "softmax":
         y = L.Softmax()(L.Dense(p["filters"] + 2)(L.Flatten()(x)))
+    elif kind in ("logistic", "tanh", "hard_swish"):
+        y = L.Activation({"logistic": "sigmoid"}.get(kind, kind))(L.Conv2D(p["filters"], 1)(x))
+    elif kind == "requantize":  # LOGISTIC's fixed output scale meets a conv's: the converter requantizes one
+        y = L.Concatenate()([L.Activation("sigmoid")(x), L.Conv2D(p["filters"], 1)(x)])
+    elif kind == "float_io":  # float32 in and out: QUANTIZE first, DEQUANTIZE last
+        y = L.Conv2D(p["filters"], k, padding=pad, activation=p["act"])(x)
+    elif kind in ("broadcast_add", "broadcast_mul"):  # [1, h, w, c] with [1, 1, 1, c] or [1, h, 1, c]
+        a = L.Conv2D(p["filters"], 1)(x)
+        b = L.Conv2D(p["filters"], 1)(L.AveragePooling2D((1, p["w"]))(x) if p["same"]
+                                       else L.GlobalAveragePooling2D(keepdims=True)(x))
+        y = (L.Add if kind == "broadcast_add" else L.Multiply)()([a, b])
+    elif kind == "mean_same_scale":  # its output's quantization is then set to its input's
+        y = L.GlobalAveragePooling2D()(L.Conv2D(p["filters"], 1)(x))
+    elif kind in ("split", "unpack", "pack"):
+        ops = keras.ops
+        z = L.Reshape((p["h"], p["w"] * p["c"]))(x)
+        if kind == "split":
+            y = L.Multiply()(ops.split(L.Dense(2 * p["filters"])(z), 2, axis=-1))
+        elif kind == "unpack":
+            y = L.Add()(ops.unstack(L.Dense(p["filters"])(z), axis=1)[:2])
+        else:
+            y = L.Flatten()(ops.stack([L.Dense(p["filters"])(z), L.Dense(p["filters"])(z)], axis=1 + p["k"] % 2))
+    else:  # lstm, unrolled: FULLY_CONNECTED, SPLIT, LOGISTIC, TANH, MUL, ADD, UNPACK
+        y = L.LSTM(p["filters"], unroll=True)(L.Reshape((p["h"], p["w"] * p["c"]))(x))
     model = keras.Model(x, y)
     rng = np.random.default_rng(p["seed"])
     data = rng.normal(0, p["spread"], size=(32, p["h"], p["w"], p["c"])).astype(np.float32)
     return model, data
 
 
-def _run_c(tmp_path: Path, tflite: bytes, inputs: np.ndarray, out_shape: tuple[int, ...]) -> np.ndarray:
+def _run_c(tmp_path: Path, tflite: bytes, inputs: np.ndarray, out_shape: tuple[int, ...], out_dtype: str) -> np.ndarray:
     from edgeq.aot.emit import emit_c
     from edgeq.tflite.reader import read_tflite
 
@@ -92,10 +124,23 @@ def _run_c(tmp_path: Path, tflite: bytes, inputs: np.ndarray, out_shape: tuple[i
     invoke = ctypes.CDLL(str(lib)).m_invoke
     outs = []
     for x in inputs:
-        x, out = np.ascontiguousarray(x), np.zeros(out_shape, dtype=np.int8)
+        x, out = np.ascontiguousarray(x), np.zeros(out_shape, dtype=out_dtype)
         assert invoke(x.ctypes.data_as(ctypes.c_void_p), out.ctypes.data_as(ctypes.c_void_p)) == 0
         outs.append(out)
     return np.stack(outs)
+
+
+def _same_scale_mean(tflite: bytes) -> bytes:
+    """The model with each MEAN's output quantized exactly as its input (TFLM has a path for it)."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    obj = flatbuffer_utils.read_model_from_bytearray(bytearray(tflite))
+    graph = obj.subgraphs[0]
+    for op in graph.operators:
+        if obj.operatorCodes[op.opcodeIndex].builtinCode == 40:  # MEAN
+            source, target = graph.tensors[op.inputs[0]].quantization, graph.tensors[op.outputs[0]].quantization
+            target.scale, target.zeroPoint = list(source.scale), list(source.zeroPoint)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(obj))
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -108,25 +153,30 @@ def test_random_models_are_bit_exact_with_tflm(tmp_path_factory, kind: str, draw
 
     params = {**drawn, "kind": kind}
     model, data = _build(params)
-    tflite = plain_tflite(model, io="int8", data=data)
+    tflite = plain_tflite(model, io="float32_io" if kind == "float_io" else "int8", data=data)
+    if kind == "mean_same_scale":
+        tflite = _same_scale_mean(tflite)
     info = read_tflite(tflite)
     ops = set(info.all_op_names)
     from edgeq.aot.lower import KERNELS
 
     assert ops <= set(KERNELS), (params, ops)
-    expected_op = {"conv": "CONV_2D", "depthwise": "DEPTHWISE_CONV_2D", "dense": "FULLY_CONNECTED",
-                   "max_pool": "MAX_POOL_2D", "avg_pool": "AVERAGE_POOL_2D", "add": "ADD", "mul": "MUL",
-                   "concat": "CONCATENATION", "pad": "PAD", "relu": "RELU", "relu6": "RELU6",
-                   "concat_input": "CONCATENATION", "mean": "MEAN", "mean1d": "MEAN",
-                   "softmax": "SOFTMAX"}[kind]
-    assert expected_op in ops, (kind, sorted(ops))  # the op under test is really in the model
+    assert EXPECTED_OP[kind] in ops, (kind, sorted(ops))  # the op under test is really in the model
     rng = np.random.default_rng(params["seed"])
-    inputs = rng.integers(-128, 128, size=(12, *info.input_tensors[0].shape[1:]), dtype=np.int8)
+    shape = (12, *info.input_tensors[0].shape[1:])
+    if info.input_tensors[0].dtype == "float32":
+        inputs = rng.normal(0, params["spread"], size=shape).astype(np.float32)
+        # Half the samples sit on exact halves of the input scale, where rounding half away from zero shows.
+        scale = np.float32(info.tensors[info.ops[0].outputs[0]].scales[0])
+        inputs[::2] = (rng.integers(-140, 140, size=inputs[::2].shape) + 0.5).astype(np.float32) * scale
+    else:
+        inputs = rng.integers(-128, 128, size=shape, dtype=np.int8)
     interp = runtime.Interpreter.from_bytes(tflite)
     expected = []
     for x in inputs:
         interp.set_input(x[None], 0)
         interp.invoke()
         expected.append(interp.get_output(0)[0].copy())
-    got = _run_c(tmp_path_factory.mktemp("prop"), tflite, inputs, tuple(info.output_tensors[0].shape[1:]))
+    out = info.output_tensors[0]
+    got = _run_c(tmp_path_factory.mktemp("prop"), tflite, inputs, tuple(out.shape[1:]), out.dtype)
     assert got.tobytes() == np.stack(expected).tobytes(), params
