@@ -46,6 +46,7 @@ class CheckInput:
     accuracy: AccuracyMetrics | None = None
     max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP
     fitting_targets: Callable[[int, int, str | None], list[str]] | None = None  # (flash, ram, runtime) -> fits
+    model: bytes | None = None  # the .tflite itself: the c runtime's kernel check lowers it
 
 
 def _ok(name: str, message: str) -> CheckResult:
@@ -122,8 +123,25 @@ def _softmax_scales_too_small(info: ModelInfo) -> list[str]:
     return found
 
 
+def _c_kernels(c: CheckInput) -> CheckResult:
+    """The c runtime: edgeq/aot lowers every op, with its dtypes and options, to a C kernel."""
+    from edgeq.aot.lower import lower
+    from edgeq.errors import TargetCheckError
+
+    if c.model is None:
+        return _skip(CheckName.KERNELS, "the c runtime's kernels are checked on the model itself")
+    try:
+        program = lower(c.model, c.info)
+    except TargetCheckError as exc:
+        return CheckResult(CheckName.KERNELS, False, exc.message, exc.hint)
+    return _ok(CheckName.KERNELS, f"a C kernel for each of the {len(program.steps)} ops")
+
+
 def check_kernels(c: CheckInput) -> CheckResult:
-    """TFLite Micro has neither float16 kernels nor hybrid (int8 weights, float compute) ones."""
+    """TFLite Micro has neither float16 kernels nor hybrid (int8 weights, float compute) ones; the c
+    runtime has the int8 kernels of edgeq/aot."""
+    if c.target.runtime == Runtime.C:
+        return _c_kernels(c)
     if c.target.runtime != Runtime.TFLM:
         return _skip(CheckName.KERNELS, f"{c.target.runtime} has float16 and hybrid kernels")
     problems = []
@@ -154,7 +172,7 @@ def _interior_float_tensors(info: ModelInfo) -> list[str]:
 def check_integer_only(c: CheckInput) -> CheckResult:
     """An integer-only target has no float tensor on the path between input and output."""
     integer_target = all(MODES[m].integer_only for m in c.target.quantization.modes)
-    if not integer_target and not (c.target.runtime == Runtime.TFLM and MODES[c.mode].integer_only):
+    if not integer_target and not (c.target.runtime.micro and MODES[c.mode].integer_only):
         return _skip(CheckName.INTEGER_ONLY, f"{c.target.name} also runs float; not required")
     floats = _interior_float_tensors(c.info)
     if floats:

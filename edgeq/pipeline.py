@@ -31,7 +31,7 @@ from edgeq.report import render_json, render_markdown, render_png
 from edgeq.report_types import (SCHEMA_VERSION, ArenaPlanPart, CalibrationPart, ComparisonRow, ConvertReport,
                                 EmulateReport, ModelInput, ModelPart, Reference, Sizes, SourceModel, TargetPart,
                                 TfliteFile, Versions, sha256_path)
-from edgeq.targets import TargetProfile, load_all, load_target
+from edgeq.targets import TargetProfile, for_runtime, load_all, load_target
 from edgeq.tflite.reader import ModelInfo, read_tflite
 from edgeq.tflite.strip import render_sidecar
 from edgeq.progress import Advance, Progress, Step, no_step
@@ -69,6 +69,8 @@ class ConvertResult:
 
 def output_names(name: str, target: TargetProfile, harness: bool = False) -> list[str]:
     names = [f"{name}.tflite", *REPORT_FILES]
+    if target.runtime == Runtime.C:
+        names += [f"{name}_names.json", f"{name}_model.c", f"{name}_model.h"]
     if target.runtime == Runtime.TFLM:
         names += [f"{name}_names.json", f"{name}_model_data.cc", f"{name}_model_data.h", f"{name}_op_resolver.h"]
         if harness:
@@ -142,6 +144,7 @@ class ConvertOptions:
     trust_model: bool = False  # allow Lambda layers and unregistered classes (runs the model's code)
     per_layer: bool = True  # TFLite's QuantizationDebugger on the worst layers (PTQ)
     input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # for open dimensions, by input name
+    runtime: str | None = None  # "c": a TFLM target's model as plain C (edgeq/aot); None: the target's runtime
 
 
 def convert(model_path: str | Path, target: str | TargetProfile = "mcu", options: ConvertOptions | None = None, *,
@@ -159,7 +162,11 @@ def convert(model_path: str | Path, target: str | TargetProfile = "mcu", options
     qat, compare, harness = o.qat is not None, o.qat is not None and o.qat.compare, o.harness is not None
     max_payload = o.harness.max_payload if o.harness else DEFAULT_MAX_PAYLOAD
     model_path = Path(model_path)
-    profile = target if isinstance(target, TargetProfile) else load_target(target)
+    profile = for_runtime(target if isinstance(target, TargetProfile) else load_target(target), o.runtime)
+    if harness and profile.runtime == Runtime.C:
+        raise RecipeError("--harness builds the TFLite Micro test firmware; the c runtime's firmware is built by "
+                          "`edgeq device-sim --board mps2-an386 MODEL.tflite` (an emulated Cortex-M4)",
+                          hint="drop --harness, or convert without --runtime c for a board's TFLM harness")
     if harness and profile.runtime != Runtime.TFLM:
         raise RecipeError(f"--harness builds TFLite Micro firmware, but target '{profile.name}' runs {profile.runtime}",
                           hint="drop --harness, or pick a microcontroller target such as --target mcu")
@@ -405,6 +412,10 @@ def _emitted(plan: _Plan, chosen: _Candidate, emulation: Emulation, gate: Gate,
         files[f"{name}.tflite"] = quantized
         if chosen.sidecar is not None:
             files[f"{name}_names.json"] = render_sidecar(chosen.sidecar)
+        if profile.runtime == Runtime.C:
+            from edgeq.aot.emit import emit_c
+
+            files.update(emit_c(name, quantized, info).files)
         if profile.runtime == Runtime.TFLM:
             arena = emulation.memory.arena
             files.update(tflm_sources(name, quantized, info.all_op_names, alignment=profile.memory.tensor_alignment,
@@ -601,13 +612,14 @@ def _emulated(model: Any, method: str, *, recipe: Recipe, data: Dataset | None, 
     quantized = quantize(source, recipe, data, progress("calibrating", used) if progress and data else None)
     info = read_tflite(quantized, source=f"{name}.tflite")
     sidecar = plan_record = None
-    if profile.runtime == Runtime.TFLM:  # the device gets the model without the strings TFLM never reads
+    if profile.runtime.micro:  # the device gets the model without the strings TFLM never reads
         quantized, info, sidecar, plan_record = _stripped(quantized, info, source, data or eval_data, runtimes,
                                                           profile)
     # No host timing here: convert's report must be byte-identical between runs (`edgeq emulate` times it).
     checks, emulation = emulate_and_check(
         quantized, info, profile, CheckInput(info, profile, recipe.mode, recipe.input_dtype, recipe.output_dtype,
-                                             max_accuracy_drop=max_drop, fitting_targets=fitting_targets),
+                                             max_accuracy_drop=max_drop, fitting_targets=fitting_targets,
+                                             model=quantized),
         data=eval_data, reference=reference, host_latency=False, on_step=on_step, progress=progress,
         per_layer=(lambda: _per_layer(source, info, recipe, data, eval_data, on_step))
         if per_layer and method == "ptq" else None,
@@ -836,7 +848,7 @@ def emulate_file(
     mode = infer_mode(info)
     input_dtype, output_dtype = profile.io_dtypes(mode)
     check_input = CheckInput(info, profile, mode, input_dtype, output_dtype, max_accuracy_drop=max_accuracy_drop,
-                             fitting_targets=fitting_targets)
+                             fitting_targets=fitting_targets, model=model_bytes)
     checks, emulation = emulate_and_check(
         model_bytes, info, profile, check_input, data=dataset, reference=outputs, host_latency=True, on_step=on_step,
         progress=progress,

@@ -159,7 +159,12 @@ def _memory_md(emu: EmulationPart, plan: ArenaPlanPart | None = None) -> list[st
                  _b(r.total_bytes), _b(r.budget_bytes), _share(r.total_bytes, r.budget_bytes)])
     out = ["## Memory", "", *_table(["", "made of", "total", "budget", "used"], rows)]
     arena = r.tflm_arena
-    if arena:
+    if arena and r.kind == "static arena":
+        out += [f"The c runtime's activations sit in one static arena of {r.needed_bytes or 0:,} B that edgeq "
+                f"planned at generation time (`<NAME>_ARENA_BYTES`). For comparison, TFLite Micro would need an "
+                f"arena of {arena.smallest:,} B for the same model; the emulator runs the model in TFLM, whose "
+                "outputs the C reproduces byte for byte.", ""]
+    elif arena:
         out += [f"TFLite Micro arena: smallest that runs **{arena.smallest:,} B** (search of {arena.trials} "
                 f"trials, each in a child process); the recording allocator reported {arena.recorded_total:,} B "
                 f"(head {arena.recorded_head:,} B planned activations, tail {arena.recorded_tail:,} B "
@@ -194,6 +199,15 @@ def _latency_md(emu: EmulationPart) -> list[str]:
     slow = sorted(lat.ops, key=lambda o: -o.ms)[:5]
     out += _table(["slowest ops", "kind", "MACs", "est. ms"],
                   [[f"#{o.index} {o.op}", o.kind, f"{o.macs:,}", f"{o.ms:.4g}"] for o in slow])
+    board = lat.emulated_board
+    if board:
+        flash = board.text_bytes + board.rodata_bytes + board.data_bytes
+        out += [f"Measured on emulated {board.cpu} (QEMU {board.board}, one instruction per virtual nanosecond): "
+                f"**{board.instructions_median:,} instructions** per inference (max {board.instructions_max:,}), "
+                f"bit-exact with TFLM on {board.bit_exact} of {board.samples} samples. The firmware (the C model, "
+                f"edgeq's device loop and protocol, startup) takes {flash:,} B of flash (text {board.text_bytes:,}, "
+                f"rodata {board.rodata_bytes:,}, data {board.data_bytes:,})"
+                + (f"; its stack reached {board.stack_bytes:,} B." if board.stack_bytes is not None else "."), ""]
     host = emu.host_latency
     if host:
         out += [f"Measured on this host in LiteRT (1 thread): median {host.median_us:.1f} µs, "

@@ -81,7 +81,7 @@ class TargetProfile:
     name: str
     kind: str = _opt(choices=("class", "board"))
     description: str = _opt()
-    runtime: Runtime = _opt(choices=tuple(Runtime), doc="LiteRT (phone/Linux) or TFLite Micro")
+    runtime: Runtime = _opt(choices=tuple(Runtime), doc="LiteRT (phone/Linux), TFLite Micro, or c (edgeq's plain C)")
     cpu: str = _opt()
     clock_mhz: float = _opt(min=1)
     quantization: Quantization = _opt()
@@ -323,6 +323,10 @@ def _check_semantics(p: TargetProfile, sources: dict[str, Path], path: Path) -> 
         raise TargetProfileError(
             f"{sources.get('quantization.default_mode', path)}: default_mode '{q.default_mode}' "
             f"is not among the allowed modes ({', '.join(q.modes)})")
+    if p.runtime == Runtime.C and any(m != "int8" for m in q.modes):
+        raise TargetProfileError(
+            f"{sources.get('quantization.modes', path)}: the c runtime (edgeq's plain C) has int8 kernels only; "
+            "set [quantization] modes = [\"int8\"]")
     if p.runtime == Runtime.TFLM:
         float_only = [m for m in q.modes if not MODES[m].integer_only and m != "float32"]
         if float_only:
@@ -332,6 +336,34 @@ def _check_semantics(p: TargetProfile, sources: dict[str, Path], path: Path) -> 
     a = p.memory.tensor_alignment
     if a & (a - 1):
         raise TargetProfileError(f"{sources.get('memory.tensor_alignment', path)}: tensor_alignment {a} must be a power of two")
+
+
+C_PROFILE = "mcu-c"
+"""The bundled profile whose c-runtime figures (the C's code in flash, cycles per unit of work,
+calibrated by scripts/bench_aot.py on an emulated Cortex-M4) `for_runtime` gives a TFLM target."""
+
+
+def for_runtime(profile: TargetProfile, runtime: Runtime | str | None) -> TargetProfile:
+    """`profile` run by another runtime: `c` turns a TFLite Micro profile into edgeq's plain C (op set
+    `c`, int8 only, the C's own code instead of the interpreter's in flash, the C's cycles per unit
+    of work: the figures of the mcu-c profile); the same runtime, or None, leaves it as it is.
+    TargetProfileError (exit 2) for what cannot be swapped."""
+    if runtime is None or Runtime(runtime) == profile.runtime:
+        return profile
+    if Runtime(runtime) != Runtime.C or profile.runtime != Runtime.TFLM:
+        raise TargetProfileError(
+            f"target '{profile.name}' runs {profile.runtime}; --runtime {runtime} swaps a TFLite Micro target "
+            "for edgeq's plain C only", hint="drop --runtime, or use a microcontroller target such as --target mcu")
+    if "int8" not in profile.quantization.modes:
+        raise TargetProfileError(f"target '{profile.name}' has no int8 mode, the only one the c runtime has",
+                                 hint="use a target that allows int8")
+    c = load_target(C_PROFILE)
+    return dataclasses.replace(
+        profile, runtime=Runtime.C, ops=c.ops, supported_ops=c.supported_ops, op_set_source=c.op_set_source,
+        quantization=dataclasses.replace(profile.quantization, modes=("int8",), default_mode="int8"),
+        memory=dataclasses.replace(profile.memory, runtime_flash_bytes=c.memory.runtime_flash_bytes,
+                                   arena_margin_bytes=c.memory.arena_margin_bytes),
+        latency=c.latency)
 
 
 def _load_op_set(root: Path, p: TargetProfile, file: Path) -> tuple[set[str], str]:

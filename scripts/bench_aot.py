@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 TFLM_EXAMPLE_INSTRUCTIONS = 819_000  # REFERENCE.md: TFLM reference kernels, digits CNN, Cortex-M4
+TFLM_CMSIS_INSTRUCTIONS = 210_000  # the same with CMSIS-NN kernels
 
 
 def converted(name: str, folder: Path) -> tuple[Path, str]:
@@ -64,7 +65,8 @@ def converted(name: str, folder: Path) -> tuple[Path, str]:
 def measure(name: str) -> dict:
     from edgeq.aot.emit import emit_c
     from edgeq.device.check import device_check
-    from edgeq.device.qemu import build_qemu_firmware, running_board
+    from edgeq.device.qemu import build_qemu_firmware, op_profile, running_board, stack_high_water
+    from edgeq.emulator.latency import count_macs
     from edgeq.emulator.memory import measure_tflm_arena
     from edgeq.errors import EdgeqError
     from edgeq.targets import load_target
@@ -83,17 +85,46 @@ def measure(name: str) -> dict:
         except EdgeqError as exc:
             row["note"] = exc.message.split(": ", 1)[-1][:90]
             return row
-        row["aot_flash"] = firmware.sizes["text"] + firmware.sizes["data"]
+        row["sizes"] = firmware.sizes
+        row["aot_flash"] = firmware.flash_bytes
         row["aot_arena"] = firmware.arena_bytes
         with running_board(tflite) as board:
             result = device_check(board.url, tflite, data, limit=20, output_dir=folder / "check", timeout=30)
+            row["stack"] = stack_high_water(board.firmware)
         report = result.report
         row["bit_exact"] = f"{report.agreement.bit_exact}/{report.run.requested}"
         if result.verdict != "pass":
             row["bit_exact"] += f" ({result.verdict}: {report.run.stopped_because or report.agreement.first_differing[:1]})"
             print(f"{name}: {row['bit_exact']}", file=sys.stderr)
-        row["instructions"] = int(report.latency.median * 1000) if report.latency else None
+        row["instructions"] = int(report.latency.median) if report.latency else None
+        row["instructions_max"] = int(report.latency.max) if report.latency else None
+        with running_board(tflite, plain_c=True) as board:
+            plain = device_check(board.url, tflite, data, limit=3, output_dir=folder / "plain", timeout=60).report
+        row["plain_instructions"] = int(plain.latency.median) if plain.latency else None
+        with running_board(tflite, profile_ops=True) as board:
+            device_check(board.url, tflite, data, limit=1, output_dir=folder / "profile", timeout=60)
+            profile = op_profile(board.firmware)
+        row["ops"] = [(kind, work, profile[op.index]) for op, kind, work in count_macs(info) if op.index in profile]
     return row
+
+
+def calibration(rows: list[dict]) -> list[tuple[str, int, float, float]]:
+    """Per kind of work: (kind, ops, instructions per unit of work, the mcu profile's cycles per unit),
+    a least-squares fit of instructions = a * work + overhead over every op of every model, with
+    one overhead for all ops (the call, the loops' set-up, the profile's timer read)."""
+    from edgeq.targets import load_target
+
+    ops = [op for r in rows for op in r.get("ops", [])]
+    kinds = sorted({k for k, _, _ in ops if k != "other"})
+    if not ops or not kinds:
+        return []
+    design = np.array([[work if kind == k else 0 for k in kinds] + [1] for kind, work, _ in ops], dtype=np.float64)
+    measured = np.array([n for _, _, n in ops], dtype=np.float64)
+    fit, *_ = np.linalg.lstsq(design, measured, rcond=None)
+    mcu = load_target("mcu").latency
+    out = [(k, sum(1 for kind, _, _ in ops if kind == k), float(fit[i]), float(getattr(mcu, k)))
+           for i, k in enumerate(kinds)]
+    return out + [("op_overhead", len(ops), float(fit[-1]), float(mcu.op_overhead))]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,21 +134,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("models", nargs="*", default=["example", *REFERENCES])
     args = parser.parse_args(argv)
     rows = [measure(name) for name in args.models]
-    print(f"{'model':<20}{'bit-exact':>10}{'instructions':>14}{'AOT flash':>11}{'TFLM flash':>12}{'ratio':>7}"
-          f"{'AOT RAM':>9}{'TFLM arena':>12}{'ratio':>7}")
+    print(f"{'model':<20}{'bit-exact':>10}{'instr. C':>12}{'instr. DSP':>12}{'AOT flash':>11}{'TFLM flash':>12}"
+          f"{'ratio':>7}{'AOT RAM':>9}{'TFLM arena':>12}{'ratio':>7}{'stack':>7}")
     for r in rows:
         if "aot_flash" not in r:
             print(f"{r['model']:<20}  C backend refuses it: {r.get('note', '?')}")
             continue
-        print(f"{r['model']:<20}{r['bit_exact']:>10}{r['instructions'] or 0:>14,}{r['aot_flash']:>11,}"
-              f"{r['tflm_flash']:>12,}{r['aot_flash'] / r['tflm_flash']:>7.2f}{r['aot_arena']:>9,}"
-              f"{r['tflm_arena']:>12,}{r['aot_arena'] / r['tflm_arena']:>7.2f}")
+        print(f"{r['model']:<20}{r['bit_exact']:>10}{r['plain_instructions'] or 0:>12,}{r['instructions'] or 0:>12,}"
+              f"{r['aot_flash']:>11,}{r['tflm_flash']:>12,}{r['aot_flash'] / r['tflm_flash']:>7.2f}{r['aot_arena']:>9,}"
+              f"{r['tflm_arena']:>12,}{r['aot_arena'] / r['tflm_arena']:>7.2f}{r['stack'] or 0:>7,}")
+    print("\nfirmware sections (arm-none-eabi-size -A): text / rodata / data / bss (bss with the 16 KiB stack)")
+    for r in rows:
+        if "sizes" in r:
+            z = r["sizes"]
+            print(f"  {r['model']:<20}{z['text']:>9,} /{z['rodata']:>9,} /{z['data']:>6,} /{z['bss']:>8,}")
     example = next((r for r in rows if r["model"] == "example" and r.get("instructions")), None)
     if example:
-        print(f"\nexample: {example['instructions']:,} instructions per inference vs TFLM reference kernels "
-              f"~{TFLM_EXAMPLE_INSTRUCTIONS:,}: {example['instructions'] / TFLM_EXAMPLE_INSTRUCTIONS:.2f}x")
+        print(f"\nexample: {example['instructions']:,} instructions per inference (DSP; plain C "
+              f"{example['plain_instructions']:,}) vs TFLM reference kernels ~{TFLM_EXAMPLE_INSTRUCTIONS:,}: "
+              f"{example['instructions'] / TFLM_EXAMPLE_INSTRUCTIONS:.2f}x; vs CMSIS-NN ~{TFLM_CMSIS_INSTRUCTIONS:,}: "
+              f"{example['instructions'] / TFLM_CMSIS_INSTRUCTIONS:.2f}x")
+    fitted = calibration(rows)
+    if fitted:
+        print("\ncalibration: instructions per unit of work on the emulated Cortex-M4 (DSP build), fitted over "
+              "every op's own count (per-op profile), next to the mcu profile's CMSIS-NN cycles")
+        for kind, n, per_unit, profile in fitted:
+            print(f"  {kind:<20}{n:>5} ops {per_unit:>10.2f} instructions   (mcu profile: {profile:g} cycles)")
     print("flash: the whole AOT firmware (model, kernels, protocol, startup) vs the model array + the mcu "
-          "profile's TFLM runtime; RAM: edgeq's static arena vs TFLM's smallest arena")
+          "profile's TFLM runtime; RAM: edgeq's static arena vs TFLM's smallest arena; stack: high-water mark "
+          "of the painted stack")
     return 0
 
 

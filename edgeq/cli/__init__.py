@@ -103,7 +103,9 @@ def _summary(report: ConvertReport | EmulateReport, err: bool = False) -> None:
     if r.needed_bytes is None:
         echo(f"  RAM       not measured: {r.note}")
     else:
-        exact = " (smallest that runs in TFLM)" if r.tflm_arena else ""
+        exact = " (smallest that runs in TFLM)" if r.tflm_arena and r.kind == "arena" else ""
+        if r.kind == "static arena":
+            exact = f" (planned by edgeq; TFLM's arena: {r.tflm_arena.smallest:,} B)" if r.tflm_arena else ""
         budget = f" of {kib(r.budget_bytes)} ({100 * r.total_bytes / r.budget_bytes:.1f}%)" if r.budget_bytes else ""
         echo(f"  RAM       {r.kind} {r.needed_bytes:,} B{exact} + margin {r.margin_bytes:,} B + reserved "
              f"{kib(r.reserved_bytes)} = {kib(r.total_bytes)}{budget}")
@@ -113,6 +115,12 @@ def _summary(report: ConvertReport | EmulateReport, err: bool = False) -> None:
         line += f"; {emu.host_latency.median_us:.0f} µs measured on this host (LiteRT)"
     if lat.note:
         line += f"; {lat.note}"
+    board = lat.emulated_board
+    if board:
+        line += (f"\n  measured  on emulated {board.cpu} (QEMU {board.board}): {board.instructions_median:,} "
+                 f"instructions per inference, bit-exact with TFLM on {board.bit_exact} of {board.samples} samples"
+                 + (f"; stack {board.stack_bytes:,} B" if board.stack_bytes is not None else "")
+                 + f"; firmware {board.text_bytes + board.rodata_bytes + board.data_bytes:,} B flash")
     echo(line)
     if emu.per_layer.worst:
         worst = emu.per_layer.worst[0]

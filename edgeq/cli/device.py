@@ -107,8 +107,9 @@ def device_sim(model: Path, faults: tuple[str, ...], link_path: Path | None, are
     \b
     With --board mps2-an386 (Cortex-M4) or mps2-an500 (Cortex-M7), the board is a real firmware
     instead: MODEL as plain C (export-c --runtime c), edgeq's device loop and a bare-metal port,
-    booted in QEMU (qemu-system-arm) with one instruction per virtual nanosecond, so the latency
-    device-check reports is instructions / 1000. The port it prints is a socket:// URL.
+    booted in QEMU (qemu-system-arm) with one instruction per virtual nanosecond: device-check
+    reports instructions per inference, the same on every host. When stopped, it prints the stack
+    high-water mark (the port paints the stack at reset). The port it prints is a socket:// URL.
 
     \b
     Faults show how device-check copes with a bad line or a flaky board:
@@ -152,7 +153,7 @@ def device_sim(model: Path, faults: tuple[str, ...], link_path: Path | None, are
 def _serve_board(model: Path, board: str, stop: Any, faults: tuple[str, ...], link_path: Path | None) -> None:
     import signal
 
-    from edgeq.device.qemu import BoardServing, serve_board
+    from edgeq.device.qemu import BoardServing, serve_board, stack_high_water
 
     if faults or link_path is not None:
         raise EdgeqError("--fault and --link are for the host simulator, not for --board",
@@ -165,11 +166,17 @@ def _serve_board(model: Path, board: str, stop: Any, faults: tuple[str, ...], li
         sys.stdout.flush()
         size = serving.firmware.sizes
         click.echo(f"device-sim: {model.name} as plain C on QEMU {board} ({serving.firmware.elf.name}: "
-                   f"{size.get('text', 0):,} B text, {size.get('bss', 0):,} B bss; arena {serving.firmware.arena_bytes:,} B)",
+                   f"{size.get('text', 0):,} B text, {size.get('rodata', 0):,} B rodata, {size.get('data', 0):,} B "
+                   f"data, {size.get('bss', 0):,} B bss with the 16 KiB stack; arena {serving.firmware.arena_bytes:,} B)",
                    err=True)
         click.echo(f"device-sim: in another terminal: edgeq device-check --port {serving.url} --model {model} "
                    "--data SET", err=True)
         click.echo("device-sim: Ctrl-C to stop", err=True)
 
-    code = serve_board(model, stop, board=board, on_ready=ready)
+    def stopped(serving: BoardServing) -> None:
+        stack = stack_high_water(serving.firmware)
+        if stack is not None:
+            click.echo(f"device-sim: stack high-water mark {stack:,} B (of 16 KiB, painted at reset)", err=True)
+
+    code = serve_board(model, stop, board=board, on_ready=ready, on_stop=stopped)
     click.echo(f"device-sim: QEMU stopped (exit {code})", err=True)

@@ -20,6 +20,9 @@ from edgeq.errors import EdgeqError
               help="Target profile name (see `edgeq targets list`) or a path to your own .toml.")
 @click.option("-m", "--mode", default=None,
               help="int8, int16x8, float16, dynamic or float32. Default: the target's default mode.")
+@click.option("--runtime", type=click.Choice(["tflm", "c"]), default=None,
+              help="c: write the model as plain C99 (<name>_model.c/.h, no interpreter, bit-exact with TFLM) "
+                   "instead of the TFLM model array and op resolver. Default: the target's runtime.")
 @click.option("-c", "--calibration", default=None, metavar="SET",
               help="Representative data: a bundled set (`edgeq calibration list`), NAME:SPLIT, or your .npz/.npy.")
 @click.option("--calibration-samples", default=200, show_default=True, type=int,
@@ -61,7 +64,7 @@ def convert(model: Path, target: str, mode: str | None, calibration: str | None,
             eval_set: str | None, no_eval: bool, max_accuracy_drop: float, qat: bool, train_set: str | None,
             epochs: int, batch_size: int, learning_rate: float, compare: bool, force: bool, harness: bool,
             max_payload: int, outdir: Path | None, name: str | None, overwrite: bool, trust_model: bool,
-            input_shapes: tuple[str, ...]) -> None:
+            input_shapes: tuple[str, ...], runtime: str | None) -> None:
     """Quantize MODEL (.keras, .h5 or SavedModel dir), check it against a target, write deployable files.
 
     \b
@@ -76,6 +79,8 @@ def convert(model: Path, target: str, mode: str | None, calibration: str | None,
       <name>_names.json                  its tensor and signature names, for inspect and device-check (TFLM)
       <name>_model_data.cc / .h          the model as a C array and k_<name>_tensor_arena_size (TFLM)
       <name>_op_resolver.h               a MicroMutableOpResolver with exactly the model's ops
+      <name>_model.c / .h                with --runtime c (or a c target): the model as plain C99,
+                                         its weights, kernels and static arena; no TFLM needed
       report.json / report.md / .png     accuracy, sizes, memory, latency, per-layer error, checks
       README.md, edgeq_*.c/.h, ports/    with --harness: firmware for `edgeq device-check`
 
@@ -86,6 +91,7 @@ def convert(model: Path, target: str, mode: str | None, calibration: str | None,
       edgeq convert saved_model_dir --target phone --mode float16
       edgeq convert model.keras --target mcu --calibration digits --qat --compare
       edgeq convert kws.keras --target mcu --calibration mfcc.npz --input-shape audio=49,10
+      edgeq convert model.keras --target mcu --calibration digits --runtime c
 
     
     Several inputs: save the data with one array per input, named x_<input name> (or x0, x1, ...
@@ -107,7 +113,7 @@ def convert(model: Path, target: str, mode: str | None, calibration: str | None,
             max_accuracy_drop=max_accuracy_drop, force=force, outdir=outdir, name=name, overwrite=overwrite,
             trust_model=trust_model, input_shapes=_parse_shapes(input_shapes),
             qat=QatOptions(train=train_set or "auto", settings=settings, compare=compare) if qat or compare else None,
-            harness=HarnessOptions(max_payload=max_payload) if harness else None)
+            harness=HarnessOptions(max_payload=max_payload) if harness else None, runtime=runtime)
         result = run_convert(model, target, options, on_step=_step, progress=_progress_factory(quiet=False))
     except GateError as exc:
         click.echo(f"\n{model} does not fit {exc.result.target.name}:", err=True)

@@ -137,7 +137,8 @@ class DeviceAccuracy(Record):
 
 @dataclass(frozen=True)
 class DeviceLatency(Record):
-    """The device's own timing of each answered inference (`unit`: us, or cycles)."""
+    """The device's own timing of each answered inference (`unit`: us, cycles, or instructions on
+    an emulated core)."""
 
     unit: str
     samples: int
@@ -393,7 +394,7 @@ def _report(model_path: Path, model: bytes, data_name: str, data_sha: str, port:
     done_labels = None if labels is None else labels[done]
     emulator_done = emulated[0][done] if done else None
     times = np.array([run.times[i] for i in done], dtype=np.float64)
-    unit = "us" if run.unit == TimeUnit.MICROSECONDS else "cycles"
+    unit = TimeUnit(run.unit).label if run.unit in set(TimeUnit) else f"unit {run.unit}"
     latency = None if not done else DeviceLatency(
         unit, len(done), median=float(np.median(times)), p90=float(np.percentile(times, 90)), max=float(times.max()),
         min=float(times.min()), mean=round(float(times.mean()), 3))
@@ -476,7 +477,10 @@ def summary_lines(report: DeviceReport) -> list[str]:
            f"bit-exact with the emulator: {agree.bit_exact} of {agree.compared}",
            f"top-1: device {_fmt_pct(acc.device_top1)}, emulator {_fmt_pct(acc.emulator_top1)}"
            + (f" (on the {acc.samples} answered samples; {run.missing} missing)" if run.missing else "")]
-    if lat:
+    if lat and lat.unit == "instructions":
+        out.append(f"measured on the emulated core: median {lat.median:,.0f} instructions per inference, "
+                   f"max {lat.max:,.0f} (deterministic: QEMU counts them)")
+    elif lat:
         out.append(f"latency ({lat.unit}): median {lat.median:,.0f}, p90 {lat.p90:,.0f}, max {lat.max:,.0f}")
     if run.link.resends or run.resets_before_samples:
         out.append(f"link: {run.link.resends} resend(s), {run.link.timeouts} timeout(s), "

@@ -48,6 +48,11 @@ class ErrorCode(IntEnum):
 class TimeUnit(IntEnum):
     MICROSECONDS = 0
     CYCLES = 1
+    INSTRUCTIONS = 2  # an emulated core counting instructions (QEMU, -icount shift=0)
+
+    @property
+    def label(self) -> str:
+        return {0: "us", 1: "cycles", 2: "instructions"}[self.value]
 
 
 class DType(IntEnum):

@@ -21,7 +21,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeq.errors import EdgeqError
+from edgeq.emulator.latency import EmulatedBoardPart
+from edgeq.errors import EdgeqError, TargetCheckError
 
 BOARDS = {  # QEMU machine -> (the CPU, arm-none-eabi-gcc flags)
     "mps2-an386": ("Cortex-M4", ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16")),
@@ -39,12 +40,18 @@ class QemuFirmware:
     board: str
     ident: str
     arena_bytes: int
-    sizes: dict[str, int]  # arm-none-eabi-size of the image: text, data, bss
+    sizes: dict[str, int]  # arm-none-eabi-size -A of the image: text, rodata, data, bss (with the stack)
+
+    @property
+    def flash_bytes(self) -> int:
+        return sum(self.sizes.get(k, 0) for k in ("text", "rodata", "data"))
 
 
 def build_qemu_firmware(model_path: Path, workdir: Path, *, board: str = "mps2-an386",
-                        name: str | None = None) -> QemuFirmware:
-    """The harness firmware for `model_path` (a .tflite the C backend can run) as an ELF for `board`."""
+                        name: str | None = None, plain_c: bool = False, profile_ops: bool = False) -> QemuFirmware:
+    """The harness firmware for `model_path` (a .tflite the C backend can run) as an ELF for `board`;
+    `plain_c`: without the Arm DSP inner loops (-DEDGEQ_PLAIN_C), as for a core without them;
+    `profile_ops`: the first inference reports each op's instructions (see `op_profile`)."""
     from edgeq.aot.emit import emit_c
     from edgeq.device.firmware import _package_file, build_firmware
     from edgeq.export.c_arrays import ArenaSize, c_identifier
@@ -58,6 +65,11 @@ def build_qemu_firmware(model_path: Path, workdir: Path, *, board: str = "mps2-a
     if gcc is None:
         raise EdgeqError("arm-none-eabi-gcc not found: the firmware cannot be built", hint=QEMU_HINT)
     data, info = read_tflite_named(Path(model_path))
+    floats = [t.name for t in (*info.input_tensors, *info.output_tensors) if t.dtype != "int8"]
+    if floats:
+        raise TargetCheckError(f"{model_path}: the emulated board's harness takes int8 inputs and outputs; "
+                               f"{', '.join(floats[:3])} is not", hint="convert with int8 I/O (edgeq convert --target "
+                                                                        "mcu does), or use export-c --runtime c")
     ident = c_identifier(name or Path(model_path).stem)
     model = emit_c(ident, data, info)
     from edgeq.device.firmware import _frames
@@ -69,7 +81,8 @@ def build_qemu_firmware(model_path: Path, workdir: Path, *, board: str = "mps2-a
                           max_payload=payload)
     files = {rel: tree.files[rel] for rel in ("edgeq_config.h", "edgeq_harness_config.h")}
     for rel in ("edgeq_protocol.h", "edgeq_protocol.c", "edgeq_device.h", "edgeq_device.c", "edgeq_platform.h",
-                "edgeq_harness.h", "ports/qemu-mps2/startup.c", "ports/qemu-mps2/mps2.ld"):
+                "edgeq_harness.h", "ports/qemu-mps2/startup.c", "ports/qemu-mps2/mps2.ld",
+                "ports/qemu-mps2/edgeq_qemu.h"):
         files[rel] = _package_file(f"c/{rel}")
     files.update(model.files)
     # The INFER payload holds the inputs one after another, the reply the outputs: one pointer each.
@@ -90,7 +103,8 @@ def build_qemu_firmware(model_path: Path, workdir: Path, *, board: str = "mps2-a
         (workdir / rel).write_bytes(content)
     elf = workdir / "edgeq_firmware.elf"
     flags = [*BOARDS[board][1], "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-ffunction-sections",
-             "-fdata-sections", "-I."]
+             "-fdata-sections", "-I.", "-Iports/qemu-mps2", *(["-DEDGEQ_PLAIN_C"] if plain_c else []),
+             *(["-DEDGEQ_OP_DONE(i)=edgeq_qemu_op_done(i)", "-include", "edgeq_qemu.h"] if profile_ops else [])]
     cmd = [gcc, *flags, *_SOURCES, f"{ident}_model.c", "-nostartfiles", "--specs=nano.specs", "--specs=nosys.specs",
            "-Wl,--gc-sections", "-T", "ports/qemu-mps2/mps2.ld", "-o", str(elf)]
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
@@ -104,9 +118,37 @@ def _size(elf: Path) -> dict[str, int]:
     tool = shutil.which("arm-none-eabi-size")
     if tool is None:
         return {}
-    lines = subprocess.run([tool, str(elf)], capture_output=True, text=True, check=True).stdout.splitlines()
-    text, data, bss = (int(v) for v in lines[1].split()[:3])
-    return {"text": text, "data": data, "bss": bss}
+    lines = subprocess.run([tool, "-A", str(elf)], capture_output=True, text=True, check=True).stdout.splitlines()
+    sections = {f[0]: int(f[1]) for f in (line.split() for line in lines) if len(f) >= 3 and f[1].isdigit()}
+    return {"text": sections.get(".text", 0), "rodata": sections.get(".rodata", 0), "data": sections.get(".data", 0),
+            "bss": sections.get(".bss", 0) + sections.get(".stack", 0)}
+
+
+def diagnostics_file(firmware: QemuFirmware) -> Path:
+    """Where QEMU writes the board's UART1: the port's measurements ("edgeq-stack <bytes>")."""
+    return firmware.elf.with_name("uart1.log")
+
+
+def stack_high_water(firmware: QemuFirmware) -> int | None:
+    """The most stack the firmware has used so far (bytes, from its painted stack), or None before
+    its first inference."""
+    try:
+        lines = diagnostics_file(firmware).read_text(errors="replace").split()
+    except FileNotFoundError:
+        return None
+    values = [int(v) for k, v in zip(lines, lines[1:]) if k == "edgeq-stack" and v.isdigit()]
+    return max(values) if values else None
+
+
+def op_profile(firmware: QemuFirmware) -> dict[int, int]:
+    """Instructions each op took in the first inference (op index -> count), from a firmware built
+    with `profile_ops`; empty otherwise. Each count includes the ~30 instructions of reading the timer."""
+    try:
+        words = diagnostics_file(firmware).read_text(errors="replace").split()
+    except FileNotFoundError:
+        return {}
+    return {int(words[k + 1]): int(words[k + 2]) for k in range(len(words) - 2)
+            if words[k] == "edgeq-op" and words[k + 1].isdigit() and words[k + 2].isdigit()}
 
 
 def free_port() -> int:
@@ -120,8 +162,9 @@ def boot(firmware: QemuFirmware, port: int) -> subprocess.Popen:
     qemu = shutil.which("qemu-system-arm")
     if qemu is None:
         raise EdgeqError("qemu-system-arm not found: the emulated board cannot start", hint=QEMU_HINT)
-    proc = subprocess.Popen([qemu, "-M", firmware.board, "-display", "none", "-monitor", "none", "-icount", "shift=0",
-                             "-serial", f"tcp:127.0.0.1:{port},server=on,wait=off", "-kernel", str(firmware.elf)],
+    proc = subprocess.Popen([qemu, "-M", firmware.board, "-display", "none", "-monitor", "none", "-icount", "shift=0,sleep=off",
+                             "-serial", f"tcp:127.0.0.1:{port},server=on,wait=off",
+                             "-serial", f"file:{diagnostics_file(firmware)}", "-kernel", str(firmware.elf)],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:  # the port accepts once QEMU listens
@@ -149,17 +192,22 @@ class BoardServing:
     firmware: QemuFirmware
 
 
-def serve_board(model_path: Path, stop: threading.Event, *, board: str = "mps2-an386",
-                on_ready: Callable[[BoardServing], None] = lambda serving: None) -> int:
+def serve_board(model_path: Path, stop: threading.Event, *, board: str = "mps2-an386", plain_c: bool = False,
+                profile_ops: bool = False,
+                on_ready: Callable[[BoardServing], None] = lambda serving: None,
+                on_stop: Callable[[BoardServing], None] = lambda serving: None) -> int:
     """Build the plain-C firmware for `model_path`, boot it on `board` in QEMU and keep it up until
-    `stop` is set (or QEMU exits); QEMU's exit code (0 when stopped)."""
+    `stop` is set (or QEMU exits); QEMU's exit code (0 when stopped). `on_stop` sees the board
+    once QEMU has stopped, before its files go (the stack high-water mark is read from them)."""
     workdir = temporary_workdir()
     try:
-        firmware = build_qemu_firmware(Path(model_path), workdir, board=board)
+        firmware = build_qemu_firmware(Path(model_path), workdir, board=board, plain_c=plain_c,
+                                       profile_ops=profile_ops)
         port = free_port()
         proc = boot(firmware, port)
+        serving = BoardServing(f"socket://127.0.0.1:{port}", firmware)
         try:
-            on_ready(BoardServing(f"socket://127.0.0.1:{port}", firmware))
+            on_ready(serving)
             while not stop.is_set() and proc.poll() is None:
                 stop.wait(0.2)
             return 0 if proc.poll() is None else int(proc.returncode)
@@ -167,20 +215,22 @@ def serve_board(model_path: Path, stop: threading.Event, *, board: str = "mps2-a
             if proc.poll() is None:
                 proc.terminate()
                 proc.wait(timeout=10)
+            on_stop(serving)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
 @contextlib.contextmanager
-def running_board(model_path: Path, board: str = "mps2-an386", *, start_timeout: float = 60.0
-                  ) -> Iterator[BoardServing]:
+def running_board(model_path: Path, board: str = "mps2-an386", *, start_timeout: float = 60.0,
+                  plain_c: bool = False, profile_ops: bool = False) -> Iterator[BoardServing]:
     """`serve_board` in a background thread for the length of a `with` block: the board once it
     is up (its serial port URL and firmware), stopped and cleaned up afterwards."""
     stop, ready, failed = threading.Event(), [], []
 
     def serve() -> None:
         try:
-            serve_board(Path(model_path), stop, board=board, on_ready=ready.append)
+            serve_board(Path(model_path), stop, board=board, plain_c=plain_c, profile_ops=profile_ops,
+                        on_ready=ready.append)
         except Exception as exc:  # noqa: BLE001 (handed to the caller's thread below)
             failed.append(exc)
 
@@ -198,3 +248,45 @@ def running_board(model_path: Path, board: str = "mps2-an386", *, start_timeout:
     finally:
         stop.set()
         thread.join(timeout=30)
+
+
+BOARD_SAMPLES = 8
+"""Samples `measure_on_board` runs: instruction counts barely vary with the data, and each sample is
+also checked byte for byte against TFLM."""
+
+
+def board_tools_missing() -> list[str]:
+    return [t for t in ("qemu-system-arm", "arm-none-eabi-gcc") if shutil.which(t) is None]
+
+
+def measure_on_board(model: bytes, graph_inputs: list, *, board: str = "mps2-an386",
+                     samples: int = BOARD_SAMPLES, on_step: Callable[[str], None] = lambda message: None
+                     ) -> EmulatedBoardPart:
+    """`model` as the c runtime's firmware on the emulated `board`: the first `samples` of
+    `graph_inputs` (float arrays in the graph's input order) through device-check, the instructions
+    per inference, the stack high-water mark and the firmware's sections."""
+    import numpy as np
+
+    from edgeq.device.check import device_check
+
+    workdir = temporary_workdir()
+    try:
+        tflite = workdir / "model.tflite"
+        tflite.write_bytes(model)
+        arrays = [np.asarray(x)[:samples] for x in graph_inputs]
+        np.savez(workdir / "data.npz", **({"x": arrays[0]} if len(arrays) == 1
+                                          else {f"x{k}": a for k, a in enumerate(arrays)}))
+        on_step(f"running the C on an emulated {BOARDS[board][0]} (QEMU {board}): building the firmware, "
+                f"{len(arrays[0])} samples through device-check")
+        with running_board(tflite, board) as serving:
+            result = device_check(serving.url, tflite, str(workdir / "data.npz"), output_dir=workdir / "check",
+                                  timeout=60)
+            stack, sizes = stack_high_water(serving.firmware), serving.firmware.sizes
+        report = result.report
+        lat = report.latency
+        return EmulatedBoardPart(board, BOARDS[board][0], report.run.requested, report.agreement.bit_exact,
+                                 int(lat.median) if lat else 0, int(lat.max) if lat else 0, stack,
+                                 sizes.get("text", 0), sizes.get("rodata", 0), sizes.get("data", 0),
+                                 sizes.get("bss", 0))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -10,15 +10,15 @@ an unsupported or malformed model must not take the caller down with it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Sequence
 
 import numpy as np
 
 from edgeq.calibration import Dataset
 from edgeq.emulator.accuracy import AccuracyMetrics, AccuracyPart, Evaluation, LayerError, LayerErrorPart, compare, evaluate
-from edgeq.emulator.latency import (HostLatency, HostLatencyPart, LatencyEstimate, LatencyPart, estimate_latency,
-                                    measure_host_latency)
+from edgeq.emulator.latency import (EmulatedBoardPart, HostLatency, HostLatencyPart, LatencyEstimate, LatencyPart,
+                                    estimate_latency, measure_host_latency)
 from edgeq.emulator.memory import ActivationMemory, ArenaMeasurement, measure_tflm_arena, peak_activation_memory
 from edgeq.errors import EdgeqError, ModelLoadError, TargetCheckError
 from edgeq.iomap import from_graph_outputs, natural_output_names, to_graph_inputs
@@ -174,7 +174,7 @@ def measure_memory(model: bytes, info: ModelInfo, target: TargetProfile, *, can_
     m = target.memory
     common = dict(flash_model=len(model), flash_runtime=m.runtime_flash_bytes, flash_budget=m.flash_bytes,
                   reserved=m.reserved_ram_bytes, ram_budget=m.ram_bytes)
-    if target.runtime != Runtime.TFLM:
+    if not target.runtime.micro:
         act = peak_activation_memory(info, alignment=m.tensor_alignment)
         return MemoryReport(ram_label="peak activations", ram_needed=act.peak_bytes, margin=m.arena_margin_bytes,
                             activations=act, **common)
@@ -186,8 +186,23 @@ def measure_memory(model: bytes, info: ModelInfo, target: TargetProfile, *, can_
     except TargetCheckError as exc:
         return MemoryReport(ram_label="arena", ram_needed=None, margin=m.arena_margin_bytes, note=exc.message,
                             **common)
+    if target.runtime == Runtime.C:  # TFLM's arena stays measured: the emulator runs the model in TFLM
+        return _c_memory(model, info, arena, m.arena_margin_bytes, common)
     return MemoryReport(ram_label="arena", ram_needed=arena.smallest, margin=m.arena_margin_bytes, arena=arena,
                         **common)
+
+
+def _c_memory(model: bytes, info: ModelInfo, arena: ArenaMeasurement, margin: int,
+              common: dict[str, Any]) -> MemoryReport:
+    """The c runtime's RAM: edgeq's static activation arena, planned at generation time."""
+    from edgeq.aot.lower import lower
+
+    try:
+        planned = lower(model, info).arena_bytes
+    except TargetCheckError as exc:
+        return MemoryReport(ram_label="static arena", ram_needed=None, margin=margin, arena=arena, note=exc.message,
+                            **common)
+    return MemoryReport(ram_label="static arena", ram_needed=planned, margin=margin, arena=arena, **common)
 
 
 def emulate(
@@ -215,10 +230,10 @@ def emulate(
     process (this process's shared one by default), so a crash in a runtime cannot end the caller.
     """
     mode = infer_mode(info)
-    if target.runtime == Runtime.TFLM and can_run_tflm:
+    if target.runtime.micro and can_run_tflm:
         on_step("measuring the exact tensor arena in TFLite Micro (each trial in a child process)")
     memory = measure_memory(model, info, target, can_run_tflm=can_run_tflm, source=info.source)
-    tflm_ok = target.runtime == Runtime.TFLM and memory.arena is not None
+    tflm_ok = target.runtime.micro and memory.arena is not None
     measured = dict(target=target, mode=mode, memory=memory, latency=estimate_latency(info, target))
     if not host_latency and data is None:
         return Emulation(**measured)
@@ -232,6 +247,8 @@ def emulate(
     if data is None:
         return Emulation(**measured, host=host)
     evaluation = _evaluation(model, info, target, data, tflm_ok, memory, confirm_samples, on_step, progress, runner)
+    if target.runtime == Runtime.C and tflm_ok and memory.ram_needed is not None:
+        measured["latency"] = replace(measured["latency"], emulated=_on_board(model, info, data, on_step))
     outputs = output_names if output_names is not None else natural_output_names(info)
     quantized = from_graph_outputs(evaluation.result.outputs, outputs, info)
     if reference is not None:
@@ -240,12 +257,30 @@ def emulate(
     return Emulation(**measured, host=host, data=DataPart.of(data), evaluation=evaluation, accuracy=accuracy)
 
 
+def _on_board(model: bytes, info: ModelInfo, data: Dataset, on_step: Step) -> EmulatedBoardPart | None:
+    """The c runtime's firmware on an emulated Cortex-M4, when QEMU and the Arm compiler are here."""
+    from edgeq.device.qemu import board_tools_missing, measure_on_board
+
+    missing = board_tools_missing()
+    if missing:
+        on_step(f"not run on an emulated board: {' and '.join(missing)} missing (scripts/setup installs them)")
+        return None
+    try:
+        return measure_on_board(model, to_graph_inputs(list(data.inputs), data.input_names or info.input_names, info),
+                                on_step=on_step)
+    except EdgeqError as exc:
+        on_step(f"not run on an emulated board: {exc.message}")
+        return None
+
+
 def _evaluation(model: bytes, info: ModelInfo, target: TargetProfile, data: Dataset, tflm_ok: bool,
                 memory: MemoryReport, confirm_samples: int, on_step: Step, progress: Progress,
                 runner: Worker) -> Evaluation:
     """`data` through the target's runtime (TFLM where it can run the model, else LiteRT), in `runner`."""
     runtime = Runtime.TFLM if tflm_ok else Runtime.LITERT
-    note = "" if tflm_ok or target.runtime != Runtime.TFLM else " (TFLM cannot run it; LiteRT instead)"
+    note = "" if tflm_ok or not target.runtime.micro else " (TFLM cannot run it; LiteRT instead)"
+    if tflm_ok and target.runtime == Runtime.C:
+        note = " (the c runtime's outputs are TFLM's, byte for byte)"
     on_step(f"evaluating on {data.num_samples} samples of {data.name} in {runtime}{note}")
     arena = memory.firmware_arena if tflm_ok else None
     names = data.input_names or info.input_names

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from edgeq.errors import TFLiteFormatError
-from edgeq.records import Record
+from edgeq.records import Record, optional
 from edgeq.targets import TargetProfile
 from edgeq.tflite.reader import ModelInfo, OpInfo
 from edgeq.vocab import Runtime
@@ -84,8 +84,27 @@ class KindCostPart(Record):
 
 
 @dataclass(frozen=True)
+class EmulatedBoardPart(Record):
+    """The c runtime's firmware run on an emulated board (QEMU, -icount shift=0): instructions per
+    inference, deterministic on every host; agreement with TFLM; stack and firmware sections."""
+
+    board: str
+    cpu: str
+    samples: int
+    bit_exact: int
+    instructions_median: int
+    instructions_max: int
+    stack_bytes: int | None
+    text_bytes: int
+    rodata_bytes: int
+    data_bytes: int
+    bss_bytes: int
+
+
+@dataclass(frozen=True)
 class LatencyPart(Record):
-    """The first-order latency estimate on the target: totals, by op kind (KINDS order) and per op."""
+    """The first-order latency estimate on the target: totals, by op kind (KINDS order) and per op;
+    for the c runtime, what an emulated board measured, when its tools are installed."""
 
     target: str
     clock_mhz: float
@@ -95,6 +114,7 @@ class LatencyPart(Record):
     by_kind: dict[str, KindCostPart]
     ops: list[OpCostPart]
     note: str
+    emulated_board: EmulatedBoardPart | None = optional()
 
 
 @dataclass(frozen=True)
@@ -121,6 +141,7 @@ class LatencyEstimate:
     total_cycles: float
     total_ms: float
     note: str = ""  # what the estimate leaves out (control-flow bodies)
+    emulated: EmulatedBoardPart | None = None  # the c runtime measured on an emulated board
 
     def by_kind(self) -> dict[str, dict[str, Any]]:
         """Kind -> {"ops": count, "macs": work, "ms": time}, in KINDS order, kinds present only."""
@@ -139,7 +160,8 @@ class LatencyEstimate:
     def part(self) -> LatencyPart:
         kinds = {k: KindCostPart(v["ops"], v["macs"], _significant(v["ms"])) for k, v in self.by_kind().items()}
         return LatencyPart(self.target, self.clock_mhz, self.total_macs, round(self.total_cycles),
-                           _significant(self.total_ms), kinds, [c.part() for c in self.ops], self.note)
+                           _significant(self.total_ms), kinds, [c.part() for c in self.ops], self.note,
+                           self.emulated)
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,12 @@ same .tflite on the same int8 inputs. Bytes must match on every sample.
 from __future__ import annotations
 
 import ctypes
+import json
 import shutil
 import subprocess
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pytest
 
@@ -106,28 +108,56 @@ def test_c_is_bit_exact_with_tflm(kind: str, tmp_path: Path) -> None:
         assert build.returncode == 0, build.stderr
 
 
-def test_the_bundled_example_as_edgeq_flashes_it_is_bit_exact_on_every_eval_sample(tmp_path: Path) -> None:
-    """examples/digits_cnn.keras through `edgeq convert` (the lean, names-stripped form), then C."""
+def test_convert_runtime_c_writes_the_bundled_example_as_c_bit_exact_on_every_eval_sample(tmp_path: Path) -> None:
+    """examples/digits_cnn.keras through `edgeq convert --runtime c` (the lean, names-stripped form):
+    the C files it writes, compiled here, give TFLM's bytes on all 400 eval samples."""
     from edgeq.calibration import load_dataset
     from edgeq.emulator.runtimes import quantize_inputs, run_tflm
     from edgeq.pipeline import ConvertOptions, convert
 
     root = Path(__file__).resolve().parents[2]
     result = convert(root / "examples" / "digits_cnn.keras", "mcu",
-                     ConvertOptions(calibration="digits", outdir=tmp_path / "out", per_layer=False))
+                     ConvertOptions(calibration="digits", outdir=tmp_path / "out", per_layer=False, runtime="c"))
+    written = sorted(p.name for p in result.outdir.iterdir())
+    assert "digits_cnn_model.c" in written and "digits_cnn_model.h" in written
+    assert not [n for n in written if n.endswith((".cc", "_op_resolver.h"))], written
+    ram = result.report.emulation.memory.ram
+    assert ram.kind == "static arena" and ram.needed_bytes <= ram.tflm_arena.smallest
     tflite = (result.outdir / "digits_cnn.tflite").read_bytes()
-    lib, sources = _build(tmp_path, "digits_cnn", tflite)
+    lib = tmp_path / "libdigits.so"
+    proc = subprocess.run([GCC, "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic", "-shared", "-fPIC",
+                           str(result.outdir / "digits_cnn_model.c"), "-o", str(lib)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
     data = load_dataset("digits", default_split="eval")
     t = result.info.input_tensors[0]
     inputs = quantize_inputs(data.inputs[0], np.dtype("int8"), t.scales[0], t.zero_points[0])
     expected = run_tflm(tflite, [data.inputs[0]]).raw_outputs[0]
-    invoke, got = lib.digits_cnn_invoke, np.zeros_like(expected)
+    invoke, got = ctypes.CDLL(str(lib)).digits_cnn_invoke, np.zeros_like(expected)
     for i, x in enumerate(inputs):
         x, out = np.ascontiguousarray(x), np.zeros(expected.shape[1:], dtype=np.int8)
         invoke(x.ctypes.data_as(ctypes.c_void_p), out.ctypes.data_as(ctypes.c_void_p))
         got[i] = out
     assert len(inputs) == 400 and got.tobytes() == expected.tobytes()
-    assert sources.arena_bytes <= result.emulation.memory.arena.recorded_head
+    assert ram.needed_bytes <= result.emulation.memory.arena.recorded_head
+    report = json.loads((result.outdir / "report.json").read_text())
+    schema = json.loads((root / "docs" / "report.schema.json").read_text())
+    assert not list(jsonschema.Draft202012Validator(schema).iter_errors(report))
+    if shutil.which("qemu-system-arm") and shutil.which("arm-none-eabi-gcc"):  # the C ran on an emulated Cortex-M4
+        board = report["emulation"]["latency"]["emulated_board"]
+        assert board["bit_exact"] == board["samples"] == 8 and 50_000 < board["instructions_median"] < 819_000
+        assert "instructions** per inference" in (result.outdir / "report.md").read_text()
+
+
+def test_runtime_c_is_refused_where_it_cannot_apply(tmp_path: Path) -> None:
+    from tests.conftest import run_edgeq
+
+    root = Path(__file__).resolve().parents[2]
+    model = str(root / "examples" / "digits_cnn.keras")
+    phone = run_edgeq("convert", model, "--target", "phone", "--runtime", "c", "-o", str(tmp_path / "p"))
+    assert phone.returncode == 2 and "TFLite Micro target" in phone.stderr and "Traceback" not in phone.stderr
+    harness = run_edgeq("convert", model, "--runtime", "c", "--harness", "-o", str(tmp_path / "h"))
+    assert harness.returncode == 2 and "device-sim --board" in harness.stderr
+    assert not (tmp_path / "p").exists() and not (tmp_path / "h").exists()
 
 
 def test_an_op_without_a_c_kernel_is_refused_by_name() -> None:

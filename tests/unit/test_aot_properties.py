@@ -110,17 +110,12 @@ def _build(p: dict):  # type: ignore[no-untyped-def]
     return model, data
 
 
-def _run_c(tmp_path: Path, tflite: bytes, inputs: np.ndarray, out_shape: tuple[int, ...], out_dtype: str) -> np.ndarray:
-    from edgeq.aot.emit import emit_c
-    from edgeq.tflite.reader import read_tflite
+FLAGS = ["-std=c99", "-O1", "-Wall", "-Wextra", "-Werror", "-pedantic"]
+CLANG = shutil.which("clang")
+ARM_GCC = shutil.which("arm-none-eabi-gcc")
 
-    sources = emit_c("m", tflite, read_tflite(tflite))
-    for name, text in sources.files.items():
-        (tmp_path / name).write_bytes(text)
-    lib = tmp_path / "libm.so"
-    build = subprocess.run([GCC, "-std=c99", "-O1", "-Wall", "-Wextra", "-Werror", "-pedantic", "-shared", "-fPIC",
-                            str(tmp_path / "m_model.c"), "-o", str(lib)], capture_output=True, text=True)
-    assert build.returncode == 0, build.stderr
+
+def _invoke_all(lib: Path, inputs: np.ndarray, out_shape: tuple[int, ...], out_dtype: str) -> np.ndarray:
     invoke = ctypes.CDLL(str(lib)).m_invoke
     outs = []
     for x in inputs:
@@ -128,6 +123,33 @@ def _run_c(tmp_path: Path, tflite: bytes, inputs: np.ndarray, out_shape: tuple[i
         assert invoke(x.ctypes.data_as(ctypes.c_void_p), out.ctypes.data_as(ctypes.c_void_p)) == 0
         outs.append(out)
     return np.stack(outs)
+
+
+def _run_c(tmp_path: Path, tflite: bytes, inputs: np.ndarray, out_shape: tuple[int, ...], out_dtype: str) -> np.ndarray:
+    """The model's C built by gcc and run here; also built and run by clang (the same bytes, or the
+    test fails), and compiled for a Cortex-M4 with its DSP loops, where those compilers are here."""
+    from edgeq.aot.emit import emit_c
+    from edgeq.tflite.reader import read_tflite
+
+    sources = emit_c("m", tflite, read_tflite(tflite))
+    for name, text in sources.files.items():
+        (tmp_path / name).write_bytes(text)
+    source = str(tmp_path / "m_model.c")
+    results = []
+    for compiler in (GCC, CLANG):
+        if compiler is None:
+            continue
+        lib = tmp_path / f"libm_{Path(compiler).name}.so"
+        build = subprocess.run([compiler, *FLAGS, "-shared", "-fPIC", source, "-o", str(lib)], capture_output=True,
+                               text=True)
+        assert build.returncode == 0, (compiler, build.stderr)
+        results.append(_invoke_all(lib, inputs, out_shape, out_dtype))
+    if ARM_GCC:
+        build = subprocess.run([ARM_GCC, "-mcpu=cortex-m4", "-mthumb", *FLAGS, "-c", source, "-o",
+                                str(tmp_path / "m_m4.o")], capture_output=True, text=True)
+        assert build.returncode == 0, build.stderr
+    assert all(r.tobytes() == results[0].tobytes() for r in results[1:]), "gcc and clang builds disagree"
+    return results[0]
 
 
 def _same_scale_mean(tflite: bytes) -> bytes:

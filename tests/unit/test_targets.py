@@ -113,8 +113,25 @@ def test_every_bundled_profile_loads(profiles: dict[str, TargetProfile]) -> None
         if p.kind == "board":
             assert p.inherits in classes, f"{name} inherits {p.inherits}"
             assert p.chain == (name, p.inherits)
+        elif p.inherits is not None:  # a class that runs another class's hardware on another runtime (mcu-c)
+            assert p.inherits in classes and profiles[p.inherits].runtime != p.runtime, name
+            assert p.chain == (name, p.inherits)
         else:
-            assert p.inherits is None and p.chain == (name,)
+            assert p.chain == (name,)
+
+
+def test_mcu_c_is_the_mcu_class_as_plain_c(profiles: dict[str, TargetProfile]) -> None:
+    from edgeq.aot.lower import KERNELS
+    from edgeq.targets import for_runtime
+
+    mcu_c, swapped = profiles["mcu-c"], for_runtime(profiles["mcu"], "c")
+    assert mcu_c.runtime == swapped.runtime == "c" and mcu_c.supported_ops == swapped.supported_ops == set(KERNELS)
+    assert mcu_c.quantization.modes == swapped.quantization.modes == ("int8",)
+    assert mcu_c.memory.ram_bytes == swapped.memory.ram_bytes == profiles["mcu"].memory.ram_bytes
+    assert mcu_c.memory.runtime_flash_bytes == swapped.memory.runtime_flash_bytes < profiles["mcu"].memory.runtime_flash_bytes
+    assert mcu_c.latency == swapped.latency
+    with pytest.raises(TargetProfileError, match="TFLite Micro target"):
+        for_runtime(profiles["phone"], "c")
 
 
 def test_mcu_class(profiles: dict[str, TargetProfile]) -> None:

@@ -59,7 +59,8 @@ enum edgeq_error_code {
     EDGEQ_ERR_BAD_PAYLOAD = 7
 };
 
-enum edgeq_time_unit { EDGEQ_TIME_US = 0, EDGEQ_TIME_CYCLES = 1 };
+/* INSTRUCTIONS: an emulated core that counts instructions (QEMU with -icount shift=0). */
+enum edgeq_time_unit { EDGEQ_TIME_US = 0, EDGEQ_TIME_CYCLES = 1, EDGEQ_TIME_INSTRUCTIONS = 2 };
 
 /* TFLite schema TensorType values. */
 enum edgeq_dtype {
