@@ -70,7 +70,7 @@ class ConvertResult:
 def output_names(name: str, target: TargetProfile, harness: bool = False) -> list[str]:
     names = [f"{name}.tflite", *REPORT_FILES]
     if target.runtime == Runtime.C:
-        names += [f"{name}_names.json", f"{name}_model.c", f"{name}_model.h"]
+        names += [f"{name}_names.json", f"{name}_model.c", f"{name}_model.h", "README.md"]
     if target.runtime == Runtime.TFLM:
         names += [f"{name}_names.json", f"{name}_model_data.cc", f"{name}_model_data.h", f"{name}_op_resolver.h"]
         if harness:
@@ -413,9 +413,11 @@ def _emitted(plan: _Plan, chosen: _Candidate, emulation: Emulation, gate: Gate,
         if chosen.sidecar is not None:
             files[f"{name}_names.json"] = render_sidecar(chosen.sidecar)
         if profile.runtime == Runtime.C:
-            from edgeq.aot.emit import emit_c
+            from edgeq.aot.emit import aot_readme, emit_c
 
-            files.update(emit_c(name, quantized, info).files)
+            sources = emit_c(name, quantized, info)
+            files.update(sources.files)
+            files["README.md"] = aot_readme(sources, emulation.latency.emulated)
         if profile.runtime == Runtime.TFLM:
             arena = emulation.memory.arena
             files.update(tflm_sources(name, quantized, info.all_op_names, alignment=profile.memory.tensor_alignment,

@@ -109,22 +109,24 @@ def measure(name: str) -> dict:
 
 
 def calibration(rows: list[dict]) -> list[tuple[str, int, float, float]]:
-    """Per kind of work: (kind, ops, instructions per unit of work, the mcu profile's cycles per unit),
-    a least-squares fit of instructions = a * work + overhead over every op of every model, with
-    one overhead for all ops (the call, the loops' set-up, the profile's timer read)."""
+    """Per kind of work: (kind, ops, instructions per unit of work, the mcu profile's cycles per unit).
+
+    From the per-op profile of every model: a kind's figure is its ops' instructions over their work
+    (so the big ops, which decide the latency, weigh most); the per-op overhead is the median of
+    what each op took beyond its kind's figure times its work (an op's call, loop set-up and the
+    profile's own timer reads)."""
     from edgeq.targets import load_target
 
     ops = [op for r in rows for op in r.get("ops", [])]
-    kinds = sorted({k for k, _, _ in ops if k != "other"})
+    kinds = sorted({k for k, work, _ in ops if k != "other" and work > 0})
     if not ops or not kinds:
         return []
-    design = np.array([[work if kind == k else 0 for k in kinds] + [1] for kind, work, _ in ops], dtype=np.float64)
-    measured = np.array([n for _, _, n in ops], dtype=np.float64)
-    fit, *_ = np.linalg.lstsq(design, measured, rcond=None)
+    per_unit = {k: sum(n for kind, _, n in ops if kind == k) / sum(w for kind, w, _ in ops if kind == k)
+                for k in kinds}
+    overhead = float(np.median([max(n - per_unit.get(kind, 0.0) * work, 0.0) for kind, work, n in ops]))
     mcu = load_target("mcu").latency
-    out = [(k, sum(1 for kind, _, _ in ops if kind == k), float(fit[i]), float(getattr(mcu, k)))
-           for i, k in enumerate(kinds)]
-    return out + [("op_overhead", len(ops), float(fit[-1]), float(mcu.op_overhead))]
+    out = [(k, sum(1 for kind, _, _ in ops if kind == k), per_unit[k], float(getattr(mcu, k))) for k in kinds]
+    return out + [("op_overhead", len(ops), overhead, float(mcu.op_overhead))]
 
 
 def main(argv: list[str] | None = None) -> int:

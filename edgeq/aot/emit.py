@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeq.aot.lower import Program, lower
@@ -20,6 +20,7 @@ class AotSources:
     ident: str
     files: dict[str, bytes]
     arena_bytes: int
+    values: dict[str, object] = field(default_factory=dict, repr=False)  # what the templates were given
 
 
 def _io(program: Program, info: ModelInfo, indices: tuple[int, ...]) -> list[dict[str, object]]:
@@ -46,7 +47,15 @@ def emit_c(name: str, model: bytes, info: ModelInfo) -> AotSources:
     source = render("aot_model.c.j2", constants=program.constants, steps=program.steps, offsets=program.offsets,
                     **values)
     return AotSources(ident, {f"{ident}_model.h": header.encode(), f"{ident}_model.c": source.encode()},
-                      program.arena_bytes)
+                      program.arena_bytes, values)
+
+
+def aot_readme(sources: AotSources, board: object | None = None) -> bytes:
+    """README.md for the two files: how to call them and drop them into a Zephyr, Arduino or
+    bare-metal project; `board` (an EmulatedBoardPart) adds what the emulated Cortex-M measured."""
+    v = sources.values
+    call = ", ".join([f"input{i}" for i in range(len(v["inputs"]))] + [f"output{i}" for i in range(len(v["outputs"]))])
+    return render("aot_README.md.j2", call=call, board=board, **v).encode()
 
 
 @dataclass(frozen=True)

@@ -122,7 +122,7 @@ def _requant(info: ModelInfo, name: str, inp: TensorInfo, weights: TensorInfo, o
     scales = weights.scales if len(weights.scales) > 1 else weights.scales * channels
     pairs = [quantize_multiplier(effective_scale(inp.scales[0], s, out.scales[0])) for s in scales]
     constants[f"{name}_mult"] = ("int32_t", np.asarray([q for q, _ in pairs], dtype=np.int64))
-    constants[f"{name}_shift"] = ("int32_t", np.asarray([s for _, s in pairs], dtype=np.int64))
+    constants[f"{name}_shift"] = ("int8_t", np.asarray([s for _, s in pairs], dtype=np.int64))  # in [-31, 30]
 
 
 def _common(op: Any, info: ModelInfo, activation: int) -> tuple[TensorInfo, TensorInfo, dict[str, Any]]:

@@ -65,3 +65,33 @@ def test_device_sim_board_refuses_host_only_options(example: Path) -> None:
 
     proc = run_edgeq("device-sim", str(example), "--board", "mps2-an386", "--fault", "crc@1")
     assert proc.returncode == 2 and "--board" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_depthwise_and_odd_channel_counts_are_bit_exact_on_the_dsp_build(tmp_path: Path) -> None:
+    """DEPTHWISE_CONV_2D's four-channel DSP loop (with a tail: 6 channels), strides, SAME padding,
+    and a multiplier-2 depthwise on the general path, on the emulated Cortex-M4."""
+    import numpy as np
+
+    from edgeq._tf import tf
+    from edgeq.device.qemu import running_board
+    from tests.conftest import plain_tflite
+
+    tf()
+    import keras
+
+    keras.utils.set_random_seed(21)
+    L = keras.layers
+    x = L.Input((9, 9, 3), batch_size=1)
+    y = L.Conv2D(6, 1, activation="relu")(x)
+    y = L.DepthwiseConv2D(3, strides=2, padding="same", activation="relu6")(y)
+    y = L.DepthwiseConv2D(3, padding="same", depth_multiplier=2)(y)
+    y = L.Conv2D(8, 1)(y)
+    y = L.DepthwiseConv2D(3, padding="valid")(y)
+    model = keras.Model(x, L.Dense(5)(L.Flatten()(y)))
+    data = np.random.default_rng(21).normal(0, 1.5, (40, 9, 9, 3)).astype(np.float32)
+    tflite = tmp_path / "dw.tflite"
+    tflite.write_bytes(plain_tflite(model, io="int8", data=data))
+    np.savez(tmp_path / "dw.npz", x=data[:12])
+    with running_board(tflite, "mps2-an386") as board:
+        result = device_check(board.url, tflite, str(tmp_path / "dw.npz"), output_dir=tmp_path / "check", timeout=20)
+    assert result.verdict == "pass" and result.report.agreement.bit_exact == 12

@@ -121,6 +121,8 @@ def test_convert_runtime_c_writes_the_bundled_example_as_c_bit_exact_on_every_ev
     written = sorted(p.name for p in result.outdir.iterdir())
     assert "digits_cnn_model.c" in written and "digits_cnn_model.h" in written
     assert not [n for n in written if n.endswith((".cc", "_op_resolver.h"))], written
+    readme = (result.outdir / "README.md").read_text()
+    assert "digits_cnn_invoke(input0, output0)" in readme and "target_sources(app PRIVATE" in readme
     ram = result.report.emulation.memory.ram
     assert ram.kind == "static arena" and ram.needed_bytes <= ram.tflm_arena.smallest
     tflite = (result.outdir / "digits_cnn.tflite").read_bytes()

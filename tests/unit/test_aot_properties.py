@@ -24,14 +24,14 @@ pytestmark = [pytest.mark.skipif(GCC is None, reason="needs gcc"), pytest.mark.s
 
 KINDS = ("conv", "depthwise", "dense", "max_pool", "avg_pool", "add", "mul", "concat", "pad", "relu", "relu6",
          "concat_input", "mean", "mean1d", "softmax", "logistic", "tanh", "hard_swish", "requantize", "float_io",
-         "broadcast_add", "broadcast_mul", "mean_same_scale", "split", "unpack", "pack", "lstm")
+         "broadcast_add", "broadcast_mul", "mean_same_scale", "split", "unpack", "pack", "lstm", "dilated")
 EXPECTED_OP = {"conv": "CONV_2D", "depthwise": "DEPTHWISE_CONV_2D", "dense": "FULLY_CONNECTED",
                "max_pool": "MAX_POOL_2D", "avg_pool": "AVERAGE_POOL_2D", "add": "ADD", "mul": "MUL",
                "concat": "CONCATENATION", "pad": "PAD", "relu": "RELU", "relu6": "RELU6",
                "concat_input": "CONCATENATION", "mean": "MEAN", "mean1d": "MEAN", "softmax": "SOFTMAX",
                "logistic": "LOGISTIC", "tanh": "TANH", "hard_swish": "HARD_SWISH", "requantize": "QUANTIZE",
                "float_io": "DEQUANTIZE", "broadcast_add": "ADD", "broadcast_mul": "MUL", "mean_same_scale": "MEAN",
-               "split": "SPLIT", "unpack": "UNPACK", "pack": "PACK", "lstm": "TANH"}
+               "split": "SPLIT", "unpack": "UNPACK", "pack": "PACK", "lstm": "TANH", "dilated": "CONV_2D"}
 
 
 @st.composite
@@ -102,6 +102,10 @@ def _build(p: dict):  # type: ignore[no-untyped-def]
             y = L.Add()(ops.unstack(L.Dense(p["filters"])(z), axis=1)[:2])
         else:
             y = L.Flatten()(ops.stack([L.Dense(p["filters"])(z), L.Dense(p["filters"])(z)], axis=1 + p["k"] % 2))
+    elif kind == "dilated":  # dilation 2 in one or both directions: the per-tap paths of CONV_2D and DEPTHWISE
+        rate = (2, 1 + p["stride"] % 2) if p["same"] else (1 + p["stride"] % 2, 2)
+        y = L.Conv2D(p["filters"], 2, dilation_rate=rate, padding="same")(x)
+        y = L.DepthwiseConv2D(2, dilation_rate=rate, padding="same", activation=p["act"])(y)
     else:  # lstm, unrolled: FULLY_CONNECTED, SPLIT, LOGISTIC, TANH, MUL, ADD, UNPACK
         y = L.LSTM(p["filters"], unroll=True)(L.Reshape((p["h"], p["w"] * p["c"]))(x))
     model = keras.Model(x, y)
@@ -131,6 +135,7 @@ def _run_c(tmp_path: Path, tflite: bytes, inputs: np.ndarray, out_shape: tuple[i
     from edgeq.aot.emit import emit_c
     from edgeq.tflite.reader import read_tflite
 
+    _assert_no_live_overlap(tflite)
     sources = emit_c("m", tflite, read_tflite(tflite))
     for name, text in sources.files.items():
         (tmp_path / name).write_bytes(text)
@@ -150,6 +155,32 @@ def _run_c(tmp_path: Path, tflite: bytes, inputs: np.ndarray, out_shape: tuple[i
         assert build.returncode == 0, build.stderr
     assert all(r.tobytes() == results[0].tobytes() for r in results[1:]), "gcc and clang builds disagree"
     return results[0]
+
+
+def _assert_no_live_overlap(tflite: bytes) -> None:
+    """No two tensors alive at the same step of the C share a byte of the arena. Written here from
+    the steps alone, independent of the planner: a tensor lives from the step that writes it (the
+    inputs from the start) to the last step that reads it (the outputs to the end)."""
+    from edgeq.aot.lower import lower
+    from edgeq.tflite.reader import read_tflite
+
+    program = lower(tflite, read_tflite(tflite))
+    end = len(program.steps)
+    born = {t: -1 for t in program.inputs}
+    dies = {t: end for t in program.outputs}
+    for k, step in enumerate(program.steps):
+        for t in step.outputs:
+            born.setdefault(t, k)
+        for t in step.inputs:
+            dies[t] = max(dies.get(t, k), k)
+    live = [t for t in program.offsets if t in born]
+    for i, a in enumerate(live):
+        for b in live[i + 1:]:
+            together = born[a] <= dies.get(b, born[b]) and born[b] <= dies.get(a, born[a])
+            apart = (program.offsets[a] + program.sizes[a] <= program.offsets[b]
+                     or program.offsets[b] + program.sizes[b] <= program.offsets[a])
+            assert not together or apart, (a, b, program.offsets[a], program.offsets[b])
+        assert program.offsets[a] + program.sizes[a] <= program.arena_bytes
 
 
 def _same_scale_mean(tflite: bytes) -> bytes:
