@@ -10,7 +10,11 @@ runs 20 samples through `device-check` and prints per model:
     the example (REFERENCE.md, measured once against real TFLM sources);
   - flash: the whole AOT firmware's text + data (model, weights, kernels, protocol, startup) vs
     what the TFLM way needs at least: the model array + the mcu target's runtime flash;
-  - RAM: edgeq's static activation arena vs TFLM's smallest arena (measured in TFLM).
+  - RAM: edgeq's static activation arena vs TFLM's smallest arena (measured in TFLM);
+  - the stack high-water mark (the port paints the stack at reset), the firmware's sections;
+  - the plain-C build's instructions (-DEDGEQ_PLAIN_C: no DSP loops) next to the DSP build's;
+  - a calibration of cycles per unit of work from each op's own count (a per-op profile build),
+    the figures of the mcu-c profile, and how its estimate compares with the measurement.
 A model the C backend cannot run shows the op it lacks.
 
     .venv/bin/python scripts/bench_aot.py                  # the example and every reference model
@@ -66,7 +70,7 @@ def measure(name: str) -> dict:
     from edgeq.aot.emit import emit_c
     from edgeq.device.check import device_check
     from edgeq.device.qemu import build_qemu_firmware, op_profile, running_board, stack_high_water
-    from edgeq.emulator.latency import count_macs
+    from edgeq.emulator.latency import count_macs, estimate_latency
     from edgeq.emulator.memory import measure_tflm_arena
     from edgeq.errors import EdgeqError
     from edgeq.targets import load_target
@@ -105,6 +109,7 @@ def measure(name: str) -> dict:
             device_check(board.url, tflite, data, limit=1, output_dir=folder / "profile", timeout=60)
             profile = op_profile(board.firmware)
         row["ops"] = [(kind, work, profile[op.index]) for op, kind, work in count_macs(info) if op.index in profile]
+        row["estimated"] = estimate_latency(info, load_target("mcu-c")).total_cycles
     return row
 
 
@@ -137,14 +142,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rows = [measure(name) for name in args.models]
     print(f"{'model':<20}{'bit-exact':>10}{'instr. C':>12}{'instr. DSP':>12}{'AOT flash':>11}{'TFLM flash':>12}"
-          f"{'ratio':>7}{'AOT RAM':>9}{'TFLM arena':>12}{'ratio':>7}{'stack':>7}")
+          f"{'ratio':>7}{'AOT RAM':>9}{'TFLM arena':>12}{'ratio':>7}{'stack':>7}{'est/meas':>9}")
     for r in rows:
         if "aot_flash" not in r:
             print(f"{r['model']:<20}  C backend refuses it: {r.get('note', '?')}")
             continue
         print(f"{r['model']:<20}{r['bit_exact']:>10}{r['plain_instructions'] or 0:>12,}{r['instructions'] or 0:>12,}"
               f"{r['aot_flash']:>11,}{r['tflm_flash']:>12,}{r['aot_flash'] / r['tflm_flash']:>7.2f}{r['aot_arena']:>9,}"
-              f"{r['tflm_arena']:>12,}{r['aot_arena'] / r['tflm_arena']:>7.2f}{r['stack'] or 0:>7,}")
+              f"{r['tflm_arena']:>12,}{r['aot_arena'] / r['tflm_arena']:>7.2f}{r['stack'] or 0:>7,}"
+              f"{r['estimated'] / r['instructions'] if r.get('instructions') else 0:>9.2f}")
     print("\nfirmware sections (arm-none-eabi-size -A): text / rodata / data / bss (bss with the 16 KiB stack)")
     for r in rows:
         if "sizes" in r:
@@ -164,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {kind:<20}{n:>5} ops {per_unit:>10.2f} instructions   (mcu profile: {profile:g} cycles)")
     print("flash: the whole AOT firmware (model, kernels, protocol, startup) vs the model array + the mcu "
           "profile's TFLM runtime; RAM: edgeq's static arena vs TFLM's smallest arena; stack: high-water mark "
-          "of the painted stack")
+          "of the painted stack; est/meas: the mcu-c profile's latency estimate (cycles) over the instructions "
+          "measured (DSP build)")
     return 0
 
 

@@ -161,7 +161,8 @@ def _size_line(sizes: Sizes, mode: str, echo: Callable[[str], None]) -> None:
         echo(f"  size      float32 {kib(sizes.float32_tflite_bytes)} -> {mode} "
              f"{kib(sizes.quantized_tflite_bytes)} ({change}{stripped})")
     elif sizes.quantized_tflite_bytes:
-        echo(f"  size      {kib(sizes.quantized_tflite_bytes)} (float32, not quantized)")
+        echo(f"  size      {kib(sizes.quantized_tflite_bytes)} "
+             + ("(float32, not quantized)" if mode == "float32" else f"({mode})"))
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

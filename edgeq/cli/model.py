@@ -70,8 +70,10 @@ def convert(model: Path, target: str, mode: str | None, calibration: str | None,
     \b
     Before anything is written, the quantized model runs in the target's runtime (TFLite Micro
     for MCU targets, LiteRT otherwise): accuracy against the float model on held-out data, the
-    exact tensor arena, flash and RAM against the budgets, an estimated latency. If a check
-    fails, edgeq exits with code 3 and writes only the report.
+    exact tensor arena, flash and RAM against the budgets, an estimated latency. With --runtime
+    c, the C also runs on an emulated Cortex-M4 (QEMU, when installed): instructions per
+    inference, stack, and bytes checked against TFLM. If a check fails, edgeq exits with code 3
+    and writes only the report.
 
     \b
     Writes, atomically:
@@ -79,7 +81,7 @@ def convert(model: Path, target: str, mode: str | None, calibration: str | None,
       <name>_names.json                  its tensor and signature names, for inspect and device-check (TFLM)
       <name>_model_data.cc / .h          the model as a C array and k_<name>_tensor_arena_size (TFLM)
       <name>_op_resolver.h               a MicroMutableOpResolver with exactly the model's ops
-      <name>_model.c / .h                with --runtime c (or a c target): the model as plain C99,
+      <name>_model.c / .h, README.md     with --runtime c (or a c target): the model as plain C99,
                                          its weights, kernels and static arena; no TFLM needed
       report.json / report.md / .png     accuracy, sizes, memory, latency, per-layer error, checks
       README.md, edgeq_*.c/.h, ports/    with --harness: firmware for `edgeq device-check`
