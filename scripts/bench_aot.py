@@ -5,10 +5,11 @@ For the bundled example and each model of scripts/reference_models.py (Keras 3, 
 converted by `edgeq convert --target mcu`), it writes the C, builds the QEMU mps2-an386 firmware,
 runs 20 samples through `device-check` and prints per model:
   - bit-exact samples (the C on the emulated board vs TFLM on this host);
-  - instructions per inference, from the device's own timing under `-icount shift=0`
-    (1 instruction per virtual nanosecond); TFLM with its reference kernels takes about 819k on
-    the example (REFERENCE.md, measured once against real TFLM sources);
-  - flash: the whole AOT firmware's text + data (model, weights, kernels, protocol, startup) vs
+  - instructions per inference, counted by the board's port under `-icount shift=0,sleep=off`
+    (1 instruction per virtual nanosecond, from a SysTick wrap, so the counts repeat exactly);
+    TFLM with its reference kernels takes about 819k on the example, 210k with CMSIS-NN
+    (REFERENCE.md, measured once against real TFLM sources);
+  - flash: the whole AOT firmware's text + rodata + data (model, weights, kernels, protocol, startup) vs
     what the TFLM way needs at least: the model array + the mcu target's runtime flash;
   - RAM: edgeq's static activation arena vs TFLM's smallest arena (measured in TFLM);
   - the stack high-water mark (the port paints the stack at reset), the firmware's sections;

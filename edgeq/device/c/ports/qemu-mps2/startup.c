@@ -2,10 +2,11 @@
  * its own vector table and reset code, the CMSDK UART0 for the serial line, SysTick for time.
  *
  * Boot it with `edgeq device-sim --board mps2-an386 MODEL.tflite`, or by hand:
- *   qemu-system-arm -M mps2-an386 -display none -monitor none -icount shift=0 \
- *     -serial tcp:127.0.0.1:5555,server=on,wait=off -kernel edgeq_firmware.elf
- * With -icount shift=0 QEMU runs one instruction per virtual nanosecond, so the microseconds this
- * port reports are instructions / 1000, the same on every host. */
+ *   qemu-system-arm -M mps2-an386 -display none -monitor none -icount shift=0,sleep=off \
+ *     -serial tcp:127.0.0.1:5555,server=on,wait=off -serial file:uart1.log -kernel edgeq_firmware.elf
+ * With -icount shift=0 QEMU runs one instruction per virtual nanosecond. The harness reports each
+ * inference in instructions (edgeq_qemu_instructions), counted from a SysTick wrap so that every
+ * run counts the same (edgeq device-sim adds sleep=off, which makes the wait for the wrap free). */
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
