@@ -147,6 +147,19 @@ class ConvertOptions:
     runtime: str | None = None  # "c": a TFLM target's model as plain C (edgeq/aot); None: the target's runtime
 
 
+def _profile(target: str | TargetProfile, runtime: str | None, harness: bool) -> TargetProfile:
+    """The target convert works for: `runtime` swapped in, and --harness only where it applies."""
+    profile = for_runtime(target if isinstance(target, TargetProfile) else load_target(target), runtime)
+    if harness and profile.runtime == Runtime.C:
+        raise RecipeError("--harness builds the TFLite Micro test firmware; the c runtime's firmware is built by "
+                          "`edgeq device-sim --board mps2-an386 MODEL.tflite` (an emulated Cortex-M4)",
+                          hint="drop --harness, or convert without --runtime c for a board's TFLM harness")
+    if harness and profile.runtime != Runtime.TFLM:
+        raise RecipeError(f"--harness builds TFLite Micro firmware, but target '{profile.name}' runs {profile.runtime}",
+                          hint="drop --harness, or pick a microcontroller target such as --target mcu")
+    return profile
+
+
 def convert(model_path: str | Path, target: str | TargetProfile = "mcu", options: ConvertOptions | None = None, *,
             on_step: Step = no_step, progress: Progress | None = None, worker: Worker | None = None
             ) -> ConvertResult:
@@ -162,14 +175,7 @@ def convert(model_path: str | Path, target: str | TargetProfile = "mcu", options
     qat, compare, harness = o.qat is not None, o.qat is not None and o.qat.compare, o.harness is not None
     max_payload = o.harness.max_payload if o.harness else DEFAULT_MAX_PAYLOAD
     model_path = Path(model_path)
-    profile = for_runtime(target if isinstance(target, TargetProfile) else load_target(target), o.runtime)
-    if harness and profile.runtime == Runtime.C:
-        raise RecipeError("--harness builds the TFLite Micro test firmware; the c runtime's firmware is built by "
-                          "`edgeq device-sim --board mps2-an386 MODEL.tflite` (an emulated Cortex-M4)",
-                          hint="drop --harness, or convert without --runtime c for a board's TFLM harness")
-    if harness and profile.runtime != Runtime.TFLM:
-        raise RecipeError(f"--harness builds TFLite Micro firmware, but target '{profile.name}' runs {profile.runtime}",
-                          hint="drop --harness, or pick a microcontroller target such as --target mcu")
+    profile = _profile(target, o.runtime, harness)
     name = c_identifier(name or model_path.name.removesuffix(model_path.suffix) or model_path.name)
     out = Path(o.outdir) if o.outdir is not None else Path("edgeq-out") / f"{name}-{profile.name}"
     check_output_dir(out, output_names(name, profile, harness), overwrite=o.overwrite)

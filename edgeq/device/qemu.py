@@ -23,6 +23,7 @@ from pathlib import Path
 
 from edgeq.emulator.latency import EmulatedBoardPart
 from edgeq.errors import EdgeqError, TargetCheckError
+from edgeq.tflite.reader import ModelInfo
 
 BOARDS = {  # QEMU machine -> (the CPU, arm-none-eabi-gcc flags)
     "mps2-an386": ("Cortex-M4", ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16")),
@@ -85,7 +86,21 @@ def build_qemu_firmware(model_path: Path, workdir: Path, *, board: str = "mps2-a
                 "ports/qemu-mps2/edgeq_qemu.h"):
         files[rel] = _package_file(f"c/{rel}")
     files.update(model.files)
-    # The INFER payload holds the inputs one after another, the reply the outputs: one pointer each.
+    files["edgeq_aot_harness.c"] = render("aot_harness.c.j2", ident=ident, IDENT=ident.upper(),
+                                          arguments=_arguments(info)).encode()
+    workdir.mkdir(parents=True, exist_ok=True)
+    for rel, content in files.items():
+        (workdir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (workdir / rel).write_bytes(content)
+    flags = [*(["-DEDGEQ_PLAIN_C"] if plain_c else []),
+             *(["-DEDGEQ_OP_DONE(i)=edgeq_qemu_op_done(i)", "-include", "edgeq_qemu.h"] if profile_ops else [])]
+    elf = _link(gcc, workdir, board, f"{ident}_model.c", flags)
+    return QemuFirmware(elf, board, ident, model.arena_bytes, _size(elf))
+
+
+def _arguments(info: ModelInfo) -> str:
+    """The invoke call's arguments: the INFER payload holds the inputs one after another, the reply
+    the outputs, so each tensor is a pointer into one of the two."""
     arguments, at = [], 0
     for t in info.input_tensors:
         arguments.append(f"(const int8_t *)input + {at}")
@@ -94,24 +109,20 @@ def build_qemu_firmware(model_path: Path, workdir: Path, *, board: str = "mps2-a
     for t in info.output_tensors:
         arguments.append(f"(int8_t *)output + {at}")
         at += math.prod(t.shape)
-    arguments = ", ".join(arguments)
-    files["edgeq_aot_harness.c"] = render("aot_harness.c.j2", ident=ident, IDENT=ident.upper(),
-                                          arguments=arguments).encode()
-    workdir.mkdir(parents=True, exist_ok=True)
-    for rel, content in files.items():
-        (workdir / rel).parent.mkdir(parents=True, exist_ok=True)
-        (workdir / rel).write_bytes(content)
+    return ", ".join(arguments)
+
+
+def _link(gcc: str, workdir: Path, board: str, model_c: str, extra: list[str]) -> Path:
     elf = workdir / "edgeq_firmware.elf"
     flags = [*BOARDS[board][1], "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-ffunction-sections",
-             "-fdata-sections", "-I.", "-Iports/qemu-mps2", *(["-DEDGEQ_PLAIN_C"] if plain_c else []),
-             *(["-DEDGEQ_OP_DONE(i)=edgeq_qemu_op_done(i)", "-include", "edgeq_qemu.h"] if profile_ops else [])]
-    cmd = [gcc, *flags, *_SOURCES, f"{ident}_model.c", "-nostartfiles", "--specs=nano.specs", "--specs=nosys.specs",
+             "-fdata-sections", "-I.", "-Iports/qemu-mps2", *extra]
+    cmd = [gcc, *flags, *_SOURCES, model_c, "-nostartfiles", "--specs=nano.specs", "--specs=nosys.specs",
            "-Wl,--gc-sections", "-T", "ports/qemu-mps2/mps2.ld", "-o", str(elf)]
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
     if proc.returncode != 0:
         raise EdgeqError(f"building the {board} firmware failed: {proc.stderr.strip()[:2000]}",
                          hint="report this model: the generated C should always build")
-    return QemuFirmware(elf, board, ident, model.arena_bytes, _size(elf))
+    return elf
 
 
 def _size(elf: Path) -> dict[str, int]:

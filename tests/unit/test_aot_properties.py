@@ -24,14 +24,16 @@ pytestmark = [pytest.mark.skipif(GCC is None, reason="needs gcc"), pytest.mark.s
 
 KINDS = ("conv", "depthwise", "dense", "max_pool", "avg_pool", "add", "mul", "concat", "pad", "relu", "relu6",
          "concat_input", "mean", "mean1d", "softmax", "logistic", "tanh", "hard_swish", "requantize", "float_io",
-         "broadcast_add", "broadcast_mul", "mean_same_scale", "split", "unpack", "pack", "lstm", "dilated")
+         "broadcast_add", "broadcast_mul", "mean_same_scale", "split", "split_v", "unpack", "pack", "lstm", "dilated",
+         "padv2")
 EXPECTED_OP = {"conv": "CONV_2D", "depthwise": "DEPTHWISE_CONV_2D", "dense": "FULLY_CONNECTED",
                "max_pool": "MAX_POOL_2D", "avg_pool": "AVERAGE_POOL_2D", "add": "ADD", "mul": "MUL",
                "concat": "CONCATENATION", "pad": "PAD", "relu": "RELU", "relu6": "RELU6",
                "concat_input": "CONCATENATION", "mean": "MEAN", "mean1d": "MEAN", "softmax": "SOFTMAX",
                "logistic": "LOGISTIC", "tanh": "TANH", "hard_swish": "HARD_SWISH", "requantize": "QUANTIZE",
                "float_io": "DEQUANTIZE", "broadcast_add": "ADD", "broadcast_mul": "MUL", "mean_same_scale": "MEAN",
-               "split": "SPLIT", "unpack": "UNPACK", "pack": "PACK", "lstm": "TANH", "dilated": "CONV_2D"}
+               "split": "SPLIT", "split_v": "SPLIT_V", "unpack": "UNPACK", "pack": "PACK", "lstm": "TANH",
+               "dilated": "CONV_2D", "padv2": "PADV2"}
 
 
 @st.composite
@@ -93,11 +95,17 @@ def _build(p: dict):  # type: ignore[no-untyped-def]
         y = (L.Add if kind == "broadcast_add" else L.Multiply)()([a, b])
     elif kind == "mean_same_scale":  # its output's quantization is then set to its input's
         y = L.GlobalAveragePooling2D()(L.Conv2D(p["filters"], 1)(x))
-    elif kind in ("split", "unpack", "pack"):
+    elif kind == "padv2":  # padding with a value other than zero
+        y = keras.ops.pad(L.Conv2D(p["filters"], 1)(x), [[0, 0], [1, p["k"] - 1], [p["stride"] - 1, 1], [0, 0]],
+                          constant_values=0.5)
+    elif kind in ("split", "split_v", "unpack", "pack"):
         ops = keras.ops
         z = L.Reshape((p["h"], p["w"] * p["c"]))(x)
         if kind == "split":
             y = L.Multiply()(ops.split(L.Dense(2 * p["filters"])(z), 2, axis=-1))
+        elif kind == "split_v":  # unequal parts: the first 1, then the rest
+            parts = ops.split(L.Dense(p["filters"] + 2)(z), [1], axis=-1)
+            y = L.Concatenate()([L.Dense(3)(parts[0]), L.Dense(3)(parts[1])])
         elif kind == "unpack":
             y = L.Add()(ops.unstack(L.Dense(p["filters"])(z), axis=1)[:2])
         else:
