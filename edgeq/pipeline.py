@@ -38,6 +38,9 @@ from edgeq.progress import Advance, Progress, Step, no_step
 from edgeq.vocab import CheckName, Runtime
 
 if TYPE_CHECKING:
+    from edgeq.quantize.search import Outcome, SearchPart
+
+if TYPE_CHECKING:
     from edgeq.emulator.accuracy import LayerError
     from edgeq.device.firmware import HarnessManifest
     from edgeq.emulator.emulate import Emulation
@@ -145,6 +148,17 @@ class ConvertOptions:
     per_layer: bool = True  # TFLite's QuantizationDebugger on the worst layers (PTQ)
     input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # for open dimensions, by input name
     runtime: str | None = None  # "c": a TFLM target's model as plain C (edgeq/aot); None: the target's runtime
+    search: SearchOptions | None = None  # --search: the cheapest recipe that passes, per layer granularity
+    recipe_file: str | Path | None = None  # --recipe: replay a recorded recipe (report.json or recipe.json)
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """--search: what the recipe search minimises and how much quality it may give up where there is
+    no top-1 accuracy (the first output's SNR against the float model, in dB)."""
+
+    objective: str = "ram"  # "ram" or "flash"
+    max_snr_loss: float = 1.0
 
 
 def _profile(target: str | TargetProfile, runtime: str | None, harness: bool) -> TargetProfile:
@@ -181,6 +195,12 @@ def convert(model_path: str | Path, target: str | TargetProfile = "mcu", options
     check_output_dir(out, output_names(name, profile, harness), overwrite=o.overwrite)
     recipe = recipe_for(profile, mode, have_calibration=calibration is not None or qat,
                         calibration_samples=o.calibration_samples)
+    if o.recipe_file is not None:
+        from edgeq.quantize.recipe import load_recipe
+
+        recipe = load_recipe(Path(o.recipe_file), profile, recipe)
+    if o.search is not None:
+        _check_searchable(recipe, profile, qat, o.recipe_file)
     if qat and not recipe.per_channel:
         raise RecipeError(f"target '{profile.name}' wants per-tensor weights, but QAT trains with tfmot's default "
                           "scheme, which quantizes conv weights per channel",
@@ -202,7 +222,7 @@ def convert(model_path: str | Path, target: str | TargetProfile = "mcu", options
                  data=data, eval_data=eval_data, train_data=train_data,
                  train_settings=o.qat.settings if o.qat else None, max_accuracy_drop=o.max_accuracy_drop,
                  force=o.force, trust_model=o.trust_model, per_layer=o.per_layer, harness=harness,
-                 max_payload=max_payload, input_shapes=dict(o.input_shapes))
+                 max_payload=max_payload, input_shapes=dict(o.input_shapes), search=o.search)
 
     # Everything above fails fast, without TensorFlow. Everything below runs user models, so it
     # runs in the worker's child process; this process only writes the outputs.
@@ -214,9 +234,22 @@ def convert(model_path: str | Path, target: str | TargetProfile = "mcu", options
     result = ConvertResult(name, out, written, profile, recipe, done.float_bytes, done.quantized_bytes, done.info,
                            done.checks, done.emulation, done.gate, done.report)
     if not done.gate.passed and not o.force:
-        raise GateError(done.checks, profile, result,
-                        f"no .tflite or C files written; the report is in {out}/report.md")
+        where = f"no .tflite or C files written; the report is in {out}/report.md"
+        if done.report.search is not None:
+            where = f"{_search_summary(done.report.search)}\n{where}"
+        raise GateError(done.checks, profile, result, where)
     return result
+
+
+def _search_summary(search: SearchPart) -> str:
+    """Why --search found nothing, its closest candidates, and what to relax."""
+    accurate = [c for c in search.candidates if not {"quality floor", "accuracy"} & set(c.failed_checks)]
+    fitting = [c for c in search.candidates if c.fits]
+    near = ([accurate[-1]] if accurate else []) + ([fitting[0]] if fitting else []) or search.candidates[:1]
+    rows = "; ".join(f"{c.label} (RAM {c.ram_bytes or 0:,} B, quality {c.quality}: fails "
+                     f"{', '.join(c.failed_checks) or 'nothing'})" for c in near)
+    return (f"--search tried {search.tried} recipes and none passes: {search.stopped_because}. Closest: {rows}. "
+            "Relax: --max-snr-loss or --max-accuracy-drop (the floor), or a target with more RAM or flash")
 
 
 @dataclass(frozen=True)
@@ -240,6 +273,7 @@ class _Plan:
     harness: bool
     max_payload: int
     input_shapes: dict[str, tuple[int, ...]]
+    search: SearchOptions | None = None
 
 
 @dataclass
@@ -315,9 +349,10 @@ def _compute_with(plan: _Plan, on_step: Step, progress: Progress, runtimes: Work
     model, data, eval_data, train_data, shapes = _load_checked(plan, on_step)
     reference = model.predict(list(eval_data.inputs)) if eval_data is not None else None
     model, folded, recurrent, float_bytes = _prepared(model, plan, data or eval_data, shapes, on_step, runtimes)
-    candidates, qat_result = _candidates(model, plan, data, eval_data, train_data, reference, shapes, on_step,
-                                         progress, runtimes)
+    candidates, qat_result, searched = _candidates(model, plan, data, eval_data, train_data, reference, shapes,
+                                                   on_step, progress, runtimes)
     chosen = candidates["qat" if plan.qat else "ptq"]
+    recipe = searched[0] if searched else plan.recipe
     checks, emulation, quantized, info = chosen.checks, chosen.emulation, chosen.quantized, chosen.info
     if plan.compare and candidates["ptq"].emulation.per_layer:
         # The debugger needs the float model, so only PTQ has per-layer statistics: show where PTQ loses.
@@ -327,12 +362,12 @@ def _compute_with(plan: _Plan, on_step: Step, progress: Progress, runtimes: Work
             "ranges of its own): " + ptq.per_layer_note))
     gate = gate_summary(checks, forced=plan.force)
     files, harness_manifest = _emitted(plan, chosen, emulation, gate, on_step)
-    used = min(plan.recipe.calibration_samples, data.num_samples) if data else 0
+    used = min(recipe.calibration_samples, data.num_samples) if data else 0
     how = dict(method="qat" if plan.qat else "ptq", folded_batchnorm=list(folded), recurrent=recurrent,
                qat=None if qat_result is None else qat_result.part(),
                comparison={k: c.summary(float_bytes) for k, c in candidates.items()} if plan.compare else None,
-               harness=harness_manifest)
-    report = _report(model, plan.model_path, plan.profile, plan.recipe, data, used, float_bytes, chosen, gate,
+               harness=harness_manifest, search=searched[1] if searched else None)
+    report = _report(model, plan.model_path, plan.profile, recipe, data, used, float_bytes, chosen, gate,
                      emulation, files, shapes, how)
     files.update(_render_reports(report))
     return _Done(files, report, info, checks, emulation, gate, len(float_bytes), len(quantized))
@@ -389,13 +424,18 @@ def _prepared(model: Any, plan: _Plan, sample: Dataset | None, shapes: list[tupl
 
 def _candidates(model: Any, plan: _Plan, data: Dataset | None, eval_data: Dataset | None,
                 train_data: Dataset | None, reference: list[Any] | None, shapes: list[tuple[int, ...]],
-                on_step: Step, progress: Progress, runtimes: Worker) -> tuple[dict[str, _Candidate], Any]:
-    """PTQ, QAT or both (--compare), each quantized, emulated and checked; and QAT's training record."""
+                on_step: Step, progress: Progress, runtimes: Worker
+                ) -> tuple[dict[str, _Candidate], Any, tuple[Recipe, SearchPart] | None]:
+    """PTQ, QAT or both (--compare), each quantized, emulated and checked; QAT's training record;
+    with --search, the recipe it chose and what it measured."""
     candidates: dict[str, _Candidate] = {}
     emulated = dict(recipe=plan.recipe, data=data, name=plan.name, profile=plan.profile, eval_data=eval_data,
                     reference=reference, max_drop=plan.max_accuracy_drop, per_layer=plan.per_layer, on_step=on_step,
                     progress=progress, runtimes=runtimes, shapes=shapes)
-    if not plan.qat or plan.compare:
+    searched = None
+    if plan.search is not None:
+        candidates["ptq"], searched = _searched(model, plan, emulated)
+    elif not plan.qat or plan.compare:
         candidates["ptq"] = _emulated(model, "ptq", **emulated)
     qat_result = None
     if plan.qat:
@@ -405,7 +445,87 @@ def _candidates(model: Any, plan: _Plan, data: Dataset | None, eval_data: Datase
         qat_model, qat_result = _qat(model, plan.model_path, train_data, plan.train_settings or TrainSettings(),
                                      on_step, progress)
         candidates["qat"] = _emulated(qat_model, "qat", **emulated)
-    return candidates, qat_result
+    return candidates, qat_result, searched
+
+
+def _check_searchable(recipe: Recipe, profile: TargetProfile, qat: bool, recipe_file: object) -> None:
+    if qat or recipe_file is not None:
+        raise RecipeError("--search chooses the recipe itself; it does not combine with --qat or --recipe",
+                          hint="drop one of them (replay a searched recipe with --recipe alone)")
+    if recipe.mode != "int8" or not recipe.per_channel:
+        raise RecipeError(f"--search varies per-channel weights layer by layer, in int8; this conversion is "
+                          f"{recipe.mode} with {'per-channel' if recipe.per_channel else 'per-tensor'} weights "
+                          f"for target '{profile.name}'", hint="drop --mode, or use a per-channel int8 target")
+
+
+def _searched(model: Any, plan: _Plan, emulated: dict[str, Any]) -> tuple[_Candidate, tuple[Recipe, SearchPart]]:
+    """The recipe search (edgeq/quantize/search.py) with convert's own measurement of each candidate;
+    the chosen candidate (or, when none passes, the converter's default) and the search's record."""
+    from edgeq.quantize.granularity import weighted_layers
+    from edgeq.quantize.ptq import quantize
+    from edgeq.quantize.search import search
+
+    assert plan.search is not None
+    base, on_step = plan.recipe, emulated["on_step"]
+    source = model.converter_source(emulated["shapes"])
+    on_step("search: converting with per-channel and with per-tensor weights, to mix them layer by layer")
+    layers = weighted_layers(quantize(source, base, emulated["data"]),
+                             quantize(source, replace(base, per_channel=False), emulated["data"]), source.label)
+    measured: dict[frozenset[str], _Candidate] = {}
+    floor: list[float] = []
+
+    def evaluate(names: frozenset[str]) -> Outcome:
+        candidate = _emulated(model, "ptq", **{**emulated, "recipe": base.with_per_tensor(names), "per_layer": False})
+        measured[names] = candidate
+        return _outcome(candidate, floor, plan.search.max_snr_loss)
+
+    result = search(layers, evaluate, quality_metric=_quality_name(measured), objective=plan.search.objective,
+                    on_step=on_step)
+    names = result.chosen if result.chosen is not None else frozenset()
+    recipe = base.with_per_tensor(names)
+    part = replace(result.part, quality_metric=_quality_name(measured))
+    if plan.per_layer:  # the chosen one again, with the per-layer error the candidates skipped
+        return _emulated(model, "ptq", **{**emulated, "recipe": recipe}), (recipe, part)
+    return measured[names], (recipe, part)
+
+
+def _quality(candidate: _Candidate) -> float | None:
+    acc = candidate.emulation.accuracy
+    if acc is None:
+        return None
+    if acc.quantized_top1 is not None and acc.drop_points is not None:
+        return round(100 * acc.quantized_top1, 3)
+    return round(acc.errors[0].snr_db, 3) if acc.errors else None
+
+
+def _quality_name(measured: dict[frozenset[str], _Candidate]) -> str:
+    first = next(iter(measured.values()), None)
+    acc = first.emulation.accuracy if first else None
+    if acc is not None and acc.drop_points is not None:
+        return "top-1 accuracy (%) on the evaluation data"
+    return "SNR (dB) of the first output against the float model"
+
+
+def _outcome(candidate: _Candidate, floor: list[float], max_snr_loss: float) -> Outcome:
+    """A candidate as the search sees it. Without top-1 accuracy, the floor is the first candidate's
+    (the converter's default) SNR less `max_snr_loss` dB."""
+    from edgeq.quantize.search import Outcome
+
+    by_name = {c.name: c for c in candidate.checks}
+    quality = _quality(candidate)
+    acc = candidate.emulation.accuracy
+    accurate = by_name[CheckName.ACCURACY].passed
+    if acc is not None and acc.drop_points is None and quality is not None:
+        if not floor:
+            floor.append(quality - max_snr_loss)
+        accurate = accurate and quality >= floor[0]
+    fits = by_name[CheckName.FLASH].passed and by_name[CheckName.RAM].passed
+    others = all(c.passed for c in candidate.checks if c.name != CheckName.ACCURACY)
+    memory = candidate.emulation.memory
+    return Outcome(passed=others and accurate, fits=fits, accurate=accurate, ram_bytes=memory.ram_total,
+                   flash_bytes=memory.flash_total, quality=quality,
+                   failed=tuple(c.name for c in candidate.checks if not c.passed)
+                   + (() if accurate or not by_name[CheckName.ACCURACY].passed else ("quality floor",)))
 
 
 def _emitted(plan: _Plan, chosen: _Candidate, emulation: Emulation, gate: Gate,

@@ -44,6 +44,7 @@ def render_markdown(report: Report) -> bytes:
            f"Target `{target.name}` ({target.description}), runtime {target.runtime}, mode {emu.mode or '?'}.", ""]
     if isinstance(report, ConvertReport):
         out += _method_md(report)
+        out += _search_md(report)
     out += _accuracy_md(emu)
     out += _sizes_md(report)
     out += _memory_md(emu, report.arena_plan if isinstance(report, ConvertReport) else None)
@@ -62,6 +63,24 @@ def render_markdown(report: Report) -> bytes:
     out += _table(["input", "name", "sha256"], inputs)
     out += _table(["package", "version"], [[k, v] for k, v in report.versions.items()])
     return ("\n".join(out).rstrip() + "\n").encode()
+
+
+def _search_md(report: ConvertReport) -> list[str]:
+    search = report.search
+    if search is None:
+        return []
+    rows = [[("**" + c.label + "** (written)") if c.chosen else c.label, _b(c.ram_bytes), _b(c.flash_bytes),
+             "-" if c.quality is None else f"{c.quality:.3f}",
+             "pass" if c.passed else "fails " + ", ".join(c.failed_checks)] for c in search.candidates]
+    out = ["## Recipe search", "",
+           f"Searched: {search.space}; objective: {search.objective}; quality: {search.quality_metric}. "
+           f"{search.tried} candidates over {search.layers} layers; stopped because {search.stopped_because}.", ""]
+    out += _table(["recipe", "RAM", "flash", "quality", "checks"], rows)
+    if report.recipe.per_tensor_layers:
+        out += ["Layers with per-tensor weights in the recipe written: "
+                + ", ".join(f"`{n}`" for n in report.recipe.per_tensor_layers)
+                + ". Replay it with `edgeq convert ... --recipe report.json`.", ""]
+    return out
 
 
 def _check_row(c: CheckResult) -> list[str]:

@@ -25,6 +25,7 @@ from edgeq.emulator.emulate import EmulationPart
 from edgeq.quantize.qat import QatPart
 from edgeq.quantize.recipe import Recipe
 from edgeq.quantize.recurrent import RecurrentNote
+from edgeq.quantize.search import SearchPart
 from edgeq.records import Record, json_schema, key, optional
 from edgeq.targets import Latency, Memory, OpSupport, Quantization, TargetProfile
 from edgeq.tflite.reader import ModelInfo, TensorPart
@@ -253,6 +254,7 @@ class ConvertReport(Record):
     qat: QatPart | None
     comparison: dict[str, ComparisonRow] | None
     harness: HarnessManifest | None
+    search: SearchPart | None = optional()  # --search: every candidate measured, and why it stopped
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,17 @@ from edgeq.errors import EdgeqError
               help="Target profile name (see `edgeq targets list`) or a path to your own .toml.")
 @click.option("-m", "--mode", default=None,
               help="int8, int16x8, float16, dynamic or float32. Default: the target's default mode.")
+@click.option("--search", is_flag=True,
+              help="Search the weight granularity layer by layer (per channel, or one scale per tensor) and write "
+                   "the cheapest recipe that passes every check; the report tables every candidate measured.")
+@click.option("--objective", type=click.Choice(["ram", "flash"]), default="ram", show_default=True,
+              help="--search: what 'cheapest' means.")
+@click.option("--max-snr-loss", default=1.0, show_default=True, type=click.FloatRange(min=0),
+              help="--search, for models without top-1 accuracy: the dB of SNR (first output, against the float "
+                   "model) a recipe may lose against the converter's default.")
+@click.option("--recipe", "recipe_file", type=click.Path(path_type=Path), default=None,
+              help="Replay a recorded recipe: the report.json of an earlier convert (its `recipe`), or that object "
+                   "alone. The same model, data and versions give the same bytes.")
 @click.option("--runtime", type=click.Choice(["tflm", "c"]), default=None,
               help="c: write the model as plain C99 (<name>_model.c/.h, no interpreter, bit-exact with TFLM) "
                    "instead of the TFLM model array and op resolver. Default: the target's runtime.")
@@ -64,7 +75,8 @@ def convert(model: Path, target: str, mode: str | None, calibration: str | None,
             eval_set: str | None, no_eval: bool, max_accuracy_drop: float, qat: bool, train_set: str | None,
             epochs: int, batch_size: int, learning_rate: float, compare: bool, force: bool, harness: bool,
             max_payload: int, outdir: Path | None, name: str | None, overwrite: bool, trust_model: bool,
-            input_shapes: tuple[str, ...], runtime: str | None) -> None:
+            input_shapes: tuple[str, ...], runtime: str | None, search: bool, objective: str, max_snr_loss: float,
+            recipe_file: Path | None) -> None:
     """Quantize MODEL (.keras, .h5 or SavedModel dir), check it against a target, write deployable files.
 
     \b
@@ -100,7 +112,7 @@ def convert(model: Path, target: str, mode: str | None, calibration: str | None,
     in the model's input order); edgeq feeds each input its array by name, whatever order the
     converter gives the inputs.
     """
-    from edgeq.pipeline import ConvertOptions, GateError, HarnessOptions, QatOptions
+    from edgeq.pipeline import ConvertOptions, GateError, HarnessOptions, QatOptions, SearchOptions
     from edgeq.pipeline import convert as run_convert
 
     evaluation = None if no_eval else (eval_set or "auto")
@@ -115,18 +127,37 @@ def convert(model: Path, target: str, mode: str | None, calibration: str | None,
             max_accuracy_drop=max_accuracy_drop, force=force, outdir=outdir, name=name, overwrite=overwrite,
             trust_model=trust_model, input_shapes=_parse_shapes(input_shapes),
             qat=QatOptions(train=train_set or "auto", settings=settings, compare=compare) if qat or compare else None,
-            harness=HarnessOptions(max_payload=max_payload) if harness else None, runtime=runtime)
+            harness=HarnessOptions(max_payload=max_payload) if harness else None, runtime=runtime,
+            search=SearchOptions(objective, max_snr_loss) if search else None, recipe_file=recipe_file)
         result = run_convert(model, target, options, on_step=_step, progress=_progress_factory(quiet=False))
     except GateError as exc:
         click.echo(f"\n{model} does not fit {exc.result.target.name}:", err=True)
         _summary(exc.result.report, err=True)
+        _search_table(exc.result.report, err=True)
         raise
     method = "QAT" if result.report.method == "qat" else ("PTQ" if result.recipe.mode != "float32" else "")
     click.echo(f"\nconverted {model} for {result.target.name} ({' '.join(filter(None, (result.recipe.mode, method)))}, "
                f"{result.target.runtime})")
     _summary(result.report)
     _comparison(result.report)
+    _search_table(result.report)
     _written(result)
+
+
+def _search_table(report: Any, err: bool = False) -> None:
+    """--search: every candidate measured, the chosen one marked, and why the search stopped."""
+    search = report.search
+    if search is None:
+        return
+    click.echo(f"  search    {search.tried} candidates over {search.layers} layers; {search.stopped_because}", err=err)
+    click.echo(f"            {'recipe':<48}{'RAM':>10}{'flash':>10}{'quality':>10}  checks", err=err)
+    for c in search.candidates:
+        quality = "-" if c.quality is None else f"{c.quality:.2f}"
+        mark = ">" if c.chosen else " "
+        checks = "pass" if c.passed else "fails " + ", ".join(c.failed_checks)
+        click.echo(f"          {mark} {c.label:<48}{c.ram_bytes or 0:>10,}{c.flash_bytes:>10,}{quality:>10}  {checks}",
+                   err=err)
+    click.echo(f"            quality: {search.quality_metric}; > marks the recipe written", err=err)
 
 
 def _written(result: Any) -> None:

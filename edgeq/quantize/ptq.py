@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any, Callable
 
 from edgeq._tf import captured_output, tf
@@ -23,7 +24,29 @@ def convert_float32(source: ConverterSource) -> bytes:
 
 def quantize(source: ConverterSource, recipe: Recipe, calibration: Dataset | None,
              on_progress: Callable[[int], None] | None = None) -> bytes:
-    return _run(configured_converter(source, recipe, calibration, on_progress), source)
+    """`source` quantized as `recipe` says. With per-tensor layers in a per-channel recipe, the
+    model is converted both ways (each once per source and calibration set: a search asks for many
+    mixes) and the named layers' weights come from the per-tensor conversion."""
+    if not recipe.per_tensor_layers or not recipe.per_channel:
+        return _converted(source, replace(recipe, per_tensor_layers=None), calibration, on_progress)
+    from edgeq.quantize.granularity import mixed
+
+    per_channel = _converted(source, replace(recipe, per_tensor_layers=None), calibration, on_progress)
+    per_tensor = _converted(source, replace(recipe, per_tensor_layers=None, per_channel=False), calibration, None)
+    return mixed(per_channel, per_tensor, set(recipe.per_tensor_layers), source=source.label)
+
+
+_CONVERTED: dict[tuple[int, Recipe, str], bytes] = {}  # (source, recipe, calibration sha256) -> .tflite
+
+
+def _converted(source: ConverterSource, recipe: Recipe, calibration: Dataset | None,
+               on_progress: Callable[[int], None] | None) -> bytes:
+    key = (id(source), recipe, calibration.sha256 if calibration is not None else "")
+    if key not in _CONVERTED:
+        if len(_CONVERTED) > 8:  # one search's two conversions, not a process's history
+            _CONVERTED.clear()
+        _CONVERTED[key] = _run(configured_converter(source, recipe, calibration, on_progress), source)
+    return _CONVERTED[key]
 
 
 def configured_converter(source: ConverterSource, recipe: Recipe, calibration: Dataset | None,

@@ -5,11 +5,13 @@ Recorded verbatim in report.json so a result can be reproduced. No TensorFlow he
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from edgeq.errors import RecipeError
 from edgeq.modes import MODES
-from edgeq.records import Record
+from edgeq.records import Record, optional
 from edgeq.vocab import Granularity
 from edgeq.targets import TargetProfile
 
@@ -28,6 +30,13 @@ class Recipe(Record):
     input_dtype: str
     output_dtype: str
     calibration_samples: int  # 0 for modes that need none
+    # Per-channel recipes only: the layers (named by their weight tensors) whose weights take one
+    # scale instead (edgeq/quantize/granularity.py). Left out of report.json while empty.
+    per_tensor_layers: tuple[str, ...] | None = optional()
+
+    def with_per_tensor(self, layers: list[str] | tuple[str, ...] | frozenset[str] | set[str]) -> Recipe:
+        """This recipe with exactly `layers` per tensor (sorted, so equal sets are equal recipes)."""
+        return replace(self, per_tensor_layers=tuple(sorted(layers)) or None)
 
     @property
     def granularity(self) -> Granularity:
@@ -70,3 +79,42 @@ def recipe_for(
         output_dtype=output_dtype,
         calibration_samples=calibration_samples if spec.needs_calibration else 0,
     )
+
+
+def load_recipe(path: Path, target: TargetProfile, default: Recipe) -> Recipe:
+    """A recipe recorded by an earlier convert: its report.json (the `recipe` key) or the recipe alone.
+    RecipeError (exit 2) naming the file and the field when it cannot be replayed for `target`."""
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RecipeError(f"--recipe {path}: not a readable JSON file ({exc})",
+                          hint="pass the report.json of an earlier `edgeq convert`, or its `recipe` object") from None
+    data = data.get("recipe", data) if isinstance(data, dict) else data
+    fields = {f.name for f in dataclasses.fields(Recipe)}
+    if not isinstance(data, dict) or not {"mode", "per_channel"} <= set(data):
+        raise RecipeError(f"--recipe {path}: no recipe in it (expected an object with mode, per_channel, ...)",
+                          hint="pass the report.json of an earlier `edgeq convert`, or its `recipe` object")
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise RecipeError(f"--recipe {path}: unknown field(s) {', '.join(unknown)}; a recipe has {', '.join(sorted(fields))}")
+    merged = {**dataclasses.asdict(default), **data}
+    layers = merged.get("per_tensor_layers")
+    if layers is not None and (not isinstance(layers, list) or not all(isinstance(x, str) for x in layers)):
+        raise RecipeError(f"--recipe {path}: per_tensor_layers must be a list of layer names")
+    checks = {"mode": str, "weights": str, "activations": str, "per_channel": bool, "input_dtype": str,
+              "output_dtype": str, "calibration_samples": int}
+    for name, kind in checks.items():
+        if not isinstance(merged[name], kind) or (kind is int and isinstance(merged[name], bool)):
+            raise RecipeError(f"--recipe {path}: {name} must be a {kind.__name__}, got {merged[name]!r}")
+    if merged["mode"] not in target.quantization.modes:
+        raise RecipeError(f"--recipe {path}: mode '{merged['mode']}' is not allowed on target '{target.name}' "
+                          f"(allowed: {', '.join(target.quantization.modes)})",
+                          hint="replay it for the target it was made for")
+    spec = MODES[merged["mode"]]
+    if (merged["weights"], merged["activations"]) != (spec.weights, spec.activations):
+        raise RecipeError(f"--recipe {path}: mode '{merged['mode']}' has {spec.weights} weights and {spec.activations} "
+                          f"activations, the file says {merged['weights']} and {merged['activations']}")
+    merged["per_tensor_layers"] = tuple(layers) if layers else None
+    return Recipe(**merged)

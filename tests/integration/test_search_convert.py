@@ -1,0 +1,91 @@
+"""`edgeq convert --search` on a Dense autoencoder whose converter default does not fit a small
+board's RAM: the search finds a recipe that fits, at least as good as per-tensor weights
+everywhere, records it, and `--recipe` replays it byte for byte."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import run_edgeq
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def autoencoder(tmp_path_factory) -> tuple[Path, Path]:
+    from edgeq._tf import tf
+
+    tf()
+    import keras
+
+    keras.utils.set_random_seed(7)
+    L = keras.layers
+    rng = np.random.default_rng(7)
+    base = rng.normal(size=(8, 64)).astype(np.float32)
+    x = (rng.normal(size=(400, 8)) @ base + 0.1 * rng.normal(size=(400, 64))).astype(np.float32)
+    model = keras.Sequential([L.Input((64,)), L.Dense(48, activation="relu"), L.Dense(8, activation="relu"),
+                              L.Dense(48, activation="relu"), L.Dense(64)], name="ae")
+    model.compile("adam", "mse")
+    model.fit(x, x, epochs=8, batch_size=32, verbose=0)
+    folder = tmp_path_factory.mktemp("search")
+    model.save(folder / "ae.keras")
+    np.savez(folder / "ae.npz", x=x[:200])
+    return folder / "ae.keras", folder / "ae.npz"
+
+
+def _board(folder: Path, ram: int) -> Path:
+    path = folder / "small.toml"
+    path.write_text(f'kind = "board"\ninherits = "mcu"\ndescription = "a small part"\n[memory]\n'
+                    f"ram_bytes = {ram}\nreserved_ram_bytes = 1024\narena_margin_bytes = 0\n")
+    return path
+
+
+def _convert(model: Path, data: Path, target: Path | str, out: Path, *extra: str):  # type: ignore[no-untyped-def]
+    proc = run_edgeq("convert", str(model), "--target", str(target), "--calibration", str(data), "--eval", str(data),
+                     "-o", str(out), *extra)
+    report = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else None
+    return proc, report
+
+
+def test_search_fits_a_budget_the_default_exceeds_and_replays_byte_for_byte(autoencoder, tmp_path: Path) -> None:
+    model, data = autoencoder
+    roomy, report = _convert(model, data, _board(tmp_path, 1 << 20), tmp_path / "roomy", "--search")
+    assert roomy.returncode == 0, roomy.stderr
+    ends = {c["label"]: c for c in report["search"]["candidates"]}
+    default, flat = ends["per channel everywhere (the converter's default)"], ends["per tensor everywhere"]
+    assert flat["ram_bytes"] < default["ram_bytes"]  # TFLM keeps 8 bytes per FC output channel
+    (tmp_path / "t").mkdir()
+    tight = _board(tmp_path / "t", (default["ram_bytes"] + flat["ram_bytes"]) // 2)
+    proc, report = _convert(model, data, tight, tmp_path / "out", "--search")
+    assert proc.returncode == 0, proc.stderr
+    search = report["search"]
+    chosen = [c for c in search["candidates"] if c["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["passed"] and report["gate"]["passed"]
+    by_label = {c["label"]: c for c in search["candidates"]}
+    assert "ram" in by_label["per channel everywhere (the converter's default)"]["failed_checks"]
+    assert chosen[0]["quality"] >= by_label["per tensor everywhere"]["quality"]
+    assert report["recipe"]["per_tensor_layers"] == chosen[0]["per_tensor_layers"]
+    assert "search" in proc.stdout and "> " in proc.stdout  # the table, the chosen row marked
+    assert "## Recipe search" in (tmp_path / "out" / "report.md").read_text()
+    replay, again = _convert(model, data, tight, tmp_path / "replay", "--recipe", str(tmp_path / "out" / "report.json"))
+    assert replay.returncode == 0, replay.stderr
+    models = {k: v for k, v in report["outputs"].items() if not k.startswith("report")}
+    assert models and models == {k: v for k, v in again["outputs"].items() if not k.startswith("report")}
+
+
+def test_search_refuses_what_it_cannot_combine_with(autoencoder, tmp_path: Path) -> None:
+    model, data = autoencoder
+    proc, _ = _convert(model, data, "mcu", tmp_path / "a", "--search", "--qat")
+    assert proc.returncode == 2 and "--search" in proc.stderr and "Traceback" not in proc.stderr
+    # Nothing fits (a budget below even per-tensor everywhere): exit 3, the closest recipes, what to relax.
+    proc, report = _convert(model, data, _board(tmp_path, 2048), tmp_path / "none", "--search")
+    assert proc.returncode == 3 and "Closest:" in proc.stderr and "Relax:" in proc.stderr
+    assert report["search"]["tried"] == 2 and not any(c["chosen"] for c in report["search"]["candidates"])
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    proc, _ = _convert(model, data, "mcu", tmp_path / "b", "--recipe", str(bad))
+    assert proc.returncode == 2 and f"--recipe {bad}" in proc.stderr and "Traceback" not in proc.stderr
