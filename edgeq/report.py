@@ -247,6 +247,22 @@ def _per_layer_md(emu: EmulationPart) -> list[str]:
     return out + ([note, ""] if note else [])
 
 
+def _search_png(ax: Any, search: Any) -> None:
+    """The candidates of --search: quality against RAM, the passing ones filled, the written one ringed."""
+    for c in search.candidates:
+        if c.ram_bytes is None or c.quality is None:
+            continue
+        ax.scatter([c.ram_bytes / 1024], [c.quality], s=60 if c.chosen else 30,
+                   color="#1b9e77" if c.passed else "white", edgecolors="#d95f02" if c.chosen else "#555555",
+                   linewidths=2 if c.chosen else 1, zorder=3)
+        ax.annotate(_shorten(c.label, 22), (c.ram_bytes / 1024, c.quality), fontsize=7, xytext=(4, 4),
+                    textcoords="offset points")
+    ax.set_xlabel("RAM (KiB)")
+    ax.set_ylabel(search.quality_metric.split(" (")[0] + (" (%)" if "top-1" in search.quality_metric else " (dB)"),
+                  fontsize=8)
+    ax.set_title(f"Recipe search: {search.tried} candidates (filled: pass)")
+
+
 def render_png(report: Report) -> bytes:
     """report.png: per-layer error, size and accuracy before and after (matplotlib, Agg, no timestamps)."""
     import io
@@ -257,8 +273,12 @@ def render_png(report: Report) -> bytes:
     from matplotlib.figure import Figure
 
     emu = report.emulation
-    fig = Figure(figsize=(12, 4), dpi=100, layout="constrained")
-    ax_layers, ax_size, ax_acc = fig.subplots(1, 3, width_ratios=[2, 1, 1])
+    search = report.search if isinstance(report, ConvertReport) else None
+    fig = Figure(figsize=(16 if search else 12, 4), dpi=100, layout="constrained")
+    axes = fig.subplots(1, 4 if search else 3, width_ratios=[2, 1, 1, 1.5] if search else [2, 1, 1])
+    ax_layers, ax_size, ax_acc = axes[:3]
+    if search:
+        _search_png(axes[3], search)
     layers = emu.per_layer.worst
     if layers:
         names = [_shorten(l.layer) for l in layers][::-1]

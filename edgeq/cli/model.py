@@ -150,12 +150,12 @@ def _search_table(report: Any, err: bool = False) -> None:
     if search is None:
         return
     click.echo(f"  search    {search.tried} candidates over {search.layers} layers; {search.stopped_because}", err=err)
-    click.echo(f"            {'recipe':<48}{'RAM':>10}{'flash':>10}{'quality':>10}  checks", err=err)
+    click.echo(f"            {'recipe':<56}{'RAM':>10}{'flash':>10}{'quality':>10}  checks", err=err)
     for c in search.candidates:
         quality = "-" if c.quality is None else f"{c.quality:.2f}"
         mark = ">" if c.chosen else " "
         checks = "pass" if c.passed else "fails " + ", ".join(c.failed_checks)
-        click.echo(f"          {mark} {c.label:<48}{c.ram_bytes or 0:>10,}{c.flash_bytes:>10,}{quality:>10}  {checks}",
+        click.echo(f"          {mark} {c.label:<56}{c.ram_bytes or 0:>10,}{c.flash_bytes:>10,}{quality:>10}  {checks}",
                    err=err)
     click.echo(f"            quality: {search.quality_metric}; > marks the recipe written", err=err)
 

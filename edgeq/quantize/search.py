@@ -12,8 +12,11 @@ How it orders the space, so that it needs few candidates:
 - The candidates are the prefixes of that order: the first k layers per tensor. More layers per
   tensor means less RAM and (about) less accuracy, so the search first measures the two ends
   (k = 0, the converter's default, and k = n, per tensor everywhere) and, when neither passes
-  but k = n fits the budgets, bisects for the largest k that still passes: log2(n) candidates
-  more.
+  but k = n fits the budgets, bisects for the largest k that still keeps the quality floor:
+  log2(n) candidates more.
+- If that prefix does not fit, the next layer in order costs too much accuracy: it tries the
+  prefix with each later layer instead, one at a time (at most n more), and stops at the first
+  that passes. tests/unit/test_search.py compares this with every subset on a stand-in model.
 """
 
 from __future__ import annotations
@@ -96,28 +99,49 @@ def ordered(layers: Sequence[WeightedLayer], objective: str = "ram") -> list[Wei
 def search(layers: Sequence[WeightedLayer], evaluate: Callable[[frozenset[str]], Outcome], *,
            quality_metric: str, objective: str = "ram",
            on_step: Callable[[str], None] = lambda message: None) -> SearchResult:
-    """Measure prefixes of `ordered(layers)` with `evaluate` and choose the cheapest that passes."""
+    """Measure prefixes of `ordered(layers)` with `evaluate` (then, where the bisection's boundary
+    fails, the boundary prefix plus one more layer, each in turn) and choose the cheapest that
+    passes."""
     order = ordered(layers, objective)
-    measured: dict[int, Outcome] = {}
+    n = len(order)
+    measured: dict[frozenset[str], Outcome] = {}
+
+    def of(names: frozenset[str]) -> Outcome:
+        if names not in measured:
+            on_step(f"search: candidate {len(measured) + 1}, per-tensor weights in {len(names)} of {n} layers")
+            measured[names] = evaluate(names)
+        return measured[names]
 
     def at(k: int) -> Outcome:
-        if k not in measured:
-            on_step(f"search: candidate {len(measured) + 1}, per-tensor weights in {k} of {len(order)} layers")
-            measured[k] = evaluate(frozenset(l.name for l in order[:k]))
-        return measured[k]
+        return of(frozenset(l.name for l in order[:k]))
 
-    n = len(order)
     why = _explore(n, at)
-    passing = [k for k, o in measured.items() if o.passed]
-    cost = (lambda k: measured[k].flash_bytes) if objective == "flash" else (lambda k: measured[k].ram_bytes or 0)
-    best = min(passing, key=lambda k: (cost(k), -(measured[k].quality or 0.0), k)) if passing else None
-    candidates = [CandidatePart(_label(k, n), sorted(l.name for l in order[:k]), o.passed, o.fits, o.ram_bytes,
-                                o.flash_bytes, o.quality, list(o.failed), k == best)
-                  for k, o in sorted(measured.items())]
+    if not any(o.passed for o in measured.values()) and why.startswith("bisected"):
+        low = max((len(s) for s, o in measured.items() if o.accurate), default=0)
+        base = frozenset(l.name for l in order[:low])
+        for layer in order[low + 1:]:  # the boundary prefix and one layer more: each one in turn
+            if of(base | {layer.name}).passed:
+                why += f"; then the first {low} with '{layer.name}' instead of the next in order passed"
+                break
+        else:
+            why += f"; nor does the first {low} with any one other layer"
+    passing = [names for names, o in measured.items() if o.passed]
+    cost = ((lambda k: measured[k].flash_bytes) if objective == "flash"
+            else (lambda k: measured[k].ram_bytes or 0))
+    best = min(passing, key=lambda k: (cost(k), -(measured[k].quality or 0.0), len(k), sorted(k))) \
+        if passing else None
+    prefixes = {frozenset(l.name for l in order[:k]): k for k in range(n + 1)}
+    short = {l.name: l.name.split("/")[-2] if l.name.count("/") >= 1 else l.name for l in order}
+    candidates = [CandidatePart(_label(len(names), n) if names in prefixes else
+                                f"per tensor in {len(names)} of {n} layers: the first {len(names) - 1} and "
+                                f"{short[next(x.name for x in reversed(order) if x.name in names)]}",
+                                sorted(names), o.passed, o.fits, o.ram_bytes, o.flash_bytes,
+                                o.quality, list(o.failed), names == best)
+                  for names, o in sorted(measured.items(), key=lambda item: (len(item[0]), sorted(item[0])))]
     part = SearchPart(space="weight granularity per layer (per channel, or one scale per tensor), layers ordered "
                             f"by {objective} bytes saved over weight error", quality_metric=quality_metric,
                       objective=objective, layers=n, tried=len(measured), stopped_because=why, candidates=candidates)
-    return SearchResult(None if best is None else frozenset(l.name for l in order[:best]), part)
+    return SearchResult(best, part)
 
 
 def _explore(n: int, at: Callable[[int], Outcome]) -> str:
