@@ -55,6 +55,8 @@ class Dataset:
     # The model input each array feeds: from x_<name> keys, or after validate_for_model (which
     # puts the arrays in the model's order); None while the arrays are positional (x, x0, x1, ...).
     input_names: tuple[str, ...] | None = None
+    # A file id per sample (anomaly detection: the per-file AUC of an autoencoder), from `groups`.
+    groups: np.ndarray | None = None
 
     @property
     def num_samples(self) -> int:
@@ -199,8 +201,14 @@ def _load_file(path: Path, *, name: str, sha256: str | None = None) -> Dataset:
         got = "a scalar" if labels.ndim == 0 else f"{labels.shape[0]} labels"
         raise CalibrationError(f"{path}: labels 'y' do not match the samples: {got} for {counts[0]} samples",
                                hint="y needs one label per sample (axis 0), in the same order as x")
+    groups = arrays.get("groups")
+    if groups is not None and (groups.ndim != 1 or groups.shape[0] != counts[0] or groups.dtype.kind not in "iuUS"):
+        raise CalibrationError(f"{path}: 'groups' must hold one file id (integer or string) per sample: got "
+                               f"{groups.dtype} {list(groups.shape)} for {counts[0]} samples",
+                               hint="np.savez(path, x=samples, y=labels, groups=file_ids): y 1 for anomalous "
+                                    "files, 0 for normal ones, the same for every sample of a file")
     return Dataset(name=name, source=path, inputs=inputs, labels=labels, sha256=sha256 or _sha256(path),
-                   input_names=names)
+                   input_names=names, groups=groups)
 
 
 def _read_arrays(path: Path, suffix: str) -> dict[str, np.ndarray]:

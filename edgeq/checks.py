@@ -259,6 +259,14 @@ def check_accuracy(c: CheckInput) -> CheckResult:
     acc = c.accuracy
     if acc is None:
         return _skip(CheckName.ACCURACY, "not evaluated (no --eval data)")
+    if acc.auc_drop_points is not None:
+        summary = (f"per-file AUC: float {acc.float_auc:.4f} -> quantized {acc.quantized_auc:.4f} on {acc.auc_files} "
+                   f"files ({acc.samples} samples): drop {acc.auc_drop_points:+.2f} points")
+        if acc.auc_drop_points > c.max_accuracy_drop:
+            return CheckResult(CheckName.ACCURACY, False, f"{summary}, over the limit of {c.max_accuracy_drop:g}",
+                               "more or more typical calibration data, per-channel weights (--search keeps the "
+                               "layers that matter), or raise --max-accuracy-drop if this is acceptable")
+        return _ok(CheckName.ACCURACY, f"{summary} (limit {c.max_accuracy_drop:g})")
     if acc.drop_points is None:
         why = ("no top-1 accuracy (no labels in the data, or the first output is not a vector of class scores)"
                if acc.quantized_top1 is None else "no float reference model")

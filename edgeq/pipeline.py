@@ -159,6 +159,7 @@ class SearchOptions:
 
     objective: str = "ram"  # "ram" or "flash"
     max_snr_loss: float = 1.0
+    exhaustive: bool = False  # every prefix of the order (`edgeq search`), not the bisection
 
 
 def _profile(target: str | TargetProfile, runtime: str | None, harness: bool) -> TargetProfile:
@@ -480,7 +481,7 @@ def _searched(model: Any, plan: _Plan, emulated: dict[str, Any]) -> tuple[_Candi
         return _outcome(candidate, floor, plan.search.max_snr_loss)
 
     result = search(layers, evaluate, quality_metric=_quality_name(measured), objective=plan.search.objective,
-                    on_step=on_step)
+                    exhaustive=plan.search.exhaustive, on_step=on_step)
     names = result.chosen if result.chosen is not None else frozenset()
     recipe = base.with_per_tensor(names)
     part = replace(result.part, quality_metric=_quality_name(measured))
@@ -493,6 +494,8 @@ def _quality(candidate: _Candidate) -> float | None:
     acc = candidate.emulation.accuracy
     if acc is None:
         return None
+    if acc.quantized_auc is not None:
+        return round(100 * acc.quantized_auc, 3)
     if acc.quantized_top1 is not None and acc.drop_points is not None:
         return round(100 * acc.quantized_top1, 3)
     return round(acc.errors[0].snr_db, 3) if acc.errors else None
@@ -501,6 +504,8 @@ def _quality(candidate: _Candidate) -> float | None:
 def _quality_name(measured: dict[frozenset[str], _Candidate]) -> str:
     first = next(iter(measured.values()), None)
     acc = first.emulation.accuracy if first else None
+    if acc is not None and acc.quantized_auc is not None:
+        return "per-file AUC (x100) of the reconstruction error, anomaly detection"
     if acc is not None and acc.drop_points is not None:
         return "top-1 accuracy (%) on the evaluation data"
     return "SNR (dB) of the first output against the float model"
@@ -515,7 +520,7 @@ def _outcome(candidate: _Candidate, floor: list[float], max_snr_loss: float) -> 
     quality = _quality(candidate)
     acc = candidate.emulation.accuracy
     accurate = by_name[CheckName.ACCURACY].passed
-    if acc is not None and acc.drop_points is None and quality is not None:
+    if acc is not None and acc.drop_points is None and acc.auc_drop_points is None and quality is not None:
         if not floor:
             floor.append(quality - max_snr_loss)
         accurate = accurate and quality >= floor[0]

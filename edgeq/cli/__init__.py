@@ -138,7 +138,11 @@ def _accuracy_line(emu: EmulationPart, mode: str) -> str:
     assert acc is not None
     line = (f"  accuracy  float {_pct(acc.float_top1)} -> {mode} {_pct(acc.quantized_top1)}"
             if acc.float_top1 is not None else f"  accuracy  {mode} {_pct(acc.quantized_top1)}")
-    if acc.drop_points is not None:
+    if acc.quantized_auc is not None:
+        line = (f"  accuracy  per-file AUC float {acc.float_auc:.4f} -> {mode} {acc.quantized_auc:.4f}"
+                if acc.float_auc is not None else f"  accuracy  per-file AUC {mode} {acc.quantized_auc:.4f}")
+        line += f" over {acc.auc_files} files (anomaly scores: reconstruction error)"
+    elif acc.drop_points is not None:
         line += f" (drop {acc.drop_points:+.2f} points)"
     elif acc.quantized_top1 is None and acc.errors:
         e = acc.errors[0]

@@ -144,6 +144,55 @@ def convert(model: Path, target: str, mode: str | None, calibration: str | None,
     _written(result)
 
 
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-t", "--target", default="mcu", show_default=True,
+              help="Target profile name (see `edgeq targets list`) or a path to your own .toml.")
+@click.option("-c", "--calibration", required=True, metavar="SET",
+              help="Calibration data: a bundled set (`edgeq calibration list`) or your .npz.")
+@click.option("-e", "--eval", "eval_set", default=None, metavar="SET",
+              help="Held-out data for accuracy. Default: the bundled set's eval split.")
+@click.option("--objective", type=click.Choice(["ram", "flash"]), default="ram", show_default=True,
+              help="What 'cheapest' means.")
+@click.option("--max-accuracy-drop", default=DEFAULT_DROP, show_default=True, type=click.FloatRange(min=0),
+              help="The floor for classifiers: top-1 points lost against the float model.")
+@click.option("--max-snr-loss", default=1.0, show_default=True, type=click.FloatRange(min=0),
+              help="The floor for other models: dB of SNR lost against the converter's default.")
+@click.option("-o", "--output", "outdir", type=click.Path(path_type=Path), default=None,
+              help="Output folder. Default: edgeq-out/<name>-<target>.")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs (otherwise edgeq refuses).")
+@click.option("--trust-model", is_flag=True, help="Allow Lambda layers and custom code (runs the model's code).")
+def search(model: Path, target: str, calibration: str, eval_set: str | None, objective: str, max_accuracy_drop: float,
+           max_snr_loss: float, outdir: Path | None, overwrite: bool, trust_model: bool) -> None:
+    """Measure every recipe of the search space for MODEL on a target, and write the cheapest that passes.
+
+    \b
+    `convert --search` bisects the space for few candidates; this measures all of it: per-tensor
+    weights in the first 0, 1, ..., n layers of the order `--search` uses (most TFLM arena bytes
+    saved per unit of weight error first). The table of every candidate is in the terminal,
+    report.md and report.png; the recipe written is in report.json (replay: convert --recipe).
+
+    \b
+    Example:
+      edgeq search autoencoder.keras --target stm32f072rb --calibration sound.npz --eval sound_test.npz
+    """
+    from edgeq.pipeline import ConvertOptions, GateError, SearchOptions
+    from edgeq.pipeline import convert as run_convert
+
+    options = ConvertOptions(calibration=calibration, evaluation=eval_set or "auto", outdir=outdir,
+                             overwrite=overwrite, trust_model=trust_model, max_accuracy_drop=max_accuracy_drop,
+                             search=SearchOptions(objective, max_snr_loss, exhaustive=True))
+    try:
+        result = run_convert(model, target, options, on_step=_step, progress=_progress_factory(quiet=False))
+    except GateError as exc:
+        click.echo(f"\nno recipe of the space fits {exc.result.target.name}:", err=True)
+        _search_table(exc.result.report, err=True)
+        raise
+    click.echo(f"\nsearched {model} for {result.target.name}")
+    _search_table(result.report)
+    _written(result)
+
+
 def _search_table(report: Any, err: bool = False) -> None:
     """--search: every candidate measured, the chosen one marked, and why the search stopped."""
     search = report.search

@@ -102,6 +102,9 @@ class AccuracyMetrics:
     top1_agreement: float | None   # argmax(float) == argmax(quantized); None without float reference
     drop_points: float | None      # (float_top1 - quantized_top1) * 100, percentage points
     errors: tuple[OutputError, ...] | None   # per output; None without float reference
+    float_auc: float | None = None      # anomaly detection (groups + binary y, an autoencoder): per-file AUC
+    quantized_auc: float | None = None
+    auc_files: int | None = None
 
     def part(self, evaluation: Evaluation | None) -> AccuracyPart:
         """report.json's accuracy: floats rounded to 6 decimals, with how `evaluation` ran."""
@@ -117,7 +120,15 @@ class AccuracyMetrics:
             # LiteRT's kernel choice (runtimes.KERNELS): "builtin" when checked against TFLM,
             # "default" (XNNPACK applied) for LiteRT targets; None for TFLM.
             kernels=(ev.result.kernels or None) if ev else None, batched=ev.result.batched if ev else None,
-            confirmation=ev.confirmation if ev else None, note=ev.result.note if ev else "")
+            confirmation=ev.confirmation if ev else None, note=ev.result.note if ev else "",
+            float_auc=rounded(self.float_auc), quantized_auc=rounded(self.quantized_auc), auc_files=self.auc_files)
+
+    @property
+    def auc_drop_points(self) -> float | None:
+        """(float AUC - quantized AUC) * 100, where both exist."""
+        if self.float_auc is None or self.quantized_auc is None:
+            return None
+        return (self.float_auc - self.quantized_auc) * 100.0
 
 
 @dataclass(frozen=True)
@@ -165,6 +176,9 @@ class AccuracyPart(Record):
     batched: bool | None
     confirmation: Confirmation | None
     note: str
+    float_auc: float | None = optional()      # per-file AUC of an anomaly detector (groups in the data)
+    quantized_auc: float | None = optional()
+    auc_files: int | None = optional()
 
 
 def _is_class_scores(output: np.ndarray) -> bool:
@@ -186,10 +200,47 @@ def top1_accuracy(scores: np.ndarray, labels: np.ndarray | None) -> float | None
     return float(np.mean(predicted == truth))
 
 
+def reconstruction_auc(inputs: np.ndarray, outputs: np.ndarray, labels: np.ndarray | None,
+                       groups: np.ndarray | None) -> tuple[float, int] | None:
+    """Per-file AUC of an autoencoder used as an anomaly detector, and the number of files; None
+    unless the data has `groups` (a file id per sample) and binary `y`, one label per file, and the
+    output has the input's shape. A sample's score is its mean squared reconstruction error, a
+    file's the mean of its samples'; the AUC is the chance that an anomalous file scores above a
+    normal one (ties count half), as machine-sound anomaly detection is judged."""
+    if labels is None or groups is None or outputs.shape != inputs.shape or len(groups) != len(labels):
+        return None
+    y = np.asarray(labels).reshape(len(labels), -1)
+    if y.shape[1] != 1 or not np.isin(y, (0, 1)).all():
+        return None
+    scores = np.mean((outputs.astype(np.float64) - inputs.astype(np.float64)) ** 2,
+                     axis=tuple(range(1, inputs.ndim)))
+    files, index = np.unique(np.asarray(groups), return_inverse=True)
+    file_score = np.bincount(index, weights=scores) / np.bincount(index)
+    file_label = np.zeros(len(files))
+    np.maximum.at(file_label, index, y[:, 0])
+    if (np.bincount(index, weights=y[:, 0]) % np.bincount(index) != 0).any():  # a file with mixed labels
+        return None
+    normal, anomalous = file_score[file_label == 0], file_score[file_label == 1]
+    if not len(normal) or not len(anomalous):
+        return None
+    above = (anomalous[:, None] > normal[None, :]).sum() + 0.5 * (anomalous[:, None] == normal[None, :]).sum()
+    return float(above / (len(normal) * len(anomalous))), len(files)
+
+
 def compare(float_outputs: list[np.ndarray] | None, quantized_outputs: list[np.ndarray],
-            labels: np.ndarray | None) -> AccuracyMetrics:
-    """Top-1 metrics on the first output (class scores: last dimension > 1) and per-output errors."""
+            labels: np.ndarray | None, *, inputs: np.ndarray | None = None,
+            groups: np.ndarray | None = None) -> AccuracyMetrics:
+    """Top-1 metrics on the first output (class scores: last dimension > 1) and per-output errors;
+    with `groups`, an autoencoder's per-file AUC instead of top-1 (see reconstruction_auc)."""
     first = np.asarray(quantized_outputs[0])
+    quantized_auc = None if inputs is None else reconstruction_auc(inputs, first, labels, groups)
+    if quantized_auc is not None:
+        float_auc = None if float_outputs is None else reconstruction_auc(inputs, np.asarray(float_outputs[0]),
+                                                                          labels, groups)
+        errors = None if float_outputs is None else tuple(output_error(f, q)
+                                                          for f, q in zip(float_outputs, quantized_outputs))
+        return AccuracyMetrics(len(first), None, None, None, None, errors,
+                               None if float_auc is None else float_auc[0], quantized_auc[0], quantized_auc[1])
     quantized_top1 = top1_accuracy(first, labels)
     if float_outputs is None:
         return AccuracyMetrics(len(first), None, quantized_top1, None, None, None)

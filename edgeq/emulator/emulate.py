@@ -253,7 +253,8 @@ def emulate(
     quantized = from_graph_outputs(evaluation.result.outputs, outputs, info)
     if reference is not None:
         _check_reference(list(reference), quantized, info)
-    accuracy = compare(None if reference is None else list(reference), quantized, data.labels)
+    accuracy = compare(None if reference is None else list(reference), quantized, data.labels,
+                       inputs=np.asarray(data.inputs[0]) if len(data.inputs) == 1 else None, groups=data.groups)
     return Emulation(**measured, host=host, data=DataPart.of(data), evaluation=evaluation, accuracy=accuracy)
 
 

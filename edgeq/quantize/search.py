@@ -97,7 +97,7 @@ def ordered(layers: Sequence[WeightedLayer], objective: str = "ram") -> list[Wei
 
 
 def search(layers: Sequence[WeightedLayer], evaluate: Callable[[frozenset[str]], Outcome], *,
-           quality_metric: str, objective: str = "ram",
+           quality_metric: str, objective: str = "ram", exhaustive: bool = False,
            on_step: Callable[[str], None] = lambda message: None) -> SearchResult:
     """Measure prefixes of `ordered(layers)` with `evaluate` (then, where the bisection's boundary
     fails, the boundary prefix plus one more layer, each in turn) and choose the cheapest that
@@ -115,7 +115,12 @@ def search(layers: Sequence[WeightedLayer], evaluate: Callable[[frozenset[str]],
     def at(k: int) -> Outcome:
         return of(frozenset(l.name for l in order[:k]))
 
-    why = _explore(n, at)
+    if exhaustive:  # `edgeq search`: the whole table, every prefix of the order
+        for k in range(n + 1):
+            at(k)
+        why = f"measured every prefix of the order, 0 to {n} per-tensor layers (edgeq search)"
+    else:
+        why = _explore(n, at)
     if not any(o.passed for o in measured.values()) and why.startswith("bisected"):
         low = max((len(s) for s, o in measured.items() if o.accurate), default=0)
         base = frozenset(l.name for l in order[:low])

@@ -34,6 +34,12 @@ def autoencoder(tmp_path_factory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("search")
     model.save(folder / "ae.keras")
     np.savez(folder / "ae.npz", x=x[:200])
+    # Anomaly detection data: 12 normal files from the training distribution, 6 anomalous ones from
+    # another, 10 samples each; y is per sample (the file's label), groups the file id.
+    normal = (rng.normal(size=(120, 8)) @ base).astype(np.float32)
+    odd = (rng.normal(size=(60, 8)) @ rng.normal(size=(8, 64)) * 1.5).astype(np.float32)
+    np.savez(folder / "anomaly.npz", x=np.concatenate([normal, odd]), y=np.repeat([0, 1], [120, 60]),
+             groups=np.repeat(np.arange(18), 10))
     return folder / "ae.keras", folder / "ae.npz"
 
 
@@ -89,3 +95,29 @@ def test_search_refuses_what_it_cannot_combine_with(autoencoder, tmp_path: Path)
     bad.write_text("{}")
     proc, _ = _convert(model, data, "mcu", tmp_path / "b", "--recipe", str(bad))
     assert proc.returncode == 2 and f"--recipe {bad}" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_edgeq_search_measures_every_prefix(autoencoder, tmp_path: Path) -> None:
+    model, data = autoencoder
+    proc = run_edgeq("search", str(model), "--target", "mcu", "--calibration", str(data), "--eval", str(data),
+                     "-o", str(tmp_path / "all"))
+    assert proc.returncode == 0, proc.stderr
+    search = json.loads((tmp_path / "all" / "report.json").read_text())["search"]
+    assert search["tried"] == search["layers"] + 1 == len(search["candidates"]) == 5  # 4 Dense layers: 0..4
+    assert sum(c["chosen"] for c in search["candidates"]) == 1 and "measured every prefix" in search["stopped_because"]
+    rams = [c["ram_bytes"] for c in search["candidates"]]
+    assert rams == sorted(rams, reverse=True)  # each per-tensor layer frees arena bytes
+
+
+def test_search_judges_an_anomaly_detector_by_its_per_file_auc(autoencoder, tmp_path: Path) -> None:
+    model, data = autoencoder
+    proc = run_edgeq("convert", str(model), "--target", "mcu", "--calibration", str(data), "--eval",
+                     str(data.with_name("anomaly.npz")), "--search", "-o", str(tmp_path / "auc"))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "auc" / "report.json").read_text())
+    accuracy = report["emulation"]["accuracy"]
+    assert accuracy["auc_files"] == 18 and 0.5 < accuracy["quantized_auc"] <= 1.0 and accuracy["float_auc"] > 0.5
+    assert accuracy["quantized_top1"] is None  # y is a file's label, not a class of the 64 outputs
+    assert "AUC" in report["search"]["quality_metric"] and "per-file AUC" in proc.stdout
+    check = next(c for c in report["checks"] if c["name"] == "accuracy")
+    assert check["passed"] and "per-file AUC" in check["message"]

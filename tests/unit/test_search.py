@@ -151,3 +151,33 @@ def test_a_recipe_file_is_checked_field_by_field(tmp_path: Path) -> None:
         (tmp_path / name).write_text(text)
         with pytest.raises(RecipeError, match=f"--recipe {tmp_path / name}"):
             load_recipe(tmp_path / name, mcu, default)
+
+
+def test_per_file_auc_of_an_anomaly_detector() -> None:
+    from edgeq.emulator.accuracy import compare, reconstruction_auc
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 8))
+    groups = np.repeat(np.arange(8), 5)  # 8 files of 5 samples; files 5-7 anomalous
+    y = (groups >= 5).astype(int)
+    out = x + rng.normal(scale=0.1, size=x.shape) + 0.5 * y[:, None] * rng.normal(size=x.shape)
+    assert reconstruction_auc(x, out, y, groups) == (1.0, 8)
+    assert reconstruction_auc(x, x, y, groups) == (0.5, 8)  # equal scores: ties count half
+    mixed = y.copy()
+    mixed[0] = 1
+    assert reconstruction_auc(x, out, mixed, groups) is None  # a file must have one label
+    assert reconstruction_auc(x, out[:, :4], y, groups) is None  # not an autoencoder
+    metrics = compare([x + 0.01], [out], y, inputs=x, groups=groups)
+    assert metrics.quantized_top1 is None and metrics.quantized_auc == 1.0 and metrics.float_auc is not None
+
+
+def test_groups_must_be_one_file_id_per_sample(tmp_path: Path) -> None:
+    from edgeq.calibration import load_dataset
+    from edgeq.errors import CalibrationError
+
+    np.savez(tmp_path / "ok.npz", x=np.zeros((4, 3), np.float32), y=np.array([0, 0, 1, 1]),
+             groups=np.array(["a", "a", "b", "b"]))
+    assert list(load_dataset(str(tmp_path / "ok.npz")).groups) == ["a", "a", "b", "b"]
+    np.savez(tmp_path / "bad.npz", x=np.zeros((4, 3), np.float32), groups=np.array([1.5, 2.5, 3.5, 4.5]))
+    with pytest.raises(CalibrationError, match="'groups' must hold one file id"):
+        load_dataset(str(tmp_path / "bad.npz"))

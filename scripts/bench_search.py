@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""Benchmark: `convert --search` against the converter's two defaults, on a RAM-tight board.
+
+For the matrix's Dense autoencoder (scripts/reference_models.py, 10 FULLY_CONNECTED layers) on a
+16 KiB part, and the bundled digits CNN on a part just too small for its per-channel default, it
+prints:
+  - the Pareto front of the whole space (`edgeq search`: every prefix of the search's order),
+    quality against RAM;
+  - the recipe `convert --search` chose, next to the two converter defaults (per channel
+    everywhere, per tensor everywhere), and how many candidates it measured;
+  - the wall time of `convert --search` against one plain `convert` (the ratio is the price of
+    searching).
+
+    .venv/bin/python scripts/bench_search.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+EDGEQ = [sys.executable, "-m", "edgeq"]
+
+
+def _board(folder: Path, name: str, ram: int, reserved: int) -> Path:
+    path = folder / f"{name}.toml"
+    path.write_text(f'kind = "board"\ninherits = "mcu"\ndescription = "{name}"\n[memory]\n'
+                    f"ram_bytes = {ram}\nreserved_ram_bytes = {reserved}\narena_margin_bytes = 256\n")
+    return path
+
+
+def _run(*args: str) -> tuple[float, subprocess.CompletedProcess[str]]:
+    start = time.perf_counter()
+    proc = subprocess.run([*EDGEQ, *args], capture_output=True, text=True, cwd=ROOT)
+    return time.perf_counter() - start, proc
+
+
+def _models(folder: Path) -> list[tuple[str, Path, list[str], Path]]:
+    from edgeq._tf import tf
+
+    tf()
+    import keras
+    from reference_models import REFERENCES, trained
+
+    model, arrays = trained(REFERENCES["autoencoder"], keras)
+    model.save(folder / "autoencoder.keras")
+    np.savez(folder / "autoencoder.npz", **arrays)
+    data = str(folder / "autoencoder.npz")
+    return [("Dense autoencoder, 16 KiB RAM", folder / "autoencoder.keras", ["--calibration", data, "--eval", data],
+             _board(folder, "board16k", 16_384, 2_048)),
+            ("digits CNN, 4.3 KiB RAM", ROOT / "examples" / "digits_cnn.keras", ["--calibration", "digits"],
+             _board(folder, "board4k", 4_400, 512))]
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for label, model, data, board in _models(folder):
+            print(f"\n{label} ({model.name}, target {board.stem})")
+            plain_s, plain = _run("convert", str(model), "--target", str(board), *data, "-o", str(folder / "p"),
+                                  "--force", "--overwrite")
+            search_s, searched = _run("convert", str(model), "--target", str(board), *data, "-o",
+                                      str(folder / "s"), "--search", "--overwrite")
+            _, everything = _run("search", str(model), "--target", str(board), *data, "-o", str(folder / "a"),
+                                 "--overwrite")
+            if not (folder / "a" / "report.json").exists():
+                print(f"  edgeq search failed: {everything.stderr.strip()[-300:]}")
+                continue
+            space = json.loads((folder / "a" / "report.json").read_text())["search"]
+            front, best = [], None
+            for c in sorted(space["candidates"], key=lambda c: c["ram_bytes"] or 0):
+                if c["quality"] is not None and (best is None or c["quality"] > best):
+                    front.append(c)
+                    best = c["quality"]
+            print(f"  quality: {space['quality_metric']}")
+            print(f"  Pareto front of the {space['tried']} prefixes (RAM, quality):")
+            for c in front:
+                print(f"    {c['label']:<56}{c['ram_bytes']:>8,} B {c['quality']:>8.2f}  "
+                      f"{'passes' if c['passed'] else 'fails ' + ', '.join(c['failed_checks'])}")
+            report = json.loads((folder / "s" / "report.json").read_text())
+            rows = {c["label"]: c for c in report["search"]["candidates"]}
+            print(f"  convert --search measured {report['search']['tried']} candidates: "
+                  f"{report['search']['stopped_because']}")
+            for name in ("per channel everywhere (the converter's default)", "per tensor everywhere"):
+                c = rows.get(name)
+                if c:
+                    print(f"    {name:<56}{c['ram_bytes']:>8,} B {c['quality']:>8.2f}  "
+                          f"{'passes' if c['passed'] else 'fails ' + ', '.join(c['failed_checks'])}")
+            chosen = [c for c in report["search"]["candidates"] if c["chosen"]]
+            if chosen:
+                c = chosen[0]
+                print(f"    chosen: {c['label']:<48}{c['ram_bytes']:>8,} B {c['quality']:>8.2f}  passes")
+            else:
+                print("    chosen: none passes (exit 3)")
+            print(f"  wall time: convert {plain_s:.1f} s, convert --search {search_s:.1f} s "
+                  f"({search_s / plain_s:.2f}x)")
+            if plain.returncode not in (0, 3) or searched.returncode not in (0, 3):
+                print(f"  (exit codes: convert {plain.returncode}, --search {searched.returncode})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
