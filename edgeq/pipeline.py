@@ -38,6 +38,7 @@ from edgeq.progress import Advance, Progress, Step, no_step
 from edgeq.vocab import CheckName, Runtime
 
 if TYPE_CHECKING:
+    from edgeq.quantize.jobs import Measured
     from edgeq.quantize.search import Outcome, SearchPart
 
 if TYPE_CHECKING:
@@ -160,6 +161,8 @@ class SearchOptions:
     objective: str = "ram"  # "ram" or "flash"
     max_snr_loss: float = 1.0
     exhaustive: bool = False  # every prefix of the order (`edgeq search`), not the bisection
+    workers: int = 1  # candidates of a batch measured in this many local processes (1: here, one by one)
+    ray: str | None = None  # a Ray cluster's address: candidates as Ray tasks instead
 
 
 def _profile(target: str | TargetProfile, runtime: str | None, harness: bool) -> TargetProfile:
@@ -474,63 +477,102 @@ def _searched(model: Any, plan: _Plan, emulated: dict[str, Any]) -> tuple[_Candi
                              quantize(source, replace(base, per_channel=False), emulated["data"]), source.label)
     measured: dict[frozenset[str], _Candidate] = {}
     floor: list[float] = []
+    results: list[Measured] = []
+    executor = _executor(plan)
 
-    def evaluate(names: frozenset[str]) -> Outcome:
-        candidate = _emulated(model, "ptq", **{**emulated, "recipe": base.with_per_tensor(names), "per_layer": False})
-        measured[names] = candidate
-        return _outcome(candidate, floor, plan.search.max_snr_loss)
+    def evaluate(sets: list[frozenset[str]]) -> list[Outcome]:
+        if executor is not None and len(sets) > 1:
+            got = executor.map([_job(plan, emulated, base.with_per_tensor(names)) for names in sets])
+        else:
+            got = []
+            for names in sets:
+                measured[names] = _emulated(model, "ptq", **{**emulated, "recipe": base.with_per_tensor(names),
+                                                             "per_layer": False})
+                got.append(_measured(measured[names]))
+        results.extend(got)
+        return [_outcome(m, floor, plan.search.max_snr_loss) for m in got]
 
-    result = search(layers, evaluate, quality_metric=_quality_name(measured), objective=plan.search.objective,
-                    exhaustive=plan.search.exhaustive, on_step=on_step)
+    try:
+        result = search(layers, evaluate, quality_metric="", objective=plan.search.objective,
+                        exhaustive=plan.search.exhaustive, on_step=on_step)
+    finally:
+        if executor is not None:
+            executor.close()
     names = result.chosen if result.chosen is not None else frozenset()
     recipe = base.with_per_tensor(names)
-    part = replace(result.part, quality_metric=_quality_name(measured))
-    if plan.per_layer:  # the chosen one again, with the per-layer error the candidates skipped
+    part = replace(result.part, quality_metric=_quality_name(results[0]) if results else "")
+    if plan.per_layer or names not in measured:  # the chosen one here, with the per-layer error if asked
         return _emulated(model, "ptq", **{**emulated, "recipe": recipe}), (recipe, part)
     return measured[names], (recipe, part)
 
 
-def _quality(candidate: _Candidate) -> float | None:
-    acc = candidate.emulation.accuracy
-    if acc is None:
-        return None
-    if acc.quantized_auc is not None:
-        return round(100 * acc.quantized_auc, 3)
-    if acc.quantized_top1 is not None and acc.drop_points is not None:
-        return round(100 * acc.quantized_top1, 3)
-    return round(acc.errors[0].snr_db, 3) if acc.errors else None
+def _executor(plan: _Plan) -> Any:
+    """Where a batch of candidates is measured: a Ray cluster, a local pool, or (None) here."""
+    from edgeq.quantize.jobs import LocalPool, RayCluster
+
+    assert plan.search is not None
+    if plan.search.ray or plan.search.workers > 1:
+        if plan.model_path.is_dir():
+            raise RecipeError(f"{plan.model_path}: --workers and --ray send the model file to each worker; a "
+                              "SavedModel folder is not one file", hint="save the model as .keras, or drop "
+                                                                      "--workers/--ray")
+    if plan.search.ray:
+        return RayCluster(plan.search.ray)
+    return LocalPool(plan.search.workers) if plan.search.workers > 1 else None
 
 
-def _quality_name(measured: dict[frozenset[str], _Candidate]) -> str:
-    first = next(iter(measured.values()), None)
-    acc = first.emulation.accuracy if first else None
-    if acc is not None and acc.quantized_auc is not None:
+def _job(plan: _Plan, emulated: dict[str, Any], recipe: Recipe) -> Any:
+    from edgeq.quantize.jobs import RecipeJob
+
+    return RecipeJob(plan.model_path.name, plan.model_path.read_bytes(), plan.profile, emulated["data"],
+                     emulated["eval_data"], recipe, plan.max_accuracy_drop, plan.trust_model, plan.input_shapes)
+
+
+def _measured(candidate: _Candidate) -> Measured:
+    """A candidate measured here, as a job would hand it back."""
+    from edgeq.quantize.jobs import Measured
+
+    acc, memory = candidate.emulation.accuracy, candidate.emulation.memory
+    return Measured(tuple((c.name, c.passed) for c in candidate.checks), memory.ram_total, memory.flash_total,
+                    acc.quantized_top1 if acc else None, acc.drop_points if acc else None,
+                    acc.quantized_auc if acc else None, acc.auc_drop_points if acc else None,
+                    acc.errors[0].snr_db if acc and acc.errors else None)
+
+
+def _quality(m: Measured) -> float | None:
+    if m.quantized_auc is not None:
+        return round(100 * m.quantized_auc, 3)
+    if m.quantized_top1 is not None and m.drop_points is not None:
+        return round(100 * m.quantized_top1, 3)
+    return None if m.snr_db is None else round(m.snr_db, 3)
+
+
+def _quality_name(m: Measured) -> str:
+    if m.quantized_auc is not None:
         return "per-file AUC (x100) of the reconstruction error, anomaly detection"
-    if acc is not None and acc.drop_points is not None:
+    if m.drop_points is not None:
         return "top-1 accuracy (%) on the evaluation data"
     return "SNR (dB) of the first output against the float model"
 
 
-def _outcome(candidate: _Candidate, floor: list[float], max_snr_loss: float) -> Outcome:
-    """A candidate as the search sees it. Without top-1 accuracy, the floor is the first candidate's
-    (the converter's default) SNR less `max_snr_loss` dB."""
+def _outcome(m: Measured, floor: list[float], max_snr_loss: float) -> Outcome:
+    """A candidate as the search sees it. Without top-1 accuracy or AUC, the floor is the first
+    candidate's (the converter's default) SNR less `max_snr_loss` dB."""
     from edgeq.quantize.search import Outcome
 
-    by_name = {c.name: c for c in candidate.checks}
-    quality = _quality(candidate)
-    acc = candidate.emulation.accuracy
-    accurate = by_name[CheckName.ACCURACY].passed
-    if acc is not None and acc.drop_points is None and acc.auc_drop_points is None and quality is not None:
+    by_name = dict(m.checks)
+    quality = _quality(m)
+    accurate = by_name[CheckName.ACCURACY]
+    if m.drop_points is None and m.auc_drop_points is None and quality is not None:
         if not floor:
             floor.append(quality - max_snr_loss)
         accurate = accurate and quality >= floor[0]
-    fits = by_name[CheckName.FLASH].passed and by_name[CheckName.RAM].passed
-    others = all(c.passed for c in candidate.checks if c.name != CheckName.ACCURACY)
-    memory = candidate.emulation.memory
-    return Outcome(passed=others and accurate, fits=fits, accurate=accurate, ram_bytes=memory.ram_total,
-                   flash_bytes=memory.flash_total, quality=quality,
-                   failed=tuple(c.name for c in candidate.checks if not c.passed)
-                   + (() if accurate or not by_name[CheckName.ACCURACY].passed else ("quality floor",)))
+    fits = by_name[CheckName.FLASH] and by_name[CheckName.RAM]
+    others = all(passed for name, passed in m.checks if name != CheckName.ACCURACY)
+    return Outcome(passed=others and accurate, fits=fits, accurate=accurate, ram_bytes=m.ram_bytes,
+                   flash_bytes=m.flash_bytes, quality=quality,
+                   failed=tuple(name for name, passed in m.checks if not passed)
+                   + (() if accurate or not by_name[CheckName.ACCURACY] else ("quality floor",)))
 
 
 def _emitted(plan: _Plan, chosen: _Candidate, emulation: Emulation, gate: Gate,

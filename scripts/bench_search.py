@@ -9,9 +9,10 @@ prints:
   - the recipe `convert --search` chose, next to the two converter defaults (per channel
     everywhere, per tensor everywhere), and how many candidates it measured;
   - the wall time of `convert --search` against one plain `convert` (the ratio is the price of
-    searching).
+    searching), and of `edgeq search` with 1 and 2 local workers (and on a Ray head, if given).
 
     .venv/bin/python scripts/bench_search.py
+    .venv/bin/python scripts/bench_search.py --ray 127.0.0.1:6379   # a head started with `ray start --head`
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 EDGEQ = [sys.executable, "-m", "edgeq"]
+RAY_ADDRESS = sys.argv[sys.argv.index("--ray") + 1] if "--ray" in sys.argv else None  # a head already running
 
 
 def _board(folder: Path, name: str, ram: int, reserved: int) -> Path:
@@ -72,8 +74,14 @@ def main() -> int:
                                   "--force", "--overwrite")
             search_s, searched = _run("convert", str(model), "--target", str(board), *data, "-o",
                                       str(folder / "s"), "--search", "--overwrite")
-            _, everything = _run("search", str(model), "--target", str(board), *data, "-o", str(folder / "a"),
-                                 "--overwrite")
+            one_s, everything = _run("search", str(model), "--target", str(board), *data, "-o", str(folder / "a"),
+                                     "--overwrite")
+            two_s, _ = _run("search", str(model), "--target", str(board), *data, "-o", str(folder / "b"),
+                            "--overwrite", "--workers", "2")
+            ray_s = None
+            if RAY_ADDRESS:
+                ray_s, _ = _run("search", str(model), "--target", str(board), *data, "-o", str(folder / "r"),
+                                "--overwrite", "--ray", RAY_ADDRESS)
             if not (folder / "a" / "report.json").exists():
                 print(f"  edgeq search failed: {everything.stderr.strip()[-300:]}")
                 continue
@@ -105,6 +113,8 @@ def main() -> int:
                 print("    chosen: none passes (exit 3)")
             print(f"  wall time: convert {plain_s:.1f} s, convert --search {search_s:.1f} s "
                   f"({search_s / plain_s:.2f}x)")
+            print(f"  edgeq search ({space['tried']} candidates): 1 worker {one_s:.1f} s, 2 workers {two_s:.1f} s "
+                  f"({two_s / one_s:.2f}x)" + (f", Ray {ray_s:.1f} s ({ray_s / one_s:.2f}x)" if ray_s else ""))
             if plain.returncode not in (0, 3) or searched.returncode not in (0, 3):
                 print(f"  (exit codes: convert {plain.returncode}, --search {searched.returncode})")
     return 0

@@ -28,6 +28,12 @@ from edgeq.errors import EdgeqError
 @click.option("--max-snr-loss", default=1.0, show_default=True, type=click.FloatRange(min=0),
               help="--search, for models without top-1 accuracy: the dB of SNR (first output, against the float "
                    "model) a recipe may lose against the converter's default.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="--search: measure independent candidates in this many local processes (each loads "
+                   "TensorFlow once; worth it for models that take longer to convert than that).")
+@click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
+              help="--search: measure candidates as tasks on this Ray cluster (pip install 'edgeq[ray]'); each "
+                   "task gets the model, the data and the recipe, no shared file system.")
 @click.option("--recipe", "recipe_file", type=click.Path(path_type=Path), default=None,
               help="Replay a recorded recipe: the report.json of an earlier convert (its `recipe`), or that object "
                    "alone. The same model, data and versions give the same bytes.")
@@ -76,7 +82,7 @@ def convert(model: Path, target: str, mode: str | None, calibration: str | None,
             epochs: int, batch_size: int, learning_rate: float, compare: bool, force: bool, harness: bool,
             max_payload: int, outdir: Path | None, name: str | None, overwrite: bool, trust_model: bool,
             input_shapes: tuple[str, ...], runtime: str | None, search: bool, objective: str, max_snr_loss: float,
-            recipe_file: Path | None) -> None:
+            recipe_file: Path | None, workers: int, ray_address: str | None) -> None:
     """Quantize MODEL (.keras, .h5 or SavedModel dir), check it against a target, write deployable files.
 
     \b
@@ -128,7 +134,8 @@ def convert(model: Path, target: str, mode: str | None, calibration: str | None,
             trust_model=trust_model, input_shapes=_parse_shapes(input_shapes),
             qat=QatOptions(train=train_set or "auto", settings=settings, compare=compare) if qat or compare else None,
             harness=HarnessOptions(max_payload=max_payload) if harness else None, runtime=runtime,
-            search=SearchOptions(objective, max_snr_loss) if search else None, recipe_file=recipe_file)
+            search=SearchOptions(objective, max_snr_loss, workers=workers, ray=ray_address) if search else None,
+            recipe_file=recipe_file)
         result = run_convert(model, target, options, on_step=_step, progress=_progress_factory(quiet=False))
     except GateError as exc:
         click.echo(f"\n{model} does not fit {exc.result.target.name}:", err=True)
@@ -162,8 +169,13 @@ def convert(model: Path, target: str, mode: str | None, calibration: str | None,
               help="Output folder. Default: edgeq-out/<name>-<target>.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (otherwise edgeq refuses).")
 @click.option("--trust-model", is_flag=True, help="Allow Lambda layers and custom code (runs the model's code).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Measure the candidates in this many local processes.")
+@click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
+              help="Measure the candidates as tasks on this Ray cluster (pip install 'edgeq[ray]').")
 def search(model: Path, target: str, calibration: str, eval_set: str | None, objective: str, max_accuracy_drop: float,
-           max_snr_loss: float, outdir: Path | None, overwrite: bool, trust_model: bool) -> None:
+           max_snr_loss: float, outdir: Path | None, overwrite: bool, trust_model: bool, workers: int,
+           ray_address: str | None) -> None:
     """Measure every recipe of the search space for MODEL on a target, and write the cheapest that passes.
 
     \b
@@ -181,7 +193,8 @@ def search(model: Path, target: str, calibration: str, eval_set: str | None, obj
 
     options = ConvertOptions(calibration=calibration, evaluation=eval_set or "auto", outdir=outdir,
                              overwrite=overwrite, trust_model=trust_model, max_accuracy_drop=max_accuracy_drop,
-                             search=SearchOptions(objective, max_snr_loss, exhaustive=True))
+                             search=SearchOptions(objective, max_snr_loss, exhaustive=True, workers=workers,
+                                                  ray=ray_address))
     try:
         result = run_convert(model, target, options, on_step=_step, progress=_progress_factory(quiet=False))
     except GateError as exc:

@@ -96,34 +96,42 @@ def ordered(layers: Sequence[WeightedLayer], objective: str = "ram") -> list[Wei
     return sorted(useful, key=lambda l: (-saving(l, objective) / max(l.weight_error, 1e-9), l.op_index))
 
 
-def search(layers: Sequence[WeightedLayer], evaluate: Callable[[frozenset[str]], Outcome], *,
+def search(layers: Sequence[WeightedLayer], evaluate: Callable[[list[frozenset[str]]], list[Outcome]], *,
            quality_metric: str, objective: str = "ram", exhaustive: bool = False,
            on_step: Callable[[str], None] = lambda message: None) -> SearchResult:
     """Measure prefixes of `ordered(layers)` with `evaluate` (then, where the bisection's boundary
     fails, the boundary prefix plus one more layer, each in turn) and choose the cheapest that
-    passes."""
+    passes. `evaluate` takes a batch of independent candidates (each a set of per-tensor layers) and
+    returns their outcomes in order: an executor may measure a batch at once."""
     order = ordered(layers, objective)
     n = len(order)
     measured: dict[frozenset[str], Outcome] = {}
 
+    def batch(sets: list[frozenset[str]]) -> None:
+        todo = [names for k, names in enumerate(sets) if names not in measured and names not in sets[:k]]
+        if todo:
+            on_step(f"search: candidate{'s' if len(todo) > 1 else ''} {len(measured) + 1}"
+                    + (f"-{len(measured) + len(todo)}" if len(todo) > 1 else "")
+                    + f", per-tensor weights in {', '.join(str(len(t)) for t in todo)} of {n} layers")
+            measured.update(zip(todo, evaluate(todo)))
+
     def of(names: frozenset[str]) -> Outcome:
-        if names not in measured:
-            on_step(f"search: candidate {len(measured) + 1}, per-tensor weights in {len(names)} of {n} layers")
-            measured[names] = evaluate(names)
+        batch([names])
         return measured[names]
 
-    def at(k: int) -> Outcome:
-        return of(frozenset(l.name for l in order[:k]))
+    def prefix(k: int) -> frozenset[str]:
+        return frozenset(l.name for l in order[:k])
 
     if exhaustive:  # `edgeq search`: the whole table, every prefix of the order
-        for k in range(n + 1):
-            at(k)
+        batch([prefix(k) for k in range(n + 1)])
         why = f"measured every prefix of the order, 0 to {n} per-tensor layers (edgeq search)"
     else:
-        why = _explore(n, at)
+        batch([prefix(0), prefix(n)])  # the two ends are independent
+        why = _explore(n, lambda k: of(prefix(k)))
     if not any(o.passed for o in measured.values()) and why.startswith("bisected"):
         low = max((len(s) for s, o in measured.items() if o.accurate), default=0)
         base = frozenset(l.name for l in order[:low])
+        batch([base | {layer.name} for layer in order[low + 1:]])  # independent: measured as one batch
         for layer in order[low + 1:]:  # the boundary prefix and one layer more: each one in turn
             if of(base | {layer.name}).passed:
                 why += f"; then the first {low} with '{layer.name}' instead of the next in order passed"

@@ -30,7 +30,7 @@ def _additive(layers: list[WeightedLayer], budget: int, floor: float, seen: list
         fits, accurate = ram <= budget, quality >= floor
         return Outcome(fits and accurate, fits, accurate, ram, 5_000, quality)
 
-    return evaluate
+    return lambda sets: [evaluate(names) for names in sets]
 
 
 def _brute_force(layers: list[WeightedLayer], budget: int, floor: float) -> int | None:
