@@ -482,7 +482,7 @@ def _searched(model: Any, plan: _Plan, emulated: dict[str, Any]) -> tuple[_Candi
 
     def evaluate(sets: list[frozenset[str]]) -> list[Outcome]:
         if executor is not None and len(sets) > 1:
-            got = executor.map([_job(plan, emulated, base.with_per_tensor(names)) for names in sets])
+            got = executor.map([_job(plan, emulated, source, base, names) for names in sets])
         else:
             got = []
             for names in sets:
@@ -511,21 +511,21 @@ def _executor(plan: _Plan) -> Any:
     from edgeq.quantize.jobs import LocalPool, RayCluster
 
     assert plan.search is not None
-    if plan.search.ray or plan.search.workers > 1:
-        if plan.model_path.is_dir():
-            raise RecipeError(f"{plan.model_path}: --workers and --ray send the model file to each worker; a "
-                              "SavedModel folder is not one file", hint="save the model as .keras, or drop "
-                                                                      "--workers/--ray")
     if plan.search.ray:
         return RayCluster(plan.search.ray)
     return LocalPool(plan.search.workers) if plan.search.workers > 1 else None
 
 
-def _job(plan: _Plan, emulated: dict[str, Any], recipe: Recipe) -> Any:
+def _job(plan: _Plan, emulated: dict[str, Any], source: Any, base: Recipe, names: frozenset[str]) -> Any:
+    """A candidate as a job: the two conversions (cached: made once per search), the layers to mix,
+    and what measuring needs, all as values."""
     from edgeq.quantize.jobs import RecipeJob
+    from edgeq.quantize.ptq import quantize
 
-    return RecipeJob(plan.model_path.name, plan.model_path.read_bytes(), plan.profile, emulated["data"],
-                     emulated["eval_data"], recipe, plan.max_accuracy_drop, plan.trust_model, plan.input_shapes)
+    data = emulated["data"]
+    return RecipeJob(quantize(source, base, data), quantize(source, replace(base, per_channel=False), data), names,
+                     tuple(source.input_names), tuple(source.output_names), base.with_per_tensor(names), plan.name,
+                     plan.profile, data, emulated["eval_data"], emulated["reference"], plan.max_accuracy_drop)
 
 
 def _measured(candidate: _Candidate) -> Measured:
@@ -785,10 +785,24 @@ def _emulated(model: Any, method: str, *, recipe: Recipe, data: Dataset | None, 
             + (f", calibrating on {used} samples of {data.name}" if data else ""))
     source = model.converter_source(shapes)
     quantized = quantize(source, recipe, data, progress("calibrating", used) if progress and data else None)
+    return measured_model(quantized, source, method=method, recipe=recipe, data=data, name=name, profile=profile,
+                          eval_data=eval_data, reference=reference, max_drop=max_drop,
+                          per_layer=(lambda info: _per_layer(source, info, recipe, data, eval_data, on_step))
+                          if per_layer and method == "ptq" else None,
+                          on_step=on_step, progress=progress, runtimes=runtimes)
+
+
+def measured_model(quantized: bytes, names: Any, *, method: str, recipe: Recipe, data: Dataset | None, name: str,
+                   profile: TargetProfile, eval_data: Dataset | None, reference: list[Any] | None, max_drop: float,
+                   per_layer: Callable[[ModelInfo], tuple[list[LayerError], str]] | None, on_step: Step,
+                   progress: Progress | None, runtimes: Worker) -> _Candidate:
+    """A quantized model measured as convert measures it (stripped for TFLM, emulated, checked); no
+    TensorFlow needed: `names` only gives the graph's input and output names (a ConverterSource, or
+    anything with `input_names` and `output_names`), and `reference` the float model's outputs."""
     info = read_tflite(quantized, source=f"{name}.tflite")
     sidecar = plan_record = None
     if profile.runtime.micro:  # the device gets the model without the strings TFLM never reads
-        quantized, info, sidecar, plan_record = _stripped(quantized, info, source, data or eval_data, runtimes,
+        quantized, info, sidecar, plan_record = _stripped(quantized, info, names, data or eval_data, runtimes,
                                                           profile)
     # No host timing here: convert's report must be byte-identical between runs (`edgeq emulate` times it).
     checks, emulation = emulate_and_check(
@@ -796,11 +810,10 @@ def _emulated(model: Any, method: str, *, recipe: Recipe, data: Dataset | None, 
                                              max_accuracy_drop=max_drop, fitting_targets=fitting_targets,
                                              model=quantized),
         data=eval_data, reference=reference, host_latency=False, on_step=on_step, progress=progress,
-        per_layer=(lambda: _per_layer(source, info, recipe, data, eval_data, on_step))
-        if per_layer and method == "ptq" else None,
+        per_layer=(lambda: per_layer(info)) if per_layer else None,
         per_layer_note=("per-layer error is measured for PTQ: TFLite's QuantizationDebugger needs the float model, "
                         "and a QAT model carries fake-quant ranges of its own") if method == "qat" else "",
-        worker=runtimes, output_names=source.output_names)
+        worker=runtimes, output_names=names.output_names)
     return _Candidate(quantized, info, checks, emulation, sidecar, plan_record)
 
 

@@ -1,19 +1,19 @@
 """Recipe candidates as independent jobs: measured here, in a local process pool, or on a Ray cluster.
 
-A job carries everything it needs as values (the model file's bytes, the data arrays, the
-target profile, the recipe), so it runs wherever a worker is, with no shared file system. It runs
-`convert` there with the recipe (`--recipe`, `--force`, reports only kept in memory) and returns
-what the search needs from the report: the checks, the memory totals and the accuracy.
+A job carries everything it needs as values: the model's two conversions (per channel and per
+tensor, made once by the search), the layers to mix, the float model's outputs on the evaluation
+data, the data, the target profile and the recipe. So it runs wherever a worker is, with no shared
+file system and no TensorFlow: it mixes the layers (`granularity.mixed`) and measures the result
+as `convert` does (`pipeline.measured_model`: stripped for TFLM, the real arena, accuracy in the
+device's runtime, every check). It hands back what the search needs.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from edgeq.errors import RecipeError
@@ -21,15 +21,18 @@ from edgeq.errors import RecipeError
 
 @dataclass(frozen=True)
 class RecipeJob:
-    model_name: str          # the file's name: its suffix tells the loader the format
-    model_bytes: bytes
-    profile: Any             # a TargetProfile (a frozen dataclass: pickles as it is)
+    per_channel: bytes
+    per_tensor: bytes
+    layers: frozenset[str]
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    recipe: Any              # a Recipe (frozen dataclasses pickle as they are)
+    name: str
+    profile: Any             # a TargetProfile
     calibration: Any         # a Dataset
     evaluation: Any          # a Dataset, or None
-    recipe: Any              # a Recipe
+    reference: Any           # the float model's outputs on `evaluation` (a list of arrays), or None
     max_accuracy_drop: float
-    trust_model: bool
-    input_shapes: dict[str, tuple[int, ...]]
 
 
 @dataclass(frozen=True)
@@ -46,46 +49,24 @@ class Measured:
     snr_db: float | None
 
 
-def _save(folder: Path, name: str, data: Any) -> str:
-    import numpy as np
-
-    arrays = {"x": data.inputs[0]} if len(data.inputs) == 1 else {f"x{k}": a for k, a in enumerate(data.inputs)}
-    if data.labels is not None:
-        arrays["y"] = data.labels
-    if getattr(data, "groups", None) is not None:
-        arrays["groups"] = data.groups
-    np.savez(folder / name, **arrays)
-    return str(folder / name)
+@dataclass(frozen=True)
+class _Names:
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
 
 
 def run_job(job: RecipeJob) -> Measured:
-    """One candidate, measured as `convert` measures a model (in this process: the job is the isolation)."""
-    from edgeq.isolation import Worker
-    from edgeq.pipeline import ConvertOptions, GateError, convert
+    """One candidate: its layers mixed, then measured as convert measures a model."""
+    from edgeq.isolation import shared_worker
+    from edgeq.pipeline import _measured, measured_model
+    from edgeq.quantize.granularity import mixed
 
-    with tempfile.TemporaryDirectory(prefix="edgeq-job-") as tmp:
-        folder = Path(tmp)
-        model = folder / job.model_name
-        model.write_bytes(job.model_bytes)
-        recipe = folder / "recipe.json"
-        recipe.write_text(__import__("json").dumps(job.recipe.to_dict()))
-        options = ConvertOptions(calibration=_save(folder, "calibration.npz", job.calibration),
-                                 evaluation=None if job.evaluation is None else _save(folder, "eval.npz", job.evaluation),
-                                 max_accuracy_drop=job.max_accuracy_drop, force=True, outdir=folder / "out",
-                                 per_layer=False, trust_model=job.trust_model, input_shapes=job.input_shapes,
-                                 recipe_file=recipe)
-        try:
-            result = convert(model, job.profile, options, worker=Worker(in_process=True))
-        except GateError as exc:  # --force: not raised, but be safe
-            result = exc.result
-    report = result.report
-    acc, memory = report.emulation.accuracy, report.emulation.memory
-    return Measured(tuple((c.name, c.passed) for c in report.checks), memory.ram.total_bytes,
-                    memory.flash.total_bytes, acc.quantized_top1 if acc else None, acc.drop_points if acc else None,
-                    acc.quantized_auc if acc else None,
-                    None if acc is None or acc.float_auc is None or acc.quantized_auc is None
-                    else (acc.float_auc - acc.quantized_auc) * 100.0,
-                    acc.errors[0].snr_db if acc and acc.errors else None)
+    model = mixed(job.per_channel, job.per_tensor, set(job.layers), source=f"{job.name}.tflite")
+    candidate = measured_model(model, _Names(job.input_names, job.output_names), method="ptq", recipe=job.recipe,
+                               data=job.calibration, name=job.name, profile=job.profile, eval_data=job.evaluation,
+                               reference=job.reference, max_drop=job.max_accuracy_drop, per_layer=None,
+                               on_step=lambda message: None, progress=None, runtimes=shared_worker())
+    return _measured(candidate)
 
 
 class LocalPool:
