@@ -77,7 +77,10 @@ class LocalPool:
         self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
 
     def map(self, jobs: list[RecipeJob]) -> list[Measured]:
-        return list(self._pool.map(run_job, jobs))
+        return self.map_function(run_job, jobs)
+
+    def map_function(self, function: Any, jobs: list[Any]) -> list[Any]:
+        return list(self._pool.map(function, jobs))
 
     def close(self) -> None:
         self._pool.shutdown(cancel_futures=True)
@@ -111,10 +114,12 @@ class RayCluster:
         except Exception as exc:  # ConnectionError, ValueError, RuntimeError: all mean "no cluster there"
             raise RecipeError(f"--ray {address}: no Ray cluster answers there ({exc})",
                               hint="start one with `ray start --head`, or drop --ray for local workers") from None
-        self._task = ray.remote(num_cpus=1)(run_job)
-
     def map(self, jobs: list[RecipeJob]) -> list[Measured]:
-        return list(self._ray.get([self._task.remote(job) for job in jobs]))
+        return self.map_function(run_job, jobs)
+
+    def map_function(self, function: Any, jobs: list[Any]) -> list[Any]:
+        task = self._ray.remote(num_cpus=1)(function)
+        return list(self._ray.get([task.remote(job) for job in jobs]))
 
     def close(self) -> None:
         self._ray.shutdown()

@@ -121,3 +121,18 @@ def test_search_judges_an_anomaly_detector_by_its_per_file_auc(autoencoder, tmp_
     assert "AUC" in report["search"]["quality_metric"] and "per-file AUC" in proc.stdout
     check = next(c for c in report["checks"] if c["name"] == "accuracy")
     assert check["passed"] and "per-file AUC" in check["message"]
+
+
+def test_sweep_tables_every_model_on_every_target(autoencoder, tmp_path: Path) -> None:
+    model, data = autoencoder
+    small = _board(tmp_path, 2048)
+    proc = run_edgeq("sweep", str(model), "--targets", f"mcu,{small}", "--calibration", str(data), "--eval", str(data),
+                     "-o", str(tmp_path / "zoo"))
+    assert proc.returncode == 0, proc.stderr
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "zoo" / "sweep.csv").read_text().splitlines()))
+    assert [(r["model"], r["target"], r["passes"]) for r in rows] == [("ae.keras", "mcu", "yes"),
+                                                                        ("ae.keras", "small", "no")]
+    assert "ram" in rows[1]["failed checks"] and rows[0]["accuracy"].startswith("SNR")
+    assert "1 of 2 pairs pass" in proc.stdout and (tmp_path / "zoo" / "sweep.md").exists()
