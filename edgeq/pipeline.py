@@ -189,7 +189,7 @@ def convert(model_path: str | Path, target: str | TargetProfile = "mcu", options
     caller; this process checks the inputs first and writes the outputs last.
     """
     o = options or ConvertOptions()
-    mode, calibration, evaluation, name = o.mode, o.calibration, o.evaluation, o.name
+    calibration, evaluation, name = o.calibration, o.evaluation, o.name
     qat, compare, harness = o.qat is not None, o.qat is not None and o.qat.compare, o.harness is not None
     max_payload = o.harness.max_payload if o.harness else DEFAULT_MAX_PAYLOAD
     model_path = Path(model_path)
@@ -197,24 +197,7 @@ def convert(model_path: str | Path, target: str | TargetProfile = "mcu", options
     name = c_identifier(name or model_path.name.removesuffix(model_path.suffix) or model_path.name)
     out = Path(o.outdir) if o.outdir is not None else Path("edgeq-out") / f"{name}-{profile.name}"
     check_output_dir(out, output_names(name, profile, harness), overwrite=o.overwrite)
-    recipe = recipe_for(profile, mode, have_calibration=calibration is not None or qat,
-                        calibration_samples=o.calibration_samples)
-    if o.recipe_file is not None:
-        from edgeq.quantize.recipe import load_recipe
-
-        recipe = load_recipe(Path(o.recipe_file), profile, recipe)
-    if o.search is not None:
-        _check_searchable(recipe, profile, qat, o.recipe_file)
-    if qat and not recipe.per_channel:
-        raise RecipeError(f"target '{profile.name}' wants per-tensor weights, but QAT trains with tfmot's default "
-                          "scheme, which quantizes conv weights per channel",
-                          hint="drop --qat (PTQ honours per_channel = false), or use a per-channel target")
-    if qat and model_path.is_dir():
-        raise RecipeError(f"{model_path}: quantization-aware training needs a Keras model (.keras or .h5), "
-                          "not a SavedModel", hint="drop --qat for post-training quantization")
-    if qat and recipe.mode != "int8":
-        raise RecipeError(f"quantization-aware training makes int8 models; mode '{recipe.mode}' is not possible",
-                          hint="drop --mode (or pass --mode int8), or drop --qat for PTQ in this mode")
+    recipe = _recipe(o, profile, model_path)
     eval_spec = default_eval_set(calibration) if evaluation == "auto" else evaluation
     eval_data = load_dataset(eval_spec, default_split="eval") if eval_spec else None
     train_data = _train_data(o.qat.train, calibration) if o.qat else None
@@ -450,6 +433,31 @@ def _candidates(model: Any, plan: _Plan, data: Dataset | None, eval_data: Datase
                                      on_step, progress)
         candidates["qat"] = _emulated(qat_model, "qat", **emulated)
     return candidates, qat_result, searched
+
+
+def _recipe(o: ConvertOptions, profile: TargetProfile, model_path: Path) -> Recipe:
+    """The recipe convert follows: the target's (in --mode), or a replayed one (--recipe); checked
+    against what --qat and --search can do with it."""
+    qat = o.qat is not None
+    recipe = recipe_for(profile, o.mode, have_calibration=o.calibration is not None or qat,
+                        calibration_samples=o.calibration_samples)
+    if o.recipe_file is not None:
+        from edgeq.quantize.recipe import load_recipe
+
+        recipe = load_recipe(Path(o.recipe_file), profile, recipe)
+    if o.search is not None:
+        _check_searchable(recipe, profile, qat, o.recipe_file)
+    if qat and not recipe.per_channel:
+        raise RecipeError(f"target '{profile.name}' wants per-tensor weights, but QAT trains with tfmot's default "
+                          "scheme, which quantizes conv weights per channel",
+                          hint="drop --qat (PTQ honours per_channel = false), or use a per-channel target")
+    if qat and model_path.is_dir():
+        raise RecipeError(f"{model_path}: quantization-aware training needs a Keras model (.keras or .h5), "
+                          "not a SavedModel", hint="drop --qat for post-training quantization")
+    if qat and recipe.mode != "int8":
+        raise RecipeError(f"quantization-aware training makes int8 models; mode '{recipe.mode}' is not possible",
+                          hint="drop --mode (or pass --mode int8), or drop --qat for PTQ in this mode")
+    return recipe
 
 
 def _check_searchable(recipe: Recipe, profile: TargetProfile, qat: bool, recipe_file: object) -> None:
