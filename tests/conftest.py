@@ -183,6 +183,20 @@ def plain_tflite(model, io: str = "int8", data: np.ndarray | None = None) -> byt
     return bytes(converter.convert())
 
 
+def tflm_outputs(model: bytes, inputs: np.ndarray) -> np.ndarray:
+    """The first output of `model` in the TFLM Python interpreter for each sample of `inputs` (one
+    invoke each), stacked: shape (samples, *output shape)."""
+    from tflite_micro.python.tflite_micro import runtime
+
+    interp = runtime.Interpreter.from_bytes(model)
+    outs = []
+    for x in inputs:
+        interp.set_input(x[None], 0)
+        interp.invoke()
+        outs.append(interp.get_output(0).copy())
+    return np.stack(outs)
+
+
 @pytest.fixture(scope="session")
 def tiny_cnn_tflite() -> dict[str, bytes]:
     """A tiny Keras 3 CNN through the plain converter, float32 and full int8 (untrained: for tests

@@ -94,25 +94,33 @@ def _check_same_graph(a: Any, b: Any, source: str) -> None:
                               "their layers cannot be mixed", hint="convert with one granularity for all layers")
 
 
-def weighted_layers(per_channel: bytes, per_tensor: bytes, source: str = "<model>") -> list[WeightedLayer]:
-    """The layers of `per_channel` whose weight scales differ in `per_tensor` (same model, same
-    calibration), in graph order."""
-    a, b = _read(per_channel), _read(per_tensor)
+def _switchable(a: Any, b: Any, source: str) -> list[tuple[int, str, str, Any, Any]]:
+    """(op index, op, layer name, its weights in a, in b) for each layer with per-channel int8 weights
+    in `a` and one scale in `b`, after checking the two are conversions of one graph."""
     _check_same_graph(a, b, source)
     ga, gb = a.subgraphs[0], b.subgraphs[0]
-    layers = []
+    found = []
     for k, name, op in _ops(a):
         if name not in WEIGHTED_OPS or len(op.inputs) < 2 or op.inputs[1] < 0:
             continue
         ta, tb = ga.tensors[op.inputs[1]], gb.tensors[op.inputs[1]]
         if ta.type != 9 or len(_scales(ta)) <= 1 or len(_scales(tb)) != 1:  # 9: INT8
             continue
+        found.append((k, name, ta.name.decode() if isinstance(ta.name, bytes) else str(ta.name), ta, tb))
+    return found
+
+
+def weighted_layers(per_channel: bytes, per_tensor: bytes, source: str = "<model>") -> list[WeightedLayer]:
+    """The layers of `per_channel` whose weight scales differ in `per_tensor` (same model, same
+    calibration), in graph order."""
+    a, b = _read(per_channel), _read(per_tensor)
+    layers = []
+    for k, name, layer, ta, tb in _switchable(a, b, source):
         axis = 3 if name == "DEPTHWISE_CONV_2D" else 0
         wa, wb = _dequantized(a, ta, axis), _dequantized(b, tb, axis)
         rms = math.sqrt(float(np.mean(wa * wa))) or 1.0
         error = math.sqrt(float(np.mean((wb - wa) ** 2))) / rms
-        layers.append(WeightedLayer(k, name, ta.name.decode() if isinstance(ta.name, bytes) else str(ta.name),
-                                    len(_scales(ta)), round(error, 6)))
+        layers.append(WeightedLayer(k, name, layer, len(_scales(ta)), round(error, 6)))
     return layers
 
 
@@ -122,7 +130,8 @@ def mixed(per_channel: bytes, per_tensor: bytes, layers: set[str] | frozenset[st
     is not a layer with per-channel weights."""
     from ai_edge_litert.tools import flatbuffer_utils
 
-    known = {layer.name: layer for layer in weighted_layers(per_channel, per_tensor, source)}
+    a, b = _read(per_channel), _read(per_tensor)
+    known = {layer: k for k, _, layer, _, _ in _switchable(a, b, source)}
     unknown = sorted(set(layers) - set(known))
     if unknown:
         raise ConversionError(f"{source}: no layer with per-channel weights is named {', '.join(unknown[:3])}",
@@ -130,14 +139,13 @@ def mixed(per_channel: bytes, per_tensor: bytes, layers: set[str] | frozenset[st
                               "this model has no layer with per-channel weights")
     if not layers:
         return per_channel
-    a, b = _read(per_channel), _read(per_tensor)
     ga, gb = a.subgraphs[0], b.subgraphs[0]
     _check_activations(a, b, source)
     users: dict[int, int] = {}
     for t in ga.tensors:
         users[t.buffer] = users.get(t.buffer, 0) + 1
     for name in sorted(layers):
-        op = ga.operators[known[name].op_index]
+        op = ga.operators[known[name]]
         for position in (1, 2):  # weights, bias
             if position >= len(op.inputs) or op.inputs[position] < 0:
                 continue

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from edgeq.errors import TargetCheckError
-from tests.conftest import plain_tflite
+from tests.conftest import plain_tflite, tflm_outputs
 
 GCC = shutil.which("gcc")
 pytestmark = pytest.mark.skipif(GCC is None, reason="needs gcc")
@@ -64,18 +64,6 @@ def _build(tmp_path: Path, name: str, model: bytes):  # type: ignore[no-untyped-
     return ctypes.CDLL(str(lib)), sources
 
 
-def _tflm(model: bytes, inputs: np.ndarray) -> np.ndarray:
-    from tflite_micro.python.tflite_micro import runtime
-
-    interp = runtime.Interpreter.from_bytes(model)
-    outs = []
-    for x in inputs:
-        interp.set_input(x[None], 0)
-        interp.invoke()
-        outs.append(interp.get_output(0).copy())
-    return np.stack(outs)
-
-
 @pytest.mark.parametrize("kind", ["dense", "pool", "cnn", "softmax"])
 def test_c_is_bit_exact_with_tflm(kind: str, tmp_path: Path) -> None:
     model, data = _keras_model(kind, seed={"dense": 1, "pool": 2, "cnn": 3, "softmax": 4}[kind])
@@ -87,7 +75,7 @@ def test_c_is_bit_exact_with_tflm(kind: str, tmp_path: Path) -> None:
     shape, out_shape = info.input_tensors[0].shape, info.output_tensors[0].shape
     rng = np.random.default_rng(7)
     inputs = rng.integers(-128, 128, size=(40, *shape[1:]), dtype=np.int8)
-    expected = _tflm(tflite, inputs)
+    expected = tflm_outputs(tflite, inputs)
     invoke = getattr(lib, f"{sources.ident}_invoke")
     got = np.zeros((len(inputs), *out_shape[1:]), dtype=np.int8)
     for i, x in enumerate(inputs):
@@ -275,7 +263,7 @@ def test_branches_are_scheduled_to_free_their_intermediates_early(tmp_path: Path
                     str(tmp_path / "branchy_model.c"), "-o", str(lib)], check=True)
     invoke = ctypes.CDLL(str(lib)).branchy_invoke
     inputs = np.random.default_rng(1).integers(-128, 128, size=(8, 8, 8, 4), dtype=np.int8)
-    expected = _tflm(tflite, inputs)
+    expected = tflm_outputs(tflite, inputs)
     for x_i, want in zip(inputs, expected):
         x_i, out = np.ascontiguousarray(x_i), np.zeros(want.shape[1:], dtype=np.int8)
         invoke(x_i.ctypes.data_as(ctypes.c_void_p), out.ctypes.data_as(ctypes.c_void_p))

@@ -12,6 +12,7 @@ import pytest
 from edgeq.errors import RecipeError
 from edgeq.quantize.granularity import WeightedLayer
 from edgeq.quantize.search import Outcome, ordered, saving, search
+from tests.conftest import tflm_outputs
 
 
 def _layers(n: int = 10) -> list[WeightedLayer]:
@@ -101,18 +102,6 @@ def two_conversions():  # type: ignore[no-untyped-def]
     return convert(True), convert(False)
 
 
-def _tflm(model: bytes, x: np.ndarray) -> np.ndarray:
-    from tflite_micro.python.tflite_micro import runtime
-
-    interp = runtime.Interpreter.from_bytes(model)
-    out = []
-    for sample in x:
-        interp.set_input(sample[None], 0)
-        interp.invoke()
-        out.append(interp.get_output(0).copy())
-    return np.concatenate(out)
-
-
 def test_mixed_granularity_is_the_converters_own_per_tensor_layers(two_conversions) -> None:  # type: ignore[no-untyped-def]
     from edgeq.emulator.memory import measure_tflm_arena
     from edgeq.errors import ConversionError
@@ -125,10 +114,10 @@ def test_mixed_granularity_is_the_converters_own_per_tensor_layers(two_conversio
     x = np.random.default_rng(4).integers(-128, 128, (16, 6, 6, 2), dtype=np.int8)
     assert mixed(per_channel, per_tensor, set()) == per_channel
     everywhere = mixed(per_channel, per_tensor, {l.name for l in layers})
-    assert _tflm(everywhere, x).tobytes() == _tflm(per_tensor, x).tobytes()  # every layer: the converter's
+    assert tflm_outputs(everywhere, x).tobytes() == tflm_outputs(per_tensor, x).tobytes()  # every layer: the converter's
     dense = layers[1]
     one = mixed(per_channel, per_tensor, {dense.name})
-    assert _tflm(one, x).tobytes() != _tflm(per_channel, x).tobytes()
+    assert tflm_outputs(one, x).tobytes() != tflm_outputs(per_channel, x).tobytes()
     saved = measure_tflm_arena(per_channel).smallest - measure_tflm_arena(one).smallest
     assert 8 * dense.channels - 16 <= saved <= 8 * dense.channels + 16  # a multiplier and a shift per channel
     with pytest.raises(ConversionError, match="no layer with per-channel weights is named"):
