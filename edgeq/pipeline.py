@@ -158,9 +158,12 @@ class SearchOptions:
     """--search: what the recipe search minimises and how much quality it may give up where there is
     no top-1 accuracy (the first output's SNR against the float model, in dB)."""
 
-    objective: str = "ram"  # "ram" or "flash"
+    objective: str = "ram"  # "ram", "flash" or "latency"
     max_snr_loss: float = 1.0
+    min_snr: float | None = None  # an absolute floor (dB) in place of max_snr_loss
     exhaustive: bool = False  # every prefix of the order (`edgeq search`), not the bisection
+    train: str | None = "auto"  # training data for QAT, the last resort ("auto": a bundled set's train split)
+    train_settings: Any = None  # a qat.TrainSettings (None: its defaults)
     workers: int = 1  # candidates of a batch measured in this many local processes (1: here, one by one)
     ray: str | None = None  # a Ray cluster's address: candidates as Ray tasks instead
 
@@ -200,7 +203,7 @@ def convert(model_path: str | Path, target: str | TargetProfile = "mcu", options
     recipe = _recipe(o, profile, model_path)
     eval_spec = default_eval_set(calibration) if evaluation == "auto" else evaluation
     eval_data = load_dataset(eval_spec, default_split="eval") if eval_spec else None
-    train_data = _train_data(o.qat.train, calibration) if o.qat else None
+    train_data = _train_data(o.qat.train, calibration) if o.qat else _search_train(o.search, calibration)
     data: Dataset | None = load_dataset(calibration) if calibration and recipe.calibration_samples else None
     from edgeq.loading import check_model_file
 
@@ -338,8 +341,10 @@ def _compute_with(plan: _Plan, on_step: Step, progress: Progress, runtimes: Work
     model, folded, recurrent, float_bytes = _prepared(model, plan, data or eval_data, shapes, on_step, runtimes)
     candidates, qat_result, searched = _candidates(model, plan, data, eval_data, train_data, reference, shapes,
                                                    on_step, progress, runtimes)
+    method = searched.method if searched else "qat" if plan.qat else "ptq"
     chosen = candidates["qat" if plan.qat else "ptq"]
-    recipe = searched[0] if searched else plan.recipe
+    recipe = searched.recipe if searched else plan.recipe
+    qat_result = searched.qat if searched else qat_result
     checks, emulation, quantized, info = chosen.checks, chosen.emulation, chosen.quantized, chosen.info
     if plan.compare and candidates["ptq"].emulation.per_layer:
         # The debugger needs the float model, so only PTQ has per-layer statistics: show where PTQ loses.
@@ -350,10 +355,10 @@ def _compute_with(plan: _Plan, on_step: Step, progress: Progress, runtimes: Work
     gate = gate_summary(checks, forced=plan.force)
     files, harness_manifest = _emitted(plan, chosen, emulation, gate, on_step)
     used = min(recipe.calibration_samples, data.num_samples) if data else 0
-    how = dict(method="qat" if plan.qat else "ptq", folded_batchnorm=list(folded), recurrent=recurrent,
+    how = dict(method=method, folded_batchnorm=list(folded), recurrent=recurrent,
                qat=None if qat_result is None else qat_result.part(),
                comparison={k: c.summary(float_bytes) for k, c in candidates.items()} if plan.compare else None,
-               harness=harness_manifest, search=searched[1] if searched else None)
+               harness=harness_manifest, search=searched.part if searched else None)
     report = _report(model, plan.model_path, plan.profile, recipe, data, used, float_bytes, chosen, gate,
                      emulation, files, shapes, how)
     files.update(_render_reports(report))
@@ -412,7 +417,7 @@ def _prepared(model: Any, plan: _Plan, sample: Dataset | None, shapes: list[tupl
 def _candidates(model: Any, plan: _Plan, data: Dataset | None, eval_data: Dataset | None,
                 train_data: Dataset | None, reference: list[Any] | None, shapes: list[tuple[int, ...]],
                 on_step: Step, progress: Progress, runtimes: Worker
-                ) -> tuple[dict[str, _Candidate], Any, tuple[Recipe, SearchPart] | None]:
+                ) -> tuple[dict[str, _Candidate], Any, _Searched | None]:
     """PTQ, QAT or both (--compare), each quantized, emulated and checked; QAT's training record;
     with --search, the recipe it chose and what it measured."""
     candidates: dict[str, _Candidate] = {}
@@ -421,7 +426,7 @@ def _candidates(model: Any, plan: _Plan, data: Dataset | None, eval_data: Datase
                     progress=progress, runtimes=runtimes, shapes=shapes)
     searched = None
     if plan.search is not None:
-        candidates["ptq"], searched = _searched(model, plan, emulated)
+        candidates["ptq"], searched = _searched(model, plan, emulated, train_data)
     elif not plan.qat or plan.compare:
         candidates["ptq"] = _emulated(model, "ptq", **emulated)
     qat_result = None
@@ -470,48 +475,137 @@ def _check_searchable(recipe: Recipe, profile: TargetProfile, qat: bool, recipe_
                           f"for target '{profile.name}'", hint="drop --mode, or use a per-channel int8 target")
 
 
-def _searched(model: Any, plan: _Plan, emulated: dict[str, Any]) -> tuple[_Candidate, tuple[Recipe, SearchPart]]:
+@dataclass(frozen=True)
+class _Searched:
+    """What --search decided: the recipe, its record, and how the chosen model was made."""
+
+    recipe: Recipe
+    part: SearchPart
+    method: str = "ptq"
+    qat: Any = None  # QAT's training record, when QAT was chosen
+
+
+SEARCH_CALIBRATION_CAP = 1000  # the most calibration samples the search's calibration lever uses
+
+
+def _searched(model: Any, plan: _Plan, emulated: dict[str, Any], train_data: Dataset | None
+              ) -> tuple[_Candidate, _Searched]:
     """The recipe search (edgeq/quantize/search.py) with convert's own measurement of each candidate;
     the chosen candidate (or, when none passes, the converter's default) and the search's record."""
     from edgeq.quantize.granularity import weighted_layers
     from edgeq.quantize.ptq import quantize
-    from edgeq.quantize.search import search
+    from edgeq.quantize.search import Choice, search
 
     assert plan.search is not None
-    base, on_step = plan.recipe, emulated["on_step"]
+    base, on_step, data = plan.recipe, emulated["on_step"], emulated["data"]
     source = model.converter_source(emulated["shapes"])
     on_step("search: converting with per-channel and with per-tensor weights, to mix them layer by layer")
-    layers = weighted_layers(quantize(source, base, emulated["data"]),
-                             quantize(source, replace(base, per_channel=False), emulated["data"]), source.label)
-    measured: dict[frozenset[str], _Candidate] = {}
+    layers = weighted_layers(quantize(source, base, data), quantize(source, replace(base, per_channel=False), data),
+                             source.label)
+    measured: dict[Choice, _Candidate] = {}
+    trained: dict[str, Any] = {}
     floor: list[float] = []
     results: list[Measured] = []
     executor = _executor(plan)
 
-    def evaluate(sets: list[frozenset[str]]) -> list[Outcome]:
-        if executor is not None and len(sets) > 1:
-            got = executor.map([_job(plan, emulated, source, base, names) for names in sets])
+    def here(choice: Choice) -> Measured:
+        recipe = _choice_recipe(plan, choice)
+        if choice.qat:
+            from edgeq.quantize.qat import TrainSettings
+
+            qat_model, trained["record"] = _qat(model, plan.model_path, train_data,
+                                                plan.search.train_settings or TrainSettings(), on_step,
+                                                emulated["progress"])
+            measured[choice] = _emulated(qat_model, "qat", **{**emulated, "recipe": recipe, "per_layer": False})
         else:
-            got = []
-            for names in sets:
-                measured[names] = _emulated(model, "ptq", **{**emulated, "recipe": base.with_per_tensor(names),
-                                                             "per_layer": False})
-                got.append(_measured(measured[names]))
+            measured[choice] = _emulated(model, "ptq", **{**emulated, "recipe": recipe, "per_layer": False})
+        return _measured(measured[choice])
+
+    def evaluate(choices: list[Choice]) -> list[Outcome]:
+        remote = [c for c in choices if not c.qat] if executor is not None and len(choices) > 1 else []
+        jobs = [_job(plan, emulated, source, quantize(source, _choice_recipe(plan, c), data), _choice_recipe(plan, c))
+                for c in remote]
+        done = dict(zip(remote, executor.map(jobs))) if remote else {}
+        got = [done[c] if c in done else here(c) for c in choices]
         results.extend(got)
+        if plan.search.min_snr is not None and not floor:
+            floor.append(plan.search.min_snr)
         return [_outcome(m, floor, plan.search.max_snr_loss) for m in got]
 
     try:
-        result = search(layers, evaluate, quality_metric="", objective=plan.search.objective,
-                        exhaustive=plan.search.exhaustive, on_step=on_step)
+        result = search(layers, evaluate, objective=plan.search.objective, exhaustive=plan.search.exhaustive,
+                        levers=lambda: _levers(model, plan, emulated, source, train_data is not None), on_step=on_step)
     finally:
         if executor is not None:
             executor.close()
-    names = result.chosen if result.chosen is not None else frozenset()
-    recipe = base.with_per_tensor(names)
-    part = replace(result.part, quality_metric=_quality_name(results[0]) if results else "")
-    if plan.per_layer or names not in measured:  # the chosen one here, with the per-layer error if asked
-        return _emulated(model, "ptq", **{**emulated, "recipe": recipe}), (recipe, part)
-    return measured[names], (recipe, part)
+    choice = result.chosen if result.chosen is not None else Choice()
+    recipe = _choice_recipe(plan, choice)
+    found = _Searched(recipe, replace(result.part, quality_metric=_quality_name(results[0]) if results else ""),
+                      "qat" if choice.qat else "ptq", trained.get("record") if choice.qat else None)
+    if not choice.qat and (plan.per_layer or choice not in measured):  # the chosen one here, with per-layer error
+        return _emulated(model, "ptq", **{**emulated, "recipe": recipe}), found
+    return measured[choice], found
+
+
+def _choice_recipe(plan: _Plan, choice: Any) -> Recipe:
+    """The recipe a search choice stands for."""
+    base = plan.recipe
+    if choice.int16x8:
+        return recipe_for(plan.profile, "int16x8", have_calibration=True, calibration_samples=base.calibration_samples)
+    recipe = base.with_per_tensor(choice.per_tensor).with_int16(choice.int16)
+    return replace(recipe, calibration_samples=choice.calibration_samples) if choice.calibration_samples else recipe
+
+
+def _levers(model: Any, plan: _Plan, emulated: dict[str, Any], source: Any, can_train: bool) -> Any:
+    """What the search may try when no weight granularity keeps the floor, for this model, data and
+    target: more calibration samples, int16 activations (worst layers in int8 first), QAT."""
+    from edgeq.quantize.ptq import quantize, wide
+    from edgeq.quantize.search import Levers
+
+    base, data, on_step = plan.recipe, emulated["data"], emulated["on_step"]
+    more = min(data.num_samples, SEARCH_CALIBRATION_CAP) if data is not None else 0
+    int16: list[tuple[str, ...]] = []
+    allowed = "int16x8" in plan.profile.quantization.modes and data is not None
+    if allowed:
+        from edgeq.quantize.int16 import int16_layers
+
+        on_step("search: converting in int16x8 too, for int16 activations layer by layer")
+        try:
+            wide_layers = int16_layers(quantize(source, base, data), quantize(source, wide(base), data), source.label)
+        except ConversionError as exc:
+            on_step(f"search: no int16 activations per layer ({exc.message})")
+            wide_layers = []
+        errors = _int8_errors(source, plan, emulated) if len(wide_layers) > 1 else {}
+        from edgeq.emulator.accuracy import _short_name
+
+        # A layer's output stays int16 only if the layers it feeds take int16 too: each step of the
+        # order is a layer (the coarsest int8 output first) with the layers it feeds.
+        order = sorted(wide_layers, key=lambda l: (-errors.get(_short_name(l.output), 0.0), l.op_index))
+        int16 = [tuple(dict.fromkeys((l.name, *l.feeds))) for l in order]
+    return Levers(calibration_samples=more if more > min(base.calibration_samples, more) else 0, int16=int16,
+                  int16x8=allowed, qat=can_train and model.keras_model is not None)
+
+
+def _int8_errors(source: Any, plan: _Plan, emulated: dict[str, Any]) -> dict[str, float]:
+    """How coarse int8 is for each layer's output (the int8 step over the median magnitude of its float
+    values, from TFLite's QuantizationDebugger), by the layer output's short name."""
+    import math
+
+    from edgeq.emulator.accuracy import per_layer_errors_of
+
+    data = emulated["data"]
+    debug = emulated["eval_data"] or data
+    emulated["on_step"](f"search: ordering layers by how coarse int8 is for their outputs (QuantizationDebugger, "
+                        f"{min(64, debug.num_samples)} samples)")
+    from edgeq.quantize.ptq import quantize
+
+    info = read_tflite(quantize(source, plan.recipe, data), source=f"{plan.name}.tflite")
+    try:
+        rows = per_layer_errors_of(source, plan.recipe, data, to_graph_inputs(list(debug.inputs), source.input_names,
+                                                                             info), samples=64)
+    except Exception:  # the debugger's private API: order by graph position instead
+        return {}
+    return {r.layer: r.step_over_median for r in rows if math.isfinite(r.step_over_median)}
 
 
 def _executor(plan: _Plan) -> Any:
@@ -524,16 +618,12 @@ def _executor(plan: _Plan) -> Any:
     return LocalPool(plan.search.workers) if plan.search.workers > 1 else None
 
 
-def _job(plan: _Plan, emulated: dict[str, Any], source: Any, base: Recipe, names: frozenset[str]) -> Any:
-    """A candidate as a job: the two conversions (cached: made once per search), the layers to mix,
-    and what measuring needs, all as values."""
+def _job(plan: _Plan, emulated: dict[str, Any], source: Any, model: bytes, recipe: Recipe) -> Any:
+    """A candidate as a job: its quantized model and what measuring needs, all as values."""
     from edgeq.quantize.jobs import RecipeJob
-    from edgeq.quantize.ptq import quantize
 
-    data = emulated["data"]
-    return RecipeJob(quantize(source, base, data), quantize(source, replace(base, per_channel=False), data), names,
-                     tuple(source.input_names), tuple(source.output_names), base.with_per_tensor(names), plan.name,
-                     plan.profile, data, emulated["eval_data"], emulated["reference"], plan.max_accuracy_drop)
+    return RecipeJob(model, tuple(source.input_names), tuple(source.output_names), recipe, plan.name, plan.profile,
+                     emulated["data"], emulated["eval_data"], emulated["reference"], plan.max_accuracy_drop)
 
 
 def _measured(candidate: _Candidate) -> Measured:
@@ -544,7 +634,7 @@ def _measured(candidate: _Candidate) -> Measured:
     return Measured(tuple((c.name, c.passed) for c in candidate.checks), memory.ram_total, memory.flash_total,
                     acc.quantized_top1 if acc else None, acc.drop_points if acc else None,
                     acc.quantized_auc if acc else None, acc.auc_drop_points if acc else None,
-                    acc.errors[0].snr_db if acc and acc.errors else None)
+                    acc.errors[0].snr_db if acc and acc.errors else None, candidate.emulation.latency.total_ms)
 
 
 def _quality(m: Measured) -> float | None:
@@ -564,8 +654,8 @@ def _quality_name(m: Measured) -> str:
 
 
 def _outcome(m: Measured, floor: list[float], max_snr_loss: float) -> Outcome:
-    """A candidate as the search sees it. Without top-1 accuracy or AUC, the floor is the first
-    candidate's (the converter's default) SNR less `max_snr_loss` dB."""
+    """A candidate as the search sees it. Without top-1 accuracy or AUC, the floor is `floor[0]` if set
+    (--min-snr), else the first candidate's (the converter's default) SNR less `max_snr_loss` dB."""
     from edgeq.quantize.search import Outcome
 
     by_name = dict(m.checks)
@@ -578,7 +668,7 @@ def _outcome(m: Measured, floor: list[float], max_snr_loss: float) -> Outcome:
     fits = by_name[CheckName.FLASH] and by_name[CheckName.RAM]
     others = all(passed for name, passed in m.checks if name != CheckName.ACCURACY)
     return Outcome(passed=others and accurate, fits=fits, accurate=accurate, ram_bytes=m.ram_bytes,
-                   flash_bytes=m.flash_bytes, quality=quality,
+                   flash_bytes=m.flash_bytes, quality=quality, latency_ms=m.latency_ms,
                    failed=tuple(name for name, passed in m.checks if not passed)
                    + (() if accurate or not by_name[CheckName.ACCURACY] else ("quality floor",)))
 
@@ -685,6 +775,14 @@ class _Candidate:
             snr_db=acc.errors[0].snr_db if acc and acc.errors else None, tflite_bytes=len(self.quantized),
             ratio=round(len(float_bytes) / len(self.quantized), 3), ram_bytes=mem.ram_needed,
             latency_ms=self.emulation.latency.part().total_ms, gate_passed=all(c.passed for c in self.checks))
+
+
+def _search_train(search: SearchOptions | None, calibration: str | None) -> Dataset | None:
+    """--search's training data for QAT, its last resort: --train, else a bundled set's train split, else none."""
+    if search is None or search.train is None:
+        return None
+    spec = default_split_of(calibration, "train") if search.train == "auto" else search.train
+    return load_dataset(spec, default_split="train") if spec else None
 
 
 def _train_data(train: str | None, calibration: str | None) -> Dataset:

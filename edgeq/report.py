@@ -70,16 +70,19 @@ def _search_md(report: ConvertReport) -> list[str]:
     if search is None:
         return []
     rows = [[("**" + c.label + "** (written)") if c.chosen else c.label, _b(c.ram_bytes), _b(c.flash_bytes),
-             "-" if c.quality is None else f"{c.quality:.3f}",
+             "-" if c.latency_ms is None else f"{c.latency_ms:.3f}", "-" if c.quality is None else f"{c.quality:.3f}",
              "pass" if c.passed else "fails " + ", ".join(c.failed_checks)] for c in search.candidates]
     out = ["## Recipe search", "",
            f"Searched: {search.space}; objective: {search.objective}; quality: {search.quality_metric}. "
            f"{search.tried} candidates over {search.layers} layers; stopped because {search.stopped_because}.", ""]
-    out += _table(["recipe", "RAM", "flash", "quality", "checks"], rows)
-    if report.recipe.per_tensor_layers:
-        out += ["Layers with per-tensor weights in the recipe written: "
-                + ", ".join(f"`{n}`" for n in report.recipe.per_tensor_layers)
-                + ". Replay it with `edgeq convert ... --recipe report.json`.", ""]
+    out += _table(["recipe", "RAM", "flash", "latency (ms, estimated)", "quality", "checks"], rows)
+    for what, layers in (("per-tensor weights", report.recipe.per_tensor_layers),
+                         ("int16 activations", report.recipe.int16_layers)):
+        if layers:
+            out += [f"Layers with {what} in the recipe written: " + ", ".join(f"`{n}`" for n in layers)
+                    + ". Replay it with `edgeq convert ... --recipe report.json`.", ""]
+    if report.method == "qat":
+        out += ["The recipe written was trained (QAT): replay it with `edgeq convert ... --recipe report.json --qat`.", ""]
     return out
 
 

@@ -21,13 +21,19 @@ from edgeq.errors import EdgeqError
 @click.option("-m", "--mode", default=None,
               help="int8, int16x8, float16, dynamic or float32. Default: the target's default mode.")
 @click.option("--search", is_flag=True,
-              help="Search the weight granularity layer by layer (per channel, or one scale per tensor) and write "
-                   "the cheapest recipe that passes every check; the report tables every candidate measured.")
-@click.option("--objective", type=click.Choice(["ram", "flash"]), default="ram", show_default=True,
-              help="--search: what 'cheapest' means.")
+              help="Search recipes and write the cheapest that passes every check: weight granularity layer by "
+                   "layer (per channel, or one scale per tensor); if none keeps the accuracy floor, more calibration "
+                   "samples, int16 activations for the worst layers (targets that allow int16x8), then QAT (with "
+                   "training data). The report tables every candidate measured.")
+@click.option("--objective", type=click.Choice(["ram", "flash", "latency"]), default="ram", show_default=True,
+              help="--search: what 'cheapest' means (latency: the target's estimate).")
 @click.option("--max-snr-loss", default=1.0, show_default=True, type=click.FloatRange(min=0),
               help="--search, for models without top-1 accuracy: the dB of SNR (first output, against the float "
                    "model) a recipe may lose against the converter's default.")
+@click.option("--min-snr", default=None, type=float, metavar="DB",
+              help="--search, for models without top-1 accuracy: an absolute floor instead, the least SNR (dB, first "
+                   "output against the float model) a recipe must keep; lets the search go past the converter's "
+                   "default (int16 activations, QAT) when that misses it.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
               help="--search: measure independent candidates in this many local processes (each loads "
                    "TensorFlow once; worth it for models that take longer to convert than that).")
@@ -52,7 +58,8 @@ from edgeq.errors import EdgeqError
 @click.option("--qat", is_flag=True,
               help="Quantization-aware training (tfmot quantize_model, fine-tuned) instead of PTQ. int8 only.")
 @click.option("--train", "train_set", default=None, metavar="SET",
-              help="Labelled training data for --qat. Default: the 'train' split of a bundled calibration set.")
+              help="Labelled training data for --qat (and for --search's last resort, QAT). Default: the 'train' split "
+                   "of a bundled calibration set.")
 @click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1),
               help="QAT: most epochs (early stopping on validation loss ends sooner).")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="QAT: batch size.")
@@ -82,7 +89,7 @@ def convert(model: Path, target: str, mode: str | None, calibration: str | None,
             epochs: int, batch_size: int, learning_rate: float, compare: bool, force: bool, harness: bool,
             max_payload: int, outdir: Path | None, name: str | None, overwrite: bool, trust_model: bool,
             input_shapes: tuple[str, ...], runtime: str | None, search: bool, objective: str, max_snr_loss: float,
-            recipe_file: Path | None, workers: int, ray_address: str | None) -> None:
+            min_snr: float | None, recipe_file: Path | None, workers: int, ray_address: str | None) -> None:
     """Quantize MODEL (.keras, .h5 or SavedModel dir), check it against a target, write deployable files.
 
     \b
@@ -123,7 +130,7 @@ def convert(model: Path, target: str, mode: str | None, calibration: str | None,
 
     evaluation = None if no_eval else (eval_set or "auto")
     settings = None
-    if qat or compare:
+    if qat or compare or search:
         from edgeq.quantize.qat import TrainSettings
 
         settings = TrainSettings(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate)
@@ -134,7 +141,8 @@ def convert(model: Path, target: str, mode: str | None, calibration: str | None,
             trust_model=trust_model, input_shapes=_parse_shapes(input_shapes),
             qat=QatOptions(train=train_set or "auto", settings=settings, compare=compare) if qat or compare else None,
             harness=HarnessOptions(max_payload=max_payload) if harness else None, runtime=runtime,
-            search=SearchOptions(objective, max_snr_loss, workers=workers, ray=ray_address) if search else None,
+            search=SearchOptions(objective, max_snr_loss, min_snr, workers=workers, ray=ray_address,
+                                 train=train_set or "auto", train_settings=settings) if search else None,
             recipe_file=recipe_file)
         result = run_convert(model, target, options, on_step=_step, progress=_progress_factory(quiet=False))
     except GateError as exc:
@@ -159,12 +167,17 @@ def convert(model: Path, target: str, mode: str | None, calibration: str | None,
               help="Calibration data: a bundled set (`edgeq calibration list`) or your .npz.")
 @click.option("-e", "--eval", "eval_set", default=None, metavar="SET",
               help="Held-out data for accuracy. Default: the bundled set's eval split.")
-@click.option("--objective", type=click.Choice(["ram", "flash"]), default="ram", show_default=True,
-              help="What 'cheapest' means.")
+@click.option("--objective", type=click.Choice(["ram", "flash", "latency"]), default="ram", show_default=True,
+              help="What 'cheapest' means (latency: the target's estimate).")
+@click.option("--train", "train_set", default=None, metavar="SET",
+              help="Labelled training data for QAT, the last resort when no post-training recipe keeps the floor. "
+                   "Default: the 'train' split of a bundled calibration set.")
 @click.option("--max-accuracy-drop", default=DEFAULT_DROP, show_default=True, type=click.FloatRange(min=0),
               help="The floor for classifiers: top-1 points lost against the float model.")
 @click.option("--max-snr-loss", default=1.0, show_default=True, type=click.FloatRange(min=0),
               help="The floor for other models: dB of SNR lost against the converter's default.")
+@click.option("--min-snr", default=None, type=float, metavar="DB",
+              help="For other models: an absolute floor instead, the least SNR (dB) a recipe must keep.")
 @click.option("-o", "--output", "outdir", type=click.Path(path_type=Path), default=None,
               help="Output folder. Default: edgeq-out/<name>-<target>.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (otherwise edgeq refuses).")
@@ -173,16 +186,18 @@ def convert(model: Path, target: str, mode: str | None, calibration: str | None,
               help="Measure the candidates in this many local processes.")
 @click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
               help="Measure the candidates as tasks on this Ray cluster (pip install 'edgeq[ray]').")
-def search(model: Path, target: str, calibration: str, eval_set: str | None, objective: str, max_accuracy_drop: float,
-           max_snr_loss: float, outdir: Path | None, overwrite: bool, trust_model: bool, workers: int,
-           ray_address: str | None) -> None:
+def search(model: Path, target: str, calibration: str, eval_set: str | None, objective: str, train_set: str | None,
+           max_accuracy_drop: float, max_snr_loss: float, min_snr: float | None, outdir: Path | None,
+           overwrite: bool, trust_model: bool, workers: int, ray_address: str | None) -> None:
     """Measure every recipe of the search space for MODEL on a target, and write the cheapest that passes.
 
     \b
     `convert --search` bisects the space for few candidates; this measures all of it: per-tensor
     weights in the first 0, 1, ..., n layers of the order `--search` uses (most TFLM arena bytes
-    saved per unit of weight error first). The table of every candidate is in the terminal,
-    report.md and report.png; the recipe written is in report.json (replay: convert --recipe).
+    saved per unit of weight error first). If none keeps the accuracy floor, it goes on as
+    --search does: more calibration samples, int16 activations for the worst layers, QAT. The
+    table of every candidate is in the terminal, report.md and report.png; the recipe written is
+    in report.json (replay: convert --recipe).
 
     \b
     Example:
@@ -193,8 +208,8 @@ def search(model: Path, target: str, calibration: str, eval_set: str | None, obj
 
     options = ConvertOptions(calibration=calibration, evaluation=eval_set or "auto", outdir=outdir,
                              overwrite=overwrite, trust_model=trust_model, max_accuracy_drop=max_accuracy_drop,
-                             search=SearchOptions(objective, max_snr_loss, exhaustive=True, workers=workers,
-                                                  ray=ray_address))
+                             search=SearchOptions(objective, max_snr_loss, min_snr, exhaustive=True, workers=workers,
+                                                  ray=ray_address, train=train_set or "auto"))
     try:
         result = run_convert(model, target, options, on_step=_step, progress=_progress_factory(quiet=False))
     except GateError as exc:
@@ -274,13 +289,14 @@ def _search_table(report: Any, err: bool = False) -> None:
     if search is None:
         return
     click.echo(f"  search    {search.tried} candidates over {search.layers} layers; {search.stopped_because}", err=err)
-    click.echo(f"            {'recipe':<56}{'RAM':>10}{'flash':>10}{'quality':>10}  checks", err=err)
+    click.echo(f"            {'recipe':<56}{'RAM':>10}{'flash':>10}{'ms':>8}{'quality':>10}  checks", err=err)
     for c in search.candidates:
         quality = "-" if c.quality is None else f"{c.quality:.2f}"
+        ms = "-" if c.latency_ms is None else f"{c.latency_ms:.2f}"
         mark = ">" if c.chosen else " "
         checks = "pass" if c.passed else "fails " + ", ".join(c.failed_checks)
-        click.echo(f"          {mark} {c.label:<56}{c.ram_bytes or 0:>10,}{c.flash_bytes:>10,}{quality:>10}  {checks}",
-                   err=err)
+        click.echo(f"          {mark} {c.label:<56}{c.ram_bytes or 0:>10,}{c.flash_bytes:>10,}{ms:>8}{quality:>10}"
+                   f"  {checks}", err=err)
     click.echo(f"            quality: {search.quality_metric}; > marks the recipe written", err=err)
 
 

@@ -352,6 +352,10 @@ class LayerError:
     rmse_over_scale: float   # sqrt(mean squared error) / scale; ~0.29 (1/sqrt(12)) is pure rounding noise
     mean_abs_error: float
     max_abs_error: float
+    # The int8 step over the median magnitude of the layer's nonzero float values: how coarse int8 is
+    # for a typical value. An outlier channel makes it large for every other channel of the layer,
+    # while rmse_over_scale stays at rounding noise. Not in report.json (the recipe search orders by it).
+    step_over_median: float = math.nan
 
     def part(self) -> LayerErrorPart:
         return LayerErrorPart(self.layer, self.op, _json_float(self.rmse_over_scale),
@@ -407,7 +411,8 @@ def per_layer_errors(converter: Any, debug_inputs: Sequence[np.ndarray], *, samp
     with captured_output(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         options = tfm.lite.experimental.QuantizationDebugOptions(
-            layer_debug_metrics={"mean_abs_error": lambda diffs: float(np.mean(np.abs(diffs)))})
+            layer_debug_metrics={"mean_abs_error": lambda diffs: float(np.mean(np.abs(diffs)))},
+            layer_direct_compare_metrics={"step_over_median": _step_over_median})
         debugger = tfm.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=dataset,
                                                                debug_options=options)
         debugger.run()
@@ -431,7 +436,15 @@ def _layer_error(debugger: Any, name: str, metrics: dict[str, float]) -> LayerEr
     return LayerError(layer=_short_name(tensor_name), op=str(op),
                       rmse_over_scale=math.sqrt(mse) / scale if scale > 0 and mse >= 0 else math.nan,
                       mean_abs_error=float(metrics.get("mean_abs_error", math.nan)),
-                      max_abs_error=float(metrics.get("max_abs_error", math.nan)))
+                      max_abs_error=float(metrics.get("max_abs_error", math.nan)),
+                      step_over_median=float(metrics.get("step_over_median", math.nan)))
+
+
+def _step_over_median(float_values: np.ndarray, quantized: np.ndarray, scale: float, zero_point: int) -> float:
+    """One sample's int8 step over the median magnitude of its nonzero float values (NaN if all zero)."""
+    magnitudes = np.abs(np.asarray(float_values, dtype=np.float64)).ravel()
+    magnitudes = magnitudes[magnitudes > 0]
+    return float(scale) / float(np.median(magnitudes)) if magnitudes.size else math.nan
 
 
 _MAX_NAME = 60

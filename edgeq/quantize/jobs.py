@@ -1,11 +1,12 @@
 """Recipe candidates as independent jobs: measured here, in a local process pool, or on a Ray cluster.
 
-A job carries everything it needs as values: the model's two conversions (per channel and per
-tensor, made once by the search), the layers to mix, the float model's outputs on the evaluation
-data, the data, the target profile and the recipe. So it runs wherever a worker is, with no shared
-file system and no TensorFlow: it mixes the layers (`granularity.mixed`) and measures the result
+A job carries everything it needs as values: the candidate's quantized model (the search converts
+once per mode and calibration and mixes layers from those conversions, which takes milliseconds),
+the float model's outputs on the evaluation data, the data, the target profile and the recipe. So
+it runs wherever a worker is, with no shared file system and no TensorFlow: it measures the model
 as `convert` does (`pipeline.measured_model`: stripped for TFLM, the real arena, accuracy in the
-device's runtime, every check). It hands back what the search needs.
+device's runtime, every check), which is most of a candidate's time, and hands back what the
+search needs.
 """
 
 from __future__ import annotations
@@ -21,9 +22,7 @@ from edgeq.errors import RecipeError
 
 @dataclass(frozen=True)
 class RecipeJob:
-    per_channel: bytes
-    per_tensor: bytes
-    layers: frozenset[str]
+    model: bytes             # the candidate's .tflite
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
     recipe: Any              # a Recipe (frozen dataclasses pickle as they are)
@@ -47,6 +46,7 @@ class Measured:
     quantized_auc: float | None
     auc_drop_points: float | None
     snr_db: float | None
+    latency_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -56,13 +56,11 @@ class _Names:
 
 
 def run_job(job: RecipeJob) -> Measured:
-    """One candidate: its layers mixed, then measured as convert measures a model."""
+    """One candidate, measured as convert measures a model."""
     from edgeq.isolation import shared_worker
     from edgeq.pipeline import _measured, measured_model
-    from edgeq.quantize.granularity import mixed
 
-    model = mixed(job.per_channel, job.per_tensor, set(job.layers), source=f"{job.name}.tflite")
-    candidate = measured_model(model, _Names(job.input_names, job.output_names), method="ptq", recipe=job.recipe,
+    candidate = measured_model(job.model, _Names(job.input_names, job.output_names), method="ptq", recipe=job.recipe,
                                data=job.calibration, name=job.name, profile=job.profile, eval_data=job.evaluation,
                                reference=job.reference, max_drop=job.max_accuracy_drop, per_layer=None,
                                on_step=lambda message: None, progress=None, runtimes=shared_worker())

@@ -27,6 +27,8 @@ def quantize(source: ConverterSource, recipe: Recipe, calibration: Dataset | Non
     """`source` quantized as `recipe` says. With per-tensor layers in a per-channel recipe, the
     model is converted both ways (each once per source and calibration set: a search asks for many
     mixes) and the named layers' weights come from the per-tensor conversion."""
+    if recipe.int16_layers:
+        return _with_int16(source, recipe, calibration, on_progress)
     if not recipe.per_tensor_layers or not recipe.per_channel:
         return _converted(source, replace(recipe, per_tensor_layers=None), calibration, on_progress)
     from edgeq.quantize.granularity import mixed
@@ -34,6 +36,27 @@ def quantize(source: ConverterSource, recipe: Recipe, calibration: Dataset | Non
     per_channel = _converted(source, replace(recipe, per_tensor_layers=None), calibration, on_progress)
     per_tensor = _converted(source, replace(recipe, per_tensor_layers=None, per_channel=False), calibration, None)
     return mixed(per_channel, per_tensor, set(recipe.per_tensor_layers), source=source.label)
+
+
+def wide(recipe: Recipe) -> Recipe:
+    """`recipe` in int16x8 (the conversion int16 layers come from): int16 I/O where it was int8."""
+    io = {"int8": "int16"}
+    return replace(recipe, mode="int16x8", activations="int16", input_dtype=io.get(recipe.input_dtype, recipe.input_dtype),
+                   output_dtype=io.get(recipe.output_dtype, recipe.output_dtype), per_tensor_layers=None,
+                   int16_layers=None)
+
+
+def _with_int16(source: ConverterSource, recipe: Recipe, calibration: Dataset | None,
+                on_progress: Callable[[int], None] | None) -> bytes:
+    from edgeq.quantize.int16 import mixed
+
+    if recipe.mode != "int8" or recipe.per_tensor_layers:
+        raise ConversionError(f"{source.label}: int16 activations per layer need an int8 recipe without per-tensor "
+                              "layers", hint="drop int16_layers or per_tensor_layers from the recipe")
+    int8 = _converted(source, replace(recipe, int16_layers=None), calibration, on_progress)
+    int16 = _converted(source, wide(recipe), calibration, None)
+    assert recipe.int16_layers is not None
+    return mixed(int8, int16, set(recipe.int16_layers), source=source.label)
 
 
 _CONVERTED: dict[tuple[int, Recipe, str], bytes] = {}  # (source, recipe, calibration sha256) -> .tflite

@@ -33,10 +33,17 @@ class Recipe(Record):
     # Per-channel recipes only: the layers (named by their weight tensors) whose weights take one
     # scale instead (edgeq/quantize/granularity.py). Left out of report.json while empty.
     per_tensor_layers: tuple[str, ...] | None = optional()
+    # int8 recipes only: the layers (named by their weight tensors) that take int16 activations from
+    # the model's int16x8 conversion (edgeq/quantize/int16.py). Left out of report.json while empty.
+    int16_layers: tuple[str, ...] | None = optional()
 
     def with_per_tensor(self, layers: list[str] | tuple[str, ...] | frozenset[str] | set[str]) -> Recipe:
         """This recipe with exactly `layers` per tensor (sorted, so equal sets are equal recipes)."""
         return replace(self, per_tensor_layers=tuple(sorted(layers)) or None)
+
+    def with_int16(self, layers: list[str] | tuple[str, ...] | frozenset[str] | set[str]) -> Recipe:
+        """This recipe with exactly `layers` in int16 activations (sorted)."""
+        return replace(self, int16_layers=tuple(sorted(layers)) or None)
 
     @property
     def granularity(self) -> Granularity:
@@ -100,9 +107,10 @@ def load_recipe(path: Path, target: TargetProfile, default: Recipe) -> Recipe:
     if unknown:
         raise RecipeError(f"--recipe {path}: unknown field(s) {', '.join(unknown)}; a recipe has {', '.join(sorted(fields))}")
     merged = {**dataclasses.asdict(default), **data}
-    layers = merged.get("per_tensor_layers")
-    if layers is not None and (not isinstance(layers, list) or not all(isinstance(x, str) for x in layers)):
-        raise RecipeError(f"--recipe {path}: per_tensor_layers must be a list of layer names")
+    for key in ("per_tensor_layers", "int16_layers"):
+        layers = merged.get(key)
+        if layers is not None and (not isinstance(layers, list) or not all(isinstance(x, str) for x in layers)):
+            raise RecipeError(f"--recipe {path}: {key} must be a list of layer names")
     checks = {"mode": str, "weights": str, "activations": str, "per_channel": bool, "input_dtype": str,
               "output_dtype": str, "calibration_samples": int}
     for name, kind in checks.items():
@@ -116,5 +124,12 @@ def load_recipe(path: Path, target: TargetProfile, default: Recipe) -> Recipe:
     if (merged["weights"], merged["activations"]) != (spec.weights, spec.activations):
         raise RecipeError(f"--recipe {path}: mode '{merged['mode']}' has {spec.weights} weights and {spec.activations} "
                           f"activations, the file says {merged['weights']} and {merged['activations']}")
-    merged["per_tensor_layers"] = tuple(layers) if layers else None
+    if merged.get("int16_layers") and (merged["mode"] != "int8" or "int16x8" not in target.quantization.modes):
+        raise RecipeError(f"--recipe {path}: int16_layers needs an int8 recipe on a target that allows int16x8 "
+                          f"(target '{target.name}' allows {', '.join(target.quantization.modes)})",
+                          hint="replay it for the target it was made for")
+    if merged.get("int16_layers") and merged.get("per_tensor_layers"):
+        raise RecipeError(f"--recipe {path}: a recipe has per_tensor_layers or int16_layers, not both")
+    for key in ("per_tensor_layers", "int16_layers"):
+        merged[key] = tuple(merged[key]) if merged.get(key) else None
     return Recipe(**merged)

@@ -136,3 +136,71 @@ def test_sweep_tables_every_model_on_every_target(autoencoder, tmp_path: Path) -
                                                                         ("ae.keras", "small", "no")]
     assert "ram" in rows[1]["failed checks"] and rows[0]["accuracy"].startswith("SNR")
     assert "1 of 2 pairs pass" in proc.stdout and (tmp_path / "zoo" / "sweep.md").exists()
+
+
+@pytest.fixture(scope="module")
+def outlier_regressor(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """A Dense regressor whose first layer has one unit with 40 times the others' range: in int8 that
+    unit's scale leaves the others a few steps each, so int8 misses an SNR floor that int16 keeps."""
+    from edgeq._tf import tf
+
+    tf()
+    import keras
+
+    keras.utils.set_random_seed(11)
+    L = keras.layers
+    rng = np.random.default_rng(11)
+    model = keras.Sequential([L.Input((16,)), L.Dense(32, activation="relu"), L.Dense(32, activation="relu"),
+                              L.Dense(4)], name="reg")
+    for layer in model.layers:
+        w = layer.get_weights()
+        layer.set_weights([w[0], rng.normal(0, 0.3, w[1].shape).astype(np.float32)])
+    (k1, b1), (k2, b2) = model.layers[0].get_weights(), model.layers[1].get_weights()
+    k1[:, 0], b1[0], k2[0, :] = 40 * k1[:, 0], 45.0, k2[0, :] / 40
+    model.layers[0].set_weights([k1, b1])
+    model.layers[1].set_weights([k2, b2])
+    folder = tmp_path_factory.mktemp("outlier")
+    model.save(folder / "reg.keras")
+    x = rng.normal(size=(300, 16)).astype(np.float32)
+    np.savez(folder / "calib.npz", x=x[:200])
+    np.savez(folder / "eval.npz", x=x[200:])
+    return folder / "reg.keras", folder / "calib.npz", folder / "eval.npz"
+
+
+def test_search_gives_int16_activations_to_the_layers_int8_is_too_coarse_for(outlier_regressor,
+                                                                              tmp_path: Path) -> None:
+    model, calib, held_out = outlier_regressor
+
+    def convert(out: str, *extra: str):  # type: ignore[no-untyped-def]
+        proc = run_edgeq("convert", str(model), "--target", "mcu", "--calibration", str(calib), "--eval",
+                         str(held_out), "-o", str(tmp_path / out), *extra)
+        return proc, json.loads((tmp_path / out / "report.json").read_text())
+
+    plain, report = convert("plain")
+    assert plain.returncode == 0, plain.stderr
+    int8_snr = report["emulation"]["accuracy"]["errors"][0]["snr_db"]
+    proc, report = convert("search", "--search", "--min-snr", f"{int8_snr + 3:.2f}")
+    assert proc.returncode == 0, proc.stderr
+    search = report["search"]
+    by_label = {c["label"]: c for c in search["candidates"]}
+    assert "quality floor" in by_label["per channel everywhere (the converter's default)"]["failed_checks"]
+    mixed = [c for c in search["candidates"] if c.get("int16_layers")]
+    assert mixed and all(c["quality"] > int8_snr for c in mixed if c["passed"])
+    fewest = min((c for c in mixed if c["passed"]), key=lambda c: len(c["int16_layers"]))
+    assert 0 < len(fewest["int16_layers"]) < 3 and "int16 activations" in search["stopped_because"]
+    chosen = [c for c in search["candidates"] if c["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["passed"] and chosen[0]["quality"] >= int8_snr + 3
+    # The mixed recipe, replayed: int8 I/O, int16 inside, the same bytes twice.
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"mode": "int8", "per_channel": True, "int16_layers": fewest["int16_layers"]}))
+    runs = [convert(f"replay{k}", "--recipe", str(recipe)) for k in range(2)]
+    assert all(p.returncode == 0 for p, _ in runs), runs[0][0].stderr
+    first, second = (r["outputs"]["reg.tflite"] for _, r in runs)
+    assert first == second and runs[0][1]["recipe"]["int16_layers"] == sorted(fewest["int16_layers"])
+    from edgeq.tflite.reader import read_tflite
+
+    info = read_tflite((tmp_path / "replay0" / "reg.tflite").read_bytes())
+    assert info.input_tensors[0].dtype == info.output_tensors[0].dtype == "int8"
+    assert "int16" in {t.dtype for t in info.tensors} and "QUANTIZE" in info.all_op_names
+    snr = runs[0][1]["emulation"]["accuracy"]["errors"][0]["snr_db"]
+    assert abs(snr - fewest["quality"]) < 0.01  # the replay measures what the search measured

@@ -11,7 +11,7 @@ import pytest
 
 from edgeq.errors import RecipeError
 from edgeq.quantize.granularity import WeightedLayer
-from edgeq.quantize.search import Outcome, ordered, saving, search
+from edgeq.quantize.search import Choice, Levers, Outcome, ordered, saving, search
 from tests.conftest import tflm_outputs
 
 
@@ -24,7 +24,8 @@ def _additive(layers: list[WeightedLayer], budget: int, floor: float, seen: list
     8 bytes per channel of each per-tensor layer, quality by 100 x its weight error."""
     by_name = {l.name: l for l in layers}
 
-    def evaluate(names: frozenset[str]) -> Outcome:
+    def evaluate(choice: Choice) -> Outcome:
+        names = choice.per_tensor
         seen.append(names)
         ram = 10_000 - sum(8 * by_name[n].channels for n in names)
         quality = 90.0 - sum(100 * by_name[n].weight_error for n in names)
@@ -62,6 +63,55 @@ def test_the_search_finds_a_cheap_passing_recipe_in_few_candidates(budget: int, 
     assert chosen.passed and chosen.ram_bytes <= budget and best is not None
     # Prefixes and one swap are not every subset: the choice may cost more than the best subset, by little.
     assert chosen.ram_bytes - best <= 8 * max(l.channels for l in layers)
+
+
+def _levered(gain: dict[str, float], calibration_gain: float, qat_quality: float, floor: float, budget: int,
+             seen: list[Choice]):  # type: ignore[no-untyped-def]
+    """A stand-in where the default misses the floor: int16 in a layer adds its `gain` of quality and
+    100 bytes of RAM, more calibration adds `calibration_gain`, QAT gives `qat_quality`."""
+
+    def evaluate(c: Choice) -> Outcome:
+        seen.append(c)
+        quality = qat_quality if c.qat else 80.0 + sum(gain[n] for n in c.int16) + (
+            calibration_gain if c.calibration_samples else 0.0) + (sum(gain.values()) + 1 if c.int16x8 else 0.0)
+        ram = 5_000 + 100 * len(c.int16) + (1_000 if c.int16x8 else 0)
+        fits, accurate = ram <= budget, quality >= floor
+        return Outcome(fits and accurate, fits, accurate, ram, 9_000, quality)
+
+    return lambda choices: [evaluate(c) for c in choices]
+
+
+@pytest.mark.parametrize("floor, budget, calibration_gain, expect", [
+    (81.0, 9_000, 2.0, "calibration"),       # more calibration is enough: nothing else is tried
+    (85.0, 9_000, 0.0, "int16:2"),           # the two worst layers in int16 keep the floor
+    (85.0, 5_150, 0.0, "qat"),               # they do not fit: QAT, the last resort, passes
+    (99.0, 9_000, 0.0, None),                # nothing reaches the floor
+])
+def test_the_accuracy_levers_go_in_order_and_take_the_fewest_int16_layers(floor: float, budget: int,
+                                                                          calibration_gain: float,
+                                                                          expect: str | None) -> None:
+    gain = {"worst": 3.0, "next": 2.5, "mild": 0.5, "least": 0.1}
+    seen: list[Choice] = []
+    levers = Levers(calibration_samples=800, int16=[(name,) for name in gain], int16x8=True, qat=True)
+    result = search([], _levered(gain, calibration_gain, 90.0, floor, budget, seen), levers=lambda: levers)
+    assert len(seen) == len(set(seen)) == result.part.tried
+    chosen = result.chosen
+    if expect is None:
+        assert chosen is None and "did not pass either" in result.part.stopped_because
+    elif expect == "calibration":
+        assert chosen == Choice(calibration_samples=800) and not any(c.int16 or c.qat for c in seen)
+    elif expect == "qat":
+        assert chosen == Choice(qat=True)
+    else:
+        assert chosen is not None and chosen.int16 == {"worst", "next"} and not any(c.qat for c in seen)
+        assert len([c for c in seen if c.int16]) <= 1 + 2  # all four, then a bisection of 4
+
+
+def test_no_lever_is_tried_when_nothing_fits() -> None:
+    seen: list[Choice] = []
+    levers = Levers(calibration_samples=800, int16=[("a",)], int16x8=True, qat=True)
+    result = search([], _levered({"a": 9.0}, 9.0, 99.0, 85.0, 100, seen), levers=lambda: levers)
+    assert result.chosen is None and seen == [Choice()]
 
 
 def test_only_layers_that_save_bytes_are_searched() -> None:
