@@ -543,8 +543,26 @@ def _searched(model: Any, plan: _Plan, emulated: dict[str, Any], train_data: Dat
     found = _Searched(recipe, replace(result.part, quality_metric=_quality_name(results[0]) if results else ""),
                       "qat" if choice.qat else "ptq", trained.get("record") if choice.qat else None)
     if not choice.qat and (plan.per_layer or choice not in measured):  # the chosen one here, with per-layer error
-        return _emulated(model, "ptq", **{**emulated, "recipe": recipe}), found
-    return measured[choice], found
+        written = _emulated(model, "ptq", **{**emulated, "recipe": recipe})
+    else:
+        written = measured[choice]
+    return _held_to_floor(written, floor, plan.search), found
+
+
+def _held_to_floor(candidate: _Candidate, floor: list[float], search: SearchOptions) -> _Candidate:
+    """The written candidate with the search's SNR floor in its accuracy check: with --min-snr, a model
+    that misses the floor fails the gate (exit 3) even where the accuracy check had no labels to use."""
+    m = _measured(candidate)
+    outcome = _outcome(m, list(floor), search.max_snr_loss)
+    if "quality floor" not in outcome.failed:
+        return candidate
+    where = "--min-snr" if search.min_snr is not None else \
+        f"the converter's default less --max-snr-loss {search.max_snr_loss}"
+    failed = CheckResult(CheckName.ACCURACY, False,
+                         f"SNR {outcome.quality:.2f} dB (first output against the float model) is below the search's "
+                         f"floor of {floor[0]:.2f} dB ({where})",
+                         hint="relax --min-snr, or give the search training data (--train) for QAT")
+    return replace(candidate, checks=[failed if c.name == CheckName.ACCURACY else c for c in candidate.checks])
 
 
 def _choice_recipe(plan: _Plan, choice: Any) -> Recipe:

@@ -139,7 +139,7 @@ def test_sweep_tables_every_model_on_every_target(autoencoder, tmp_path: Path) -
 
 
 @pytest.fixture(scope="module")
-def outlier_regressor(tmp_path_factory) -> tuple[Path, Path, Path]:
+def outlier_regressor(tmp_path_factory) -> tuple[Path, Path, Path]:  # also writes train.npz (x, y) for QAT
     """A Dense regressor whose first layer has one unit with 40 times the others' range: in int8 that
     unit's scale leaves the others a few steps each, so int8 misses an SNR floor that int16 keeps."""
     from edgeq._tf import tf
@@ -161,9 +161,10 @@ def outlier_regressor(tmp_path_factory) -> tuple[Path, Path, Path]:
     model.layers[1].set_weights([k2, b2])
     folder = tmp_path_factory.mktemp("outlier")
     model.save(folder / "reg.keras")
-    x = rng.normal(size=(300, 16)).astype(np.float32)
-    np.savez(folder / "calib.npz", x=x[:200])
-    np.savez(folder / "eval.npz", x=x[200:])
+    x = rng.normal(size=(500, 16)).astype(np.float32)
+    np.savez(folder / "calib.npz", x=x[:400])  # more than the 200 convert calibrates on: the search may use all
+    np.savez(folder / "eval.npz", x=x[400:])
+    np.savez(folder / "train.npz", x=x[:400], y=model.predict(x[:400], verbose=0))  # regression targets
     return folder / "reg.keras", folder / "calib.npz", folder / "eval.npz"
 
 
@@ -184,6 +185,9 @@ def test_search_gives_int16_activations_to_the_layers_int8_is_too_coarse_for(out
     search = report["search"]
     by_label = {c["label"]: c for c in search["candidates"]}
     assert "quality floor" in by_label["per channel everywhere (the converter's default)"]["failed_checks"]
+    # More calibration first (it costs the device nothing), which does not fix an outlier channel.
+    assert by_label["per channel everywhere (the converter's default), calibrated on 400 samples"
+                    ]["calibration_samples"] == 400
     mixed = [c for c in search["candidates"] if c.get("int16_layers")]
     assert mixed and all(c["quality"] > int8_snr for c in mixed if c["passed"])
     fewest = min((c for c in mixed if c["passed"]), key=lambda c: len(c["int16_layers"]))
@@ -204,3 +208,18 @@ def test_search_gives_int16_activations_to_the_layers_int8_is_too_coarse_for(out
     assert "int16" in {t.dtype for t in info.tensors} and "QUANTIZE" in info.all_op_names
     snr = runs[0][1]["emulation"]["accuracy"]["errors"][0]["snr_db"]
     assert abs(snr - fewest["quality"]) < 0.01  # the replay measures what the search measured
+
+
+def test_search_ends_with_qat_where_int16_is_not_allowed(outlier_regressor, tmp_path: Path) -> None:
+    model, calib, held_out = outlier_regressor
+    proc = run_edgeq("convert", str(model), "--target", "stm32f072rb", "--calibration", str(calib), "--eval",
+                     str(held_out), "--search", "--min-snr", "60", "--train", str(calib.with_name("train.npz")), "--epochs", "1",
+                     "-o", str(tmp_path / "qat"))
+    assert proc.returncode == 3, proc.stderr  # 60 dB is out of reach: nothing passes
+    report = json.loads((tmp_path / "qat" / "report.json").read_text())
+    search = report["search"]
+    trained = [c for c in search["candidates"] if c.get("method") == "qat"]
+    assert len(trained) == 1 and trained[0]["quality"] is not None and not trained[0]["chosen"]
+    assert not any(c.get("int16_layers") or c.get("mode") for c in search["candidates"])  # the M0 allows int8 only
+    assert "quantization-aware training did not pass either" in search["stopped_because"]
+    assert "QAT" in search["space"] and "Closest:" in proc.stderr
