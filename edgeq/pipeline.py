@@ -534,7 +534,8 @@ def _searched(model: Any, plan: _Plan, emulated: dict[str, Any], train_data: Dat
 
     try:
         result = search(layers, evaluate, objective=plan.search.objective, exhaustive=plan.search.exhaustive,
-                        levers=lambda: _levers(model, plan, emulated, source, train_data is not None), on_step=on_step)
+                        levers=lambda: _levers(model, plan, emulated, source, train_data is not None),
+                        width=executor.width if executor is not None else 1, on_step=on_step)
     finally:
         if executor is not None:
             executor.close()

@@ -167,3 +167,32 @@ def trained(reference: Reference, k: Any, seed: int = 0) -> tuple[Any, dict[str,
     if reference.classes:
         data["y"] = data_y
     return model, data
+
+
+def outlier_regressor(k: Any, folder: Any) -> tuple[Any, Any, Any, Any]:
+    """A Dense regressor (16 -> 32 -> 32 -> 4) whose first layer has one unit with 40 times the
+    others' range, as real models have outlier channels: in int8 that unit's scale leaves the
+    others a few steps each, so int8 loses SNR that int16 activations keep. Saved in `folder` with
+    its data: the model, calibration (400 samples), held-out (100) and training (x, and y = the
+    float model's outputs, for QAT) .npz files. Untrained (its weights are set), so it builds fast."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    k.utils.set_random_seed(11)
+    L = k.layers
+    rng = np.random.default_rng(11)
+    model = k.Sequential([L.Input((16,)), L.Dense(32, activation="relu"), L.Dense(32, activation="relu"),
+                          L.Dense(4)], name="reg")
+    for layer in model.layers:
+        w = layer.get_weights()
+        layer.set_weights([w[0], rng.normal(0, 0.3, w[1].shape).astype(np.float32)])
+    (k1, b1), (k2, b2) = model.layers[0].get_weights(), model.layers[1].get_weights()
+    k1[:, 0], b1[0], k2[0, :] = 40 * k1[:, 0], 45.0, k2[0, :] / 40
+    model.layers[0].set_weights([k1, b1])
+    model.layers[1].set_weights([k2, b2])
+    model.save(folder / "reg.keras")
+    x = rng.normal(size=(500, 16)).astype(np.float32)
+    np.savez(folder / "calib.npz", x=x[:400])
+    np.savez(folder / "eval.npz", x=x[400:])
+    np.savez(folder / "train.npz", x=x[:400], y=model.predict(x[:400], verbose=0))
+    return folder / "reg.keras", folder / "calib.npz", folder / "eval.npz", folder / "train.npz"

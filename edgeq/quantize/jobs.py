@@ -71,7 +71,7 @@ class LocalPool:
     """`workers` processes on this machine (spawned: each imports TensorFlow once, then takes jobs)."""
 
     def __init__(self, workers: int) -> None:
-        self.workers = workers
+        self.workers = self.width = workers  # width: candidates worth measuring at once
         self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
 
     def map(self, jobs: list[RecipeJob]) -> list[Measured]:
@@ -112,6 +112,8 @@ class RayCluster:
         except Exception as exc:  # ConnectionError, ValueError, RuntimeError: all mean "no cluster there"
             raise RecipeError(f"--ray {address}: no Ray cluster answers there ({exc})",
                               hint="start one with `ray start --head`, or drop --ray for local workers") from None
+        self.width = max(1, int(ray.cluster_resources().get("CPU", 1)))  # candidates worth measuring at once
+
     def map(self, jobs: list[RecipeJob]) -> list[Measured]:
         return self.map_function(run_job, jobs)
 

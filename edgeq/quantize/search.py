@@ -145,9 +145,11 @@ def ordered(layers: Sequence[WeightedLayer], objective: str = "ram") -> list[Wei
 class _Measured:
     """The candidates measured so far, in batches through `evaluate`."""
 
-    def __init__(self, evaluate: Callable[[list[Choice]], list[Outcome]], on_step: Callable[[str], None]) -> None:
-        self.evaluate, self.on_step = evaluate, on_step
+    def __init__(self, evaluate: Callable[[list[Choice]], list[Outcome]], on_step: Callable[[str], None],
+                 width: int = 1) -> None:
+        self.evaluate, self.on_step, self.width = evaluate, on_step, max(1, width)
         self.outcomes: dict[Choice, Outcome] = {}
+        self.rounds = 0  # batches measured (each a round of the executor)
 
     def batch(self, choices: list[Choice], what: str) -> None:
         todo = [c for k, c in enumerate(choices) if c not in self.outcomes and c not in choices[:k]]
@@ -156,6 +158,25 @@ class _Measured:
             self.on_step(f"search: candidate{'s' if len(todo) > 1 else ''} {done + 1}"
                          + (f"-{done + len(todo)}" if len(todo) > 1 else "") + f", {what}")
             self.outcomes.update(zip(todo, self.evaluate(todo)))
+            self.rounds += 1
+
+    def boundary(self, low: int, high: int, holds: Callable[[int], bool], choice: Callable[[int], Choice],
+                 what: Callable[[int], str]) -> tuple[int, int]:
+        """Narrow [low, high] (`holds(low)`, not `holds(high)`, monotone between) until high = low + 1.
+        Each round measures up to `width` points spread over the interval as one batch: a k-ary
+        bisection, log_(width+1) rounds instead of log_2 when an executor has `width` workers."""
+        while high - low > 1:
+            points = sorted({low + max(1, min(high - low - 1, round((high - low) * (i + 1) / (self.width + 1))))
+                             for i in range(self.width)})
+            self.batch([choice(p) for p in points], what(points[0]) if len(points) == 1 else
+                       what(", ".join(str(p) for p in points)))  # type: ignore[arg-type]
+            for p in points:
+                if holds(p):
+                    low = p
+                else:
+                    high = p
+                    break
+        return low, high
 
     def of(self, choice: Choice, what: str) -> Outcome:
         self.batch([choice], what)
@@ -164,15 +185,16 @@ class _Measured:
 
 def search(layers: Sequence[WeightedLayer], evaluate: Callable[[list[Choice]], list[Outcome]], *,
            quality_metric: str = "", objective: str = "ram", exhaustive: bool = False,
-           levers: Callable[[], Levers] = Levers,
+           levers: Callable[[], Levers] = Levers, width: int = 1,
            on_step: Callable[[str], None] = lambda message: None) -> SearchResult:
     """Measure prefixes of `ordered(layers)` with `evaluate` (then, where the bisection's boundary
     fails, the boundary prefix plus one more layer, each in turn), then what `levers()` offers if
     nothing passed, and choose the cheapest that passes. `evaluate` takes a batch of independent
-    candidates and returns their outcomes in order: an executor may measure a batch at once."""
+    candidates and returns their outcomes in order: an executor may measure a batch at once, and
+    with `width` > 1 (its workers) each bisection round measures that many points together."""
     order = ordered(layers, objective)
     n = len(order)
-    seen = _Measured(evaluate, on_step)
+    seen = _Measured(evaluate, on_step, width)
 
     def prefix(k: int) -> Choice:
         return Choice(per_tensor=frozenset(l.name for l in order[:k]))
@@ -185,7 +207,7 @@ def search(layers: Sequence[WeightedLayer], evaluate: Callable[[list[Choice]], l
         why = f"measured every prefix of the order, 0 to {n} per-tensor layers (edgeq search)"
     else:
         seen.batch([prefix(0), prefix(n)], what(f"0 and {n}"))  # the two ends are independent
-        why = _explore(n, lambda k: seen.of(prefix(k), what(k)))
+        why = _explore(n, seen, prefix, what)
     if not any(o.passed for o in seen.outcomes.values()) and why.startswith("bisected"):
         low = max((len(c.per_tensor) for c, o in seen.outcomes.items() if o.accurate), default=0)
         base = prefix(low).per_tensor
@@ -226,14 +248,16 @@ def _accuracy_levers(seen: _Measured, offered: Callable[[], Levers], resolved: l
     if levers.calibration_samples:
         more = replace(base, calibration_samples=levers.calibration_samples)
         if seen.of(more, f"calibrated on {levers.calibration_samples} samples").passed:
-            return f"; calibrating on {levers.calibration_samples} samples instead made it pass"
+            return (f"; calibrating the fitting recipe closest to the floor on {levers.calibration_samples} samples "
+                    "made it pass")
         notes.append(f"calibrating on {levers.calibration_samples} samples did not pass")
-    if (levers.int16 or levers.int16x8) and not base.per_tensor:
-        note = _int16(seen, levers, base)
+    default = seen.outcomes.get(Choice())
+    if (levers.int16 or levers.int16x8) and default is not None and default.fits and not default.accurate:
+        note = _int16(seen, levers, Choice())  # on the converter's default: int16 layers take its weights
         if note.startswith("passed:"):
-            return "; " + note.removeprefix("passed: ")
+            return "; " + "; ".join(notes + [note.removeprefix("passed: ")])
         notes.append(note)
-    elif levers.int16 or levers.int16x8:
+    elif (levers.int16 or levers.int16x8) and (default is None or not default.fits):
         notes.append("int16 activations were not tried: they add RAM, and the converter's default does not fit")
     if levers.qat:
         if seen.of(Choice(qat=True), "quantization-aware training (the last resort)").passed:
@@ -255,14 +279,9 @@ def _int16(seen: _Measured, levers: Levers, base: Choice) -> str:
 
     ends = ([first(m)] if m else []) + ([Choice(int16x8=True)] if levers.int16x8 else [])
     seen.batch(ends, "int16 activations in every layer that takes them" + (" and the whole model" if m else ""))
-    if m and seen.outcomes[first(m)].accurate:
-        low, high = 0, m  # not accurate with none, accurate with all m
-        while high - low > 1:
-            mid = (low + high) // 2
-            if seen.of(first(mid), f"int16 activations from the {mid} worst of {m} layers on").accurate:
-                high = mid
-            else:
-                low = mid
+    if m and seen.outcomes[first(m)].accurate:  # not accurate with none, accurate with all m
+        _, high = seen.boundary(0, m, lambda j: not seen.of(first(j), f"int16 activations for the {j} worst").accurate,
+                                first, lambda j: f"int16 activations for the {j} worst of {m} layers")
         if seen.outcomes[first(high)].passed:
             note = (f"passed: int16 activations for the {high} worst of {m} layers (and the layers they feed) keep the "
                     "floor, and it fits")
@@ -320,10 +339,13 @@ def _label(c: Choice, order: list[WeightedLayer]) -> str:
     return text
 
 
-def _explore(n: int, at: Callable[[int], Outcome]) -> str:
+def _explore(n: int, seen: _Measured, prefix: Callable[[int], Choice], what: Callable[[int | str], str]) -> str:
     """Which prefixes to measure; returns why the search stopped. Memory fits from some k on (each
     per-tensor layer frees bytes); the floor holds up to some k (each costs accuracy): the cheapest
     passing prefix is the largest k that holds the floor, if it also fits."""
+    def at(k: int) -> Outcome:
+        return seen.of(prefix(k), what(k))
+
     first = at(0)
     if n == 0:
         return "no layer has per-channel weights worth switching: the converter's granularity is the only one"
@@ -334,13 +356,7 @@ def _explore(n: int, at: Callable[[int], Outcome]) -> str:
         return "even per-tensor weights everywhere do not fit the budgets: no recipe of this space fits"
     if not first.accurate:
         return "the converter's recipe already misses the accuracy floor; more per-tensor layers only lose more"
-    low, high = 0, n  # accurate at low, not at high
-    while high - low > 1:
-        mid = (low + high) // 2
-        if at(mid).accurate:
-            low = mid
-        else:
-            high = mid
+    low, high = seen.boundary(0, n, lambda k: at(k).accurate, prefix, what)  # accurate at low, not at high
     if at(low).passed:
         return (f"bisected between 0 and {n} per-tensor layers: {low} is the most that keep the accuracy floor, "
                 "and it fits")

@@ -5,6 +5,7 @@ everywhere, records it, and `--recipe` replays it byte for byte."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -139,33 +140,19 @@ def test_sweep_tables_every_model_on_every_target(autoencoder, tmp_path: Path) -
 
 
 @pytest.fixture(scope="module")
-def outlier_regressor(tmp_path_factory) -> tuple[Path, Path, Path]:  # also writes train.npz (x, y) for QAT
-    """A Dense regressor whose first layer has one unit with 40 times the others' range: in int8 that
-    unit's scale leaves the others a few steps each, so int8 misses an SNR floor that int16 keeps."""
+def outlier_regressor(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """A Dense regressor with an outlier unit (scripts/reference_models.py): int8 misses an SNR floor
+    that int16 keeps. Its folder also has train.npz (x, y) for QAT."""
     from edgeq._tf import tf
 
     tf()
     import keras
 
-    keras.utils.set_random_seed(11)
-    L = keras.layers
-    rng = np.random.default_rng(11)
-    model = keras.Sequential([L.Input((16,)), L.Dense(32, activation="relu"), L.Dense(32, activation="relu"),
-                              L.Dense(4)], name="reg")
-    for layer in model.layers:
-        w = layer.get_weights()
-        layer.set_weights([w[0], rng.normal(0, 0.3, w[1].shape).astype(np.float32)])
-    (k1, b1), (k2, b2) = model.layers[0].get_weights(), model.layers[1].get_weights()
-    k1[:, 0], b1[0], k2[0, :] = 40 * k1[:, 0], 45.0, k2[0, :] / 40
-    model.layers[0].set_weights([k1, b1])
-    model.layers[1].set_weights([k2, b2])
-    folder = tmp_path_factory.mktemp("outlier")
-    model.save(folder / "reg.keras")
-    x = rng.normal(size=(500, 16)).astype(np.float32)
-    np.savez(folder / "calib.npz", x=x[:400])  # more than the 200 convert calibrates on: the search may use all
-    np.savez(folder / "eval.npz", x=x[400:])
-    np.savez(folder / "train.npz", x=x[:400], y=model.predict(x[:400], verbose=0))  # regression targets
-    return folder / "reg.keras", folder / "calib.npz", folder / "eval.npz"
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    from reference_models import outlier_regressor as build
+
+    model, calib, held_out, _ = build(keras, tmp_path_factory.mktemp("outlier"))
+    return model, calib, held_out
 
 
 def test_search_gives_int16_activations_to_the_layers_int8_is_too_coarse_for(outlier_regressor,

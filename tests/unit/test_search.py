@@ -220,3 +220,21 @@ def test_groups_must_be_one_file_id_per_sample(tmp_path: Path) -> None:
     np.savez(tmp_path / "bad.npz", x=np.zeros((4, 3), np.float32), groups=np.array([1.5, 2.5, 3.5, 4.5]))
     with pytest.raises(CalibrationError, match="'groups' must hold one file id"):
         load_dataset(str(tmp_path / "bad.npz"))
+
+
+@pytest.mark.parametrize("budget, floor", [(9_000, 80.0), (6_000, 84.0), (9_500, 89.0)])
+def test_a_wider_bisection_takes_fewer_rounds_to_the_same_choice(budget: int, floor: float) -> None:
+    """With workers, each bisection round measures several points as one batch: the choice is the
+    one-at-a-time bisection's, in fewer rounds (batches) of the executor."""
+    layers = _layers(40)
+    rounds = {}
+    chosen = {}
+    for width in (1, 3):
+        seen: list[frozenset[str]] = []
+        evaluate = _additive(layers, budget, floor, seen)
+        batches: list[int] = []
+        result = search(layers, lambda choices: (batches.append(len(choices)), evaluate(choices))[1],
+                        width=width)
+        rounds[width], chosen[width] = len(batches), result.chosen
+        assert max(batches) <= max(width, 2) or result.part.stopped_because.count(";")  # swaps go as one batch
+    assert chosen[3] == chosen[1] and rounds[3] < rounds[1]
