@@ -164,7 +164,8 @@ class SearchOptions:
     exhaustive: bool = False  # every prefix of the order (`edgeq search`), not the bisection
     train: str | None = "auto"  # training data for QAT, the last resort ("auto": a bundled set's train split)
     train_settings: Any = None  # a qat.TrainSettings (None: its defaults)
-    workers: int = 1  # candidates of a batch measured in this many local processes (1: here, one by one)
+    workers: int | None = None  # candidates of a batch measured in this many local processes (None: one per
+    # core; 1: here, one by one)
     ray: str | None = None  # a Ray cluster's address: candidates as Ray tasks instead
 
 
@@ -634,7 +635,10 @@ def _executor(plan: _Plan) -> Any:
     assert plan.search is not None
     if plan.search.ray:
         return RayCluster(plan.search.ray)
-    return LocalPool(plan.search.workers) if plan.search.workers > 1 else None
+    import os
+
+    workers = plan.search.workers or os.cpu_count() or 1
+    return LocalPool(workers) if workers > 1 else None
 
 
 def _job(plan: _Plan, emulated: dict[str, Any], source: Any, model: bytes, recipe: Recipe) -> Any:

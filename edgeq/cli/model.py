@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from edgeq.errors import EdgeqError
               help="--search, for models without top-1 accuracy: an absolute floor instead, the least SNR (dB, first "
                    "output against the float model) a recipe must keep; lets the search go past the converter's "
                    "default (int16 activations, QAT) when that misses it.")
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+@click.option("--workers", default=None, show_default="the number of cores", type=click.IntRange(min=1),
               help="--search: measure independent candidates in this many local processes (each loads "
                    "TensorFlow once; worth it for models that take longer to convert than that).")
 @click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
@@ -89,7 +90,7 @@ def convert(model: Path, target: str, mode: str | None, calibration: str | None,
             epochs: int, batch_size: int, learning_rate: float, compare: bool, force: bool, harness: bool,
             max_payload: int, outdir: Path | None, name: str | None, overwrite: bool, trust_model: bool,
             input_shapes: tuple[str, ...], runtime: str | None, search: bool, objective: str, max_snr_loss: float,
-            min_snr: float | None, recipe_file: Path | None, workers: int, ray_address: str | None) -> None:
+            min_snr: float | None, recipe_file: Path | None, workers: int | None, ray_address: str | None) -> None:
     """Quantize MODEL (.keras, .h5 or SavedModel dir), check it against a target, write deployable files.
 
     \b
@@ -182,13 +183,13 @@ def convert(model: Path, target: str, mode: str | None, calibration: str | None,
               help="Output folder. Default: edgeq-out/<name>-<target>.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (otherwise edgeq refuses).")
 @click.option("--trust-model", is_flag=True, help="Allow Lambda layers and custom code (runs the model's code).")
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+@click.option("--workers", default=None, show_default="the number of cores", type=click.IntRange(min=1),
               help="Measure the candidates in this many local processes.")
 @click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
               help="Measure the candidates as tasks on this Ray cluster (pip install 'edgeq[ray]').")
 def search(model: Path, target: str, calibration: str, eval_set: str | None, objective: str, train_set: str | None,
            max_accuracy_drop: float, max_snr_loss: float, min_snr: float | None, outdir: Path | None,
-           overwrite: bool, trust_model: bool, workers: int, ray_address: str | None) -> None:
+           overwrite: bool, trust_model: bool, workers: int | None, ray_address: str | None) -> None:
     """Measure every recipe of the search space for MODEL on a target, and write the cheapest that passes.
 
     \b
@@ -234,12 +235,13 @@ def search(model: Path, target: str, calibration: str, eval_set: str | None, obj
 @click.option("-o", "--output", "outdir", type=click.Path(path_type=Path), default=Path("edgeq-out/sweep"),
               show_default=True, help="Where sweep.csv and sweep.md go.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing sweep.csv / sweep.md.")
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+@click.option("--workers", default=None, show_default="the number of cores", type=click.IntRange(min=1),
               help="Convert this many pairs at once, in local processes.")
 @click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
               help="Convert the pairs as tasks on this Ray cluster (pip install 'edgeq[ray]').")
 def sweep(models: tuple[Path, ...], targets: str, calibration: str | None, eval_set: str | None,
-          max_accuracy_drop: float, outdir: Path, overwrite: bool, workers: int, ray_address: str | None) -> None:
+          max_accuracy_drop: float, outdir: Path, overwrite: bool, workers: int | None,
+          ray_address: str | None) -> None:
     """Convert every MODEL for every target and write one table: sweep.csv and sweep.md.
 
     \b
@@ -270,6 +272,7 @@ def sweep(models: tuple[Path, ...], targets: str, calibration: str | None, eval_
 
     spec = eval_set or (default_eval_set(calibration) if calibration else None)
     evaluation = load_dataset(spec, default_split="eval") if spec else None
+    workers = workers or os.cpu_count() or 1
     executor = RayCluster(ray_address) if ray_address else LocalPool(workers) if workers > 1 else None
     try:
         rows = run_sweep(list(models), profiles, data, evaluation, max_accuracy_drop=max_accuracy_drop,
