@@ -9,8 +9,9 @@ accuracy levers, int16 activations per layer), it prints:
     quality against RAM;
   - the recipe `convert --search` chose, next to the two converter defaults (per channel
     everywhere, per tensor everywhere), and how many candidates it measured;
-  - the wall time of `convert --search` against one plain `convert` (the ratio is the price of
-    searching), and of `edgeq search` with 1 and 2 local workers (and on a Ray head, if given).
+  - the wall time of `convert --search` (one worker) against one plain `convert` (the ratio is
+    the price of searching), and of `edgeq search` with 1 and 2 local workers (and on a Ray head,
+    if given).
 
     .venv/bin/python scripts/bench_search.py
     .venv/bin/python scripts/bench_search.py --ray 127.0.0.1:6379   # a head started with `ray start --head`
@@ -82,9 +83,9 @@ def main() -> int:
             plain_s, plain = _run("convert", str(model), "--target", str(board), *plain_data, "-o",
                                   str(folder / "p"), "--force", "--overwrite")
             search_s, searched = _run("convert", str(model), "--target", str(board), *data, "-o",
-                                      str(folder / "s"), "--search", "--overwrite")
+                                      str(folder / "s"), "--search", "--overwrite", "--workers", "1")
             one_s, everything = _run("search", str(model), "--target", str(board), *data, "-o", str(folder / "a"),
-                                     "--overwrite")
+                                     "--overwrite", "--workers", "1")
             two_s, _ = _run("search", str(model), "--target", str(board), *data, "-o", str(folder / "b"),
                             "--overwrite", "--workers", "2")
             ray_s = None

@@ -238,3 +238,19 @@ def test_a_wider_bisection_takes_fewer_rounds_to_the_same_choice(budget: int, fl
         rounds[width], chosen[width] = len(batches), result.chosen
         assert max(batches) <= max(width, 2) or result.part.stopped_because.count(";")  # swaps go as one batch
     assert chosen[3] == chosen[1] and rounds[3] < rounds[1]
+
+
+def test_the_latency_objective_takes_the_fastest_passing_recipe() -> None:
+    """Granularity does not change latency, so with --objective latency only the levers' candidates
+    differ: of two that pass, the one with the lower estimate is written, not the one with less RAM."""
+    def evaluate(choices: list[Choice]) -> list[Outcome]:
+        out = []
+        for c in choices:
+            ram, ms, quality = ((6_000, 0.9, 30.0) if c.int16x8 else (5_600, 1.4, 30.0) if c.int16
+                                else (5_000, 0.8, 10.0))
+            out.append(Outcome(quality >= 20, True, quality >= 20, ram, 9_000, quality, latency_ms=ms))
+        return out
+
+    levers = Levers(int16=[("a",)], int16x8=True)
+    assert search([], evaluate, objective="latency", levers=lambda: levers).chosen == Choice(int16x8=True)
+    assert search([], evaluate, objective="ram", levers=lambda: levers).chosen == Choice(int16=frozenset({"a"}))
