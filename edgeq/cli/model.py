@@ -120,6 +120,8 @@ def convert(model: Path, target: str, mode: str | None, calibration: str | None,
       edgeq convert model.keras --target mcu --calibration digits --qat --compare
       edgeq convert kws.keras --target mcu --calibration mfcc.npz --input-shape audio=49,10
       edgeq convert model.keras --target mcu --calibration digits --runtime c
+      edgeq convert ae.keras --target stm32f072rb --calibration sound.npz --eval sound_test.npz --search
+      edgeq convert regressor.keras --target mcu --calibration data.npz --search --min-snr 20
 
     
     Several inputs: save the data with one array per input, named x_<input name> (or x0, x1, ...
