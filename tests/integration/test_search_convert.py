@@ -164,11 +164,13 @@ def test_search_gives_int16_activations_to_the_layers_int8_is_too_coarse_for(out
                          str(held_out), "-o", str(tmp_path / out), *extra)
         return proc, json.loads((tmp_path / out / "report.json").read_text())
 
-    plain, report = convert("plain")
-    assert plain.returncode == 0, plain.stderr
-    int8_snr = report["emulation"]["accuracy"]["errors"][0]["snr_db"]
-    proc, report = convert("search", "--search", "--min-snr", f"{int8_snr + 3:.2f}")
+    # int8 keeps about 15 dB here, int16 about 21 (scripts/bench_search.py): a floor of 18 dB sits
+    # 3 dB from both, far more than calibration or kernels move either between machines.
+    proc, report = convert("search", "--search", "--min-snr", "18")
     assert proc.returncode == 0, proc.stderr
+    int8_snr = next(c["quality"] for c in report["search"]["candidates"]
+                    if c["label"].startswith("per channel every"))
+    assert int8_snr < 18
     search = report["search"]
     by_label = {c["label"]: c for c in search["candidates"]}
     assert "quality floor" in by_label["per channel everywhere (the converter's default)"]["failed_checks"]
@@ -180,7 +182,7 @@ def test_search_gives_int16_activations_to_the_layers_int8_is_too_coarse_for(out
     fewest = min((c for c in mixed if c["passed"]), key=lambda c: len(c["int16_layers"]))
     assert 0 < len(fewest["int16_layers"]) < 3 and "int16 activations" in search["stopped_because"]
     chosen = [c for c in search["candidates"] if c["chosen"]]
-    assert len(chosen) == 1 and chosen[0]["passed"] and chosen[0]["quality"] >= int8_snr + 3
+    assert len(chosen) == 1 and chosen[0]["passed"] and chosen[0]["quality"] >= 18
     # The mixed recipe, replayed: int8 I/O, int16 inside, the same bytes twice.
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps({"mode": "int8", "per_channel": True, "int16_layers": fewest["int16_layers"]}))
