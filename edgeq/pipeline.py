@@ -151,6 +151,7 @@ class ConvertOptions:
     runtime: str | None = None  # "c": a TFLM target's model as plain C (edgeq/aot); None: the target's runtime
     search: SearchOptions | None = None  # --search: the cheapest recipe that passes, per layer granularity
     recipe_file: str | Path | None = None  # --recipe: replay a recorded recipe (report.json or recipe.json)
+    weights: str | Path | None = None  # a PyTorch nn.Module factory's state_dict (edgeq/frontends/torch.py)
 
 
 @dataclass(frozen=True)
@@ -196,9 +197,14 @@ def convert(model_path: str | Path, target: str | TargetProfile = "mcu", options
     calibration, evaluation, name = o.calibration, o.evaluation, o.name
     qat, compare, harness = o.qat is not None, o.qat is not None and o.qat.compare, o.harness is not None
     max_payload = o.harness.max_payload if o.harness else DEFAULT_MAX_PAYLOAD
+    from edgeq.frontends.torch import FACTORY, is_torch_model
+
+    torch_model = is_torch_model(model_path)
+    factory = FACTORY.match(str(model_path)) if torch_model else None
     model_path = Path(model_path)
     profile = _profile(target, o.runtime, harness)
-    name = c_identifier(name or model_path.name.removesuffix(model_path.suffix) or model_path.name)
+    name = c_identifier(name or (factory.group(2) if factory else
+                                 model_path.name.removesuffix(model_path.suffix) or model_path.name))
     out = Path(o.outdir) if o.outdir is not None else Path("edgeq-out") / f"{name}-{profile.name}"
     check_output_dir(out, output_names(name, profile, harness), overwrite=o.overwrite)
     recipe = _recipe(o, profile, model_path)
@@ -206,14 +212,21 @@ def convert(model_path: str | Path, target: str | TargetProfile = "mcu", options
     eval_data = load_dataset(eval_spec, default_split="eval") if eval_spec else None
     train_data = _train_data(o.qat.train, calibration) if o.qat else _search_train(o.search, calibration)
     data: Dataset | None = load_dataset(calibration) if calibration and recipe.calibration_samples else None
-    from edgeq.loading import check_model_file
+    if torch_model:
+        from edgeq.frontends.torch import check_torch_model
 
-    check_model_file(model_path, trust_model=o.trust_model)  # a missing, mangled or Lambda model fails fast
+        check_torch_model(model_path, weights=o.weights, trust_model=o.trust_model)
+        _check_torch_recipe(model_path, recipe, o)
+    else:
+        from edgeq.loading import check_model_file
+
+        check_model_file(model_path, trust_model=o.trust_model)  # a missing, mangled or Lambda model fails fast
     plan = _Plan(model_path=model_path, profile=profile, recipe=recipe, name=name, qat=qat, compare=compare,
                  data=data, eval_data=eval_data, train_data=train_data,
                  train_settings=o.qat.settings if o.qat else None, max_accuracy_drop=o.max_accuracy_drop,
                  force=o.force, trust_model=o.trust_model, per_layer=o.per_layer, harness=harness,
-                 max_payload=max_payload, input_shapes=dict(o.input_shapes), search=o.search)
+                 max_payload=max_payload, input_shapes=dict(o.input_shapes), search=o.search,
+                 weights=Path(o.weights) if o.weights is not None else None, torch=torch_model)
 
     # Everything above fails fast, without TensorFlow. Everything below runs user models, so it
     # runs in the worker's child process; this process only writes the outputs.
@@ -265,6 +278,8 @@ class _Plan:
     max_payload: int
     input_shapes: dict[str, tuple[int, ...]]
     search: SearchOptions | None = None
+    weights: Path | None = None  # a torch factory's state_dict
+    torch: bool = False  # a PyTorch model (edgeq/frontends/torch.py)
 
 
 @dataclass
@@ -370,10 +385,7 @@ def _load_checked(plan: _Plan, on_step: Step) -> tuple[Any, Dataset | None, Data
                                                         list[tuple[int, ...]]]:
     """The model, loaded safely, and each data set checked against its inputs at the shapes the
     conversion will use: (model, calibration, evaluation, training, sample shapes)."""
-    from edgeq.loading import load_model
-
-    on_step(f"loading {plan.model_path} (TensorFlow start-up takes a few seconds)")
-    model = load_model(plan.model_path, trust_model=plan.trust_model)
+    model = _loaded(plan, on_step)
     if plan.qat and model.keras_model is None:
         raise RecipeError(f"{plan.model_path}: quantization-aware training needs a Keras model (.keras or .h5), "
                           "not a SavedModel", hint="drop --qat for post-training quantization")
@@ -389,6 +401,22 @@ def _load_checked(plan: _Plan, on_step: Step) -> tuple[Any, Dataset | None, Data
     return model, data, eval_data, train_data, shapes
 
 
+def _loaded(plan: _Plan, on_step: Step) -> Any:
+    """The Keras model (loading.py), or the PyTorch one (frontends/torch.py: its input shape comes
+    from the data where the model does not say)."""
+    if plan.torch:
+        from edgeq.frontends.torch import load_torch_model
+
+        data = plan.data or plan.eval_data
+        on_step(f"loading {plan.model_path} (PyTorch and litert-torch start-up takes a few seconds)")
+        return load_torch_model(str(plan.model_path), weights=plan.weights, trust_model=plan.trust_model,
+                                example=[tuple(x.shape[1:]) for x in data.inputs] if data is not None else None)
+    from edgeq.loading import load_model
+
+    on_step(f"loading {plan.model_path} (TensorFlow start-up takes a few seconds)")
+    return load_model(plan.model_path, trust_model=plan.trust_model)
+
+
 def _prepared(model: Any, plan: _Plan, sample: Dataset | None, shapes: list[tuple[int, ...]], on_step: Step,
               runtimes: Worker) -> tuple[Any, list[str], list[dict[str, Any]], bytes]:
     """The model as the converter should see it: Dense->BatchNormalization folded (for both methods:
@@ -397,6 +425,9 @@ def _prepared(model: Any, plan: _Plan, sample: Dataset | None, shapes: list[tupl
     from edgeq.quantize.ptq import convert_float32
 
     mode = plan.recipe.mode
+    if plan.torch:
+        on_step("converting to float32 with litert-torch (reference size)")
+        return model, [], [], model.float_tflite(shapes)
     model, folded = _fold(model, plan.model_path, sample, on_step)
     keras_model = model
     model, recurrent = _recurrent(keras_model, plan.model_path, mode, sample, shapes, on_step)
@@ -464,6 +495,19 @@ def _recipe(o: ConvertOptions, profile: TargetProfile, model_path: Path) -> Reci
         raise RecipeError(f"quantization-aware training makes int8 models; mode '{recipe.mode}' is not possible",
                           hint="drop --mode (or pass --mode int8), or drop --qat for PTQ in this mode")
     return recipe
+
+
+def _check_torch_recipe(model_path: Path, recipe: Recipe, o: ConvertOptions) -> None:
+    """What the PyTorch path does today: PT2E post-training quantization to int8, no more."""
+    if o.qat is not None or o.search is not None:
+        raise RecipeError(f"{model_path}: --qat and --search work on Keras models only so far",
+                          hint="drop them: PyTorch models get PT2E post-training int8")
+    if recipe.mode != "int8":
+        raise RecipeError(f"{model_path}: mode '{recipe.mode}' is not available for PyTorch models: litert-torch's PT2E "
+                          "quantizer makes int8 (int16 activations are not among its configurations)",
+                          hint="drop --mode (int8), or export the model to ONNX/Keras for the other modes")
+    if o.runtime is not None:
+        raise RecipeError(f"{model_path}: --runtime c works on Keras models only so far", hint="drop --runtime")
 
 
 def _check_searchable(recipe: Recipe, profile: TargetProfile, qat: bool, recipe_file: object) -> None:
@@ -912,6 +956,13 @@ def _emulated(model: Any, method: str, *, recipe: Recipe, data: Dataset | None, 
     used = min(recipe.calibration_samples, data.num_samples) if data else 0
     on_step(f"{method.upper()}: converting to {recipe.mode}"
             + (f", calibrating on {used} samples of {data.name}" if data else ""))
+    if getattr(model, "format", "") in ("nn.Module", "torch.export"):  # PT2E (frontends/torch.py)
+        assert data is not None
+        quantized = model.quantized(shapes, data, recipe.calibration_samples, recipe.per_channel,
+                                    progress("calibrating", used) if progress else None)
+        return measured_model(quantized, model, method=method, recipe=recipe, data=data, name=name, profile=profile,
+                              eval_data=eval_data, reference=reference, max_drop=max_drop, per_layer=None,
+                              on_step=on_step, progress=progress, runtimes=runtimes)
     source = model.converter_source(shapes)
     quantized = quantize(source, recipe, data, progress("calibrating", used) if progress and data else None)
     return measured_model(quantized, source, method=method, recipe=recipe, data=data, name=name, profile=profile,
@@ -1084,7 +1135,9 @@ def _report(model: Any, model_path: Path, profile: TargetProfile, recipe: Recipe
     changed on the way (folded BatchNorm, recurrent rewrites, QAT's training, the PTQ/QAT
     comparison, the harness manifest)."""
     info = chosen.info
-    source = SourceModel(model_path.name, model.format, model.saved_by, sha256_path(model_path),
+    file = getattr(model, "path", model_path)  # a torch factory's file is its state_dict
+    source = SourceModel(str(model_path) if not model_path.exists() else model_path.name, model.format,
+                         model.saved_by, sha256_path(file),
                          model.parameter_count,
                          [ModelInput(s.name, list(s.shape), s.dtype, [1, *shape])
                           for s, shape in zip(model.input_specs, shapes)])

@@ -78,6 +78,9 @@ from edgeq.errors import EdgeqError
               help="Output folder. Default: edgeq-out/<name>-<target>.")
 @click.option("--name", default=None, help="Base name of the outputs and C identifiers. Default: the model file name.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (otherwise edgeq refuses).")
+@click.option("--weights", type=click.Path(path_type=Path), default=None, metavar="STATE_DICT",
+              help="PyTorch: the state_dict (torch.save(model.state_dict(), path)) for MODEL given as "
+                   "package.module:factory; read with torch.load(weights_only=True).")
 @click.option("--trust-model", is_flag=True,
               help="Allow Lambda layers and unregistered classes (they run code from the file). Only for models you "
                    "wrote or fully trust.")
@@ -90,8 +93,10 @@ def convert(model: Path, target: str, mode: str | None, calibration: str | None,
             epochs: int, batch_size: int, learning_rate: float, compare: bool, force: bool, harness: bool,
             max_payload: int, outdir: Path | None, name: str | None, overwrite: bool, trust_model: bool,
             input_shapes: tuple[str, ...], runtime: str | None, search: bool, objective: str, max_snr_loss: float,
-            min_snr: float | None, recipe_file: Path | None, workers: int | None, ray_address: str | None) -> None:
-    """Quantize MODEL (.keras, .h5 or SavedModel dir), check it against a target, write deployable files.
+            min_snr: float | None, recipe_file: Path | None, workers: int | None, ray_address: str | None,
+            weights: Path | None) -> None:
+    """Quantize MODEL (.keras, .h5, SavedModel dir; or PyTorch: a .pt2 from torch.export.save, or
+    package.module:factory with --weights), check it against a target, write deployable files.
 
     \b
     Before anything is written, the quantized model runs in the target's runtime (TFLite Micro
@@ -122,6 +127,7 @@ def convert(model: Path, target: str, mode: str | None, calibration: str | None,
       edgeq convert model.keras --target mcu --calibration digits --runtime c
       edgeq convert ae.keras --target stm32f072rb --calibration sound.npz --eval sound_test.npz --search
       edgeq convert regressor.keras --target mcu --calibration data.npz --search --min-snr 20
+      edgeq convert nets.cnn:build --weights cnn.pt --trust-model --target mcu --calibration data_nchw.npz
 
     
     Several inputs: save the data with one array per input, named x_<input name> (or x0, x1, ...
@@ -146,7 +152,7 @@ def convert(model: Path, target: str, mode: str | None, calibration: str | None,
             harness=HarnessOptions(max_payload=max_payload) if harness else None, runtime=runtime,
             search=SearchOptions(objective, max_snr_loss, min_snr, workers=workers, ray=ray_address,
                                  train=train_set or "auto", train_settings=settings) if search else None,
-            recipe_file=recipe_file)
+            recipe_file=recipe_file, weights=weights)
         result = run_convert(model, target, options, on_step=_step, progress=_progress_factory(quiet=False))
     except GateError as exc:
         click.echo(f"\n{model} does not fit {exc.result.target.name}:", err=True)

@@ -205,7 +205,7 @@ def _same_scale_mean(tflite: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@settings(max_examples=5, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@settings(max_examples=4, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(drawn=models())
 def test_random_models_are_bit_exact_with_tflm(tmp_path_factory, kind: str, drawn: dict) -> None:
     from tflite_micro.python.tflite_micro import runtime

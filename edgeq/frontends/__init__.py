@@ -1,0 +1,1 @@
+"""Model formats other than Keras, each into the pipeline's LoadedModel interface."""

@@ -1,0 +1,309 @@
+"""PyTorch models in: a torch.export program (.pt2), or an nn.Module factory with its state_dict.
+
+The model stays as torch users have it, NCHW. It is exported at batch 1 (a device runs one sample
+at a time), quantized by PT2E with litert-torch's quantizer (symmetric int8, per-channel weights),
+calibrated one sample at a time, and converted by litert-torch into a full-integer .tflite with
+int8 I/O, which the rest of edgeq measures as it measures a Keras model's.
+
+litert-torch's quantizer leaves some ops it has no pattern for (a residual `+`, `mean`, `*` after
+torch.export) in float, with DEQUANTIZE and QUANTIZE around them, which TFLite Micro's int8 gate
+refuses. The quantizer here (`_quantizer_class`) annotates those ops too, so they come out as int8 ADD, MEAN and MUL.
+
+Loading is safe where it can be: a state_dict is read with `torch.load(weights_only=True)`. A
+factory is Python code and a .pt2 a serialized program: both need --trust-model, as a Keras
+Lambda does. Nothing here imports torch until a torch model is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from edgeq.calibration import Dataset, InputSpec
+from edgeq.errors import ConversionError, ModelLoadError
+
+FACTORY = re.compile(r"^([A-Za-z_][\w.]*):([A-Za-z_]\w*)$")  # package.module:factory
+TORCH_SUFFIXES = (".pt2",)
+TORCH_HINT = "pip install 'edgeq[torch]' (torch and litert-torch)"
+
+
+def is_torch_model(spec: str | Path) -> bool:
+    """Whether `spec` names a PyTorch model: a .pt2 file, or `package.module:factory`."""
+    text = str(spec)
+    return Path(text).suffix.lower() in TORCH_SUFFIXES or (FACTORY.match(text) is not None and not Path(text).exists())
+
+
+def check_torch_model(spec: str | Path, *, weights: str | Path | None, trust_model: bool) -> None:
+    """What can be checked without importing torch: the file or the weights exist, and the model
+    is trusted (a factory and a .pt2 both run code)."""
+    text = str(spec)
+    if FACTORY.match(text) and not Path(text).exists():
+        if weights is None:
+            raise ModelLoadError(f"{text}: an nn.Module factory needs its trained weights",
+                                 hint="pass --weights state_dict.pt (saved with torch.save(model.state_dict(), path))")
+        if not Path(weights).is_file():
+            raise ModelLoadError(f"--weights {weights} does not exist", hint="pass the state_dict file")
+        if not trust_model:
+            raise ModelLoadError(f"{text}: building the model imports and runs that Python code",
+                                 hint="pass --trust-model if you trust it")
+        return
+    path = Path(text)
+    if not path.is_file():
+        raise ModelLoadError(f"model file {path} does not exist", hint="pass a .pt2 from torch.export.save")
+    if not trust_model:
+        raise ModelLoadError(f"{path}: a torch.export program is deserialized code (it can run arbitrary "
+                             "operators)", hint="pass --trust-model if you trust the file")
+    if weights is not None:
+        raise ModelLoadError(f"--weights {weights}: a .pt2 carries its own weights",
+                             hint="drop --weights, or pass package.module:factory with them")
+
+
+@dataclass
+class TorchModel:
+    """A PyTorch model as the pipeline uses a LoadedModel: its inputs, a float predict, and the two
+    conversions (float32 and PT2E int8) into .tflite. Lives in the process that loaded it."""
+
+    path: Path           # the .pt2, or the state_dict file of a factory
+    format: str          # "torch.export" | "nn.Module"
+    saved_by: str        # "torch 2.13.0"
+    input_specs: list[InputSpec]
+    parameter_count: int
+    module: Any          # the eval-mode nn.Module (or the exported program's module)
+    label: str           # what the user passed, for messages
+    keras_model: Any = None  # not a Keras model: the Keras-only stages (fold, recurrent, QAT) skip it
+    input_names: tuple[str, ...] = ()   # the .tflite signature's, once converted
+    output_names: tuple[str, ...] = ()
+    _converted: dict[Any, bytes] = field(default_factory=dict)
+
+    def predict(self, inputs: Sequence[np.ndarray], batch_size: int = 256) -> list[np.ndarray]:
+        """Float outputs of the torch model, one array per output (NCHW in, as torch has it)."""
+        import torch
+
+        if self.format == "torch.export":
+            batch_size = 1  # an exported program keeps the batch it was exported with
+        outs: list[list[np.ndarray]] = []
+        with torch.no_grad():
+            for i in range(0, len(inputs[0]), batch_size):
+                try:
+                    got = self.module(*[torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size], dtype=np.float32))
+                                        for x in inputs])
+                except Exception as exc:  # shapes the model does not take, and the like
+                    raise ConversionError(f"{self.label}: the float model failed on samples {i}-{i + batch_size - 1} "
+                                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]})",
+                                          hint="check that the data's shape is the model's input (NCHW for torch)"
+                                          ) from None
+                got = list(got) if isinstance(got, (tuple, list)) else [got]
+                outs.append([g.detach().numpy() for g in got])
+        return [np.concatenate([o[k] for o in outs]) for k in range(len(outs[0]))]
+
+    def sample_args(self, shapes: Sequence[tuple[int, ...]]) -> tuple[Any, ...]:
+        import torch
+
+        return tuple(torch.zeros((1, *shape), dtype=torch.float32) for shape in shapes)
+
+    def float_tflite(self, shapes: Sequence[tuple[int, ...]]) -> bytes:
+        """The float32 .tflite (the reference size), through litert-torch."""
+        key = ("float32", tuple(shapes))
+        if key not in self._converted:
+            self._converted[key] = self._convert(self.module, self.sample_args(shapes), None)
+        return self._converted[key]
+
+    def quantized(self, shapes: Sequence[tuple[int, ...]], calibration: Dataset, samples: int,
+                  per_channel: bool = True, on_progress: Callable[[int], None] | None = None) -> bytes:
+        """The model in full int8 (int8 I/O) by PT2E: exported at batch 1, observed on `samples`
+        calibration samples one at a time, converted."""
+        key = ("int8", tuple(shapes), calibration.sha256, samples, per_channel)
+        if key in self._converted:
+            return self._converted[key]
+        import torch
+        from litert_torch.quantize import pt2e_quantizer
+        from litert_torch.quantize.quant_config import QuantConfig
+        from torchao.quantization.pt2e import quantize_pt2e
+
+        args = self.sample_args(shapes)
+        quantizer = _quantizer_class()().set_global(
+            pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=per_channel, is_dynamic=False))
+        try:
+            exported = torch.export.export(self.module, args).module()
+            prepared = quantize_pt2e.prepare_pt2e(exported, quantizer)
+        except Exception as exc:  # torch.export and PT2E raise many kinds; all are about this model
+            raise _explained(self.label, exc, _reused_modules(self.module, args)) from None
+        count = min(samples, calibration.num_samples)
+        with torch.no_grad():
+            for i in range(count):
+                prepared(*[torch.from_numpy(np.ascontiguousarray(x[i:i + 1], dtype=np.float32))
+                           for x in calibration.inputs])
+                if on_progress:
+                    on_progress(i + 1)
+        converted = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
+        self._converted[key] = self._convert(converted, args, QuantConfig(pt2e_quantizer=quantizer))
+        return self._converted[key]
+
+    def _convert(self, module: Any, args: tuple[Any, ...], quant_config: Any) -> bytes:
+        import litert_torch
+
+        from edgeq._tf import captured_output
+
+        try:
+            with captured_output():
+                edge = litert_torch.convert(module, args, quant_config=quant_config)
+        except Exception as exc:
+            raise _explained(self.label, exc) from None
+        model = bytes(edge.model_content())
+        self._names(model)
+        return model
+
+    def _names(self, model: bytes) -> None:
+        from edgeq.tflite.reader import read_tflite
+
+        info = read_tflite(model, source=self.label)
+        self.input_names = tuple(n or f"args_{k}" for k, n in enumerate(info.input_names))
+        self.output_names = tuple(n or f"output_{k}" for k, n in enumerate(info.output_names))
+
+
+_QUANTIZER: list[Any] = []
+
+
+def _quantizer_class() -> Any:
+    """litert-torch's quantizer, which also annotates the elementwise ops and `mean` it has no
+    pattern for: each input and the output get the global config's activation spec."""
+    if _QUANTIZER:
+        return _QUANTIZER[0]
+    import torch
+    from litert_torch.quantize import pt2e_quantizer_utils as utils
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+    aten = torch.ops.aten
+    extra = {aten.add.Tensor, aten.mul.Tensor, aten.mean.dim, aten.sub.Tensor}
+
+    from litert_torch.quantize import pt2e_quantizer
+
+    class Int8Everywhere(pt2e_quantizer.PT2EQuantizer):  # type: ignore[misc]
+        def annotate(self, model: Any) -> Any:
+            model = super().annotate(model)
+            config = self.global_config
+            for node in model.graph.nodes:
+                if node.op != "call_function" or node.target not in extra or "quantization_annotation" in node.meta:
+                    continue
+                inputs = {a: utils.get_input_act_qspec(config) for a in node.args if isinstance(a, torch.fx.Node)}
+                node.meta["quantization_annotation"] = QuantizationAnnotation(
+                    input_qspec_map=inputs, output_qspec=utils.get_output_act_qspec(config), _annotated=True)
+            return model
+
+    _QUANTIZER.append(Int8Everywhere)
+    return Int8Everywhere
+
+
+def _reused_modules(module: Any, args: tuple[Any, ...]) -> list[str]:
+    """The submodules (by their names in the model) that one forward pass calls more than once."""
+    import torch
+
+    calls: dict[str, int] = {}
+    hooks = [sub.register_forward_hook(lambda m, i, o, name=name: calls.__setitem__(name, calls.get(name, 0) + 1))
+             for name, sub in module.named_modules() if name and not list(sub.children())]
+    try:
+        with torch.no_grad():
+            module(*args)
+    except Exception:  # the model's own failure is reported elsewhere
+        return []
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return sorted(name for name, count in calls.items() if count > 1)
+
+
+def _explained(label: str, exc: BaseException, reused: Sequence[str] = ()) -> ConversionError:
+    """A torch.export, PT2E or litert-torch failure as a user error naming the model (and the
+    submodules called more than once, which PT2E cannot observe apart)."""
+    text = f"{type(exc).__name__}: {exc}"
+    first = text.strip().splitlines()[0][:400] if text.strip() else type(exc).__name__
+    if reused:
+        names = ", ".join(f"'{n}'" for n in reused)
+        many = len(reused) > 1
+        return ConversionError(f"{label}: PT2E could not prepare the model: the module instance{'s' if many else ''} "
+                               f"{names} {'are' if many else 'is'} called more than once in forward, and PT2E "
+                               f"observes each instance once ({first})",
+                               hint="give each call its own instance (e.g. self.pool1 and self.pool2), or use the "
+                                    "functional form (torch.nn.functional.max_pool2d)")
+    if isinstance(exc, AssertionError) or "AssertionError" in text:
+        return ConversionError(f"{label}: PT2E could not prepare the model ({first})",
+                               hint="a module instance called twice (one nn.MaxPool2d or nn.ReLU used at two places) "
+                                    "is the usual cause: give each call its own instance, or use the functional form")
+    if "export" in text.lower() or "dynamo" in text.lower() or "guard" in text.lower():
+        return ConversionError(f"{label}: torch.export could not trace the model ({first})",
+                               hint="torch.export needs a forward without data-dependent Python control flow; "
+                                    "see the PyTorch export docs")
+    return ConversionError(f"{label}: litert-torch could not convert the model ({first})",
+                           hint="set EDGEQ_VERBOSE=1 for the full error")
+
+
+def load_torch_model(spec: str | Path, *, weights: str | Path | None, example: Sequence[tuple[int, ...]] | None,
+                     trust_model: bool) -> TorchModel:
+    """The model named by `spec` (a .pt2, or package.module:factory with `weights`), in eval mode.
+    `example`: each input's shape without the batch dimension, where the model file does not say
+    (a factory); from the calibration data."""
+    check_torch_model(spec, weights=weights, trust_model=trust_model)
+    try:
+        import torch
+    except ImportError:
+        raise ModelLoadError(f"{spec}: PyTorch models need torch and litert-torch", hint=TORCH_HINT) from None
+    text = str(spec)
+    if FACTORY.match(text) and not Path(text).exists():
+        module, path = _from_factory(text, Path(weights)), Path(weights)  # type: ignore[arg-type]
+        fmt = "nn.Module"
+        shapes = list(example or [])
+    else:
+        path = Path(text)
+        try:
+            program = torch.export.load(str(path))
+        except Exception as exc:
+            raise ModelLoadError(f"{path}: not a torch.export program ({type(exc).__name__}: {str(exc)[:200]})",
+                                 hint="save it with torch.export.save(torch.export.export(model, args), path)") from None
+        module, fmt = program.module(), "torch.export"
+        shapes = [tuple(int(d) for d in a.shape[1:]) for a in program.example_inputs[0]]
+    if not shapes:
+        raise ModelLoadError(f"{text}: the input shape is not known", hint="pass --calibration data with the inputs")
+    specs = [InputSpec(f"x{k}" if len(shapes) > 1 else "x", (None, *shape), "float32") for k, shape in enumerate(shapes)]
+    count = sum(int(p.numel()) for p in module.parameters()) if hasattr(module, "parameters") else 0
+    return TorchModel(path, fmt, f"torch {torch.__version__.split('+')[0]}", specs, count, module, text)
+
+
+def _from_factory(spec: str, weights: Path) -> Any:
+    import torch
+
+    name, factory = FACTORY.match(spec).groups()  # type: ignore[union-attr]
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # package.module is looked up from where the user runs edgeq
+    try:
+        module = getattr(importlib.import_module(name), factory)()
+    except Exception as exc:
+        raise ModelLoadError(f"{spec}: could not build the model ({type(exc).__name__}: {str(exc)[:200]})",
+                             hint="the factory must be importable from the current folder and take no arguments"
+                             ) from None
+    if not isinstance(module, torch.nn.Module):
+        raise ModelLoadError(f"{spec}: the factory returned {type(module).__name__}, not an nn.Module")
+    try:
+        state = torch.load(str(weights), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelLoadError(f"--weights {weights}: not a state_dict torch can load safely "
+                             f"({type(exc).__name__}: {str(exc)[:200]})",
+                             hint="save it with torch.save(model.state_dict(), path); pickled objects are refused"
+                             ) from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    try:
+        module.load_state_dict(state)
+    except Exception as exc:
+        raise ModelLoadError(f"--weights {weights}: does not fit {spec} ({str(exc).splitlines()[0][:300]})",
+                             hint="pass the state_dict saved from this architecture") from None
+    return module.eval()
+
+
+def sha256_of(model: TorchModel) -> str:
+    return hashlib.sha256(model.path.read_bytes()).hexdigest()

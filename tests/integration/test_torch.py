@@ -1,0 +1,109 @@
+"""PyTorch models in (edgeq/frontends/torch.py): a torch CNN (BatchNorm, ReLU6, depthwise, residual
+add, mean) and an MLP trained on the bundled digits, converted by `edgeq convert` through PT2E:
+fully int8 for mcu, run in TFLM, agreeing with torch float; and the errors a torch user meets."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_edgeq
+
+pytestmark = pytest.mark.slow
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """cnn.pt, mlp.pt, calibration.npz and eval.npz (NCHW) from examples/torch_digits.py."""
+    pytest.importorskip("torch")  # the torch extra; scripts/setup installs it for the tests
+    sys.path.insert(0, str(EXAMPLES))
+    import torch_digits
+
+    out = tmp_path_factory.mktemp("torch")
+    torch_digits.main(out)
+    return out
+
+
+def _convert(trained: Path, model: str, out: str, *extra: str):  # type: ignore[no-untyped-def]
+    proc = run_edgeq("convert", model, *extra, "--target", "mcu", "--calibration", str(trained / "calibration.npz"),
+                     "--eval", str(trained / "eval.npz"), "-o", str(trained / out), cwd=EXAMPLES)
+    path = trained / out / "report.json"
+    return proc, json.loads(path.read_text()) if path.exists() else None
+
+
+@pytest.mark.parametrize("net", ["cnn", "mlp"])
+def test_a_torch_model_comes_out_fully_int8_and_agrees_with_torch(trained: Path, net: str) -> None:
+    proc, report = _convert(trained, f"torch_digits:{net}", net, "--weights", str(trained / f"{net}.pt"),
+                            "--trust-model")
+    assert proc.returncode == 0, proc.stderr
+    model = report["model"]
+    assert model["fully_integer"] and model["inputs"][0]["dtype"] == model["outputs"][0]["dtype"] == "int8"
+    assert model["inputs"][0]["shape"] == [1, 1, 8, 8]  # NCHW, as torch has it
+    ops = set(model["ops"])
+    assert not ops & {"QUANTIZE", "DEQUANTIZE"}
+    if net == "cnn":
+        assert {"CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "MEAN", "FULLY_CONNECTED"} <= ops
+    accuracy = report["emulation"]["accuracy"]
+    assert accuracy["runtime_used"] in ("tflm", "litert")  # LiteRT only where it is bit-exact with TFLM
+    assert accuracy["top1_agreement"] >= 0.98 and accuracy["float_top1"] > 0.9  # against torch float
+    assert report["input"]["format"] == "nn.Module" and report["input"]["saved_by"].startswith("torch ")
+    assert report["gate"]["passed"] and report["emulation"]["memory"]["ram"]["tflm_arena"]["smallest"] > 0
+    written = {p.name for p in (trained / net).iterdir()}
+    assert {f"{net}.tflite", f"{net}_model_data.cc", f"{net}_op_resolver.h"} <= written
+
+
+def test_a_torch_export_program_converts_like_its_factory(trained: Path) -> None:
+    import torch
+    import torch_digits
+
+    module = torch_digits.mlp()
+    module.load_state_dict(torch.load(trained / "mlp.pt", weights_only=True))
+    program = torch.export.export(module.eval(), (torch.zeros(1, 1, 8, 8),))
+    torch.export.save(program, str(trained / "mlp.pt2"))
+    proc, _ = _convert(trained, str(trained / "mlp.pt2"), "pt2_untrusted")
+    assert proc.returncode == 2 and "--trust-model" in proc.stderr and "Traceback" not in proc.stderr
+    proc, report = _convert(trained, str(trained / "mlp.pt2"), "pt2", "--trust-model")
+    assert proc.returncode == 0, proc.stderr
+    factory = json.loads((trained / "mlp" / "report.json").read_text())  # the factory's, from the test above
+    assert report["input"]["format"] == "torch.export"
+    assert report["outputs"]["mlp.tflite"] == factory["outputs"]["mlp.tflite"]  # the same bytes
+
+
+def test_torch_errors_name_the_file_and_what_to_do(trained: Path, tmp_path: Path) -> None:
+    import torch
+
+    proc, _ = _convert(trained, "torch_digits:mlp", "a", "--weights", str(trained / "mlp.pt"))
+    assert proc.returncode == 2 and "runs that Python code" in proc.stderr and "--trust-model" in proc.stderr
+    proc, _ = _convert(trained, "torch_digits:mlp", "b", "--trust-model")
+    assert proc.returncode == 2 and "--weights" in proc.stderr
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"model": Path("not weights")}, pickled)  # an object, not tensors: weights_only refuses it
+    proc, _ = _convert(trained, "torch_digits:mlp", "c", "--weights", str(pickled), "--trust-model")
+    assert proc.returncode == 2 and "safely" in proc.stderr and "Traceback" not in proc.stderr
+    proc, _ = _convert(trained, "torch_digits:mlp", "d", "--weights", str(trained / "cnn.pt"), "--trust-model")
+    assert proc.returncode == 2 and "does not fit" in proc.stderr
+    proc, _ = _convert(trained, "torch_digits:mlp", "e", "--weights", str(trained / "mlp.pt"), "--trust-model",
+                       "--mode", "int16x8")
+    assert proc.returncode == 2 and "int16x8" in proc.stderr
+    # One pooling module called at two places: PT2E's own AssertionError becomes advice.
+    (tmp_path / "reused.py").write_text(
+        "import torch\nfrom torch import nn\n\n\nclass Net(nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)\n"
+        "        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)\n        self.pool = nn.MaxPool2d(2)\n"
+        "        self.fc = nn.Linear(4 * 2 * 2, 10)\n\n"
+        "    def forward(self, x):\n        x = self.pool(torch.relu(self.conv1(x)))\n"
+        "        x = self.pool(torch.relu(self.conv2(x)))\n        return self.fc(torch.flatten(x, 1))\n\n\n"
+        "def build():\n    return Net()\n")
+    sys.path.insert(0, str(tmp_path))
+    import reused
+
+    torch.save(reused.build().state_dict(), tmp_path / "reused.pt")
+    proc = run_edgeq("convert", "reused:build", "--weights", str(tmp_path / "reused.pt"), "--trust-model",
+                     "--calibration", str(trained / "calibration.npz"), "--no-eval", "-o", str(tmp_path / "r"),
+                     cwd=tmp_path)
+    assert proc.returncode == 2 and "'pool' is called more than once" in proc.stderr, proc.stderr
+    assert "own instance" in proc.stderr and "Traceback" not in proc.stderr
