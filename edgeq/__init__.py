@@ -5,3 +5,28 @@ Importing the package is cheap: nothing here imports TensorFlow. Heavy modules
 """
 
 __version__ = "0.1.0"
+
+
+def convert(model, target="mcu", options=None, *, example_input=None, **kwargs):  # type: ignore[no-untyped-def]
+    """`edgeq.pipeline.convert`, which also takes a PyTorch `nn.Module` in memory: give
+    `example_input` (a tensor of one sample's shape, batch 1, NCHW as the module takes it, or a
+    tuple of them). The module is exported with torch.export next to nothing else (a temporary
+    .pt2) and converted as `edgeq convert MODEL.pt2 --trust-model` would: it is your own object,
+    so it is trusted. Keyword arguments go to `edgeq.pipeline.convert` (on_step, progress, worker).
+    """
+    from edgeq.pipeline import convert as run
+
+    if hasattr(model, "state_dict") and hasattr(model, "forward"):
+        import tempfile
+        from dataclasses import replace
+        from pathlib import Path
+
+        from edgeq.frontends.torch import export_to_file
+        from edgeq.pipeline import ConvertOptions
+
+        options = options or ConvertOptions()
+        name = options.name or type(model).__name__.lower()
+        with tempfile.TemporaryDirectory(prefix="edgeq-torch-") as folder:
+            path = export_to_file(model, example_input, Path(folder) / f"{name}.pt2")
+            return run(path, target, replace(options, trust_model=True, name=name), **kwargs)
+    return run(model, target, options, **kwargs)

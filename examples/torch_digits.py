@@ -7,8 +7,8 @@ writes OUT_DIR/cnn.pt and OUT_DIR/mlp.pt (state_dicts) and the digits splits as 
     cd examples && ../.venv/bin/edgeq convert torch_digits:cnn --weights OUT_DIR/cnn.pt --trust-model \\
         --target mcu --calibration OUT_DIR/calibration.npz --eval OUT_DIR/eval.npz
 
-The CNN has what small vision models have: BatchNorm, ReLU6, a depthwise convolution, a residual
-add, a strided convolution and a global mean.
+The CNN has what small vision models have: BatchNorm, ReLU6, a strided convolution, a depthwise
+block with a residual add, and a global mean of that sum.
 """
 
 from __future__ import annotations
@@ -22,18 +22,21 @@ from torch import nn
 
 
 class DigitsCnn(nn.Module):
+    """A residual block whose sum goes straight into the global mean, as the last block of a
+    ResNet or MobileNetV2 does."""
+
     def __init__(self) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU6())
-        self.depthwise = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.BatchNorm2d(16), nn.ReLU6())
-        self.pointwise = nn.Conv2d(16, 16, 1)
         self.down = nn.Sequential(nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU6())
+        self.depthwise = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.BatchNorm2d(32), nn.ReLU6())
+        self.pointwise = nn.Conv2d(32, 32, 1)
         self.head = nn.Linear(32, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.stem(x)
+        y = self.down(self.stem(x))
         y = y + self.pointwise(self.depthwise(y))
-        return self.head(self.down(y).mean(dim=(2, 3)))
+        return self.head(y.mean(dim=(2, 3)))
 
 
 def cnn() -> nn.Module:

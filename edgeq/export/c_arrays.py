@@ -74,16 +74,37 @@ def _has_plan(model: bytes) -> bool:
         return False
 
 
+def _io_lines(model: bytes, layout: str | None) -> list[str]:
+    """One comment line per model input and output: dtype, shape (with the layout of 4-D ones),
+    scale and zero point, so that firmware feeds the right bytes. None for bytes that are no model."""
+    from edgeq.tflite.reader import read_tflite
+
+    try:
+        info = read_tflite(model)
+    except Exception:  # noqa: BLE001 - the sources carry any bytes; a non-model has no I/O to describe
+        return []
+    lines = []
+    for kind, tensors in (("input", info.input_tensors), ("output", info.output_tensors)):
+        for k, t in enumerate(tensors):
+            shape = "[" + ", ".join(str(d) for d in t.shape) + "]"
+            where = f" ({layout})" if layout and len(t.shape) == 4 and kind == "input" else ""
+            quant = f", scale {t.scales[0]:.9g}, zero point {t.zero_points[0]}" if t.scales else ""
+            lines.append(f"{kind} {k}: {t.dtype} {shape}{where}{quant}")
+    return lines
+
+
 def model_data_sources(name: str, model: bytes, *, alignment: int = 16,
-                       arena: ArenaSize | None = None) -> dict[str, bytes]:
-    """`<name>_model_data.h` and `.cc` holding the model bytes in flash (const), and the arena size."""
+                       arena: ArenaSize | None = None, layout: str | None = None) -> dict[str, bytes]:
+    """`<name>_model_data.h` and `.cc` holding the model bytes in flash (const), and the arena size.
+    `layout`: how a 4-D input is ordered ("NCHW" for a PyTorch model, "NHWC" for Keras), said in the
+    header next to each input's shape and quantization."""
     ident = c_identifier(name)
     array = f"g_{ident}_model_data"
     guard = f"EDGEQ_{ident.upper()}_MODEL_DATA_H_"
     values = dict(ident=ident, array=array, size=len(model), sha256=hashlib.sha256(model).hexdigest(),
                   alignment=max(16, alignment))
     header = render("model_data.h.j2", guard=guard, arena=arena, planned=arena is not None and _has_plan(model),
-                    **values)
+                    io=_io_lines(model, layout), **values)
     hex_lines = "\n".join("    " + " ".join(_HEX[b] for b in model[i:i + BYTES_PER_LINE])
                            for i in range(0, len(model), BYTES_PER_LINE))
     source = render("model_data.cc.j2", hex_lines=hex_lines, **values)
@@ -106,7 +127,7 @@ def op_resolver_source(name: str, op_names: list[str] | tuple[str, ...]) -> dict
 
 
 def tflm_sources(name: str, model: bytes, op_names: list[str] | tuple[str, ...], *, alignment: int = 16,
-                 arena: ArenaSize | None = None) -> CSources:
-    files = {**model_data_sources(name, model, alignment=alignment, arena=arena),
+                 arena: ArenaSize | None = None, layout: str | None = None) -> CSources:
+    files = {**model_data_sources(name, model, alignment=alignment, arena=arena, layout=layout),
              **op_resolver_source(name, op_names)}
     return CSources(c_identifier(name), files)

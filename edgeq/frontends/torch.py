@@ -275,6 +275,23 @@ def load_torch_model(spec: str | Path, *, weights: str | Path | None, example: S
     return TorchModel(path, fmt, f"torch {torch.__version__.split('+')[0]}", specs, count, module, text)
 
 
+def export_to_file(module: Any, example_input: Any, path: Path) -> Path:
+    """`module` (an nn.Module in memory) exported by torch.export at `example_input` and saved as a
+    .pt2 at `path`; ConversionError (naming what torch.export said) if it cannot be traced."""
+    import torch
+
+    if example_input is None:
+        raise ModelLoadError(f"{type(module).__name__}: an nn.Module needs example_input (one sample, batch 1)",
+                             hint="pass example_input=torch.zeros(1, C, H, W) (NCHW, as the module takes it)")
+    args = tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
+    try:
+        program = torch.export.export(module.eval(), args)
+    except Exception as exc:
+        raise _explained(type(module).__name__, exc) from None
+    torch.export.save(program, str(path))
+    return path
+
+
 def _from_factory(spec: str, weights: Path) -> Any:
     import torch
 

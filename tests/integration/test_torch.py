@@ -107,3 +107,24 @@ def test_torch_errors_name_the_file_and_what_to_do(trained: Path, tmp_path: Path
                      cwd=tmp_path)
     assert proc.returncode == 2 and "'pool' is called more than once" in proc.stderr, proc.stderr
     assert "own instance" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_python_api_takes_a_module_in_memory(trained: Path) -> None:
+    import torch
+    import torch_digits
+
+    import edgeq
+    from edgeq.errors import ModelLoadError
+    from edgeq.pipeline import ConvertOptions
+
+    module = torch_digits.mlp()
+    module.load_state_dict(torch.load(trained / "mlp.pt", weights_only=True))
+    result = edgeq.convert(module, "mcu", ConvertOptions(calibration=str(trained / "calibration.npz"),
+                                                         evaluation=str(trained / "eval.npz"),
+                                                         outdir=trained / "api", name="mlp"),
+                           example_input=torch.zeros(1, 1, 8, 8))
+    assert result.gate.passed and result.report.input.format == "torch.export"
+    factory = json.loads((trained / "mlp" / "report.json").read_text())
+    assert result.report.outputs["mlp.tflite"] == factory["outputs"]["mlp.tflite"]
+    with pytest.raises(ModelLoadError, match="example_input"):
+        edgeq.convert(module, "mcu", ConvertOptions(calibration=str(trained / "calibration.npz")))

@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Benchmark: PyTorch models through `edgeq convert` against the plain litert-torch PT2E script.
+
+For the CNN (BatchNorm, ReLU6, depthwise, a residual add into the global mean) and the MLP of
+examples/torch_digits.py, trained on the bundled digits, it prints per path:
+  - the plain way: torch.export -> litert-torch's PT2EQuantizer -> prepare_pt2e -> calibrate ->
+    convert_pt2e -> litert_torch.convert, as its docs show it: .tflite size, whether it is fully
+    int8 (what TFLM's int8 kernels need), top-1 agreement with torch float in LiteRT, and time;
+  - `edgeq convert` (PT2E with edgeq's quantizer, then the emulator and every check): size, the
+    TFLM arena it measured, top-1 agreement in the device's runtime, and wall time (a fresh
+    process, torch and TensorFlow start-up included), and the time ratio.
+
+    .venv/bin/python scripts/bench_torch.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "examples"))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+SAMPLES = 200  # calibration samples, as edgeq's default
+
+
+def plain(module: object, calibration: np.ndarray) -> tuple[bytes, float]:
+    """The litert-torch PT2E recipe as its documentation gives it; (model, seconds)."""
+    import litert_torch
+    import torch
+    from litert_torch.quantize import pt2e_quantizer
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e import quantize_pt2e
+
+    start = time.perf_counter()
+    args = (torch.zeros(1, *calibration.shape[1:]),)
+    quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
+        pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
+    prepared = quantize_pt2e.prepare_pt2e(torch.export.export(module, args).module(), quantizer)
+    with torch.no_grad():
+        for i in range(min(SAMPLES, len(calibration))):
+            prepared(torch.from_numpy(calibration[i:i + 1]))
+    converted = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
+    model = bytes(litert_torch.convert(converted, args, quant_config=QuantConfig(pt2e_quantizer=quantizer))
+                  .model_content())
+    return model, time.perf_counter() - start
+
+
+def agreement(model: bytes, x: np.ndarray, reference: np.ndarray) -> float:
+    """Top-1 agreement of `model` in LiteRT with the float outputs."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_content=model)
+    interp.allocate_tensors()
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    scale, zero = inp["quantization"]
+    picks = []
+    for sample in x:
+        if inp["dtype"] == np.int8:
+            sample = np.clip(np.round(sample / scale) + zero, -128, 127).astype(np.int8)
+        interp.set_tensor(inp["index"], sample[None].astype(inp["dtype"]))
+        interp.invoke()
+        picks.append(int(np.argmax(interp.get_tensor(out["index"]))))
+    return float(np.mean(np.array(picks) == reference.argmax(1)))
+
+
+def main() -> int:
+    import torch
+    import torch_digits
+
+    from edgeq.tflite.reader import read_tflite
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        torch_digits.main(folder)
+        calibration = np.load(folder / "calibration.npz")["x"]
+        held_out = np.load(folder / "eval.npz")["x"]
+        print(f"\n{'model':<6}{'path':<16}{'.tflite':>10}{'fully int8':>12}{'TFLM arena':>12}{'agreement':>11}"
+              f"{'time':>9}")
+        for net in ("cnn", "mlp"):
+            module = getattr(torch_digits, net)()
+            module.load_state_dict(torch.load(folder / f"{net}.pt", weights_only=True))
+            module.eval()
+            with torch.no_grad():
+                reference = module(torch.from_numpy(held_out)).numpy()
+            model, plain_s = plain(module, calibration)
+            info = read_tflite(model)
+            print(f"{net:<6}{'litert-torch':<16}{len(model):>10,}{'yes' if info.is_fully_integer else 'no':>12}"
+                  f"{'-':>12}{agreement(model, held_out, reference):>11.3f}{plain_s:>8.1f}s")
+            start = time.perf_counter()
+            proc = subprocess.run([sys.executable, "-m", "edgeq", "convert", f"torch_digits:{net}", "--weights",
+                                   str(folder / f"{net}.pt"), "--trust-model", "--target", "mcu", "--calibration",
+                                   str(folder / "calibration.npz"), "--eval", str(folder / "eval.npz"), "-o",
+                                   str(folder / net)], cwd=ROOT / "examples", capture_output=True, text=True)
+            edgeq_s = time.perf_counter() - start
+            if proc.returncode not in (0, 3):
+                print(f"{net:<6}{'edgeq convert':<16} failed: {proc.stderr.strip()[-300:]}")
+                continue
+            report = json.loads((folder / net / "report.json").read_text())
+            ram, accuracy = report["emulation"]["memory"]["ram"], report["emulation"]["accuracy"]
+            print(f"{net:<6}{'edgeq convert':<16}{report['sizes']['quantized_tflite_bytes']:>10,}"
+                  f"{'yes' if report['model']['fully_integer'] else 'no':>12}{ram['tflm_arena']['smallest']:>11,}B"
+                  f"{accuracy['top1_agreement']:>11.3f}{edgeq_s:>8.1f}s  ({edgeq_s / plain_s:.1f}x the plain "
+                  f"conversion: a fresh process, plus the emulator and the checks; {accuracy['runtime_used']})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
