@@ -105,8 +105,20 @@ def test_torch_errors_name_the_file_and_what_to_do(trained: Path, tmp_path: Path
     proc = run_edgeq("convert", "reused:build", "--weights", str(tmp_path / "reused.pt"), "--trust-model",
                      "--calibration", str(trained / "calibration.npz"), "--no-eval", "-o", str(tmp_path / "r"),
                      cwd=tmp_path)
-    assert proc.returncode == 2 and "'pool' is called more than once" in proc.stderr, proc.stderr
-    assert "own instance" in proc.stderr and "Traceback" not in proc.stderr
+    # Whether PT2E fails on it depends on the order it visits the partitions in, which follows
+    # Python's string hashing (seen both ways): either it fails, and the message names the module,
+    # or it succeeds, and the model must be fully int8 all the same.
+    if proc.returncode == 0:
+        assert json.loads((tmp_path / "r" / "report.json").read_text())["model"]["fully_integer"]
+    else:
+        assert proc.returncode == 2 and "'pool' is called more than once" in proc.stderr, proc.stderr
+        assert "own instance" in proc.stderr and "Traceback" not in proc.stderr
+    from edgeq.frontends.torch import _explained, _reused_modules
+
+    reused_names = _reused_modules(reused.build(), (torch.zeros(1, 1, 8, 8),))
+    assert reused_names == ["pool"]
+    error = _explained("reused:build", AssertionError("'relu_1' not in ..."), reused_names)
+    assert "'pool' is called more than once" in error.message and "self.pool1" in error.hint
 
 
 def test_the_python_api_takes_a_module_in_memory(trained: Path) -> None:
