@@ -760,7 +760,7 @@ def _emitted(plan: _Plan, chosen: _Candidate, emulation: Emulation, gate: Gate,
             arena = emulation.memory.arena
             files.update(tflm_sources(name, quantized, info.all_op_names, alignment=profile.memory.tensor_alignment,
                                       arena=ArenaSize(arena.smallest, emulation.memory.margin) if arena else None,
-                                      layout="NCHW, as the PyTorch model takes it" if plan.torch else "NHWC"
+                                      layout="NCHW, as the PyTorch model takes it" if plan.torch else None
                                       ).files)
     if plan.harness and files and emulation.memory.arena:
         from edgeq.device.firmware import firmware_with_sizes

@@ -96,8 +96,8 @@ def _io_lines(model: bytes, layout: str | None) -> list[str]:
 def model_data_sources(name: str, model: bytes, *, alignment: int = 16,
                        arena: ArenaSize | None = None, layout: str | None = None) -> dict[str, bytes]:
     """`<name>_model_data.h` and `.cc` holding the model bytes in flash (const), and the arena size.
-    `layout`: how a 4-D input is ordered ("NCHW" for a PyTorch model, "NHWC" for Keras), said in the
-    header next to each input's shape and quantization."""
+    `layout`: how a 4-D input is ordered (a PyTorch model's NCHW; None where the model file says it
+    itself, as Keras' data_format does), said in the header next to each input's shape."""
     ident = c_identifier(name)
     array = f"g_{ident}_model_data"
     guard = f"EDGEQ_{ident.upper()}_MODEL_DATA_H_"

@@ -16,7 +16,6 @@ Lambda does. Nothing here imports torch until a torch model is used.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import re
 import sys
@@ -321,6 +320,3 @@ def _from_factory(spec: str, weights: Path) -> Any:
                              hint="pass the state_dict saved from this architecture") from None
     return module.eval()
 
-
-def sha256_of(model: TorchModel) -> str:
-    return hashlib.sha256(model.path.read_bytes()).hexdigest()
