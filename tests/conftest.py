@@ -183,6 +183,21 @@ def plain_tflite(model, io: str = "int8", data: np.ndarray | None = None) -> byt
     return bytes(converter.convert())
 
 
+def saved_dense_autoencoder(folder: Path, x: np.ndarray, layers: list[tuple[int, str | None]], *, epochs: int,
+                            batch_size: int = 32, name: str | None = None) -> Path:
+    """A Keras Dense stack (units, activation per layer) trained to reproduce `x` (Adam, MSE) and
+    saved as folder/ae.keras. Seed Keras first: the layers are made here, after the caller's data."""
+    import keras
+
+    model = keras.Sequential([keras.layers.Input((x.shape[1],)),
+                              *[keras.layers.Dense(units, activation=activation) for units, activation in layers]],
+                             name=name)
+    model.compile("adam", "mse")
+    model.fit(x, x, epochs=epochs, batch_size=batch_size, verbose=0)
+    model.save(folder / "ae.keras")
+    return folder / "ae.keras"
+
+
 def tflm_outputs(model: bytes, inputs: np.ndarray) -> np.ndarray:
     """The first output of `model` in the TFLM Python interpreter for each sample of `inputs` (one
     invoke each), stacked: shape (samples, *output shape)."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import run_edgeq
+from tests.conftest import run_edgeq, saved_dense_autoencoder
 
 pytestmark = pytest.mark.slow
 
@@ -24,16 +24,11 @@ def autoencoder(tmp_path_factory) -> tuple[Path, Path]:
     import keras
 
     keras.utils.set_random_seed(7)
-    L = keras.layers
     rng = np.random.default_rng(7)
     base = rng.normal(size=(8, 64)).astype(np.float32)
     x = (rng.normal(size=(400, 8)) @ base + 0.1 * rng.normal(size=(400, 64))).astype(np.float32)
-    model = keras.Sequential([L.Input((64,)), L.Dense(48, activation="relu"), L.Dense(8, activation="relu"),
-                              L.Dense(48, activation="relu"), L.Dense(64)], name="ae")
-    model.compile("adam", "mse")
-    model.fit(x, x, epochs=8, batch_size=32, verbose=0)
     folder = tmp_path_factory.mktemp("search")
-    model.save(folder / "ae.keras")
+    saved_dense_autoencoder(folder, x, [(48, "relu"), (8, "relu"), (48, "relu"), (64, None)], epochs=8, name="ae")
     np.savez(folder / "ae.npz", x=x[:200])
     # Anomaly detection data: 12 normal files from the training distribution, 6 anomalous ones from
     # another, 10 samples each; y is per sample (the file's label), groups the file id.

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import run_edgeq
+from tests.conftest import run_edgeq, saved_dense_autoencoder
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
@@ -50,16 +50,11 @@ def small_autoencoder(tmp_path_factory) -> tuple[Path, Path]:
     import keras
 
     keras.utils.set_random_seed(11)
-    L = keras.layers
     rng = np.random.default_rng(11)
     x = (rng.normal(size=(200, 4)) @ rng.normal(size=(4, 32))).astype(np.float32)
-    model = keras.Sequential([L.Input((32,)), L.Dense(24, activation="relu"), L.Dense(4), L.Dense(32)])
-    model.compile("adam", "mse")
-    model.fit(x, x, epochs=5, verbose=0)
     folder = tmp_path_factory.mktemp("ray")
-    model.save(folder / "ae.keras")
     np.savez(folder / "ae.npz", x=x[:100])
-    return folder / "ae.keras", folder / "ae.npz"
+    return saved_dense_autoencoder(folder, x, [(24, "relu"), (4, None), (32, None)], epochs=5), folder / "ae.npz"
 
 
 def test_search_on_a_ray_cluster_measures_what_the_local_search_measures(head: str, small_autoencoder,
