@@ -71,7 +71,7 @@ def test_sdist_holds_the_tests_the_scripts_and_the_lock(dists) -> None:
     with tarfile.open(dists["sdist"]) as sdist:
         names = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
     for wanted in ("tests/conftest.py", "tests/unit/test_lock.py", "scripts/setup", "scripts/test", "scripts/lock",
-                   "scripts/build_calibration_sets.py", "requirements.lock", "examples/digits_cnn.keras",
+                   "scripts/build_calibration_sets.py", "requirements.lock", "requirements-nodeps.lock", "examples/digits_cnn.keras",
                    ".ci/run", "README.md", "pyproject.toml", *_bundled_files()):
         assert wanted in names, f"{wanted} missing from the sdist"
     assert not [n for n in names if "__pycache__" in n or n.startswith(".venv")]

@@ -22,9 +22,12 @@ REPO = Path(__file__).resolve().parents[2]
 LOCK = REPO / "requirements.lock"
 
 
-def _entries() -> list[tuple[str, str, Marker | None, list[str]]]:
+NODEPS_LOCK = REPO / "requirements-nodeps.lock"
+
+
+def _entries(lock: Path = LOCK) -> list[tuple[str, str, Marker | None, list[str]]]:
     """(name, version, marker, hashes) for each pin; a requirement line continues over '\\' lines."""
-    text = re.sub(r"\\\n\s*", " ", LOCK.read_text(encoding="utf-8"))
+    text = re.sub(r"\\\n\s*", " ", lock.read_text(encoding="utf-8"))
     entries = []
     for line in map(str.strip, text.splitlines()):
         if not line or line.startswith("#"):
@@ -90,3 +93,17 @@ def test_this_venv_holds_exactly_the_locked_versions() -> None:
         if installed != version:
             mismatched[name] = (version, installed)
     assert not mismatched, f"locked vs installed: {mismatched}; run scripts/setup"
+
+
+def test_the_no_deps_lock_holds_exactly_pyprojects_no_deps_packages_hashed() -> None:
+    """onnx2tf and the like (pyproject.toml [tool.edgeq] no-deps): installed without their exact pins,
+    which would downgrade TensorFlow; here with hashes, and in this venv at the locked version."""
+    wanted = {canonicalize_name(Requirement(line).name): Requirement(line)
+              for line in _pyproject()["tool"]["edgeq"]["no-deps"]}
+    entries = _entries(NODEPS_LOCK)
+    assert {name for name, *_ in entries} == set(wanted)
+    for name, version, marker, hashes in entries:
+        assert hashes and wanted[name].specifier.contains(version), (name, version)
+        assert str(marker) == str(wanted[name].marker)
+        if Path(sys.prefix).resolve() == (REPO / ".venv").resolve() and (marker is None or marker.evaluate()):
+            assert metadata.version(name) == version, f"{name}: run scripts/setup"
