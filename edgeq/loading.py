@@ -62,6 +62,7 @@ class LoadedModel:
     _predict: Callable[[list[np.ndarray]], list[np.ndarray]]
     _export: Exporter
     keras_model: Any = None
+    converted_by: str | None = None  # another framework's model, translated (frontends/onnx.py: onnx2tf)
     _exports: dict[tuple[tuple[int, ...], ...], ConverterSource] = field(default_factory=dict)
 
     def predict(self, inputs: Sequence[np.ndarray], batch_size: int = 256) -> list[np.ndarray]:

@@ -197,9 +197,10 @@ def convert(model_path: str | Path, target: str | TargetProfile = "mcu", options
     calibration, evaluation, name = o.calibration, o.evaluation, o.name
     qat, compare, harness = o.qat is not None, o.qat is not None and o.qat.compare, o.harness is not None
     max_payload = o.harness.max_payload if o.harness else DEFAULT_MAX_PAYLOAD
+    from edgeq.frontends.onnx import is_onnx_model
     from edgeq.frontends.torch import FACTORY, is_torch_model
 
-    torch_model = is_torch_model(model_path)
+    torch_model, onnx_model = is_torch_model(model_path), is_onnx_model(model_path)
     factory = FACTORY.match(str(model_path)) if torch_model else None
     model_path = Path(model_path)
     profile = _profile(target, o.runtime, harness)
@@ -217,6 +218,11 @@ def convert(model_path: str | Path, target: str | TargetProfile = "mcu", options
 
         check_torch_model(model_path, weights=o.weights, trust_model=o.trust_model)
         _check_torch_recipe(model_path, recipe, o)
+    elif onnx_model:
+        from edgeq.frontends.onnx import check_onnx_model
+
+        check_onnx_model(model_path)  # parsed (not its weights) and checked here, before TensorFlow starts
+        _check_onnx_recipe(model_path, o)
     else:
         from edgeq.loading import check_model_file
 
@@ -226,7 +232,8 @@ def convert(model_path: str | Path, target: str | TargetProfile = "mcu", options
                  train_settings=o.qat.settings if o.qat else None, max_accuracy_drop=o.max_accuracy_drop,
                  force=o.force, trust_model=o.trust_model, per_layer=o.per_layer, harness=harness,
                  max_payload=max_payload, input_shapes=dict(o.input_shapes), search=o.search,
-                 weights=Path(o.weights) if o.weights is not None else None, torch=torch_model)
+                 weights=Path(o.weights) if o.weights is not None else None, torch=torch_model,
+                 onnx=onnx_model)
 
     # Everything above fails fast, without TensorFlow. Everything below runs user models, so it
     # runs in the worker's child process; this process only writes the outputs.
@@ -280,6 +287,7 @@ class _Plan:
     search: SearchOptions | None = None
     weights: Path | None = None  # a torch factory's state_dict
     torch: bool = False  # a PyTorch model (edgeq/frontends/torch.py)
+    onnx: bool = False  # an ONNX model (edgeq/frontends/onnx.py)
 
 
 @dataclass
@@ -376,7 +384,7 @@ def _compute_with(plan: _Plan, on_step: Step, progress: Progress, runtimes: Work
                comparison={k: c.summary(float_bytes) for k, c in candidates.items()} if plan.compare else None,
                harness=harness_manifest, search=searched.part if searched else None)
     report = _report(model, plan.model_path, plan.profile, recipe, data, used, float_bytes, chosen, gate,
-                     emulation, files, shapes, how)
+                     emulation, files, shapes, how, _layout(plan))
     files.update(_render_reports(report))
     return _Done(files, report, info, checks, emulation, gate, len(float_bytes), len(quantized))
 
@@ -411,6 +419,10 @@ def _loaded(plan: _Plan, on_step: Step) -> Any:
         on_step(f"loading {plan.model_path} (PyTorch and litert-torch start-up takes a few seconds)")
         return load_torch_model(str(plan.model_path), weights=plan.weights, trust_model=plan.trust_model,
                                 example=[tuple(x.shape[1:]) for x in data.inputs] if data is not None else None)
+    if plan.onnx:
+        from edgeq.frontends.onnx import load_onnx_model
+
+        return load_onnx_model(plan.model_path, calibration=plan.data or plan.eval_data, on_step=on_step)
     from edgeq.loading import load_model
 
     on_step(f"loading {plan.model_path} (TensorFlow start-up takes a few seconds)")
@@ -506,8 +518,16 @@ def _check_torch_recipe(model_path: Path, recipe: Recipe, o: ConvertOptions) -> 
         raise RecipeError(f"{model_path}: mode '{recipe.mode}' is not available for PyTorch models: litert-torch's PT2E "
                           "quantizer makes int8 (int16 activations are not among its configurations)",
                           hint="drop --mode (int8), or export the model to ONNX/Keras for the other modes")
-    if o.runtime is not None:
-        raise RecipeError(f"{model_path}: --runtime c works on Keras models only so far", hint="drop --runtime")
+
+
+def _check_onnx_recipe(model_path: Path, o: ConvertOptions) -> None:
+    """An ONNX model takes the SavedModel path, which has every mode and the search; not QAT."""
+    if o.qat is not None:
+        raise RecipeError(f"{model_path}: quantization-aware training needs a Keras model; onnx2tf translates ONNX into "
+                          "TensorFlow ops, which tfmot cannot train with fake quantization",
+                          hint="drop --qat for post-training quantization (or train in PyTorch and pass the module)")
+    if o.weights is not None:
+        raise RecipeError(f"--weights {o.weights}: an .onnx file carries its own weights", hint="drop --weights")
 
 
 def _check_searchable(recipe: Recipe, profile: TargetProfile, qat: bool, recipe_file: object) -> None:
@@ -760,7 +780,7 @@ def _emitted(plan: _Plan, chosen: _Candidate, emulation: Emulation, gate: Gate,
             arena = emulation.memory.arena
             files.update(tflm_sources(name, quantized, info.all_op_names, alignment=profile.memory.tensor_alignment,
                                       arena=ArenaSize(arena.smallest, emulation.memory.margin) if arena else None,
-                                      layout="NCHW, as the PyTorch model takes it" if plan.torch else None
+                                      layout=_layout(plan)
                                       ).files)
     if plan.harness and files and emulation.memory.arena:
         from edgeq.device.firmware import firmware_with_sizes
@@ -1129,9 +1149,20 @@ def _render_reports(report: ConvertReport | EmulateReport) -> dict[str, bytes]:
     return {"report.json": render_json(report), "report.md": render_markdown(report), "report.png": render_png(report)}
 
 
+def _layout(plan: _Plan) -> str | None:
+    """How the C header and the report describe a 4-D input: as the PyTorch or ONNX model takes it
+    (both keep their layout on the device), or nothing where the Keras model says it itself."""
+    if plan.torch:
+        return "NCHW, as the PyTorch model takes it"
+    if plan.onnx:
+        return "NCHW, as the ONNX model takes it"  # ONNX's Conv is channels-first
+    return None
+
+
 def _report(model: Any, model_path: Path, profile: TargetProfile, recipe: Recipe, data: Dataset | None,
             used: int, float_bytes: bytes, chosen: _Candidate, gate: Gate, emulation: Emulation,
-            files: dict[str, bytes], shapes: list[tuple[int, ...]], how: dict[str, Any]) -> ConvertReport:
+            files: dict[str, bytes], shapes: list[tuple[int, ...]], how: dict[str, Any],
+            layout: str | None = None) -> ConvertReport:
     """report.json, built once from every stage's facts. `how`: the method and what the stages
     changed on the way (folded BatchNorm, recurrent rewrites, QAT's training, the PTQ/QAT
     comparison, the harness manifest)."""
@@ -1141,7 +1172,9 @@ def _report(model: Any, model_path: Path, profile: TargetProfile, recipe: Recipe
                          model.saved_by, sha256_path(file),
                          model.parameter_count,
                          [ModelInput(s.name, list(s.shape), s.dtype, [1, *shape])
-                          for s, shape in zip(model.input_specs, shapes)])
+                          for s, shape in zip(model.input_specs, shapes)],
+                         converted_by=getattr(model, "converted_by", None),
+                         input_layout=layout if any(len(shape) == 3 for shape in shapes) else None)
     return ConvertReport(
         **how, schema_version=SCHEMA_VERSION, versions=Versions.here(), input=source,
         calibration=None if data is None else CalibrationPart(data.name, data.sha256, data.num_samples, used),

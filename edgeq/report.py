@@ -43,9 +43,10 @@ def render_markdown(report: Report) -> bytes:
            f"**Gate: {verdict}**" + (f" (failed: {', '.join(gate.failed)})" if gate.failed else ""), "",
            f"Target `{target.name}` ({target.description}), runtime {target.runtime}, mode {emu.mode or '?'}.", ""]
     if isinstance(report, ConvertReport):
+        out += _source_md(report)
         out += _method_md(report)
         out += _search_md(report)
-    out += _accuracy_md(emu)
+    out += _accuracy_md(emu, _float_label(report))
     out += _sizes_md(report)
     out += _memory_md(emu, report.arena_plan if isinstance(report, ConvertReport) else None)
     out += _latency_md(emu)
@@ -63,6 +64,16 @@ def render_markdown(report: Report) -> bytes:
     out += _table(["input", "name", "sha256"], inputs)
     out += _table(["package", "version"], [[k, v] for k, v in report.versions.items()])
     return ("\n".join(out).rstrip() + "\n").encode()
+
+
+def _source_md(report: ConvertReport) -> list[str]:
+    """Where a PyTorch or ONNX model's data layout and translation show: what firmware must feed."""
+    source, out = report.input, []
+    if source.input_layout:
+        out.append(f"Device input layout: {source.input_layout} (feed the same bytes the model takes).")
+    if source.converted_by:
+        out.append(f"Translated to TensorFlow by {source.converted_by}.")
+    return out + [""] if out else []
 
 
 def _search_md(report: ConvertReport) -> list[str]:
@@ -121,12 +132,19 @@ def _method_md(report: ConvertReport) -> list[str]:
     return out
 
 
-def _accuracy_md(emu: EmulationPart) -> list[str]:
+def _float_label(report: Any) -> str:
+    """What ran the float reference: the framework the model came from."""
+    fmt = getattr(getattr(report, "input", None), "format", "")
+    return {"nn.Module": "PyTorch", "torch.export": "PyTorch", "onnx": "onnxruntime",
+            "savedmodel": "TensorFlow"}.get(fmt, "Keras")
+
+
+def _accuracy_md(emu: EmulationPart, reference: str = "Keras") -> list[str]:
     acc = emu.accuracy
     out = ["## Accuracy", ""]
     if not acc:
         return out + ["Not evaluated: pass evaluation data (`--eval SET`).", ""]
-    out += _table(["", "float (Keras)", f"quantized ({acc.runtime_used})"],
+    out += _table(["", f"float ({reference})", f"quantized ({acc.runtime_used})"],
                   [["top-1 accuracy", _pct(acc.float_top1), _pct(acc.quantized_top1)]])
     facts = [f"{acc.samples} samples of `{emu.data.name if emu.data else '?'}`."]
     if acc.drop_points is not None:

@@ -95,7 +95,8 @@ class ModelInput(Record):
 @dataclass(frozen=True)
 class SourceModel(Record):
     """The model `convert` read: file name (no directory), format, which Keras saved it, SHA-256
-    (of every file, for a SavedModel folder), parameter count, inputs."""
+    (of every file, for a SavedModel folder), parameter count, inputs; and for a model of another
+    framework translated into TensorFlow (ONNX), what translated it and how closely it agrees."""
 
     model: str
     format: str
@@ -103,6 +104,8 @@ class SourceModel(Record):
     sha256: str
     parameters: int
     inputs: list[ModelInput]
+    converted_by: str | None = None
+    input_layout: str | None = None  # a 4-D input's order where the file does not say (PyTorch, ONNX: NCHW)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Benchmark: PyTorch models through `edgeq convert` against the plain litert-torch PT2E script.
+"""Benchmark: PyTorch models through `edgeq convert` against the plain litert-torch PT2E script,
+and their ONNX exports through `edgeq convert model.onnx` against plain onnx2tf + the TFLite converter.
 
 For the CNN (BatchNorm, ReLU6, depthwise, a residual add into the global mean) and the MLP of
 examples/torch_digits.py, trained on the bundled digits, it prints per path:
@@ -8,7 +9,10 @@ examples/torch_digits.py, trained on the bundled digits, it prints per path:
     int8 (what TFLM's int8 kernels need), top-1 agreement with torch float in LiteRT, and time;
   - `edgeq convert` (PT2E with edgeq's quantizer, then the emulator and every check): size, the
     TFLM arena it measured, top-1 agreement in the device's runtime, and wall time (a fresh
-    process, torch and TensorFlow start-up included), and the time ratio.
+    process, torch and TensorFlow start-up included), and the time ratio;
+  - for the ONNX export of each (torch.onnx.export): the plain way, onnx2tf to a SavedModel and the
+    TFLite converter with a representative dataset (full int8, int8 I/O), against `edgeq convert
+    model.onnx` (the same translation, kept NCHW, with onnxruntime as the float reference).
 
     .venv/bin/python scripts/bench_torch.py
 """
@@ -50,6 +54,25 @@ def plain(module: object, calibration: np.ndarray) -> tuple[bytes, float]:
     converted = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
     model = bytes(litert_torch.convert(converted, args, quant_config=QuantConfig(pt2e_quantizer=quantizer))
                   .model_content())
+    return model, time.perf_counter() - start
+
+
+def plain_onnx(path: Path, calibration: np.ndarray) -> tuple[bytes, float]:
+    """onnx2tf -> SavedModel -> TFLiteConverter with a representative dataset, as a user glues them
+    by hand (the layout kept NCHW, as edgeq keeps it); (model, seconds)."""
+    import onnx2tf
+    import tensorflow as tf
+
+    start = time.perf_counter()
+    folder = path.with_suffix(".saved_model")
+    onnx2tf.convert(input_onnx_file_path=str(path), output_folder_path=str(folder), output_signaturedefs=True,
+                    keep_ncw_or_nchw_or_ncdhw_input_names=["x"], not_use_onnxsim=True, non_verbose=True)
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(folder))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([calibration[i:i + 1]] for i in range(min(SAMPLES, len(calibration))))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = converter.inference_output_type = tf.int8
+    model = converter.convert()
     return model, time.perf_counter() - start
 
 
@@ -109,7 +132,42 @@ def main() -> int:
                   f"{'yes' if report['model']['fully_integer'] else 'no':>12}{ram['tflm_arena']['smallest']:>11,}B"
                   f"{accuracy['top1_agreement']:>11.3f}{edgeq_s:>8.1f}s  ({edgeq_s / plain_s:.1f}x the plain "
                   f"conversion: a fresh process, plus the emulator and the checks; {accuracy['runtime_used']})")
+            onnx_rows(net, module, folder, calibration, held_out, reference)
     return 0
+
+
+def onnx_rows(net: str, module: object, folder: Path, calibration: np.ndarray, held_out: np.ndarray,
+              reference: np.ndarray) -> None:
+    """The ONNX export of `module`: plain onnx2tf + converter, then `edgeq convert model.onnx`."""
+    import torch
+
+    from edgeq.tflite.reader import read_tflite
+
+    try:
+        import onnx2tf  # noqa: F401
+    except ImportError:
+        print(f"{net:<6}{'onnx2tf':<16} not installed (scripts/setup installs it)")
+        return
+    path = folder / f"{net}.onnx"
+    torch.onnx.export(module, (torch.zeros(1, *held_out.shape[1:]),), str(path), input_names=["x"])
+    model, plain_s = plain_onnx(path, calibration)
+    info = read_tflite(model)
+    print(f"{net:<6}{'onnx2tf+conv.':<16}{len(model):>10,}{'yes' if info.is_fully_integer else 'no':>12}"
+          f"{'-':>12}{agreement(model, held_out, reference):>11.3f}{plain_s:>8.1f}s")
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "edgeq", "convert", str(path), "--target", "mcu", "--calibration",
+                           str(folder / "calibration.npz"), "--eval", str(folder / "eval.npz"), "-o",
+                           str(folder / f"{net}_onnx")], capture_output=True, text=True)
+    edgeq_s = time.perf_counter() - start
+    if proc.returncode not in (0, 3):
+        print(f"{net:<6}{'edgeq (onnx)':<16} failed: {proc.stderr.strip()[-300:]}")
+        return
+    report = json.loads((folder / f"{net}_onnx" / "report.json").read_text())
+    ram, accuracy = report["emulation"]["memory"]["ram"], report["emulation"]["accuracy"]
+    print(f"{net:<6}{'edgeq (onnx)':<16}{report['sizes']['quantized_tflite_bytes']:>10,}"
+          f"{'yes' if report['model']['fully_integer'] else 'no':>12}{ram['tflm_arena']['smallest']:>11,}B"
+          f"{accuracy['top1_agreement']:>11.3f}{edgeq_s:>8.1f}s  ({edgeq_s / plain_s:.1f}x; agreement with "
+          f"onnxruntime, {accuracy['runtime_used']})")
 
 
 if __name__ == "__main__":

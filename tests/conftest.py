@@ -23,6 +23,19 @@ def run_edgeq(*args: str, cwd: Path | None = None) -> subprocess.CompletedProces
 
 
 @pytest.fixture(scope="session")
+def torch_trained(tmp_path_factory) -> Path:
+    """cnn.pt, mlp.pt, calibration.npz and eval.npz (NCHW) from examples/torch_digits.py, trained
+    once for the PyTorch and the ONNX tests."""
+    pytest.importorskip("torch")  # the torch extra; scripts/setup installs it for the tests
+    sys.path.insert(0, str(ROOT / "examples"))
+    import torch_digits
+
+    out = tmp_path_factory.mktemp("torch")
+    torch_digits.main(out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def digits():
     from edgeq.calibration import load_dataset
 

@@ -4,7 +4,7 @@ What TFLite Micro's Prepare() computes on the device (per-channel multipliers an
 output offsets, activation clamps, padding) is computed here once, so the C has only integer
 loops over constants. The first kernels: FULLY_CONNECTED, CONV_2D, DEPTHWISE_CONV_2D,
 MAX_POOL_2D, AVERAGE_POOL_2D, MEAN, RESHAPE, SOFTMAX, ADD and MUL (broadcasting), RELU, RELU6,
-PAD(V2), CONCATENATION, PACK, SPLIT(_V), UNPACK, LOGISTIC, TANH, HARD_SWISH, QUANTIZE (from float32 or
+PAD(V2), TRANSPOSE, CONCATENATION, PACK, SPLIT(_V), UNPACK, LOGISTIC, TANH, HARD_SWISH, QUANTIZE (from float32 or
 int8) and DEQUANTIZE (to float32); int8 inside, int8 or float32 at the edges.
 """
 
@@ -24,7 +24,7 @@ from edgeq.tflite.reader import ModelInfo, TensorInfo
 
 KERNELS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D", "RESHAPE", "SOFTMAX",
            "ADD", "MUL", "RELU", "RELU6", "PAD", "PADV2", "CONCATENATION", "MEAN", "QUANTIZE", "DEQUANTIZE",
-           "LOGISTIC", "TANH", "HARD_SWISH", "SPLIT", "SPLIT_V", "UNPACK", "PACK")
+           "LOGISTIC", "TANH", "HARD_SWISH", "SPLIT", "SPLIT_V", "UNPACK", "PACK", "TRANSPOSE")
 _NO_PLAN = ArenaPlan(offsets=(), peak=1 << 62, lower_bound=0, order="")
 _HINT = "convert for a TFLite Micro target (runtime tflm) and use the model data and op resolver instead"
 
@@ -351,6 +351,28 @@ def _pad(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any,
                  "before": [0] * lead + [int(p) for p in pads[:, 0]], "value": value})
 
 
+def _transpose(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any,
+               constants: dict[str, tuple[str, np.ndarray]]) -> Step:
+    """TRANSPOSE (what PyTorch and ONNX models keep before a flatten): the output walked in order,
+    each element read from the input at its permuted position; bytes move, values do not."""
+    inp = _act(info, op.inputs[0], "input", op.name)
+    out = _act(info, op.outputs[0], "output", op.name)
+    perm_tensor = info.tensors[op.inputs[1]]
+    if not perm_tensor.is_constant or len(inp.shape) > 4:
+        raise TargetCheckError(f"{info.source}: TRANSPOSE #{op.index} has a computed permutation or rank above 4",
+                               hint=_HINT)
+    if (inp.scales, inp.zero_points) != (out.scales, out.zero_points):
+        raise TargetCheckError(f"{info.source}: TRANSPOSE #{op.index} rescales its input", hint=_HINT)
+    perm = [int(p) for p in _weights(obj, graph, op.inputs[1], "<i4" if perm_tensor.dtype == "int32" else "<i8"
+                                     ).reshape(-1)]
+    lead = 4 - len(inp.shape)
+    shape = [1] * lead + list(inp.shape)
+    perm = list(range(lead)) + [p % len(inp.shape) + lead for p in perm]
+    strides = [math.prod(shape[k + 1:]) for k in range(4)]
+    return Step(op.index, op.name, "transpose", op.inputs[0], op.outputs[0],
+                {"out": [shape[p] for p in perm], "strides": [strides[p] for p in perm]})
+
+
 def _concatenation(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any,
                    constants: dict[str, tuple[str, np.ndarray]]) -> Step:
     out = _act(info, op.outputs[0], "output", op.name)
@@ -373,8 +395,9 @@ def _concatenation(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any,
 
 def _mean(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any,
           constants: dict[str, tuple[str, np.ndarray]]) -> Step:
-    """MEAN over a run of axes before the last (global average pooling): TFLM sums in int32 and
-    rescales the sum, the element count folded into the multiplier."""
+    """MEAN over a run of adjacent axes (global average pooling: [1, 2] of NHWC, or [2, 3] of the
+    NCHW tensors PyTorch and ONNX models keep): TFLM sums in int32 and rescales the sum, the element
+    count folded into the multiplier (bit-exact with TFLM either way: test_aot_properties)."""
     inp = _act(info, op.inputs[0], "input", op.name)
     out = _act(info, op.outputs[0], "output", op.name)
     axes_tensor = info.tensors[op.inputs[1]]
@@ -382,9 +405,9 @@ def _mean(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any,
         raise TargetCheckError(f"{info.source}: MEAN #{op.index} has computed axes", hint=_HINT)
     rank = len(inp.shape)
     axes = sorted({int(a) % rank for a in _weights(obj, graph, op.inputs[1], "<i4").reshape(-1)})
-    if axes != list(range(axes[0], axes[-1] + 1)) or axes[-1] == rank - 1:
+    if axes != list(range(axes[0], axes[-1] + 1)):
         raise TargetCheckError(f"{info.source}: MEAN #{op.index} reduces axes {axes} of a rank-{rank} tensor; the "
-                               "c runtime reduces a run of axes before the last", hint=_HINT)
+                               "c runtime reduces a run of adjacent axes", hint=_HINT)
     outer = math.prod(inp.shape[:axes[0]])
     reduce = math.prod(inp.shape[axes[0]:axes[-1] + 1])
     inner = math.prod(inp.shape[axes[-1] + 1:])
@@ -531,6 +554,6 @@ def _pack(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any,
 _LOWER = {"QUANTIZE": _quantize, "DEQUANTIZE": _dequantize, "LOGISTIC": _sigmoid_like, "TANH": _sigmoid_like,
           "HARD_SWISH": _hard_swish, "SPLIT": _split, "SPLIT_V": _split, "UNPACK": _split, "PACK": _pack,
           "MEAN": _mean, "ADD": _elementwise, "MUL": _elementwise, "RELU": _requantize_step, "RELU6": _requantize_step,
-          "PAD": _pad, "PADV2": _pad, "CONCATENATION": _concatenation,
+          "PAD": _pad, "PADV2": _pad, "TRANSPOSE": _transpose, "CONCATENATION": _concatenation,
           "SOFTMAX": _softmax, "FULLY_CONNECTED": _fully_connected, "CONV_2D": _conv, "DEPTHWISE_CONV_2D": _conv,
           "MAX_POOL_2D": _pool, "AVERAGE_POOL_2D": _pool, "RESHAPE": _reshape}

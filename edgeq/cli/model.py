@@ -95,8 +95,9 @@ def convert(model: Path, target: str, mode: str | None, calibration: str | None,
             input_shapes: tuple[str, ...], runtime: str | None, search: bool, objective: str, max_snr_loss: float,
             min_snr: float | None, recipe_file: Path | None, workers: int | None, ray_address: str | None,
             weights: Path | None) -> None:
-    """Quantize MODEL (.keras, .h5, SavedModel dir; or PyTorch: a .pt2 from torch.export.save, or
-    package.module:factory with --weights), check it against a target, write deployable files.
+    """Quantize MODEL (.keras, .h5, SavedModel dir; PyTorch: a .pt2 from torch.export.save, or
+    package.module:factory with --weights; or .onnx), check it against a target, write deployable
+    files. PyTorch and ONNX models keep their NCHW layout on the device: pass NCHW data.
 
     \b
     Before anything is written, the quantized model runs in the target's runtime (TFLite Micro
@@ -128,6 +129,7 @@ def convert(model: Path, target: str, mode: str | None, calibration: str | None,
       edgeq convert ae.keras --target stm32f072rb --calibration sound.npz --eval sound_test.npz --search
       edgeq convert regressor.keras --target mcu --calibration data.npz --search --min-snr 20
       edgeq convert nets.cnn:build --weights cnn.pt --trust-model --target mcu --calibration data_nchw.npz
+      edgeq convert cnn.onnx --target mcu --calibration data_nchw.npz --eval test_nchw.npz
 
     
     Several inputs: save the data with one array per input, named x_<input name> (or x0, x1, ...

@@ -5,6 +5,7 @@ fully int8 for mcu, run in TFLM, agreeing with torch float; and the errors a tor
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -17,15 +18,8 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """cnn.pt, mlp.pt, calibration.npz and eval.npz (NCHW) from examples/torch_digits.py."""
-    pytest.importorskip("torch")  # the torch extra; scripts/setup installs it for the tests
-    sys.path.insert(0, str(EXAMPLES))
-    import torch_digits
-
-    out = tmp_path_factory.mktemp("torch")
-    torch_digits.main(out)
-    return out
+def trained(torch_trained: Path) -> Path:
+    return torch_trained
 
 
 def _convert(trained: Path, model: str, out: str, *extra: str):  # type: ignore[no-untyped-def]
@@ -54,6 +48,19 @@ def test_a_torch_model_comes_out_fully_int8_and_agrees_with_torch(trained: Path,
     assert report["gate"]["passed"] and report["emulation"]["memory"]["ram"]["tflm_arena"]["smallest"] > 0
     written = {p.name for p in (trained / net).iterdir()}
     assert {f"{net}.tflite", f"{net}_model_data.cc", f"{net}_op_resolver.h"} <= written
+
+
+def test_a_torch_cnn_runs_as_plain_c_bit_exact_with_tflm(trained: Path) -> None:
+    """--runtime c: the TRANSPOSE before the flatten and the MEAN over NCHW's [2, 3] have C kernels;
+    the C runs on an emulated Cortex-M4 (QEMU) where installed, byte for byte TFLM's outputs."""
+    proc, report = _convert(trained, "torch_digits:cnn", "cnn_c", "--weights", str(trained / "cnn.pt"),
+                            "--trust-model", "--runtime", "c")
+    assert proc.returncode == 0, proc.stderr
+    assert {"TRANSPOSE", "MEAN"} <= set(report["model"]["ops"]) and report["gate"]["passed"]
+    assert (trained / "cnn_c" / "cnn_model.c").is_file()
+    board = report["emulation"]["latency"].get("emulated_board")
+    if shutil.which("qemu-system-arm"):  # scripts/setup installs it
+        assert board and board["samples"] > 0 and board["bit_exact"] == board["samples"], board
 
 
 def test_a_torch_export_program_converts_like_its_factory(trained: Path) -> None:

@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.skipif(GCC is None, reason="needs gcc"), pytest.mark.s
 KINDS = ("conv", "depthwise", "dense", "max_pool", "avg_pool", "add", "mul", "concat", "pad", "relu", "relu6",
          "concat_input", "mean", "mean1d", "softmax", "logistic", "tanh", "hard_swish", "requantize", "float_io",
          "broadcast_add", "broadcast_mul", "mean_same_scale", "split", "split_v", "unpack", "pack", "lstm", "dilated",
-         "padv2")
+         "padv2", "transpose", "mean_last")
 EXPECTED_OP = {"conv": "CONV_2D", "depthwise": "DEPTHWISE_CONV_2D", "dense": "FULLY_CONNECTED",
                "max_pool": "MAX_POOL_2D", "avg_pool": "AVERAGE_POOL_2D", "add": "ADD", "mul": "MUL",
                "concat": "CONCATENATION", "pad": "PAD", "relu": "RELU", "relu6": "RELU6",
@@ -33,7 +33,7 @@ EXPECTED_OP = {"conv": "CONV_2D", "depthwise": "DEPTHWISE_CONV_2D", "dense": "FU
                "logistic": "LOGISTIC", "tanh": "TANH", "hard_swish": "HARD_SWISH", "requantize": "QUANTIZE",
                "float_io": "DEQUANTIZE", "broadcast_add": "ADD", "broadcast_mul": "MUL", "mean_same_scale": "MEAN",
                "split": "SPLIT", "split_v": "SPLIT_V", "unpack": "UNPACK", "pack": "PACK", "lstm": "TANH",
-               "dilated": "CONV_2D", "padv2": "PADV2"}
+               "dilated": "CONV_2D", "padv2": "PADV2", "transpose": "TRANSPOSE", "mean_last": "MEAN"}
 
 
 @st.composite
@@ -95,6 +95,12 @@ def _build(p: dict):  # type: ignore[no-untyped-def]
         y = (L.Add if kind == "broadcast_add" else L.Multiply)()([a, b])
     elif kind == "mean_same_scale":  # its output's quantization is then set to its input's
         y = L.GlobalAveragePooling2D()(L.Conv2D(p["filters"], 1)(x))
+    elif kind == "transpose":  # channels first (as PyTorch and ONNX models keep them), or H and W swapped
+        y = L.Conv2D(p["filters"], 1, activation=p["act"])(x)
+        y = L.Permute((3, 1, 2))(y) if p["same"] else L.Conv2D(2, 1)(L.Permute((2, 1, 3))(y))
+    elif kind == "mean_last":  # MEAN over trailing axes, including the last ([2, 3] of NCHW, or the channels)
+        axes = [2, 3] if p["stride"] == 1 else [3]
+        y = keras.ops.mean(L.Conv2D(p["filters"], 1)(x), axis=axes, keepdims=p["same"])
     elif kind == "padv2":  # padding with a value other than zero
         y = keras.ops.pad(L.Conv2D(p["filters"], 1)(x), [[0, 0], [1, p["k"] - 1], [p["stride"] - 1, 1], [0, 0]],
                           constant_values=0.5)
