@@ -394,7 +394,7 @@ def _load_checked(plan: _Plan, on_step: Step) -> tuple[Any, Dataset | None, Data
     """The model, loaded safely, and each data set checked against its inputs at the shapes the
     conversion will use: (model, calibration, evaluation, training, sample shapes)."""
     model = _loaded(plan, on_step)
-    if plan.qat and model.keras_model is None:
+    if plan.qat and model.keras_model is None and not plan.torch:
         raise RecipeError(f"{plan.model_path}: quantization-aware training needs a Keras model (.keras or .h5), "
                           "not a SavedModel", hint="drop --qat for post-training quantization")
     sets = ((plan.data, "calibration"), (plan.eval_data, "evaluation"), (plan.train_data, "training"))
@@ -479,7 +479,7 @@ def _candidates(model: Any, plan: _Plan, data: Dataset | None, eval_data: Datase
         from edgeq.quantize.qat import TrainSettings
 
         qat_model, qat_result = _qat(model, plan.model_path, train_data, plan.train_settings or TrainSettings(),
-                                     on_step, progress)
+                                     on_step, progress, shapes, plan.recipe.per_channel)
         candidates["qat"] = _emulated(qat_model, "qat", **emulated)
     return candidates, qat_result, searched
 
@@ -510,10 +510,13 @@ def _recipe(o: ConvertOptions, profile: TargetProfile, model_path: Path) -> Reci
 
 
 def _check_torch_recipe(model_path: Path, recipe: Recipe, o: ConvertOptions) -> None:
-    """What the PyTorch path does today: PT2E post-training quantization to int8, no more."""
-    if o.qat is not None or o.search is not None:
-        raise RecipeError(f"{model_path}: --qat and --search work on Keras models only so far",
-                          hint="drop them: PyTorch models get PT2E post-training int8")
+    """What the PyTorch path does: PT2E int8, post-training or quantization-aware (an nn.Module)."""
+    if o.search is not None:
+        raise RecipeError(f"{model_path}: --search works on Keras and ONNX models only so far",
+                          hint="drop it: PyTorch models get PT2E int8 (PTQ, or --qat)")
+    if o.qat is not None and Path(str(model_path)).suffix.lower() == ".pt2":
+        raise RecipeError(f"{model_path}: QAT trains the nn.Module, and a torch.export program is fixed at the batch "
+                          "it was exported with", hint="pass package.module:factory with --weights for --qat")
     if recipe.mode != "int8":
         raise RecipeError(f"{model_path}: mode '{recipe.mode}' is not available for PyTorch models: litert-torch's PT2E "
                           "quantizer makes int8 (int16 activations are not among its configurations)",
@@ -934,11 +937,13 @@ def _recurrent(model: Any, model_path: Path, mode: str, sample: Dataset | None, 
 
 
 def _qat(model: Any, model_path: Path, train: Dataset, settings: TrainSettings, on_step: Step,
-         progress: Progress | None) -> tuple[Any, Any]:
+         progress: Progress | None, shapes: list[tuple[int, ...]] | None = None, per_channel: bool = True
+         ) -> tuple[Any, Any]:
     from edgeq.loading import from_keras_object
     from edgeq.quantize.qat import quantization_aware_train
 
-    on_step(f"quantization-aware training on {train.num_samples} samples of {train.name} "
+    torch_model = getattr(model, "format", "") in ("nn.Module", "torch.export")
+    on_step(f"{'PT2E ' if torch_model else ''}quantization-aware training on {train.num_samples} samples of {train.name} "
             f"(up to {settings.epochs} epochs, early stopping on validation loss)")
     state: dict[str, Any] = {"epoch": 0}
 
@@ -951,9 +956,13 @@ def _qat(model: Any, model_path: Path, train: Dataset, settings: TrainSettings, 
         state["epoch"] = epoch + 1
 
     try:
-        result = quantization_aware_train(model.keras_model, train, settings,
-                                          on_epoch=on_epoch if progress else None,
-                                          on_batch=on_batch if progress else None)
+        if torch_model:
+            trained, result = model.qat_trained(shapes, train, settings, per_channel,
+                                                on_batch=on_batch if progress else None)
+        else:
+            result = quantization_aware_train(model.keras_model, train, settings,
+                                              on_epoch=on_epoch if progress else None,
+                                              on_batch=on_batch if progress else None)
     except CalibrationError as exc:
         if exc.message.startswith(train.name):
             raise
@@ -965,6 +974,8 @@ def _qat(model: Any, model_path: Path, train: Dataset, settings: TrainSettings, 
     on_step(f"trained {result.epochs_run} epoch(s){' (stopped early)' if result.stopped_early else ''}; "
             f"kept epoch {best + 1}: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(kept.items()))
             + f"; loss {result.loss}, {result.loss_source.split(':')[0]}")
+    if torch_model:
+        return trained, result
     return from_keras_object(result.model, model_path, model.format), result
 
 

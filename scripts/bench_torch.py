@@ -63,8 +63,16 @@ def plain_onnx(path: Path, calibration: np.ndarray) -> tuple[bytes, float]:
     import onnx2tf
     import tensorflow as tf
 
+    from edgeq._tf import captured_output
+
     start = time.perf_counter()
     folder = path.with_suffix(".saved_model")
+    with captured_output():  # both print pages of progress
+        model = _plain_onnx(onnx2tf, tf, path, folder, calibration)
+    return model, time.perf_counter() - start
+
+
+def _plain_onnx(onnx2tf: object, tf: object, path: Path, folder: Path, calibration: np.ndarray) -> bytes:
     onnx2tf.convert(input_onnx_file_path=str(path), output_folder_path=str(folder), output_signaturedefs=True,
                     keep_ncw_or_nchw_or_ncdhw_input_names=["x"], not_use_onnxsim=True, non_verbose=True)
     converter = tf.lite.TFLiteConverter.from_saved_model(str(folder))
@@ -72,8 +80,7 @@ def plain_onnx(path: Path, calibration: np.ndarray) -> tuple[bytes, float]:
     converter.representative_dataset = lambda: ([calibration[i:i + 1]] for i in range(min(SAMPLES, len(calibration))))
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = converter.inference_output_type = tf.int8
-    model = converter.convert()
-    return model, time.perf_counter() - start
+    return converter.convert()
 
 
 def agreement(model: bytes, x: np.ndarray, reference: np.ndarray) -> float:

@@ -66,11 +66,15 @@ def formats(values: tuple[str, ...], bits: tuple[str, ...], value_range: tuple[f
 @click.option("-o", "--output", "outdir", type=click.Path(path_type=Path), default=None,
               help="Folder for precision.json, precision.md and precision.png. Default: edgeq-out/<name>-precision.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
-@click.option("--trust-model", is_flag=True, help="Allow Lambda layers (runs code from the model file).")
+@click.option("--trust-model", is_flag=True, help="Allow Lambda layers (runs code from the model file); a PyTorch "
+              "model always needs it.")
+@click.option("--weights", type=click.Path(path_type=Path), default=None,
+              help="PyTorch: the state_dict for MODEL given as package.module:factory (torch.load(weights_only=True)).")
 @click.option("--json", "as_json", is_flag=True, help="Print precision.json instead of the table.")
 def precision(model: Path, data: str, target: str | None, limit: int, outdir: Path | None, overwrite: bool,
-              trust_model: bool, as_json: bool) -> None:
-    """What each number format would cost MODEL (.keras or .h5) in accuracy, and save in size.
+              trust_model: bool, weights: Path | None, as_json: bool) -> None:
+    """What each number format would cost MODEL (.keras or .h5; PyTorch: a .pt2, or
+    package.module:factory with --weights, NCHW data) in accuracy, and save in size.
 
     \b
     The weights are rounded to each format and back, and the float model runs on the data:
@@ -84,12 +88,13 @@ def precision(model: Path, data: str, target: str | None, limit: int, outdir: Pa
     \b
     Examples:
       edgeq precision examples/digits_cnn.keras --data digits --target mcu
+      edgeq precision nets:cnn --weights cnn.pt --trust-model --data eval_nchw.npz
       edgeq formats 85.125 65504 1e-8      # the bits behind the table
     """
     from edgeq.precision.report import render_text, run_precision
 
     done = run_precision(model, data, target=target, limit=limit, outdir=outdir, overwrite=overwrite,
-                         trust_model=trust_model, on_step=(lambda m: None) if as_json else _step)
+                         trust_model=trust_model, weights=weights, on_step=(lambda m: None) if as_json else _step)
     if as_json:
         click.echo(json.dumps(done.report, indent=2, sort_keys=True))
         return

@@ -57,14 +57,16 @@ from edgeq.errors import EdgeqError
 @click.option("--max-accuracy-drop", default=DEFAULT_DROP, show_default=True, type=click.FloatRange(min=0),
               help="Largest top-1 drop (percentage points, float vs quantized) the gate accepts.")
 @click.option("--qat", is_flag=True,
-              help="Quantization-aware training (tfmot quantize_model, fine-tuned) instead of PTQ. int8 only.")
+              help="Quantization-aware training instead of PTQ, int8 only: tfmot quantize_model for Keras models, "
+                   "PT2E prepare_qat_pt2e for a PyTorch nn.Module; fine-tuned on --train.")
 @click.option("--train", "train_set", default=None, metavar="SET",
               help="Labelled training data for --qat (and for --search's last resort, QAT). Default: the 'train' split "
                    "of a bundled calibration set.")
 @click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1),
               help="QAT: most epochs (early stopping on validation loss ends sooner).")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="QAT: batch size.")
-@click.option("--learning-rate", default=1e-4, show_default=True, type=click.FloatRange(min=0, min_open=True),
+@click.option("--learning-rate", "--qat-lr", default=1e-4, show_default=True,
+              type=click.FloatRange(min=0, min_open=True),
               help="QAT: Adam learning rate (fine-tuning: keep it small).")
 @click.option("--compare", is_flag=True, help="Run PTQ and QAT on the same model and data; report both side by "
                                                "side (the outputs are QAT's).")

@@ -145,6 +145,104 @@ class TorchModel:
         self._converted[key] = self._convert(converted, args, QuantConfig(pt2e_quantizer=quantizer))
         return self._converted[key]
 
+    def qat_trained(self, shapes: Sequence[tuple[int, ...]], train: Dataset, settings: Any, per_channel: bool = True,
+                    on_batch: Callable[[int, int], None] | None = None) -> tuple[QatTorchModel, Any]:
+        """Quantization-aware fine-tuning with PT2E (prepare_qat_pt2e): the model exported with a
+        dynamic batch, BatchNorm folded into the convolutions first (as tfmot folds it), trained
+        with fake quantization on `train` (Adam, early stopping on a validation split, the best
+        epoch kept), converted at batch 1. (the int8 model, the QATResult for the report)."""
+        import copy
+
+        import torch
+        from litert_torch.quantize import pt2e_quantizer
+        from litert_torch.quantize.quant_config import QuantConfig
+        from torchao.quantization import pt2e as pt2e_api
+        from torchao.quantization.pt2e import quantize_pt2e
+        from torchao.quantization.pt2e.utils import _fuse_conv_bn_
+
+        from edgeq.quantize.qat import QATResult
+
+        args = self.sample_args(shapes)
+        module = self._eager()
+        loss_fn, loss_name, source, metric = _torch_loss(module, train, self.label)
+        quantizer = _quantizer_class(qat=True)().set_global(
+            pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=per_channel, is_dynamic=False, is_qat=True))
+        batch = torch.export.Dim("batch", min=1, max=1 << 16)
+        two = tuple(torch.zeros((2, *a.shape[1:]), dtype=a.dtype) for a in args)
+        try:
+            exported = torch.export.export(module, two, dynamic_shapes=tuple({0: batch} for _ in two)).module()
+            _fuse_conv_bn_(exported)
+            prepared = quantize_pt2e.prepare_qat_pt2e(exported, quantizer)
+        except Exception as exc:
+            raise _explained(self.label, exc, _reused_modules(module, args)) from None
+        inputs = [torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)) for x in train.inputs]
+        with torch.no_grad():
+            targets = (torch.from_numpy(np.asarray(train.labels)) if train.labels is not None
+                       else torch.cat([module(*[x[i:i + 256] for x in inputs]) for i in range(0, len(inputs[0]), 256)]))
+        if metric == "accuracy":
+            targets = targets.long()
+        else:
+            targets = targets.float()
+        n = len(inputs[0])
+        order = torch.from_numpy(np.random.default_rng(settings.seed).permutation(n))
+        n_train = max(1, int(n * (1 - settings.validation_split)))
+        train_idx, val_idx = order[:n_train], order[n_train:]
+        torch.manual_seed(settings.seed)
+        optimizer = torch.optim.Adam(prepared.parameters(), lr=settings.learning_rate)
+        history: dict[str, list[float]] = {}
+        best, best_state, waited, stopped = float("inf"), copy.deepcopy(prepared.state_dict()), 0, False
+        per_epoch = max(1, -(-n_train // settings.batch_size))
+
+        def measured(idx: Any) -> tuple[float, float | None]:
+            pt2e_api.move_exported_model_to_eval(prepared)
+            with torch.no_grad():
+                out = torch.cat([prepared(*[x[idx[i:i + 256]] for x in inputs]) for i in range(0, len(idx), 256)])
+            acc = float((out.argmax(1) == targets[idx]).float().mean()) if metric == "accuracy" else None
+            return float(loss_fn(out, targets[idx])), acc
+
+        for epoch in range(settings.epochs):
+            pt2e_api.move_exported_model_to_train(prepared)
+            shuffled = train_idx[torch.randperm(n_train)]
+            for b in range(per_epoch):
+                idx = shuffled[b * settings.batch_size:(b + 1) * settings.batch_size]
+                optimizer.zero_grad()
+                loss = loss_fn(prepared(*[x[idx] for x in inputs]), targets[idx])
+                if not torch.isfinite(loss):
+                    raise ConversionError(f"{self.label}: QAT's loss became {float(loss)} in epoch {epoch + 1}",
+                                          hint="lower --qat-lr (the learning rate)")
+                loss.backward()
+                optimizer.step()
+                if on_batch:
+                    on_batch(b, per_epoch)
+            logs = dict(zip(("loss", "accuracy"), measured(train_idx)))
+            if len(val_idx):
+                logs.update(zip(("val_loss", "val_accuracy"), measured(val_idx)))
+            for key, value in logs.items():
+                if value is not None:
+                    history.setdefault(key, []).append(value)
+            watched = logs.get("val_loss", logs["loss"])
+            if watched < best:
+                best, best_state, waited = watched, copy.deepcopy(prepared.state_dict()), 0
+            else:
+                waited += 1
+                if waited > settings.patience:
+                    stopped = True
+                    break
+        prepared.load_state_dict(best_state)
+        pt2e_api.move_exported_model_to_eval(prepared)
+        converted = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
+        tflite = self._convert(converted, args, QuantConfig(pt2e_quantizer=quantizer))
+        result = QATResult(model=None, loss=loss_name, metrics=("accuracy",) if metric == "accuracy" else (),
+                           loss_source=source, epochs_run=len(history.get("loss", [])), stopped_early=stopped,
+                           history=history)
+        trained = QatTorchModel(self.path, self.format, self.saved_by, self.input_specs, self.parameter_count,
+                                self.label, tflite, self.input_names, self.output_names)
+        return trained, result
+
+    def _eager(self) -> Any:
+        """The model as a module torch.export can trace again (an exported program's module is one)."""
+        return self.module
+
     def _convert(self, module: Any, args: tuple[Any, ...], quant_config: Any) -> bytes:
         import litert_torch
 
@@ -167,14 +265,70 @@ class TorchModel:
         self.output_names = tuple(n or f"output_{k}" for k, n in enumerate(info.output_names))
 
 
-_QUANTIZER: list[Any] = []
+@dataclass
+class QatTorchModel:
+    """A PyTorch model after PT2E quantization-aware training: its int8 .tflite, made already."""
+
+    path: Path
+    format: str
+    saved_by: str
+    input_specs: list[InputSpec]
+    parameter_count: int
+    label: str
+    tflite: bytes
+    input_names: tuple[str, ...] = ()
+    output_names: tuple[str, ...] = ()
+    keras_model: Any = None
+
+    def quantized(self, *args: Any, **kwargs: Any) -> bytes:
+        return self.tflite
 
 
-def _quantizer_class() -> Any:
+def _torch_loss(module: Any, train: Dataset, label: str) -> tuple[Any, str, str, str | None]:
+    """(loss function, its name, where it came from, "accuracy" or None), from the data as the
+    Keras path infers it: class indices -> cross-entropy on the logits; float targets shaped like
+    the output -> mean squared error; no labels -> mean squared error against the float model's own
+    outputs (the trained model stays close to what it was)."""
+    import torch
+    from torch.nn import functional
+
+    from edgeq.errors import CalibrationError
+
+    with torch.no_grad():
+        out = module(*[torch.from_numpy(np.ascontiguousarray(x[:2], dtype=np.float32)) for x in train.inputs])
+    if isinstance(out, (tuple, list)):
+        raise CalibrationError(f"{label}: QAT trains single-output models; this one has {len(out)} outputs",
+                               hint="drop --qat for post-training quantization")
+    shape = tuple(out.shape[1:])
+    labels = train.labels
+    if labels is None:
+        return (functional.mse_loss, "mean_squared_error (against the float model's outputs)",
+                "inferred from the data: no labels -> the float model's own outputs as targets", None)
+    labels = np.asarray(labels)
+    if labels.dtype.kind in "biu" and labels.shape[1:] == () and len(shape) == 1:
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= shape[0]:
+            raise CalibrationError(f"QAT: labels y range from {lo} to {hi}, but the model's output has {shape[0]} "
+                                   f"classes (0..{shape[0] - 1})", hint="y must hold class indices 0..N-1")
+        return (functional.cross_entropy, "cross_entropy (on the logits)",
+                "inferred from the data: integer labels -> cross-entropy", "accuracy")
+    if labels.dtype.kind == "f" and tuple(labels.shape[1:]) == shape:
+        return functional.mse_loss, "mean_squared_error", "inferred from the data: float targets -> mean squared error", None
+    raise CalibrationError(f"QAT: labels y have per-sample shape {tuple(labels.shape[1:])} and dtype {labels.dtype}, "
+                           f"which fits neither class indices nor the model's output {list(shape)}",
+                           hint="save y as class indices (N,) for a classifier, or targets shaped like the output")
+
+
+_QUANTIZER: dict[bool, Any] = {}
+
+
+def _quantizer_class(qat: bool = False) -> Any:
     """litert-torch's quantizer, which also annotates the elementwise ops and `mean` it has no
-    pattern for: each input and the output get the global config's activation spec."""
-    if _QUANTIZER:
-        return _QUANTIZER[0]
+    pattern for: each input and the output get the global config's activation spec. With `qat`,
+    without litert-torch's conv+BatchNorm QAT patterns, which torch 2.13's export cannot trace
+    (BatchNorm is folded into the convolutions before QAT instead)."""
+    if qat in _QUANTIZER:
+        return _QUANTIZER[qat]
     import torch
     from litert_torch.quantize import pt2e_quantizer_utils as utils
     from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
@@ -196,8 +350,20 @@ def _quantizer_class() -> Any:
                     input_qspec_map=inputs, output_qspec=utils.get_output_act_qspec(config), _annotated=True)
             return model
 
-    _QUANTIZER.append(Int8Everywhere)
-    return Int8Everywhere
+    if not qat:
+        _QUANTIZER[qat] = Int8Everywhere
+        return Int8Everywhere
+
+    class Int8EverywhereQat(Int8Everywhere):  # type: ignore[misc,valid-type]
+        def _annotate_all_static_patterns(self, model: Any, quantization_config: Any, filter_fn: Any = None) -> Any:
+            if quantization_config is None:
+                return model
+            for op in self.STATIC_OPS:  # not STATIC_QAT_ONLY_OPS (conv_bn, conv_bn_relu)
+                utils.OP_TO_ANNOTATOR[op](model, quantization_config, filter_fn)
+            return model
+
+    _QUANTIZER[qat] = Int8EverywhereQat
+    return Int8EverywhereQat
 
 
 def _reused_modules(module: Any, args: tuple[Any, ...]) -> list[str]:

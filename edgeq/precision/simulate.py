@@ -426,36 +426,69 @@ def _top1(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(np.mean(np.argmax(a, -1) == np.argmax(b, -1)))
 
 
+@dataclass
+class Runner:
+    """What the formats need of a model, whatever framework it is in: its weights (with which of
+    them are kernels and where their output channels are), a way to put other weights in, a run
+    of the float model on the inputs (first output, float32), and a run with every layer computing
+    in a float dtype ("float16", "bfloat16")."""
+
+    weights: list[np.ndarray]
+    meta: list[_Weight]
+    set_weights: Callable[[list[np.ndarray]], None]
+    predict: Callable[[Sequence[np.ndarray]], np.ndarray]
+    predict_in: Callable[[str, Sequence[np.ndarray]], np.ndarray]
+    dot_products: Callable[[Sequence[np.ndarray], Callable[[str], None]], list[DotProduct]]
+    output_count: int = 1
+    output_name: str = "0"
+
+
+def keras_runner(model: Any) -> Runner:
+    return Runner([np.asarray(w) for w in model.get_weights()], _weights(model), model.set_weights,
+                  lambda xs: _predict(model, xs), lambda dtype, xs: _predict(_policy_clone(model, dtype), xs),
+                  lambda xs, on_step: _dot_products(model, xs, on_step), len(model.outputs),
+                  str(getattr(model.outputs[0], "name", "0")))
+
+
 def simulate(model: Any, inputs: Sequence[np.ndarray], labels: np.ndarray | None, *, model_name: str,
              data_name: str, target: Any = None, formats: Sequence[str] = tuple(FORMATS),
              on_step: Callable[[str], None] = lambda message: None) -> PrecisionResult:
     """Run `model` (a Keras model) on `inputs` with its weights in each of `formats`."""
-    meta = _weights(model)
-    original = [np.asarray(w) for w in model.get_weights()]
-    kernel_params = sum(w.size for w, m in zip(original, meta) if m.kernel)
-    notes = []
-    if not kernel_params:
-        notes.append("the model has no kernels (Dense/Conv weights): integer formats change nothing")
-    if len(model.outputs) > 1:
-        names = [getattr(t, "name", str(i)) for i, t in enumerate(model.outputs)]
-        notes.append(f"the model has {len(names)} outputs; differences, top-1 and accuracy are measured on the "
-                     f"first ({names[0]})")
     undo, output_kind = _logits(model)
+    notes = []
     if undo:
         notes.append("the final softmax/sigmoid is switched off while measuring: differences are in logits")
     elif output_kind == "probabilities":
         notes.append("the model ends in a Softmax layer: differences are in probabilities, not logits")
-    results: list[FormatResult] = []
     try:
-        reference = _predict(model, inputs)
-        for name in formats:
-            on_step(FORMATS[name].label)
-            results.append(_measure(model, inputs, labels, reference, name, original, meta))
-        gains = _channel_gains(original, meta)
-        dots = _dot_products(model, inputs, on_step)
+        return simulate_runner(keras_runner(model), inputs, labels, model_name=model_name, data_name=data_name,
+                               target=target, formats=formats, on_step=on_step, notes=notes, output_kind=output_kind)
     finally:
         if undo:
             undo()
+
+
+def simulate_runner(runner: Runner, inputs: Sequence[np.ndarray], labels: np.ndarray | None, *, model_name: str,
+                    data_name: str, target: Any = None, formats: Sequence[str] = tuple(FORMATS),
+                    on_step: Callable[[str], None] = lambda message: None, notes: Sequence[str] = (),
+                    output_kind: str = "outputs") -> PrecisionResult:
+    """Every format of `formats` on a model given as a Runner (Keras: `keras_runner`; PyTorch:
+    edgeq/precision/torch_runner.py)."""
+    meta, original = runner.meta, runner.weights
+    kernel_params = sum(w.size for w, m in zip(original, meta) if m.kernel)
+    notes = list(notes)
+    if not kernel_params:
+        notes.insert(0, "the model has no kernels (Dense/Conv weights): integer formats change nothing")
+    if runner.output_count > 1:
+        notes.insert(0, f"the model has {runner.output_count} outputs; differences, top-1 and accuracy are measured "
+                        f"on the first ({runner.output_name})")
+    results: list[FormatResult] = []
+    reference = runner.predict(inputs)
+    for name in formats:
+        on_step(FORMATS[name].label)
+        results.append(_measure(runner, inputs, labels, reference, name))
+    gains = _channel_gains(original, meta)
+    dots = runner.dot_products(inputs, on_step)
     if target is not None:
         _mark_target(results, target)
     if not dots and any(m.kernel for m in meta):
@@ -464,25 +497,25 @@ def simulate(model: Any, inputs: Sequence[np.ndarray], labels: np.ndarray | None
                            results, gains, dots, None if target is None else target.name, notes, output_kind)
 
 
-def _measure(model: Any, inputs: Sequence[np.ndarray], labels: np.ndarray | None, reference: np.ndarray,
-             name: str, original: list[np.ndarray], meta: Sequence[_Weight]) -> FormatResult:
-    """`model` with its weights in format `name`, against the FP32 `reference` outputs; the
+def _measure(runner: Runner, inputs: Sequence[np.ndarray], labels: np.ndarray | None, reference: np.ndarray,
+             name: str) -> FormatResult:
+    """The model with its weights in format `name`, against the FP32 `reference` outputs; the
     original weights are back in place afterwards."""
     spec = FORMATS[name]
+    original, meta = runner.weights, runner.meta
     size = weight_bytes(original, meta, spec)
     try:
         if spec.kind == "policy":
-            runner = _policy_clone(model, spec.dtype)
-            out = _predict(runner, inputs)  # each layer casts its inputs to its compute dtype
+            out = runner.predict_in(spec.dtype, inputs)  # each layer computes in that dtype
         else:
-            model.set_weights([_transform(w, spec, m) if (m.kernel or spec.kind == "float")
-                               else w for w, m in zip(original, meta)])
-            out = _predict(model, inputs)
+            runner.set_weights([_transform(w, spec, m) if (m.kernel or spec.kind == "float")
+                                else w for w, m in zip(original, meta)])
+            out = runner.predict(inputs)
     except Exception as exc:  # noqa: BLE001 (a layer without a kernel for that dtype: report, go on)
         return FormatResult(name, spec.label, spec.bits, size, None, None, None, None,
                             note=f"cannot run: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
     finally:
-        model.set_weights(original)
+        runner.set_weights(original)
     diff = np.abs(out.astype(np.float64) - reference.astype(np.float64))
     bad = int(np.count_nonzero(~np.isfinite(diff)))
     note = f"overflow: {bad} of {diff.size} outputs are Inf or NaN in this format" if bad else ""

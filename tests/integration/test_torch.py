@@ -63,6 +63,29 @@ def test_a_torch_cnn_runs_as_plain_c_bit_exact_with_tflm(trained: Path) -> None:
         assert board and board["samples"] > 0 and board["bit_exact"] == board["samples"], board
 
 
+def test_pt2e_qat_fine_tunes_a_torch_cnn_into_full_int8(trained: Path) -> None:
+    """--qat on an nn.Module: prepare_qat_pt2e (BatchNorm folded first), trained on labelled NCHW
+    data, converted at batch 1; the report records the training, and the model passes the gate."""
+    import numpy as np
+    import torch_digits
+
+    from edgeq.calibration import load_dataset
+
+    train = load_dataset("digits:train")
+    np.savez(trained / "train.npz", x=torch_digits.nchw(train.inputs[0]), y=train.labels)
+    proc, report = _convert(trained, "torch_digits:cnn", "cnn_qat", "--weights", str(trained / "cnn.pt"),
+                            "--trust-model", "--qat", "--train", str(trained / "train.npz"), "--epochs", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert report["method"] == "qat" and report["qat"]["epochs_run"] in (1, 2)
+    assert "cross-entropy" in report["qat"]["loss_source"] and len(report["qat"]["history"]["val_loss"]) >= 1
+    assert report["model"]["fully_integer"] and not set(report["model"]["ops"]) & {"QUANTIZE", "DEQUANTIZE"}
+    assert report["emulation"]["accuracy"]["top1_agreement"] >= 0.98 and report["gate"]["passed"]
+    (trained / "fixed.pt2").write_bytes(b"refused before it is read")
+    proc, _ = _convert(trained, str(trained / "fixed.pt2"), "pt2_qat", "--trust-model", "--qat", "--train",
+                       str(trained / "train.npz"))
+    assert proc.returncode == 2 and "factory" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_a_torch_export_program_converts_like_its_factory(trained: Path) -> None:
     import torch
     import torch_digits
@@ -147,3 +170,24 @@ def test_the_python_api_takes_a_module_in_memory(trained: Path) -> None:
     assert result.report.outputs["mlp.tflite"] == factory["outputs"]["mlp.tflite"]
     with pytest.raises(ModelLoadError, match="example_input"):
         edgeq.convert(module, "mcu", ConvertOptions(calibration=str(trained / "calibration.npz")))
+
+
+def test_precision_measures_every_format_on_a_torch_module(trained: Path, tmp_path: Path) -> None:
+    proc = run_edgeq("precision", "torch_digits:cnn", "--weights", str(trained / "cnn.pt"), "--trust-model", "--data",
+                     str(trained / "eval.npz"), "--target", "mcu", "-o", str(tmp_path / "p"), "--json", cwd=EXAMPLES)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    formats = {f["name"]: f for f in report["formats"]}
+    assert formats["fp32"]["max_logit_diff"] == 0 and formats["fp32"]["accuracy"] > 0.9
+    # The errors grow as the formats narrow, and the int8 TFLite uses keeps the top-1.
+    assert 0 < formats["fp16"]["mean_logit_diff"] < formats["int8_sym_channel"]["mean_logit_diff"] \
+        < formats["int4_sym_channel"]["mean_logit_diff"]
+    assert formats["int8_sym_channel"]["top1_agreement"] >= 0.98 and formats["int8_sym_channel"]["target_runs"]
+    assert formats["bf16_act"]["mean_logit_diff"] is not None  # the module ran in bfloat16
+    assert formats["int4_sym_channel"]["weight_bytes"] < formats["int8_sym_channel"]["weight_bytes"]
+    gains = {g["layer"] for g in report["per_channel_vs_per_tensor"]}
+    assert {"stem.0", "depthwise.0", "pointwise", "head"} <= gains
+    assert {d["layer"] for d in report["dot_products"]} >= {"stem.0", "head"}
+    proc = run_edgeq("precision", "torch_digits:cnn", "--weights", str(trained / "cnn.pt"), "--data",
+                     str(trained / "eval.npz"), "-o", str(tmp_path / "q"), cwd=EXAMPLES)
+    assert proc.returncode == 2 and "--trust-model" in proc.stderr and "Traceback" not in proc.stderr
