@@ -47,6 +47,7 @@ class CheckInput:
     max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP
     fitting_targets: Callable[[int, int, str | None], list[str]] | None = None  # (flash, ram, runtime) -> fits
     model: bytes | None = None  # the .tflite itself: the c runtime's kernel check lowers it
+    pytorch: bool = False  # from PT2E: its hints offer what the PyTorch path has (QAT, not int16x8)
 
 
 def _ok(name: str, message: str) -> CheckResult:
@@ -277,6 +278,9 @@ def check_accuracy(c: CheckInput) -> CheckResult:
         return CheckResult(
             CheckName.ACCURACY, False,
             f"{summary}, over the limit of {c.max_accuracy_drop:g} by {acc.drop_points - c.max_accuracy_drop:.2f}",
+            ("more or more typical calibration data (--calibration-samples), PT2E quantization-aware training "
+             "(--qat --train), int16 activations (--mode int16x8) through an ONNX export of the model, or raise "
+             "--max-accuracy-drop if this is acceptable") if c.pytorch else
             "more or more typical calibration data (--calibration-samples), --mode int16x8 where the "
             "target allows it, quantization-aware training, or raise --max-accuracy-drop if this is acceptable",
         )

@@ -377,14 +377,16 @@ def _compute_with(plan: _Plan, on_step: Step, progress: Progress, runtimes: Work
             "per-layer error of the PTQ model (QuantizationDebugger needs the float model; QAT carries fake-quant "
             "ranges of its own): " + ptq.per_layer_note))
     gate = gate_summary(checks, forced=plan.force)
-    files, harness_manifest = _emitted(plan, chosen, emulation, gate, on_step)
+    layout = _layout(plan, model)
+    files, harness_manifest = _emitted(plan, chosen, emulation, gate, on_step, layout,
+                                       "NCHW" if getattr(model, "device_layout", "") == "NHWC" else None)
     used = min(recipe.calibration_samples, data.num_samples) if data else 0
     how = dict(method=method, folded_batchnorm=list(folded), recurrent=recurrent,
                qat=None if qat_result is None else qat_result.part(),
                comparison={k: c.summary(float_bytes) for k, c in candidates.items()} if plan.compare else None,
                harness=harness_manifest, search=searched.part if searched else None)
     report = _report(model, plan.model_path, plan.profile, recipe, data, used, float_bytes, chosen, gate,
-                     emulation, files, shapes, how, _layout(plan))
+                     emulation, files, shapes, how, layout)
     files.update(_render_reports(report))
     return _Done(files, report, info, checks, emulation, gate, len(float_bytes), len(quantized))
 
@@ -398,15 +400,58 @@ def _load_checked(plan: _Plan, on_step: Step) -> tuple[Any, Dataset | None, Data
         raise RecipeError(f"{plan.model_path}: quantization-aware training needs a Keras model (.keras or .h5), "
                           "not a SavedModel", hint="drop --qat for post-training quantization")
     sets = ((plan.data, "calibration"), (plan.eval_data, "evaluation"), (plan.train_data, "training"))
-    data, eval_data, train_data = (None if d is None else validate_for_model(d, model.input_specs, purpose=p)
+    # An ONNX model whose inputs onnx2tf moved to channels last still takes the user's NCHW data.
+    source_specs = getattr(model, "source_specs", model.input_specs)
+    data, eval_data, train_data = (None if d is None else validate_for_model(d, source_specs, purpose=p)
                                    for d, p in sets)
+    moved = getattr(model, "moved_inputs", [])
+    if moved:
+        data, eval_data, train_data = (_channels_moved_last(d, moved) for d in (data, eval_data, train_data))
+        on_step("channels last on the device (onnx2tf: the inputs only convolutions read); edgeq transposes the "
+                "NCHW data for it")
     data = data or train_data  # QAT without --calibration: the converter's ranges come from training data
     shapes = sample_shapes(model, plan.input_shapes, data or eval_data, on_step)
+    if plan.torch:
+        model, shapes, (data, eval_data, train_data) = _torch_layout(model, shapes, (data, eval_data, train_data),
+                                                                     on_step)
     fixed = fixed_specs(model.input_specs, shapes)
     data, eval_data, train_data = (None if d is None else validate_for_model(d, fixed, purpose=p)
                                    for d, p in ((data, "calibration"), (eval_data, "evaluation"),
                                                 (train_data, "training")))
     return model, data, eval_data, train_data, shapes
+
+
+def _torch_layout(model: Any, shapes: list[tuple[int, ...]], sets: tuple[Dataset | None, ...], on_step: Step
+                  ) -> tuple[Any, list[tuple[int, ...]], tuple[Dataset | None, ...]]:
+    """Channels last on the device where that removes ops: a PyTorch model's multi-channel NCHW
+    input makes the converter put a TRANSPOSE in front of the first convolution (TFLite computes
+    NHWC). Both layouts are converted in float32 (cheap, and the chosen one is kept for the size
+    reference); the one with fewer ops wins, and the data (NCHW, as the user has them) are
+    transposed for it here, once, so every later stage sees one layout."""
+    moved = model.channels_last(shapes)
+    if moved is None:
+        return model, shapes, sets
+    last, last_shapes = moved
+    on_step("comparing NCHW and NHWC device inputs (two float32 conversions)")
+    first_ops = read_tflite(model.float_tflite(shapes)).ops
+    last_ops = read_tflite(last.float_tflite(last_shapes)).ops
+    if len(last_ops) >= len(first_ops):
+        return model, shapes, sets
+    saved = len(first_ops) - len(last_ops)
+    on_step(f"channels last on the device: NHWC input saves {saved} op(s) "
+            f"({', '.join(sorted({o.name for o in first_ops} - {o.name for o in last_ops}) or ['TRANSPOSE'])}); "
+            "edgeq transposes the NCHW data for it")
+    moved = [k for k, (s, ls) in enumerate(zip(shapes, last_shapes)) if len(s) == 3 and s != ls]
+    last.saved_ops = saved
+    return last, last_shapes, tuple(_channels_moved_last(d, moved) for d in sets)
+
+
+def _channels_moved_last(data: Dataset | None, moved: Sequence[int]) -> Dataset | None:
+    """`data` with the channels of inputs `moved` (NCHW) last: what a channels-last device takes."""
+    if data is None:
+        return None
+    return replace(data, inputs=tuple(np.ascontiguousarray(np.moveaxis(x, 1, -1)) if k in moved else x
+                                      for k, x in enumerate(data.inputs)))
 
 
 def _loaded(plan: _Plan, on_step: Step) -> Any:
@@ -763,16 +808,20 @@ def _outcome(m: Measured, floor: list[float], max_snr_loss: float) -> Outcome:
                    + (() if accurate or not by_name[CheckName.ACCURACY] else ("quality floor",)))
 
 
-def _emitted(plan: _Plan, chosen: _Candidate, emulation: Emulation, gate: Gate,
-             on_step: Step) -> tuple[dict[str, bytes], HarnessManifest | None]:
+def _emitted(plan: _Plan, chosen: _Candidate, emulation: Emulation, gate: Gate, on_step: Step,
+             layout: str | None = None, source_layout: str | None = None
+             ) -> tuple[dict[str, bytes], HarnessManifest | None]:
     """The model files (only if the gate passed, or --force): the .tflite, its names, the C sources
-    for TFLM targets and the harness firmware with --harness; and the harness manifest."""
+    for TFLM targets and the harness firmware with --harness; and the harness manifest. `layout`:
+    how the C header describes a 4-D input; `source_layout`: the layout the user's data have where
+    the device takes another (the names sidecar says so, and device-check transposes for it)."""
     name, profile, quantized, info = plan.name, plan.profile, chosen.quantized, chosen.info
     files: dict[str, bytes] = {}
     if gate.passed or plan.force:
         files[f"{name}.tflite"] = quantized
         if chosen.sidecar is not None:
-            files[f"{name}_names.json"] = render_sidecar(chosen.sidecar)
+            sidecar = chosen.sidecar if source_layout is None else {**chosen.sidecar, "source_layout": source_layout}
+            files[f"{name}_names.json"] = render_sidecar(sidecar)
         if profile.runtime == Runtime.C:
             from edgeq.aot.emit import aot_readme, emit_c
 
@@ -783,7 +832,7 @@ def _emitted(plan: _Plan, chosen: _Candidate, emulation: Emulation, gate: Gate,
             arena = emulation.memory.arena
             files.update(tflm_sources(name, quantized, info.all_op_names, alignment=profile.memory.tensor_alignment,
                                       arena=ArenaSize(arena.smallest, emulation.memory.margin) if arena else None,
-                                      layout=_layout(plan)
+                                      layout=layout
                                       ).files)
     if plan.harness and files and emulation.memory.arena:
         from edgeq.device.firmware import firmware_with_sizes
@@ -1020,7 +1069,8 @@ def measured_model(quantized: bytes, names: Any, *, method: str, recipe: Recipe,
     checks, emulation = emulate_and_check(
         quantized, info, profile, CheckInput(info, profile, recipe.mode, recipe.input_dtype, recipe.output_dtype,
                                              max_accuracy_drop=max_drop, fitting_targets=fitting_targets,
-                                             model=quantized),
+                                             model=quantized, pytorch=getattr(names, "format", "") in
+                                             ("nn.Module", "torch.export")),
         data=eval_data, reference=reference, host_latency=False, on_step=on_step, progress=progress,
         per_layer=(lambda: per_layer(info)) if per_layer else None,
         per_layer_note=("per-layer error is measured for PTQ: TFLite's QuantizationDebugger needs the float model, "
@@ -1160,11 +1210,18 @@ def _render_reports(report: ConvertReport | EmulateReport) -> dict[str, bytes]:
     return {"report.json": render_json(report), "report.md": render_markdown(report), "report.png": render_png(report)}
 
 
-def _layout(plan: _Plan) -> str | None:
-    """How the C header and the report describe a 4-D input: as the PyTorch or ONNX model takes it
-    (both keep their layout on the device), or nothing where the Keras model says it itself."""
+def _layout(plan: _Plan, model: Any = None) -> str | None:
+    """How the C header and the report describe a 4-D input: as the PyTorch or ONNX model takes it,
+    or channels last where edgeq moved them (fewer ops), or nothing where a Keras model says it."""
+    if plan.torch and getattr(model, "device_layout", "") == "NHWC":
+        saved = getattr(model, "saved_ops", 0)
+        return (f"NHWC: edgeq moved the PyTorch model's channels last ({saved} op{'s' if saved != 1 else ''} fewer "
+                "than NCHW); feed H x W x C bytes (NCHW data transposed)")
     if plan.torch:
         return "NCHW, as the PyTorch model takes it"
+    if plan.onnx and getattr(model, "device_layout", "") == "NHWC":
+        return ("NHWC: onnx2tf moved the ONNX model's channels last (only convolutions read the input, so no "
+                "TRANSPOSE); feed H x W x C bytes (NCHW data transposed)")
     if plan.onnx:
         return "NCHW, as the ONNX model takes it"  # ONNX's Conv is channels-first
     return None

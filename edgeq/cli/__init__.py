@@ -172,13 +172,14 @@ def _size_line(sizes: Sizes, mode: str, echo: Callable[[str], None]) -> None:
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="edgeq")
 def main() -> None:
-    """Take a trained Keras model to a microcontroller, a Linux board or a phone.
+    """Take a trained Keras, PyTorch or ONNX model to a microcontroller, a Linux board or a phone.
 
     \b
     Typical use:
       edgeq targets list                         # what can I deploy to?
       edgeq precision model.keras --data digits --target mcu    # what would each format cost?
       edgeq convert model.keras --target mcu --calibration digits --harness
+      edgeq convert model.onnx --target mcu --calibration data_nchw.npz   # or a torch nn.Module
       edgeq inspect edgeq-out/model-mcu/model.tflite
       edgeq device-check --port /dev/ttyACM0 --model edgeq-out/model-mcu/model.tflite --data digits
 

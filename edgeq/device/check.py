@@ -208,6 +208,28 @@ def open_port(port: str, baud: int) -> Any:
                               "`edgeq device-sim MODEL.tflite` prints a port to use") from exc
 
 
+def _in_device_layout(dataset: Any, model_path: Path, model: bytes, info: Any, on_step: Step) -> Any:
+    """NCHW data (as a PyTorch user has them) for a model that edgeq moved to channels last (its
+    names sidecar says `source_layout`): transposed to the device's NHWC, said out loud."""
+    import dataclasses
+
+    from edgeq.tflite.strip import read_sidecar
+
+    sidecar = read_sidecar(model_path, model) or {}
+    if sidecar.get("source_layout") != "NCHW":
+        return dataset
+    inputs, moved = [], []
+    for k, (x, t) in enumerate(zip(dataset.inputs, info.input_tensors)):
+        device = tuple(t.shape[1:])
+        if x.ndim == 4 and tuple(x.shape[1:]) != device and (x.shape[2], x.shape[3], x.shape[1]) == device:
+            x = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+            moved.append(k)
+        inputs.append(x)
+    if moved:
+        on_step(f"{dataset.name}: NCHW data for a model that takes NHWC on the device: transposed")
+    return dataclasses.replace(dataset, inputs=tuple(inputs))
+
+
 def device_check(port: str, model_path: Path, data: str, *, baud: int = DEFAULT_BAUD, limit: int | None = None,
                  output_dir: Path = Path("device-check"), overwrite: bool = False, timeout: float | None = None,
                  max_resets: int = MAX_RESETS, on_step: Step = lambda message: None,
@@ -224,7 +246,8 @@ def device_check(port: str, model_path: Path, data: str, *, baud: int = DEFAULT_
     model, info = read_tflite_named(model_path)
     sha = hashlib.sha256(model).digest()
     check_output_dir(Path(output_dir), list(REPORT_FILES), overwrite=overwrite)
-    dataset = validate_for_model(load_dataset(data, default_split="eval"), input_specs(info), purpose="evaluation")
+    dataset = _in_device_layout(load_dataset(data, default_split="eval"), model_path, model, info, on_step)
+    dataset = validate_for_model(dataset, input_specs(info), purpose="evaluation")
     n = dataset.num_samples if limit is None else min(limit, dataset.num_samples)
     inputs = [x[:n] for x in dataset.inputs]
     labels = None if dataset.labels is None else dataset.labels[:n]

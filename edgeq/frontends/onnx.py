@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Sequence
 
@@ -55,6 +55,7 @@ class OnnxSummary:
     opset: int
     producer: str  # "pytorch 2.13.0", or "" when the file does not say
     parameters: int  # elements of the float initializers (the weights)
+    conv_inputs: tuple[str, ...] = ()  # 4-D inputs of more than one channel that only convolutions read
 
 
 def _onnx() -> Any:
@@ -111,7 +112,13 @@ def check_onnx_model(path: str | Path) -> OnnxSummary:
     opset = next((int(o.version) for o in model.opset_import if o.domain in _STANDARD_DOMAINS), 0)
     producer = " ".join(p for p in (model.producer_name, model.producer_version) if p)
     parameters = sum(int(np.prod(t.dims)) for t in graph.initializer if t.data_type == _FLOAT)
-    return OnnxSummary(tuple(inputs), tuple(o.name for o in graph.output), opset, producer, parameters)
+    readers: dict[str, set[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, set()).add(node.op_type)
+    conv_inputs = tuple(name for name, dims in inputs
+                        if len(dims) == 4 and (dims[1] or 0) > 1 and readers.get(name, set()) == {"Conv"})
+    return OnnxSummary(tuple(inputs), tuple(o.name for o in graph.output), opset, producer, parameters, conv_inputs)
 
 
 def _check_external_data(path: Path, model: Any) -> None:
@@ -144,23 +151,32 @@ def load_onnx_model(path: str | Path, *, calibration: Dataset | None, on_step: C
         import onnxruntime  # noqa: F401
     except ImportError:
         raise ModelLoadError(f"{path}: ONNX models need onnxruntime (the float reference)", hint=ONNX_HINT) from None
+    # Channels last on the device where that costs nothing: an input that only convolutions read
+    # (TFLite convolves NHWC, so NCHW would put a TRANSPOSE there). Every other input keeps its layout.
+    moved = [k for k, (name, _) in enumerate(summary.inputs) if name in summary.conv_inputs]
+    kept = [name for k, (name, _) in enumerate(summary.inputs) if k not in moved]
     samples = None
     if calibration is not None:
-        samples = [np.ascontiguousarray(x[:FIDELITY_SAMPLES], dtype=np.float32) for x in calibration.inputs]
+        samples = [np.ascontiguousarray(np.moveaxis(x[:FIDELITY_SAMPLES], 1, -1) if k in moved else x[:FIDELITY_SAMPLES],
+                                        dtype=np.float32) for k, x in enumerate(calibration.inputs)]
     folder = tempfile.TemporaryDirectory(prefix="edgeq-onnx2tf-")
-    on_step(f"converting {path.name} to TensorFlow with onnx2tf (keeping its input layout; in a child process)")
+    how = ("moving the channels of the inputs only convolutions read last" if moved else "keeping its input layout")
+    on_step(f"converting {path.name} to TensorFlow with onnx2tf ({how}; in a child process)")
     try:
         with Worker() as worker:
-            version = worker.call(_run_onnx2tf, str(path.resolve()), folder.name, [n for n, _ in summary.inputs], samples)
+            version = worker.call(_run_onnx2tf, str(path.resolve()), folder.name, kept, samples)
     except ChildCrashed as crash:
         raise ConversionError(f"{path}: onnx2tf {crash.how}{crash.last_words()}",
                               hint="set EDGEQ_VERBOSE=1 for onnx2tf's own output") from None
     loaded = _load_saved_model(Path(folder.name))
     session = _session(path)
-    specs = [InputSpec(name, (None, *shape[1:]), "float32") for name, shape in summary.inputs]
+    source_specs = [InputSpec(name, (None, *shape[1:]), "float32") for name, shape in summary.inputs]
+    specs = [InputSpec(s.name, (None, *s.shape[2:], s.shape[1]), s.dtype) if k in moved else s
+             for k, s in enumerate(source_specs)]
     if len(specs) != len(loaded.input_specs):
         raise ConversionError(f"{path}: onnx2tf made {len(loaded.input_specs)} inputs of {len(specs)}")
-    reference = _Reference(session, [n for n, _ in summary.inputs], list(summary.outputs), summary.inputs)
+    reference = _Reference(session, [n for n, _ in summary.inputs], list(summary.outputs), summary.inputs,
+                           moved=moved)
     fidelity = ""
     if samples is not None:
         fidelity = reference.check_against(loaded, samples, path)
@@ -170,6 +186,10 @@ def load_onnx_model(path: str | Path, *, calibration: Dataset | None, on_step: C
                     _predict=reference.predict)
     model.converted_by = f"onnx2tf {version}" + (f"; {fidelity}" if fidelity else "")
     model._folder = folder  # type: ignore[attr-defined]  # the SavedModel lives as long as the model
+    # The user's data stay NCHW: convert() checks them against source_specs, then moves the
+    # channels of the `moved_inputs` last once, for every stage after.
+    model.source_specs, model.moved_inputs = source_specs, moved  # type: ignore[attr-defined]
+    model.device_layout = "NHWC" if moved else "NCHW"  # type: ignore[attr-defined]
     return model
 
 
@@ -196,8 +216,11 @@ class _Reference:
     inputs: tuple[tuple[str, tuple[int | None, ...]], ...]
     order: list[int] | None = None           # SavedModel output k is onnxruntime output order[k]
     channels_last: list[bool] | None = None  # whether onnx2tf moved output k's channels last
+    moved: list[int] = field(default_factory=list)  # inputs given channels last (the device's layout)
 
     def raw(self, xs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """onnxruntime's outputs for inputs in the device's layout (moved ones back to NCHW first)."""
+        xs = [np.moveaxis(x, -1, 1) if k in self.moved else x for k, x in enumerate(xs)]
         batch_1 = any(shape[0] == 1 for _, shape in self.inputs)
         n = len(xs[0])
         step = 1 if batch_1 else max(1, n)
@@ -283,8 +306,8 @@ def _run_onnx2tf(path: str, folder: str, input_names: list[str], samples: list[n
     os.chdir(folder)  # onnx2tf writes side files (JSON, float .tflite) where it runs
 
     def calibration_images() -> np.ndarray:
-        # onnx2tf's own sample data are 20 RGB images from the internet; it asks for them only
-        # for a 4-D input whose last dimension is 3, as the input is kept here (in the model's layout).
+        # onnx2tf's own sample data are 20 RGB images from the internet; it asks for them for a
+        # 4-D input whose last dimension is 3. These are the calibration samples in its input layout.
         if samples is None or len(samples) != 1:
             raise ConversionError("onnx2tf asked for sample images to check its conversion, and there are none",
                                   hint="pass --calibration data")

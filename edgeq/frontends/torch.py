@@ -79,7 +79,23 @@ class TorchModel:
     keras_model: Any = None  # not a Keras model: the Keras-only stages (fold, recurrent, QAT) skip it
     input_names: tuple[str, ...] = ()   # the .tflite signature's, once converted
     output_names: tuple[str, ...] = ()
+    device_layout: str = "NCHW"  # "NHWC" once channels_last() moved 4-D inputs' channels last
     _converted: dict[Any, bytes] = field(default_factory=dict)
+
+    def channels_last(self, shapes: Sequence[tuple[int, ...]]) -> tuple[TorchModel, list[tuple[int, ...]]] | None:
+        """The model taking its 4-D inputs with the channels last (litert-torch's
+        to_channel_last_io), and its sample shapes; None if no input has more than one channel
+        (one channel: NCHW and NHWC are the same bytes)."""
+        import litert_torch
+
+        moved = [k for k, shape in enumerate(shapes) if len(shape) == 3 and shape[0] > 1]
+        if not moved:
+            return None
+        wrapped = litert_torch.to_channel_last_io(self.module, args=moved).eval()
+        new_shapes = [(s[1], s[2], s[0]) if k in moved else tuple(s) for k, s in enumerate(shapes)]
+        specs = [InputSpec(spec.name, (None, *new_shapes[k]), spec.dtype) for k, spec in enumerate(self.input_specs)]
+        return TorchModel(self.path, self.format, self.saved_by, specs, self.parameter_count, wrapped, self.label,
+                          device_layout="NHWC"), new_shapes
 
     def predict(self, inputs: Sequence[np.ndarray], batch_size: int = 256) -> list[np.ndarray]:
         """Float outputs of the torch model, one array per output (NCHW in, as torch has it)."""

@@ -93,8 +93,9 @@ def test_device_check_takes_the_same_nchw_data_bit_exact(exported: Path) -> None
 
 def test_onnx2tf_never_downloads_its_sample_images(exported: Path, tmp_path: Path) -> None:
     """onnx2tf fetches 20 RGB images from the internet to check a 4-D input whose last dimension
-    is 3 (here W = 3, since the NCHW layout is kept). edgeq runs it with the network off and hands it
-    the calibration samples instead: the conversion must work offline."""
+    is 3. edgeq runs it with the network off and hands it the calibration samples instead: the
+    conversion must work offline. The RGB input feeds a convolution only, so it goes channels last
+    on the device (no TRANSPOSE in front of the convolution), and the NCHW data are transposed for it."""
     import torch
     from torch import nn
 
@@ -108,6 +109,10 @@ def test_onnx2tf_never_downloads_its_sample_images(exported: Path, tmp_path: Pat
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["model"]["fully_integer"] and "onnxruntime" in report["input"]["converted_by"]
+    assert report["model"]["inputs"][0]["shape"] == [1, 4, 3, 3]  # NHWC on the device
+    assert report["input"]["input_layout"].startswith("NHWC: onnx2tf moved the ONNX model's channels last")
+    sidecar = json.loads((tmp_path / "out" / "rgb_names.json").read_text())
+    assert sidecar["source_layout"] == "NCHW"  # device-check transposes NCHW data for it
     # And the guard is real: where onnx2tf runs, a connection fails before it leaves the process.
     code = ("from edgeq.frontends.onnx import _network_off; _network_off(); import socket, urllib.request\n"
             "for attempt in (lambda: socket.create_connection(('127.0.0.1', 9)),\n"

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -191,3 +193,51 @@ def test_precision_measures_every_format_on_a_torch_module(trained: Path, tmp_pa
     proc = run_edgeq("precision", "torch_digits:cnn", "--weights", str(trained / "cnn.pt"), "--data",
                      str(trained / "eval.npz"), "-o", str(tmp_path / "q"), cwd=EXAMPLES)
     assert proc.returncode == 2 and "--trust-model" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_three_channel_input_goes_channels_last_when_that_saves_ops(tmp_path: Path) -> None:
+    """An RGB model's NCHW input would put a TRANSPOSE in front of the first convolution: edgeq
+    converts both layouts in float32, keeps NHWC (fewer ops), transposes the user's NCHW data for
+    it, says so in the report and the header, and device-check transposes NCHW data for it too."""
+    import numpy as np
+    import torch
+
+    (tmp_path / "rgb.py").write_text(
+        "import torch\nfrom torch import nn\n\n\nclass Net(nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n"
+        "        self.a = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())\n"
+        "        self.b = nn.Sequential(nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU())\n"
+        "        self.head = nn.Linear(8, 4)\n\n"
+        "    def forward(self, x):\n        return self.head(self.b(self.a(x)).mean(dim=(2, 3)))\n\n\n"
+        "def build():\n    torch.manual_seed(0)\n    return Net()\n")
+    sys.path.insert(0, str(tmp_path))
+    import rgb
+
+    torch.save(rgb.build().state_dict(), tmp_path / "rgb.pt")
+    rng = np.random.default_rng(0)
+    x = rng.random((160, 3, 12, 10), dtype=np.float32)
+    np.savez(tmp_path / "calibration.npz", x=x[:100])
+    np.savez(tmp_path / "eval.npz", x=x[100:])
+    proc = run_edgeq("convert", "rgb:build", "--weights", str(tmp_path / "rgb.pt"), "--trust-model", "--target", "mcu",
+                     "--calibration", str(tmp_path / "calibration.npz"), "--eval", str(tmp_path / "eval.npz"),
+                     "-o", str(tmp_path / "out"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["model"]["inputs"][0]["shape"] == [1, 12, 10, 3]
+    # The input's TRANSPOSE is gone; the one before the mean over NCHW's (2, 3) stays (litert-torch's).
+    assert report["model"]["ops"].get("TRANSPOSE", 0) <= 1
+    assert report["input"]["input_layout"].startswith("NHWC: edgeq moved the PyTorch model's channels last (1 op ")
+    assert report["emulation"]["accuracy"]["top1_agreement"] >= 0.9  # against torch float on the NCHW data
+    assert "int8 [1, 12, 10, 3] (NHWC" in (tmp_path / "out" / "build_model_data.h").read_text()
+    sim = subprocess.Popen([sys.executable, "-m", "edgeq", "device-sim", str(tmp_path / "out" / "build.tflite")],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    port = sim.stdout.readline().strip()
+    try:
+        assert port.startswith("/dev/"), sim.stderr.read()
+        check = run_edgeq("device-check", "-p", port, "-m", str(tmp_path / "out" / "build.tflite"), "-d",
+                          str(tmp_path / "eval.npz"), "-o", str(tmp_path / "dc"))
+    finally:
+        sim.send_signal(signal.SIGINT)
+        sim.communicate(timeout=30)
+    assert check.returncode == 0, check.stderr
+    assert "bit-exact with the emulator: 60 of 60" in check.stdout and "transposed" in check.stderr + check.stdout

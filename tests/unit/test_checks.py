@@ -106,6 +106,14 @@ def test_accuracy_drop_limit(drop, passes):
         assert "over the limit of 1 by 0.25" in result.message and "calibration" in result.hint
 
 
+def test_an_accuracy_hint_offers_a_pytorch_model_what_its_path_has():
+    metrics = AccuracyMetrics(400, 0.98, 0.96, 0.99, 2.0, None)
+    keras = _by_name(_input(_graph("int8", "int8"), accuracy=metrics))["accuracy"]
+    torch = _by_name(_input(_graph("int8", "int8"), accuracy=metrics, pytorch=True))["accuracy"]
+    assert "--mode int16x8 where the target allows it" in keras.hint
+    assert "--qat --train" in torch.hint and "through an ONNX export" in torch.hint
+
+
 def test_accuracy_without_labels_is_reported_not_gated():
     metrics = AccuracyMetrics(400, None, None, None, None, None)
     result = _by_name(_input(_graph("int8", "int8"), accuracy=metrics))["accuracy"]
