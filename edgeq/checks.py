@@ -74,12 +74,36 @@ def check_ops(c: CheckInput) -> CheckResult:
     """Every op of the model has a kernel in the target's runtime."""
     missing = [op for op in c.info.all_op_names if op not in c.target.supported_ops]
     if missing:
+        named = [f"{op} ({where})" if (where := op_origin(c.info, op)) else op for op in missing]
         return CheckResult(
             CheckName.OPS, False,
-            f"{len(missing)} op(s) not supported by {c.target.name} ({c.target.ops.set}): {', '.join(missing)}",
+            f"{len(missing)} op(s) not supported by {c.target.name} ({c.target.ops.set}): {', '.join(named)}",
             "replace the layers that produce them, or choose a target whose runtime has them",
         )
     return _ok(CheckName.OPS, f"all {len(c.info.all_op_names)} op types supported by {c.target.ops.set}")
+
+
+def op_origin(info: ModelInfo, op_name: str) -> str:
+    """Where the first `op_name` op came from, read from its output tensor's name: the module of a
+    PyTorch model (litert-torch names tensors by module path: 'Net/torch.nn.modules.container.
+    Sequential_block/torch.nn.modules.activation.GELU_2' is module 'block.2', a GELU), or the layer of
+    a Keras one ('model/dense_1/MatMul'); '' when the name says nothing."""
+    op = next((o for o in info.ops if o.name == op_name and o.outputs), None)
+    if op is None or op.outputs[0] < 0:
+        return ""
+    name = info.tensors[op.outputs[0]].name.split(";")[0]
+    if not name:
+        return ""
+    parts = name.split("/")
+    if len(parts) > 1 and all("." in p for p in parts):  # torch: package.Class_attribute per level
+        attrs = [p.rsplit(".", 1)[-1] for p in parts[1:]]
+        path = ".".join(a.split("_", 1)[1] for a in attrs if "_" in a)
+        kind = attrs[-1].split("_", 1)[0] if attrs else parts[0].rsplit(".", 1)[-1]
+        root = parts[0].rsplit(".", 1)[-1]
+        return f"from torch module '{path}', a {kind}" if path else f"in {root}.forward"
+    if len(parts) > 2:
+        return f"from layer '{parts[-2]}'"
+    return ""
 
 
 def _hybrid_ops(info: ModelInfo) -> list[str]:

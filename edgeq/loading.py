@@ -28,7 +28,8 @@ from edgeq.calibration import InputSpec
 from edgeq.errors import ModelLoadError
 from edgeq.keras_files import KerasFile, read_keras_file, refuse_lambda, vet_layers
 
-SUPPORTED = ".keras (Keras 3 or 2), .h5/.hdf5 (Keras 2 or 3), or a SavedModel directory"
+SUPPORTED = (".keras (Keras 3 or 2), .h5/.hdf5 (Keras 2 or 3), a SavedModel directory, .onnx, or PyTorch: a .pt2 "
+             "(torch.export) or package.module:factory with --weights")
 
 # A .keras file is a zip that Keras decompresses into memory: bound what it may claim to hold.
 MAX_ARCHIVE_BYTES = 2 * 1024**3  # total uncompressed size of all members

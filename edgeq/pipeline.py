@@ -1146,7 +1146,11 @@ def _identical_in_tflm(worker: Worker, model: bytes, stripped: bytes, inputs: li
         return bool(worker.call(tflm_outputs_identical, model, stripped, inputs))
     except ChildCrashed:
         return None
-    except (RuntimeError, ValueError):  # TFLM refused one of them: this form will not do
+    except (RuntimeError, ValueError):  # TFLM refused one of them: this form will not do, unless it
+        try:                            # refuses the model itself (an op it lacks: the checks say so)
+            worker.call(tflm_outputs_identical, model, model, inputs)
+        except (ChildCrashed, RuntimeError, ValueError):
+            return None
         return False
 
 

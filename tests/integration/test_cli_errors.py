@@ -56,10 +56,10 @@ def test_bad_model_paths(tmp_path, make, words):
 
 
 def test_unsupported_model_extension_lists_formats(tmp_path):
-    model = tmp_path / "model.onnx"
+    model = tmp_path / "model.pb"  # a TF1 frozen graph
     model.write_bytes(b"\0")
     proc = run_edgeq("convert", str(model), "-c", "digits", "-o", str(tmp_path / "o"))
-    assert_user_error(proc, "unsupported model format", ".keras", ".h5", "SavedModel")
+    assert_user_error(proc, "unsupported model format", ".keras", ".h5", "SavedModel", ".onnx", ".pt2")
 
 
 def test_output_path_is_a_file(tmp_path):

@@ -145,6 +145,17 @@ def test_torch_errors_name_the_file_and_what_to_do(trained: Path, tmp_path: Path
     else:
         assert proc.returncode == 2 and "'pool' is called more than once" in proc.stderr, proc.stderr
         assert "own instance" in proc.stderr and "Traceback" not in proc.stderr
+    # An op TFLM lacks (GELU): the ops check names the torch module it came from.
+    (tmp_path / "gelu_net.py").write_text("import torch\nfrom torch import nn\n\n\ndef build():\n"
+                                          "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.GELU(), "
+                                          "nn.Linear(16, 10))\n")
+    import gelu_net
+
+    torch.save(gelu_net.build().state_dict(), tmp_path / "gelu.pt")
+    proc = run_edgeq("convert", "gelu_net:build", "--weights", str(tmp_path / "gelu.pt"), "--trust-model",
+                     "--calibration", str(trained / "calibration.npz"), "--no-eval", "-o", str(tmp_path / "g"),
+                     cwd=tmp_path)
+    assert proc.returncode == 3 and "GELU (from torch module '2', a GELU)" in proc.stderr, proc.stderr
     from edgeq.frontends.torch import _explained, _reused_modules
 
     reused_names = _reused_modules(reused.build(), (torch.zeros(1, 1, 8, 8),))
