@@ -35,7 +35,7 @@ from edgeq.targets import TargetProfile, for_runtime, load_all, load_target
 from edgeq.tflite.reader import ModelInfo, read_tflite
 from edgeq.tflite.strip import render_sidecar
 from edgeq.progress import Advance, Progress, Step, no_step
-from edgeq.vocab import CheckName, Runtime
+from edgeq.vocab import CheckName, Layout, Runtime, SourceFormat
 
 if TYPE_CHECKING:
     from edgeq.quantize.jobs import Measured
@@ -379,7 +379,7 @@ def _compute_with(plan: _Plan, on_step: Step, progress: Progress, runtimes: Work
     gate = gate_summary(checks, forced=plan.force)
     layout = _layout(plan, model)
     files, harness_manifest = _emitted(plan, chosen, emulation, gate, on_step, layout,
-                                       "NCHW" if getattr(model, "device_layout", "") == "NHWC" else None)
+                                       Layout.NCHW if getattr(model, "device_layout", "") == Layout.NHWC else None)
     used = min(recipe.calibration_samples, data.num_samples) if data else 0
     how = dict(method=method, folded_batchnorm=list(folded), recurrent=recurrent,
                qat=None if qat_result is None else qat_result.part(),
@@ -404,7 +404,11 @@ def _load_checked(plan: _Plan, on_step: Step) -> tuple[Any, Dataset | None, Data
     source_specs = getattr(model, "source_specs", model.input_specs)
     data, eval_data, train_data = (None if d is None else validate_for_model(d, source_specs, purpose=p)
                                    for d, p in sets)
-    moved = getattr(model, "moved_inputs", [])
+    order, moved = getattr(model, "input_order", None), getattr(model, "moved_inputs", [])
+    if order is not None and order != list(range(len(order))):
+        data, eval_data, train_data = (None if d is None else replace(
+            d, inputs=tuple(d.inputs[j] for j in order),
+            input_names=tuple(model.input_specs[k].name for k in range(len(order)))) for d in (data, eval_data, train_data))
     if moved:
         data, eval_data, train_data = (_channels_moved_last(d, moved) for d in (data, eval_data, train_data))
         on_step("channels last on the device (onnx2tf: the inputs only convolutions read); edgeq transposes the "
@@ -991,7 +995,7 @@ def _qat(model: Any, model_path: Path, train: Dataset, settings: TrainSettings, 
     from edgeq.loading import from_keras_object
     from edgeq.quantize.qat import quantization_aware_train
 
-    torch_model = getattr(model, "format", "") in ("nn.Module", "torch.export")
+    torch_model = SourceFormat.pytorch(getattr(model, "format", ""))
     on_step(f"{'PT2E ' if torch_model else ''}quantization-aware training on {train.num_samples} samples of {train.name} "
             f"(up to {settings.epochs} epochs, early stopping on validation loss)")
     state: dict[str, Any] = {"epoch": 0}
@@ -1037,7 +1041,7 @@ def _emulated(model: Any, method: str, *, recipe: Recipe, data: Dataset | None, 
     used = min(recipe.calibration_samples, data.num_samples) if data else 0
     on_step(f"{method.upper()}: converting to {recipe.mode}"
             + (f", calibrating on {used} samples of {data.name}" if data else ""))
-    if getattr(model, "format", "") in ("nn.Module", "torch.export"):  # PT2E (frontends/torch.py)
+    if SourceFormat.pytorch(getattr(model, "format", "")):  # PT2E (frontends/torch.py)
         assert data is not None
         quantized = model.quantized(shapes, data, recipe.calibration_samples, recipe.per_channel,
                                     progress("calibrating", used) if progress else None)
@@ -1069,8 +1073,8 @@ def measured_model(quantized: bytes, names: Any, *, method: str, recipe: Recipe,
     checks, emulation = emulate_and_check(
         quantized, info, profile, CheckInput(info, profile, recipe.mode, recipe.input_dtype, recipe.output_dtype,
                                              max_accuracy_drop=max_drop, fitting_targets=fitting_targets,
-                                             model=quantized, pytorch=getattr(names, "format", "") in
-                                             ("nn.Module", "torch.export")),
+                                             model=quantized,
+                                             pytorch=SourceFormat.pytorch(getattr(names, "format", ""))),
         data=eval_data, reference=reference, host_latency=False, on_step=on_step, progress=progress,
         per_layer=(lambda: per_layer(info)) if per_layer else None,
         per_layer_note=("per-layer error is measured for PTQ: TFLite's QuantizationDebugger needs the float model, "
@@ -1217,13 +1221,13 @@ def _render_reports(report: ConvertReport | EmulateReport) -> dict[str, bytes]:
 def _layout(plan: _Plan, model: Any = None) -> str | None:
     """How the C header and the report describe a 4-D input: as the PyTorch or ONNX model takes it,
     or channels last where edgeq moved them (fewer ops), or nothing where a Keras model says it."""
-    if plan.torch and getattr(model, "device_layout", "") == "NHWC":
+    if plan.torch and getattr(model, "device_layout", "") == Layout.NHWC:
         saved = getattr(model, "saved_ops", 0)
         return (f"NHWC: edgeq moved the PyTorch model's channels last ({saved} op{'s' if saved != 1 else ''} fewer "
                 "than NCHW); feed H x W x C bytes (NCHW data transposed)")
     if plan.torch:
         return "NCHW, as the PyTorch model takes it"
-    if plan.onnx and getattr(model, "device_layout", "") == "NHWC":
+    if plan.onnx and getattr(model, "device_layout", "") == Layout.NHWC:
         return ("NHWC: onnx2tf moved the ONNX model's channels last (only convolutions read the input, so no "
                 "TRANSPOSE); feed H x W x C bytes (NCHW data transposed)")
     if plan.onnx:

@@ -15,7 +15,7 @@ from edgeq.emulator.emulate import EmulationPart
 from edgeq.report_types import ArenaPlanPart, ConvertReport, EmulateReport, sha256_path  # noqa: F401 (re-exported)
 from edgeq.text import kib, markdown_table  # noqa: F401 (kib re-exported)
 from edgeq.text import percent as _pct
-from edgeq.vocab import Runtime
+from edgeq.vocab import Runtime, SourceFormat
 
 Report = ConvertReport | EmulateReport
 
@@ -135,7 +135,7 @@ def _method_md(report: ConvertReport) -> list[str]:
 def _float_label(report: Any) -> str:
     """What ran the float reference: the framework the model came from."""
     fmt = getattr(getattr(report, "input", None), "format", "")
-    return {"nn.Module": "PyTorch", "torch.export": "PyTorch", "onnx": "onnxruntime",
+    return {SourceFormat.TORCH_MODULE: "PyTorch", SourceFormat.TORCH_EXPORT: "PyTorch", SourceFormat.ONNX: "onnxruntime",
             "savedmodel": "TensorFlow"}.get(fmt, "Keras")
 
 

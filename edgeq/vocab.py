@@ -68,3 +68,22 @@ class Granularity(StrEnum):
 
     PER_TENSOR = "per-tensor"
     PER_CHANNEL = "per-channel"
+
+
+class Layout(StrEnum):
+    """How a 4-D input is ordered: as PyTorch and ONNX models take it, or as TFLite computes."""
+
+    NCHW = "NCHW"  # channels first: PyTorch, ONNX
+    NHWC = "NHWC"  # channels last: Keras, TFLite's kernels
+
+
+class SourceFormat(StrEnum):
+    """What kind of model `convert` read (report.json's input.format) beyond the Keras ones."""
+
+    TORCH_MODULE = "nn.Module"      # package.module:factory with a state_dict
+    TORCH_EXPORT = "torch.export"   # a .pt2 program
+    ONNX = "onnx"
+
+    @classmethod
+    def pytorch(cls, fmt: object) -> bool:
+        return fmt in (cls.TORCH_MODULE, cls.TORCH_EXPORT)

@@ -26,7 +26,7 @@ from edgeq.errors import EdgeqError
 from edgeq.progress import Advance, Progress, Step
 from edgeq.records import Record
 from edgeq.report_types import SCHEMA_VERSION, Versions
-from edgeq.vocab import DeviceVerdict
+from edgeq.vocab import DeviceVerdict, Layout
 
 REPORT_FILES = ("report.json", "report.md")
 DEFAULT_BAUD = 115200
@@ -216,7 +216,7 @@ def _in_device_layout(dataset: Any, model_path: Path, model: bytes, info: Any, o
     from edgeq.tflite.strip import read_sidecar
 
     sidecar = read_sidecar(model_path, model) or {}
-    if sidecar.get("source_layout") != "NCHW":
+    if sidecar.get("source_layout") != Layout.NCHW:
         return dataset
     inputs, moved = [], []
     for k, (x, t) in enumerate(zip(dataset.inputs, info.input_tensors)):

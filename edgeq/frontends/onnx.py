@@ -29,6 +29,7 @@ import numpy as np
 
 from edgeq.calibration import Dataset, InputSpec
 from edgeq.errors import ConversionError, ModelLoadError
+from edgeq.vocab import Layout, SourceFormat
 
 ONNX_SUFFIXES = (".onnx",)
 ONNX2TF = "onnx2tf==1.29.24"
@@ -153,14 +154,18 @@ def load_onnx_model(path: str | Path, *, calibration: Dataset | None, on_step: C
         raise ModelLoadError(f"{path}: ONNX models need onnxruntime (the float reference)", hint=ONNX_HINT) from None
     # Channels last on the device where that costs nothing: an input that only convolutions read
     # (TFLite convolves NHWC, so NCHW would put a TRANSPOSE there). Every other input keeps its layout.
-    moved = [k for k, (name, _) in enumerate(summary.inputs) if name in summary.conv_inputs]
-    kept = [name for k, (name, _) in enumerate(summary.inputs) if k not in moved]
+    moved_names = set(summary.conv_inputs)
+    # (onnx2tf keeps the layout of 3-D to 5-D inputs when told; it leaves the others as they are.)
+    kept = [name for name, dims in summary.inputs if name not in moved_names and 3 <= len(dims) <= 5]
+    arrays = _by_input(calibration, [n for n, _ in summary.inputs]) if calibration is not None else None
     samples = None
-    if calibration is not None:
-        samples = [np.ascontiguousarray(np.moveaxis(x[:FIDELITY_SAMPLES], 1, -1) if k in moved else x[:FIDELITY_SAMPLES],
-                                        dtype=np.float32) for k, x in enumerate(calibration.inputs)]
+    if arrays is not None:
+        samples = [np.ascontiguousarray(np.moveaxis(x[:FIDELITY_SAMPLES], 1, -1) if name in moved_names
+                                        else x[:FIDELITY_SAMPLES], dtype=np.float32)
+                   for (name, _), x in zip(summary.inputs, arrays)]
     folder = tempfile.TemporaryDirectory(prefix="edgeq-onnx2tf-")
-    how = ("moving the channels of the inputs only convolutions read last" if moved else "keeping its input layout")
+    how = ("moving the channels of the inputs only convolutions read last" if moved_names
+           else "keeping its input layout")
     on_step(f"converting {path.name} to TensorFlow with onnx2tf ({how}; in a child process)")
     try:
         with Worker() as worker:
@@ -170,27 +175,60 @@ def load_onnx_model(path: str | Path, *, calibration: Dataset | None, on_step: C
                               hint="set EDGEQ_VERBOSE=1 for onnx2tf's own output") from None
     loaded = _load_saved_model(Path(folder.name))
     session = _session(path)
+    # The SavedModel's inputs in its signature's order, each matched to its ONNX input.
+    order = _matched(loaded.input_specs, summary.inputs, path)
+    inputs = tuple(summary.inputs[j] for j in order)
+    moved = [k for k, (name, _) in enumerate(inputs) if name in moved_names]
     source_specs = [InputSpec(name, (None, *shape[1:]), "float32") for name, shape in summary.inputs]
-    specs = [InputSpec(s.name, (None, *s.shape[2:], s.shape[1]), s.dtype) if k in moved else s
-             for k, s in enumerate(source_specs)]
-    if len(specs) != len(loaded.input_specs):
-        raise ConversionError(f"{path}: onnx2tf made {len(loaded.input_specs)} inputs of {len(specs)}")
-    reference = _Reference(session, [n for n, _ in summary.inputs], list(summary.outputs), summary.inputs,
-                           moved=moved)
+    specs = [InputSpec(name, (None, *shape[2:], shape[1]) if k in moved else (None, *shape[1:]), "float32")
+             for k, (name, shape) in enumerate(inputs)]
+    reference = _Reference(session, [n for n, _ in inputs], list(summary.outputs), inputs, moved=moved)
     fidelity = ""
     if samples is not None:
-        fidelity = reference.check_against(loaded, samples, path)
-    model = replace(loaded, path=path, format="onnx", input_specs=specs, parameter_count=summary.parameters,
+        fidelity = reference.check_against(loaded, [samples[j] for j in order], path)
+    model = replace(loaded, path=path, format=SourceFormat.ONNX, input_specs=specs, parameter_count=summary.parameters,
                     saved_by=summary.producer + (f" (ONNX opset {summary.opset})" if summary.producer
                                                  else f"ONNX opset {summary.opset}"),
                     _predict=reference.predict)
     model.converted_by = f"onnx2tf {version}" + (f"; {fidelity}" if fidelity else "")
     model._folder = folder  # type: ignore[attr-defined]  # the SavedModel lives as long as the model
-    # The user's data stay NCHW: convert() checks them against source_specs, then moves the
-    # channels of the `moved_inputs` last once, for every stage after.
-    model.source_specs, model.moved_inputs = source_specs, moved  # type: ignore[attr-defined]
-    model.device_layout = "NHWC" if moved else "NCHW"  # type: ignore[attr-defined]
+    # The user's data stay as the ONNX model takes them: convert() checks them against source_specs
+    # (the ONNX inputs, in their order), then puts them in `input_order` (the SavedModel's) and moves
+    # the channels of the `moved_inputs` last, once, for every stage after.
+    model.source_specs, model.input_order, model.moved_inputs = source_specs, order, moved  # type: ignore[attr-defined]
+    model.device_layout = Layout.NHWC if moved else Layout.NCHW  # type: ignore[attr-defined]
     return model
+
+
+def _by_input(data: Dataset, names: list[str]) -> list[np.ndarray] | None:
+    """`data`'s arrays in the ONNX inputs' order: by their x_<name> keys where the file has them,
+    else by position; None when they cannot be matched (the conversion checks them later)."""
+    if len(data.inputs) != len(names):
+        return None
+    if data.input_names is None or len(names) == 1:
+        return list(data.inputs)
+    given = dict(zip(data.input_names, data.inputs))
+    return [given[n] for n in names] if all(n in given for n in names) else None
+
+
+def _matched(tf_specs: Sequence[InputSpec], onnx_inputs: Sequence[tuple[str, Any]], path: Path) -> list[int]:
+    """For each SavedModel input, the index of its ONNX input: onnx2tf keeps the names, made valid
+    for TensorFlow (':' '/' '.' and the like become '_')."""
+    def plain(name: str) -> str:
+        return "".join(c if c.isalnum() else "_" for c in name).strip("_").lower()
+
+    if len(tf_specs) != len(onnx_inputs):
+        raise ConversionError(f"{path}: onnx2tf made {len(tf_specs)} inputs of the model's {len(onnx_inputs)}",
+                              hint="set EDGEQ_VERBOSE=1 for onnx2tf's own output")
+    if len(onnx_inputs) == 1:
+        return [0]
+    index = {plain(name): j for j, (name, _) in enumerate(onnx_inputs)}
+    order = [index.get(plain(spec.name.split(":")[0])) for spec in tf_specs]
+    if None in order or sorted(order) != list(range(len(onnx_inputs))):  # type: ignore[type-var]
+        raise ConversionError(f"{path}: cannot match onnx2tf's inputs ({', '.join(s.name for s in tf_specs)}) to the "
+                              f"ONNX model's ({', '.join(n for n, _ in onnx_inputs)})",
+                              hint="give the ONNX inputs plain names (letters, digits, '_') in the export")
+    return order  # type: ignore[return-value]
 
 
 def _session(path: Path) -> Any:

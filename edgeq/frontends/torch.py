@@ -27,6 +27,7 @@ import numpy as np
 
 from edgeq.calibration import Dataset, InputSpec
 from edgeq.errors import ConversionError, ModelLoadError
+from edgeq.vocab import Layout, SourceFormat
 
 FACTORY = re.compile(r"^([A-Za-z_][\w.]*):([A-Za-z_]\w*)$")  # package.module:factory
 TORCH_SUFFIXES = (".pt2",)
@@ -70,7 +71,7 @@ class TorchModel:
     conversions (float32 and PT2E int8) into .tflite. Lives in the process that loaded it."""
 
     path: Path           # the .pt2, or the state_dict file of a factory
-    format: str          # "torch.export" | "nn.Module"
+    format: str          # SourceFormat.TORCH_EXPORT | SourceFormat.TORCH_MODULE
     saved_by: str        # "torch 2.13.0"
     input_specs: list[InputSpec]
     parameter_count: int
@@ -79,7 +80,7 @@ class TorchModel:
     keras_model: Any = None  # not a Keras model: the Keras-only stages (fold, recurrent, QAT) skip it
     input_names: tuple[str, ...] = ()   # the .tflite signature's, once converted
     output_names: tuple[str, ...] = ()
-    device_layout: str = "NCHW"  # "NHWC" once channels_last() moved 4-D inputs' channels last
+    device_layout: str = Layout.NCHW  # NHWC once channels_last() moved 4-D inputs' channels last
     _converted: dict[Any, bytes] = field(default_factory=dict)
 
     def channels_last(self, shapes: Sequence[tuple[int, ...]]) -> tuple[TorchModel, list[tuple[int, ...]]] | None:
@@ -95,13 +96,13 @@ class TorchModel:
         new_shapes = [(s[1], s[2], s[0]) if k in moved else tuple(s) for k, s in enumerate(shapes)]
         specs = [InputSpec(spec.name, (None, *new_shapes[k]), spec.dtype) for k, spec in enumerate(self.input_specs)]
         return TorchModel(self.path, self.format, self.saved_by, specs, self.parameter_count, wrapped, self.label,
-                          device_layout="NHWC"), new_shapes
+                          device_layout=Layout.NHWC), new_shapes
 
     def predict(self, inputs: Sequence[np.ndarray], batch_size: int = 256) -> list[np.ndarray]:
         """Float outputs of the torch model, one array per output (NCHW in, as torch has it)."""
         import torch
 
-        if self.format == "torch.export":
+        if self.format == SourceFormat.TORCH_EXPORT:
             batch_size = 1  # an exported program keeps the batch it was exported with
         outs: list[list[np.ndarray]] = []
         with torch.no_grad():
@@ -438,7 +439,7 @@ def load_torch_model(spec: str | Path, *, weights: str | Path | None, example: S
     text = str(spec)
     if FACTORY.match(text) and not Path(text).exists():
         module, path = _from_factory(text, Path(weights)), Path(weights)  # type: ignore[arg-type]
-        fmt = "nn.Module"
+        fmt = SourceFormat.TORCH_MODULE
         shapes = list(example or [])
     else:
         path = Path(text)
@@ -447,7 +448,7 @@ def load_torch_model(spec: str | Path, *, weights: str | Path | None, example: S
         except Exception as exc:
             raise ModelLoadError(f"{path}: not a torch.export program ({type(exc).__name__}: {str(exc)[:200]})",
                                  hint="save it with torch.export.save(torch.export.export(model, args), path)") from None
-        module, fmt = program.module(), "torch.export"
+        module, fmt = program.module(), SourceFormat.TORCH_EXPORT
         shapes = [tuple(int(d) for d in a.shape[1:]) for a in program.example_inputs[0]]
     if not shapes:
         raise ModelLoadError(f"{text}: the input shape is not known", hint="pass --calibration data with the inputs")

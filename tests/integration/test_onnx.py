@@ -147,3 +147,32 @@ def test_bad_onnx_files_are_refused_with_their_names(exported: Path, tmp_path: P
     onnx.save(integer, str(tmp_path / "integer.onnx"))
     proc, _ = _convert(exported, tmp_path / "integer.onnx", "i")
     assert proc.returncode == 2 and "input 'x' is INT64" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_two_input_onnx_model_takes_its_arrays_by_name_or_in_its_input_order(exported: Path, tmp_path: Path) -> None:
+    """The SavedModel orders its inputs by name ('alpha' before 'zeta'); the user's arrays follow the
+    ONNX model's order (x0, x1) or its names (x_zeta, x_alpha): either way each reaches its input."""
+    import torch
+    from torch import nn
+
+    class Two(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.head = nn.Linear(4, 8), nn.Linear(6, 8), nn.Linear(8, 3)
+
+        def forward(self, zeta: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+            return self.head(torch.relu(self.a(zeta) + self.b(alpha)))
+
+    torch.manual_seed(0)
+    torch.onnx.export(Two().eval(), (torch.zeros(1, 4), torch.zeros(1, 6)), str(tmp_path / "two.onnx"),
+                      input_names=["zeta", "alpha"])
+    rng = np.random.default_rng(0)
+    zeta, alpha = rng.random((120, 4), dtype=np.float32), rng.random((120, 6), dtype=np.float32)
+    np.savez(tmp_path / "positional.npz", x0=zeta, x1=alpha)
+    proc = run_edgeq("convert", str(tmp_path / "two.onnx"), "--target", "mcu", "--calibration",
+                     str(tmp_path / "positional.npz"), "--eval", str(tmp_path / "positional.npz"), "-o",
+                     str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert {i["name"]: i["shape"] for i in report["input"]["inputs"]} == {"zeta": [None, 4], "alpha": [None, 6]}
+    assert report["emulation"]["accuracy"]["errors"][0]["snr_db"] > 30  # against onnxruntime on the same arrays
