@@ -68,7 +68,7 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int = 40, seed
     return model.eval()
 
 
-def main(out: Path) -> None:
+def main(out: Path, epochs: int = 40) -> None:
     from edgeq.calibration import load_dataset
 
     out.mkdir(parents=True, exist_ok=True)
@@ -76,7 +76,7 @@ def main(out: Path) -> None:
     np.savez(out / "calibration.npz", x=nchw(splits["calibration"].inputs[0]))
     np.savez(out / "eval.npz", x=nchw(splits["eval"].inputs[0]), y=splits["eval"].labels)
     for name, factory in (("cnn", cnn), ("mlp", mlp)):
-        model = train(factory(), nchw(splits["train"].inputs[0]), splits["train"].labels)
+        model = train(factory(), nchw(splits["train"].inputs[0]), splits["train"].labels, epochs=epochs)
         torch.save(model.state_dict(), out / f"{name}.pt")
         with torch.no_grad():
             accuracy = (model(torch.from_numpy(nchw(splits["eval"].inputs[0]))).argmax(1).numpy()

@@ -31,7 +31,7 @@ def torch_trained(tmp_path_factory) -> Path:
     import torch_digits
 
     out = tmp_path_factory.mktemp("torch")
-    torch_digits.main(out)
+    torch_digits.main(out, epochs=15)  # ~97% top-1 on the held-out digits; the README's run trains 40
     return out
 
 
