@@ -333,15 +333,21 @@ def _requantize_step(op: Any, info: ModelInfo, obj: Any, graph: Any, options: An
                  "output_offset": out.zero_points[0], "act_min": lo, "act_max": hi})
 
 
+def _shape_constant(op: Any, info: ModelInfo, obj: Any, graph: Any, inp: TensorInfo, what: str) -> np.ndarray:
+    """The op's second input, a constant int32/int64 array (PAD's paddings, TRANSPOSE's
+    permutation), for an input of rank 4 or less: what the C kernels unroll into loops."""
+    tensor = info.tensors[op.inputs[1]]
+    if not tensor.is_constant or len(inp.shape) > 4:
+        raise TargetCheckError(f"{info.source}: {op.name} #{op.index} has a computed {what} or rank above 4",
+                               hint=_HINT)
+    return _weights(obj, graph, op.inputs[1], "<i4" if tensor.dtype == "int32" else "<i8")
+
+
 def _pad(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any,
          constants: dict[str, tuple[str, np.ndarray]]) -> Step:
     inp = _act(info, op.inputs[0], "input", op.name)
     out = _act(info, op.outputs[0], "output", op.name)
-    paddings = info.tensors[op.inputs[1]]
-    if not paddings.is_constant or len(inp.shape) > 4:
-        raise TargetCheckError(f"{info.source}: {op.name} #{op.index} has computed paddings or rank above 4",
-                               hint=_HINT)
-    pads = _weights(obj, graph, op.inputs[1], "<i4" if paddings.dtype == "int32" else "<i8").reshape(-1, 2)
+    pads = _shape_constant(op, info, obj, graph, inp, "paddings").reshape(-1, 2)
     value = out.zero_points[0]
     if op.name == "PADV2" and len(op.inputs) > 2 and op.inputs[2] >= 0:
         value = int(_weights(obj, graph, op.inputs[2], "int8").reshape(-1)[0])
@@ -357,14 +363,9 @@ def _transpose(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any,
     each element read from the input at its permuted position; bytes move, values do not."""
     inp = _act(info, op.inputs[0], "input", op.name)
     out = _act(info, op.outputs[0], "output", op.name)
-    perm_tensor = info.tensors[op.inputs[1]]
-    if not perm_tensor.is_constant or len(inp.shape) > 4:
-        raise TargetCheckError(f"{info.source}: TRANSPOSE #{op.index} has a computed permutation or rank above 4",
-                               hint=_HINT)
     if (inp.scales, inp.zero_points) != (out.scales, out.zero_points):
         raise TargetCheckError(f"{info.source}: TRANSPOSE #{op.index} rescales its input", hint=_HINT)
-    perm = [int(p) for p in _weights(obj, graph, op.inputs[1], "<i4" if perm_tensor.dtype == "int32" else "<i8"
-                                     ).reshape(-1)]
+    perm = [int(p) for p in _shape_constant(op, info, obj, graph, inp, "permutation").reshape(-1)]
     lead = 4 - len(inp.shape)
     shape = [1] * lead + list(inp.shape)
     perm = list(range(lead)) + [p % len(inp.shape) + lead for p in perm]
