@@ -404,15 +404,8 @@ def _load_checked(plan: _Plan, on_step: Step) -> tuple[Any, Dataset | None, Data
     source_specs = getattr(model, "source_specs", model.input_specs)
     data, eval_data, train_data = (None if d is None else validate_for_model(d, source_specs, purpose=p)
                                    for d, p in sets)
-    order, moved = getattr(model, "input_order", None), getattr(model, "moved_inputs", [])
-    if order is not None and order != list(range(len(order))):
-        data, eval_data, train_data = (None if d is None else replace(
-            d, inputs=tuple(d.inputs[j] for j in order),
-            input_names=tuple(model.input_specs[k].name for k in range(len(order)))) for d in (data, eval_data, train_data))
-    if moved:
-        data, eval_data, train_data = (_channels_moved_last(d, moved) for d in (data, eval_data, train_data))
-        on_step("channels last on the device (onnx2tf: the inputs only convolutions read); edgeq transposes the "
-                "NCHW data for it")
+    if plan.onnx:
+        data, eval_data, train_data = _onnx_arrays(model, (data, eval_data, train_data), on_step)
     data = data or train_data  # QAT without --calibration: the converter's ranges come from training data
     shapes = sample_shapes(model, plan.input_shapes, data or eval_data, on_step)
     if plan.torch:
@@ -448,6 +441,20 @@ def _torch_layout(model: Any, shapes: list[tuple[int, ...]], sets: tuple[Dataset
     moved = [k for k, (s, ls) in enumerate(zip(shapes, last_shapes)) if len(s) == 3 and s != ls]
     last.saved_ops = saved
     return last, last_shapes, tuple(_channels_moved_last(d, moved) for d in sets)
+
+
+def _onnx_arrays(model: Any, sets: tuple[Dataset | None, ...], on_step: Step) -> tuple[Dataset | None, ...]:
+    """The user's arrays (checked in the ONNX model's input order and layout) as onnx2tf's model
+    takes them: in its SavedModel's input order, and channels last where it moved them."""
+    order, moved = model.input_order, model.moved_inputs
+    if order != list(range(len(order))):
+        names = tuple(spec.name for spec in model.input_specs)
+        sets = tuple(None if d is None else replace(d, inputs=tuple(d.inputs[j] for j in order), input_names=names)
+                     for d in sets)
+    if moved:
+        on_step("channels last on the device (onnx2tf: the inputs only convolutions read); edgeq transposes the "
+                "NCHW data for it")
+    return tuple(_channels_moved_last(d, moved) for d in sets)
 
 
 def _channels_moved_last(data: Dataset | None, moved: Sequence[int]) -> Dataset | None:
