@@ -76,12 +76,17 @@ def test_pt2e_qat_fine_tunes_a_torch_cnn_into_full_int8(trained: Path) -> None:
     train = load_dataset("digits:train")
     np.savez(trained / "train.npz", x=torch_digits.nchw(train.inputs[0]), y=train.labels)
     proc, report = _convert(trained, "torch_digits:cnn", "cnn_qat", "--weights", str(trained / "cnn.pt"),
-                            "--trust-model", "--qat", "--train", str(trained / "train.npz"), "--epochs", "1")
+                            "--trust-model", "--qat", "--train", str(trained / "train.npz"), "--epochs", "2")
     assert proc.returncode == 0, proc.stderr
-    assert report["method"] == "qat" and report["qat"]["epochs_run"] == 1
+    assert report["method"] == "qat" and report["qat"]["epochs_run"] in (1, 2)
     assert "cross-entropy" in report["qat"]["loss_source"] and len(report["qat"]["history"]["val_loss"]) >= 1
     assert report["model"]["fully_integer"] and not set(report["model"]["ops"]) & {"QUANTIZE", "DEQUANTIZE"}
-    assert report["emulation"]["accuracy"]["top1_agreement"] >= 0.98 and report["gate"]["passed"]
+    # Fine-tuning moves the weights, so the QAT model need not make the float model's mistakes: the
+    # gate holds its accuracy within 1 point of the float model's (torch's CPU training differs
+    # from run to run; top-1 agreement has been 0.945 to 1.0).
+    accuracy = report["emulation"]["accuracy"]
+    assert report["gate"]["passed"] and accuracy["quantized_top1"] >= accuracy["float_top1"] - 0.01
+    assert accuracy["top1_agreement"] >= 0.9
     (trained / "fixed.pt2").write_bytes(b"refused before it is read")
     proc, _ = _convert(trained, str(trained / "fixed.pt2"), "pt2_qat", "--trust-model", "--qat", "--train",
                        str(trained / "train.npz"))
