@@ -38,6 +38,7 @@ from edgeq.progress import Advance, Progress, Step, no_step
 from edgeq.vocab import CheckName, Layout, Runtime, SourceFormat
 
 if TYPE_CHECKING:
+    from edgeq.frontends.onnx import OnnxSummary
     from edgeq.quantize.jobs import Measured
     from edgeq.quantize.search import Outcome, SearchPart
 
@@ -201,6 +202,7 @@ def convert(model_path: str | Path, target: str | TargetProfile = "mcu", options
     from edgeq.frontends.torch import FACTORY, is_torch_model
 
     torch_model, onnx_model = is_torch_model(model_path), is_onnx_model(model_path)
+    onnx_summary = None
     factory = FACTORY.match(str(model_path)) if torch_model else None
     model_path = Path(model_path)
     profile = _profile(target, o.runtime, harness)
@@ -221,7 +223,7 @@ def convert(model_path: str | Path, target: str | TargetProfile = "mcu", options
     elif onnx_model:
         from edgeq.frontends.onnx import check_onnx_model
 
-        check_onnx_model(model_path)  # parsed (not its weights) and checked here, before TensorFlow starts
+        onnx_summary = check_onnx_model(model_path)  # parsed (not its weights) here, before TensorFlow starts
         _check_onnx_recipe(model_path, o)
     else:
         from edgeq.loading import check_model_file
@@ -233,7 +235,7 @@ def convert(model_path: str | Path, target: str | TargetProfile = "mcu", options
                  force=o.force, trust_model=o.trust_model, per_layer=o.per_layer, harness=harness,
                  max_payload=max_payload, input_shapes=dict(o.input_shapes), search=o.search,
                  weights=Path(o.weights) if o.weights is not None else None, torch=torch_model,
-                 onnx=onnx_model)
+                 onnx=onnx_summary)
 
     # Everything above fails fast, without TensorFlow. Everything below runs user models, so it
     # runs in the worker's child process; this process only writes the outputs.
@@ -287,7 +289,7 @@ class _Plan:
     search: SearchOptions | None = None
     weights: Path | None = None  # a torch factory's state_dict
     torch: bool = False  # a PyTorch model (edgeq/frontends/torch.py)
-    onnx: bool = False  # an ONNX model (edgeq/frontends/onnx.py)
+    onnx: OnnxSummary | None = None  # an ONNX model: what check_onnx_model read (edgeq/frontends/onnx.py)
 
 
 @dataclass
@@ -478,7 +480,8 @@ def _loaded(plan: _Plan, on_step: Step) -> Any:
     if plan.onnx:
         from edgeq.frontends.onnx import load_onnx_model
 
-        return load_onnx_model(plan.model_path, calibration=plan.data or plan.eval_data, on_step=on_step)
+        return load_onnx_model(plan.model_path, calibration=plan.data or plan.eval_data, on_step=on_step,
+                               summary=plan.onnx)
     from edgeq.loading import load_model
 
     on_step(f"loading {plan.model_path} (TensorFlow start-up takes a few seconds)")

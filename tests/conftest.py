@@ -22,6 +22,22 @@ def run_edgeq(*args: str, cwd: Path | None = None) -> subprocess.CompletedProces
                           cwd=cwd, timeout=600)
 
 
+def device_check_on_sim(model: Path, data: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    """`edgeq device-check` of `model` on `data` against `edgeq device-sim` in another process, as
+    a user without a board runs them; the simulator is stopped after."""
+    import signal
+
+    sim = subprocess.Popen([sys.executable, "-m", "edgeq", "device-sim", str(model)], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    port = sim.stdout.readline().strip() if sim.stdout else ""
+    try:
+        assert port.startswith("/dev/"), sim.stderr.read() if sim.stderr else port
+        return run_edgeq("device-check", "-p", port, "-m", str(model), "-d", str(data), "-o", str(out))
+    finally:
+        sim.send_signal(signal.SIGINT)
+        sim.communicate(timeout=30)
+
+
 @pytest.fixture(scope="session")
 def torch_trained(tmp_path_factory) -> Path:
     """cnn.pt, mlp.pt, calibration.npz and eval.npz (NCHW) from examples/torch_digits.py, trained

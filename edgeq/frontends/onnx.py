@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass, field, replace
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Sequence
 
@@ -29,6 +30,7 @@ import numpy as np
 
 from edgeq.calibration import Dataset, InputSpec
 from edgeq.errors import ConversionError, ModelLoadError
+from edgeq.loading import LoadedModel
 from edgeq.vocab import Layout, SourceFormat
 
 ONNX_SUFFIXES = (".onnx",)
@@ -140,14 +142,31 @@ def _check_external_data(path: Path, model: Any) -> None:
                                  hint=f"copy {target.name} next to {path.name}")
 
 
-def load_onnx_model(path: str | Path, *, calibration: Dataset | None, on_step: Callable[[str], None]) -> Any:
-    """The ONNX model as a LoadedModel (edgeq/loading.py) of the SavedModel onnx2tf makes, whose
-    float reference is onnxruntime on the .onnx itself. In the conversion's worker process."""
+@dataclass
+class OnnxModel(LoadedModel):
+    """A LoadedModel of the SavedModel onnx2tf made, with what the user's data need to reach it.
+
+    The data stay as the ONNX model takes them: convert() checks them against `source_specs` (the
+    ONNX inputs, in their order), then puts them in `input_order` (the SavedModel's, which sorts
+    its inputs by name) and moves the channels of `moved_inputs` last, once, for every stage after."""
+
+    source_specs: list[InputSpec] = field(default_factory=list)
+    input_order: list[int] = field(default_factory=list)
+    moved_inputs: list[int] = field(default_factory=list)
+    device_layout: str = Layout.NCHW
+    folder: Any = None  # the SavedModel's temporary directory: it lives as long as the model
+
+
+def load_onnx_model(path: str | Path, *, calibration: Dataset | None, on_step: Callable[[str], None],
+                    summary: OnnxSummary | None = None) -> OnnxModel:
+    """The ONNX model as an OnnxModel of the SavedModel onnx2tf makes, whose float reference is
+    onnxruntime on the .onnx itself. In the conversion's worker process. `summary`: what
+    check_onnx_model read already (in the calling process), so the file is parsed once."""
     from edgeq.isolation import ChildCrashed, Worker
     from edgeq.loading import _load_saved_model
 
     path = Path(path)
-    summary = check_onnx_model(path)
+    summary = summary or check_onnx_model(path)
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
@@ -186,18 +205,13 @@ def load_onnx_model(path: str | Path, *, calibration: Dataset | None, on_step: C
     fidelity = ""
     if samples is not None:
         fidelity = reference.check_against(loaded, [samples[j] for j in order], path)
-    model = replace(loaded, path=path, format=SourceFormat.ONNX, input_specs=specs, parameter_count=summary.parameters,
-                    saved_by=summary.producer + (f" (ONNX opset {summary.opset})" if summary.producer
-                                                 else f"ONNX opset {summary.opset}"),
-                    _predict=reference.predict)
-    model.converted_by = f"onnx2tf {version}" + (f"; {fidelity}" if fidelity else "")
-    model._folder = folder  # type: ignore[attr-defined]  # the SavedModel lives as long as the model
-    # The user's data stay as the ONNX model takes them: convert() checks them against source_specs
-    # (the ONNX inputs, in their order), then puts them in `input_order` (the SavedModel's) and moves
-    # the channels of the `moved_inputs` last, once, for every stage after.
-    model.source_specs, model.input_order, model.moved_inputs = source_specs, order, moved  # type: ignore[attr-defined]
-    model.device_layout = Layout.NHWC if moved else Layout.NCHW  # type: ignore[attr-defined]
-    return model
+    fields = {f.name: getattr(loaded, f.name) for f in dataclasses.fields(loaded)}
+    fields.update(path=path, format=SourceFormat.ONNX, input_specs=specs, parameter_count=summary.parameters,
+                  saved_by=summary.producer + (f" (ONNX opset {summary.opset})" if summary.producer
+                                               else f"ONNX opset {summary.opset}"),
+                  _predict=reference.predict, converted_by=f"onnx2tf {version}" + (f"; {fidelity}" if fidelity else ""))
+    return OnnxModel(**fields, source_specs=source_specs, input_order=order, moved_inputs=moved,
+                     device_layout=Layout.NHWC if moved else Layout.NCHW, folder=folder)
 
 
 def _by_input(data: Dataset, names: list[str]) -> list[np.ndarray] | None:

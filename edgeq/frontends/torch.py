@@ -81,6 +81,7 @@ class TorchModel:
     input_names: tuple[str, ...] = ()   # the .tflite signature's, once converted
     output_names: tuple[str, ...] = ()
     device_layout: str = Layout.NCHW  # NHWC once channels_last() moved 4-D inputs' channels last
+    saved_ops: int = 0  # how many ops fewer than NCHW that layout has (pipeline._torch_layout measures it)
     _converted: dict[Any, bytes] = field(default_factory=dict)
 
     def channels_last(self, shapes: Sequence[tuple[int, ...]]) -> tuple[TorchModel, list[tuple[int, ...]]] | None:
@@ -180,7 +181,7 @@ class TorchModel:
         from edgeq.quantize.qat import QATResult
 
         args = self.sample_args(shapes)
-        module = self._eager()
+        module = self.module
         loss_fn, loss_name, source, metric = _torch_loss(module, train, self.label)
         quantizer = _quantizer_class(qat=True)().set_global(
             pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=per_channel, is_dynamic=False, is_qat=True))
@@ -255,10 +256,6 @@ class TorchModel:
         trained = QatTorchModel(self.path, self.format, self.saved_by, self.input_specs, self.parameter_count,
                                 self.label, tflite, self.input_names, self.output_names)
         return trained, result
-
-    def _eager(self) -> Any:
-        """The model as a module torch.export can trace again (an exported program's module is one)."""
-        return self.module
 
     def _convert(self, module: Any, args: tuple[Any, ...], quant_config: Any) -> bytes:
         import litert_torch

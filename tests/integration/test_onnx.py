@@ -6,7 +6,6 @@ NCHW data; onnx2tf never reaches the network; bad files are refused with their n
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import run_edgeq
+from tests.conftest import device_check_on_sim, run_edgeq
 
 pytestmark = pytest.mark.slow
 
@@ -77,16 +76,7 @@ def test_device_check_takes_the_same_nchw_data_bit_exact(exported: Path) -> None
     model = exported / "onnx_cnn" / "cnn.tflite"
     if not model.exists():
         _convert(exported, exported / "cnn.onnx", "onnx_cnn")
-    sim = subprocess.Popen([sys.executable, "-m", "edgeq", "device-sim", str(model)], stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
-    port = sim.stdout.readline().strip()
-    try:
-        assert port.startswith("/dev/"), sim.stderr.read()
-        proc = run_edgeq("device-check", "-p", port, "-m", str(model), "-d", str(exported / "eval.npz"),
-                         "-o", str(exported / "dc"))
-    finally:
-        sim.send_signal(signal.SIGINT)
-        sim.communicate(timeout=30)
+    proc = device_check_on_sim(model, exported / "eval.npz", exported / "dc")
     assert proc.returncode == 0, proc.stderr
     assert "bit-exact with the emulator: 400 of 400" in proc.stdout
 

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_edgeq
+from tests.conftest import device_check_on_sim, run_edgeq
 
 pytestmark = pytest.mark.slow
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -253,15 +251,6 @@ def test_a_three_channel_input_goes_channels_last_when_that_saves_ops(tmp_path: 
     assert report["input"]["input_layout"].startswith("NHWC: edgeq moved the PyTorch model's channels last (1 op ")
     assert report["emulation"]["accuracy"]["top1_agreement"] >= 0.9  # against torch float on the NCHW data
     assert "int8 [1, 12, 10, 3] (NHWC" in (tmp_path / "out" / "build_model_data.h").read_text()
-    sim = subprocess.Popen([sys.executable, "-m", "edgeq", "device-sim", str(tmp_path / "out" / "build.tflite")],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    port = sim.stdout.readline().strip()
-    try:
-        assert port.startswith("/dev/"), sim.stderr.read()
-        check = run_edgeq("device-check", "-p", port, "-m", str(tmp_path / "out" / "build.tflite"), "-d",
-                          str(tmp_path / "eval.npz"), "-o", str(tmp_path / "dc"))
-    finally:
-        sim.send_signal(signal.SIGINT)
-        sim.communicate(timeout=30)
+    check = device_check_on_sim(tmp_path / "out" / "build.tflite", tmp_path / "eval.npz", tmp_path / "dc")
     assert check.returncode == 0, check.stderr
     assert "bit-exact with the emulator: 60 of 60" in check.stdout and "transposed" in check.stderr + check.stdout
