@@ -6,8 +6,10 @@ restructuring changed no behaviour (issue 14: same inputs, byte-identical output
     .venv/bin/python scripts/output_hashes.py --check before.json    # on the commit after
 
 The commands cover the bundled example (.keras) and a SavedModel and a tf_keras .h5 built from it,
-for each kind of target, with and without the harness firmware, PTQ and QAT, plus export-c,
-firmware, inspect --json and precision on the results. Commands whose outputs time the host
+for each kind of target, with and without the harness firmware, PTQ and QAT, --runtime c and
+--search (here and on local worker processes); the PyTorch CNN of examples/torch_digits.py as a
+module:factory (PTQ and QAT) and exported to ONNX; plus export-c (TFLM and plain C), firmware,
+inspect --json and precision on the results. Commands whose outputs time the host
 (emulate, device-check) are left out: their reports differ from run to run by design.
 
 The models are built once into --models (default edgeq-out/identity-models) and reused, so both
@@ -55,7 +57,32 @@ twin.save({str(models['h5'])!r})
     return models
 
 
-def commands(models: dict[str, Path], out: Path) -> dict[str, list[str]]:
+def build_torch_models(folder: Path) -> Path | None:
+    """examples/torch_digits.py's CNN, trained once (a few epochs: only the bytes matter), its data as
+    NCHW .npz files, and the same network exported to ONNX. None where the torch extra is missing."""
+    torch_dir = folder / "torch"
+    if (torch_dir / "cnn.onnx").exists():
+        return torch_dir
+    code = f"""
+import sys
+sys.path.insert(0, {str(ROOT / 'examples')!r})
+from pathlib import Path
+import torch, torch_digits
+out = Path({str(torch_dir)!r})
+torch_digits.main(out, epochs=5)
+module = torch_digits.cnn()
+module.load_state_dict(torch.load(out / "cnn.pt", weights_only=True))
+torch.onnx.export(module.eval(), (torch.zeros(1, 1, 8, 8),), str(out / "cnn.onnx"), input_names=["x"],
+                  output_names=["logits"])
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(f"no PyTorch/ONNX commands: {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+        return None
+    return torch_dir
+
+
+def commands(models: dict[str, Path], out: Path, torch_dir: Path | None = None) -> dict[str, list[str]]:
     cal = ["--calibration", "digits"]
     runs: dict[str, list[str]] = {}
     for fmt, path in models.items():
@@ -75,6 +102,26 @@ def commands(models: dict[str, Path], out: Path) -> dict[str, list[str]]:
     runs["inspect --json"] = ["inspect", str(flashed), "--json"]
     runs["precision"] = ["precision", str(models["keras"]), "--data", "digits", "--target", "mcu",
                          "-o", str(out / "precision")]
+    runs["convert keras mcu --runtime c"] = ["convert", str(models["keras"]), "--target", "mcu", *cal, "--runtime", "c",
+                                             "-o", str(out / "keras-mcu-c")]
+    runs["export-c --runtime c"] = ["export-c", str(flashed), "--runtime", "c", "-o", str(out / "export-c-c")]
+    runs["convert keras mcu --search"] = ["convert", str(models["keras"]), "--target", "mcu", *cal, "--search",
+                                          "--workers", "1", "-o", str(out / "keras-mcu-search")]
+    runs["convert keras mcu --search --workers 2 --min-snr"] = [
+        "convert", str(models["keras"]), "--target", "mcu", *cal, "--search", "--workers", "2", "--min-snr", "30",
+        "--force", "-o", str(out / "keras-mcu-search-snr")]
+    if torch_dir is not None:
+        data = ["--calibration", str(torch_dir / "calibration.npz"), "--eval", str(torch_dir / "eval.npz")]
+        weights = ["--weights", str(torch_dir / "cnn.pt"), "--trust-model"]
+        runs["convert torch factory mcu"] = ["convert", "torch_digits:cnn", *weights, "--target", "mcu", *data,
+                                             "-o", str(out / "torch-mcu")]
+        runs["convert torch factory mcu --qat"] = ["convert", "torch_digits:cnn", *weights, "--target", "mcu", *data,
+                                                   "--qat", "--train", str(torch_dir / "eval.npz"), "--epochs", "1",
+                                                   "-o", str(out / "torch-mcu-qat")]
+        runs["convert onnx mcu"] = ["convert", str(torch_dir / "cnn.onnx"), "--target", "mcu", *data,
+                                    "-o", str(out / "onnx-mcu")]
+        runs["convert onnx mcu --runtime c"] = ["convert", str(torch_dir / "cnn.onnx"), "--target", "mcu", *data,
+                                                "--runtime", "c", "-o", str(out / "onnx-mcu-c")]
     return runs
 
 
@@ -84,14 +131,19 @@ def hashes(folder: Path) -> dict[str, str]:
 
 
 def run_all(models_dir: Path) -> dict[str, dict[str, str]]:
-    models = build_models(models_dir)
+    models: dict[str, Path] = dict(build_models(models_dir))
+    torch_dir = build_torch_models(models_dir)
+    if torch_dir is not None:
+        models["torch"] = torch_dir
     result: dict[str, dict[str, str]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        for label, args in commands(models, out).items():
+        for label, args in commands({k: v for k, v in models.items() if k != "torch"}, out,
+                                    models.get("torch")).items():
             started = time.perf_counter()
             proc = subprocess.run([*EDGEQ, *args], capture_output=True, text=True, cwd=ROOT,
-                                  env=dict(os.environ, COLUMNS="100"))
+                                  env=dict(os.environ, COLUMNS="100",
+                                           PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "examples")])))
             entry = {"exit": str(proc.returncode), "stdout": hashlib.sha256(_stable(proc.stdout)).hexdigest()}
             target = Path(args[args.index("-o") + 1]) if "-o" in args else None
             if target is not None and target.exists():
