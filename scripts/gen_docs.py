@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Generate the docs made from code: docs/supported_ops.md from the target profiles
 (edgeq/data/targets/*.toml) and their op sets, docs/report.schema.json from the report types
-(edgeq/report_types.py).
+(edgeq/report_types.py), docs/cli.md from the click commands (edgeq/cli/).
 
-Run after changing a profile, regenerating the op sets or changing a report's fields:
+Run after changing a profile, regenerating the op sets, changing a report's fields or a command's
+options or help:
     .venv/bin/python scripts/gen_docs.py            # write the files
     .venv/bin/python scripts/gen_docs.py --check    # exit 1 if one is out of date (CI)
 """
@@ -18,12 +19,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from edgeq.cli.reference import render_cli_markdown  # noqa: E402
 from edgeq.errors import EdgeqError  # noqa: E402
 from edgeq.opsdoc import render_supported_ops_markdown  # noqa: E402
 from edgeq.targets import load_all  # noqa: E402
 
 DOC = ROOT / "docs" / "supported_ops.md"
 SCHEMA = ROOT / "docs" / "report.schema.json"
+CLI = ROOT / "docs" / "cli.md"
 
 
 def render() -> str:
@@ -42,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="do not write; exit 1 if a generated doc is out of date")
     args = parser.parse_args(argv)
     try:
-        docs = {DOC: render(), SCHEMA: render_schema()}
+        docs = {DOC: render(), SCHEMA: render_schema(), CLI: render_cli_markdown()}
     except EdgeqError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
