@@ -141,9 +141,10 @@ def run_all(models_dir: Path) -> dict[str, dict[str, str]]:
         for label, args in commands({k: v for k, v in models.items() if k != "torch"}, out,
                                     models.get("torch")).items():
             started = time.perf_counter()
-            proc = subprocess.run([*EDGEQ, *args], capture_output=True, text=True, cwd=ROOT,
-                                  env=dict(os.environ, COLUMNS="100",
-                                           PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "examples")])))
+            # A module:factory is imported from the current folder, as a user's would be.
+            cwd = ROOT / "examples" if any(a.startswith("torch_digits:") for a in args) else ROOT
+            proc = subprocess.run([*EDGEQ, *args], capture_output=True, text=True, cwd=cwd,
+                                  env=dict(os.environ, COLUMNS="100", PYTHONPATH=str(ROOT)))
             entry = {"exit": str(proc.returncode), "stdout": hashlib.sha256(_stable(proc.stdout)).hexdigest()}
             target = Path(args[args.index("-o") + 1]) if "-o" in args else None
             if target is not None and target.exists():
