@@ -4,7 +4,7 @@ Importing the package is cheap: nothing here imports TensorFlow. Heavy modules
 (`edgeq.pipeline`, `edgeq.loading`, `edgeq.quantize`) import it when first used.
 """
 
-__version__ = "0.1.0"
+from edgeq._version import __version__  # noqa: F401 (edgeq.__version__)
 
 
 def convert(model, target="mcu", options=None, *, example_input=None, **kwargs):  # type: ignore[no-untyped-def]

@@ -17,6 +17,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from edgeq.specs import InputSpec  # noqa: F401 (data sets are checked against these)
 from edgeq.errors import CalibrationError
 from edgeq.resources import calibration_root
 
@@ -34,15 +35,6 @@ CORRUPT_HINT = "re-create or re-download the file; " + SAVE_HINT
 
 class CalibrationWarning(UserWarning):
     """Data that converts, but probably not the way you want (e.g. a constant input)."""
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """One model input as the model expects it; shape includes the batch dimension (None)."""
-
-    name: str
-    shape: tuple[int | None, ...]
-    dtype: str
 
 
 @dataclass(frozen=True, eq=False)          # eq on arrays is ambiguous; compare fields explicitly

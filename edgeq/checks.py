@@ -19,7 +19,7 @@ from edgeq.vocab import CheckName, Runtime
 
 if TYPE_CHECKING:
     from edgeq.emulator.accuracy import AccuracyMetrics
-    from edgeq.emulator.emulate import MemoryReport
+    from edgeq.emulator.memory_report import MemoryReport
 
 
 

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from edgeq.device.firmware import HarnessManifest
     from edgeq.emulator.emulate import Emulation
     from edgeq.loading import ConverterSource, LoadedModel
-    from edgeq.quantize.qat import TrainSettings  # noqa: F811
+    from edgeq.quantize.training import TrainSettings  # noqa: F811
 
 REPORT_FILES = ("report.json", "report.md", "report.png")
 
@@ -535,7 +535,7 @@ def _candidates(model: Any, plan: _Plan, data: Dataset | None, eval_data: Datase
     qat_result = None
     if plan.qat:
         assert train_data is not None
-        from edgeq.quantize.qat import TrainSettings
+        from edgeq.quantize.training import TrainSettings
 
         qat_model, qat_result = _qat(model, plan.model_path, train_data, plan.train_settings or TrainSettings(),
                                      on_step, progress, shapes, plan.recipe.per_channel)
@@ -638,7 +638,7 @@ def _searched(model: Any, plan: _Plan, emulated: dict[str, Any], train_data: Dat
     def here(choice: Choice) -> Measured:
         recipe = _choice_recipe(plan, choice)
         if choice.qat:
-            from edgeq.quantize.qat import TrainSettings
+            from edgeq.quantize.training import TrainSettings
 
             qat_model, trained["record"] = _qat(model, plan.model_path, train_data,
                                                 plan.search.train_settings or TrainSettings(), on_step,

@@ -5,80 +5,30 @@ Each report is a frozen record built once, from the parts the stages that measur
 the emulator's `EmulationPart`, the checks' `CheckResult`s and `Gate`, the recipe, the harness
 manifest. `to_dict()` is report.json; the renderers in edgeq/report.py take the records.
 
-`report_schema()` derives docs/report.schema.json from these types (scripts/gen_docs.py writes
-it; a test fails while the file is stale). A change to a record's fields is a change of
-report.json's schema: bump SCHEMA_VERSION with it.
+`edgeq/report_schema.py` derives docs/report.schema.json from these types (scripts/gen_docs.py
+writes it; a test fails while the file is stale). A change to a record's fields is a change of
+report.json's schema: bump SCHEMA_VERSION (edgeq/report_meta.py) with it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import platform
 from dataclasses import dataclass
-from importlib import metadata
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from edgeq.checks import CheckResult, Gate
 from edgeq.device.firmware import HarnessManifest
 from edgeq.emulator.emulate import EmulationPart
-from edgeq.quantize.qat import QatPart
+from edgeq.quantize.training import QatPart
 from edgeq.quantize.recipe import Recipe
 from edgeq.quantize.recurrent import RecurrentNote
 from edgeq.quantize.search import SearchPart
-from edgeq.records import Record, json_schema, key, optional
+from edgeq.records import Record, optional
+from edgeq.report_meta import SCHEMA_VERSION, Versions, sha256_path  # noqa: F401 (the reports' stamp)
 from edgeq.targets import Latency, Memory, OpSupport, Quantization, TargetProfile
+from edgeq.tflite.arena_plan import ArenaPlanPart
 from edgeq.tflite.reader import ModelInfo, TensorPart
 from edgeq.vocab import Runtime
 
-SCHEMA_VERSION = 1
-SCHEMA_ID = "https://github.com/edgeq/edgeq/blob/main/docs/report.schema.json"
-
-
-@dataclass(frozen=True)
-class Versions(Record):
-    """The versions of Python and of the packages that made the report ("not installed" if absent)."""
-
-    python: str
-    edgeq: str
-    tensorflow: str
-    keras: str
-    tf_keras: str = key("tf-keras")
-    tensorflow_model_optimization: str = key("tensorflow-model-optimization")
-    ai_edge_litert: str = key("ai-edge-litert")
-    tflite_micro: str = key("tflite-micro")
-    numpy: str
-
-    @classmethod
-    def here(cls) -> Versions:
-        def version(name: str) -> str:
-            try:
-                return metadata.version(name)
-            except metadata.PackageNotFoundError:
-                return "not installed"
-
-        return cls(platform.python_version(), version("edgeq"), version("tensorflow"), version("keras"),
-                   version("tf-keras"), version("tensorflow-model-optimization"), version("ai-edge-litert"),
-                   version("tflite-micro"), version("numpy"))
-
-    def items(self) -> list[tuple[str, str]]:
-        return sorted(self.to_dict().items())
-
-
-def sha256_path(path: Path) -> str:
-    """sha256 of a file, or of a directory's files (names and contents, in sorted order)."""
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
-        with file.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
-# -- what went in ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -184,22 +134,6 @@ class Sizes(Record):
 
 
 @dataclass(frozen=True)
-class ArenaPlanPart(Record):
-    """edgeq's own arena plan against TFLM's: both planners' activation bytes, the lower bound (the
-    most bytes alive at once), the first-fit order that won, the flash the plan costs; where it
-    was worth measuring, the smallest arena without and with it; whether the model carries it."""
-
-    kept: bool
-    tflm_head_bytes: int
-    planned_head_bytes: int
-    lower_bound_bytes: int
-    order: str
-    extra_flash_bytes: int
-    arena_bytes: int | None = optional()
-    planned_arena_bytes: int | None = optional()
-
-
-@dataclass(frozen=True)
 class ModelPart(Record):
     """The quantized model as read back from its bytes: fully integer or not, op counts, I/O tensors."""
 
@@ -273,18 +207,3 @@ class EmulateReport(Record):
     emulation: EmulationPart
     checks: list[CheckResult]
     gate: Gate
-
-
-def report_schema() -> dict[str, Any]:
-    """docs/report.schema.json: every report.json (and precision.json) edgeq writes is one of these records."""
-    from edgeq.device.check import DeviceReport
-    from edgeq.precision.simulate import PrecisionReport
-
-    return json_schema(
-        {"convert": ConvertReport, "emulate": EmulateReport, "device-check": DeviceReport,
-         "precision": PrecisionReport},
-        title=f"edgeq report.json, schema version {SCHEMA_VERSION}",
-        description=("The report.json that `edgeq convert`, `edgeq emulate` and `edgeq device-check` write, and "
-                     "the precision.json of `edgeq precision`. Generated from the report records "
-                     "(edgeq/report_types.py and the parts it names) by scripts/gen_docs.py; do not edit."),
-        schema_id=SCHEMA_ID)

@@ -12,7 +12,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-from edgeq import __version__
+from edgeq._version import __version__
 
 
 @lru_cache(maxsize=1)

@@ -49,7 +49,7 @@ def main() -> int:
 
     from edgeq._tf import captured_output, tf
     from edgeq.pipeline import ConvertOptions, QatOptions, convert
-    from edgeq.quantize.qat import TrainSettings
+    from edgeq.quantize.training import TrainSettings
 
     with captured_output():
         tf()

@@ -34,7 +34,7 @@ def render() -> str:
 
 
 def render_schema() -> str:
-    from edgeq.report_types import report_schema
+    from edgeq.report_schema import report_schema
 
     return json.dumps(report_schema(), indent=2, sort_keys=False) + "\n"
 

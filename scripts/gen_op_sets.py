@@ -68,7 +68,7 @@ def main() -> int:
             tflm_ops,
         )
     )
-    from edgeq import __version__
+    from edgeq._version import __version__
     from edgeq.aot.lower import KERNELS
 
     (out / "c.toml").write_text(

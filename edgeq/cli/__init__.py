@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
-from edgeq import __version__
+from edgeq._version import __version__
 from edgeq.defaults import DEFAULT_MAX_ACCURACY_DROP as DEFAULT_DROP  # noqa: F401 - the commands' default
 from edgeq.errors import EdgeqError
 from edgeq.text import kib, percent

@@ -144,7 +144,7 @@ def convert(model: Path, target: str, mode: str | None, calibration: str | None,
     evaluation = None if no_eval else (eval_set or "auto")
     settings = None
     if qat or compare or search:
-        from edgeq.quantize.qat import TrainSettings
+        from edgeq.quantize.training import TrainSettings
 
         settings = TrainSettings(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate)
     try:

@@ -25,7 +25,7 @@ from edgeq.device.tensors import describe, nbytes, pack, unpack, wire_tensors
 from edgeq.errors import EdgeqError
 from edgeq.progress import Advance, Progress, Step
 from edgeq.records import Record
-from edgeq.report_types import SCHEMA_VERSION, Versions
+from edgeq.report_meta import SCHEMA_VERSION, Versions
 from edgeq.vocab import DeviceVerdict, Layout
 
 REPORT_FILES = ("report.json", "report.md")

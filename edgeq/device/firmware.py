@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from edgeq import __version__
+from edgeq._version import __version__
 from edgeq.device.protocol import DEFAULT_MAX_PAYLOAD, FRAME_OVERHEAD, INFER_REPLY_HEADER, MAX_RANK, MIN_PAYLOAD
 from edgeq.device.protocol import LENGTH_LIMIT as PAYLOAD_LIMIT
 from edgeq.device.tensors import WIRE_DTYPES, nbytes, wire_tensor

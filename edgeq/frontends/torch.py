@@ -178,7 +178,7 @@ class TorchModel:
         from torchao.quantization.pt2e import quantize_pt2e
         from torchao.quantization.pt2e.utils import _fuse_conv_bn_
 
-        from edgeq.quantize.qat import QATResult
+        from edgeq.quantize.training import QATResult
 
         args = self.sample_args(shapes)
         module = self.module

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeq.records import Record, optional
 from edgeq.tflite.reader import ModelInfo
 
 METADATA_NAME = "OfflineMemoryAllocation"
@@ -188,3 +189,19 @@ def read_plan(obj_or_model: Any) -> np.ndarray | None:
             words = np.frombuffer(np.asarray(data, dtype=np.uint8).tobytes(), dtype="<i4")
             return words[3:3 + int(words[2])]
     return None
+
+
+@dataclass(frozen=True)
+class ArenaPlanPart(Record):
+    """edgeq's own arena plan against TFLM's: both planners' activation bytes, the lower bound (the
+    most bytes alive at once), the first-fit order that won, the flash the plan costs; where it
+    was worth measuring, the smallest arena without and with it; whether the model carries it."""
+
+    kept: bool
+    tflm_head_bytes: int
+    planned_head_bytes: int
+    lower_bound_bytes: int
+    order: str
+    extra_flash_bytes: int
+    arena_bytes: int | None = optional()
+    planned_arena_bytes: int | None = optional()

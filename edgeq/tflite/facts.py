@@ -7,7 +7,7 @@ rather than each working it out.
 
 from __future__ import annotations
 
-from edgeq.calibration import InputSpec
+from edgeq.specs import InputSpec
 from edgeq.tflite.reader import FLOAT_DTYPES, ModelInfo
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import predict, reported_runtime, run_edgeq
 from edgeq.pipeline import ConvertOptions, QatOptions, convert
-from edgeq.quantize.qat import TrainSettings
+from edgeq.quantize.training import TrainSettings
 from edgeq.tflite.reader import read_tflite_file
 
 pytestmark = pytest.mark.slow
