@@ -15,7 +15,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from edgeq.precision.simulate import DotProduct, Runner, _dot_errors, _Weight
+from edgeq.precision.results import DotProduct
+from edgeq.precision.runner import Runner, WeightInfo, dot_errors
 
 _CONV = ("Conv1d", "Conv2d", "Conv3d")
 _TRANSPOSED = ("ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d")
@@ -38,7 +39,7 @@ def torch_runner(module: Any) -> Runner:
         leaf = key.rsplit(".", 1)[-1]
         kernel = leaf == "weight" and kind in (*_CONV, *_TRANSPOSED, "Linear") and state[key].dim() >= 2
         axis = 1 if kind in _TRANSPOSED else 0
-        meta.append(_Weight(i, key.rsplit(".", 1)[0] or key, leaf, kernel, False, axis))
+        meta.append(WeightInfo(i, key.rsplit(".", 1)[0] or key, leaf, kernel, False, axis))
     weights = [state[k].detach().cpu().numpy().astype(np.float32) for k in names]
     dtypes = {k: state[k].dtype for k in names}
 
@@ -112,7 +113,7 @@ def _dot_products(module: Any, inputs: Sequence[np.ndarray], on_step: Callable[[
         j = int(np.argmax(np.abs(products.sum(axis=0))))
         w = weights[:, j]
         out.append(DotProduct(name, int(w.size), float(np.dot(vector.astype(np.float64), w.astype(np.float64))),
-                              _dot_errors(vector.astype(np.float32), w.astype(np.float32))))
+                              dot_errors(vector.astype(np.float32), w.astype(np.float32))))
     return out
 
 
