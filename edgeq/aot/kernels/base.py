@@ -1,0 +1,109 @@
+"""What every kernel family shares: the Step a lowering returns, the registry it joins, and the
+checks and constants most lowerings start from."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edgeq.aot.qmath import activation_range
+from edgeq.errors import TargetCheckError
+from edgeq.tflite.reader import ModelInfo, TensorInfo
+
+HINT = "convert for a TFLite Micro target (runtime tflm) and use the model data and op resolver instead"
+
+Constants = dict[str, tuple[str, np.ndarray]]
+"""The model's constant arrays as the C declares them: C name -> (C type, values)."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One op as the C will run it: `kernel` names the template macro, `values` its numbers."""
+
+    index: int
+    op: str
+    kernel: str
+    input: int       # tensor index of the (first) activation read
+    output: int      # tensor index written
+    values: dict[str, Any] = field(default_factory=dict)
+    more_inputs: tuple[int, ...] = ()  # further activations read (ADD, MUL, CONCATENATION, PACK)
+    more_outputs: tuple[int, ...] = ()  # further tensors written (SPLIT, UNPACK)
+
+    @property
+    def inputs(self) -> tuple[int, ...]:
+        return (self.input, *self.more_inputs)
+
+    @property
+    def outputs(self) -> tuple[int, ...]:
+        return (self.output, *self.more_outputs)
+
+
+Lowering = Callable[[Any, ModelInfo, Any, Any, Any, Constants], Step]
+"""(op, info, model object, its graph, the op's builtin options, constants to add to) -> the Step;
+TargetCheckError naming what the kernel does not take."""
+
+LOWERINGS: dict[str, Lowering] = {}
+"""Op name -> its lowering, filled by the family modules through `lowers`."""
+
+
+def lowers(*ops: str) -> Callable[[Lowering], Lowering]:
+    """Register the decorated function as the lowering of each op named."""
+    def register(fn: Lowering) -> Lowering:
+        for name in ops:
+            if name in LOWERINGS:
+                raise RuntimeError(f"{name} has two lowerings: {LOWERINGS[name].__qualname__} and {fn.__qualname__}")
+            LOWERINGS[name] = fn
+        return fn
+    return register
+
+
+def tensor_bytes(t: TensorInfo) -> int:
+    return math.prod(t.shape) * (4 if t.dtype in ("int32", "float32") else 1)
+
+
+def weights(obj: Any, graph: Any, index: int, dtype: str) -> np.ndarray:
+    """A constant tensor's data, as `dtype` in the tensor's shape."""
+    tensor = graph.tensors[index]
+    data = obj.buffers[tensor.buffer].data
+    return np.frombuffer(bytes(data), dtype=dtype).reshape(tensor.shape)
+
+
+def act(info: ModelInfo, index: int, what: str, op_name: str) -> TensorInfo:
+    """The tensor, which must be per-tensor int8 (what the kernels compute in)."""
+    t = info.tensors[index]
+    if t.dtype != "int8" or len(t.scales) != 1:
+        raise TargetCheckError(f"{info.source}: {op_name}'s {what} '{t.name}' is {t.dtype}"
+                               f"{' per-channel' if len(t.scales) > 1 else ''}; the c runtime has per-tensor int8",
+                               hint=HINT)
+    return t
+
+
+def common(op: Any, info: ModelInfo, activation: int) -> tuple[TensorInfo, TensorInfo, dict[str, Any]]:
+    """The op's int8 input and output, their offsets and the fused activation's clamp."""
+    inp = act(info, op.inputs[0], "input", op.name)
+    out = act(info, op.outputs[0], "output", op.name)
+    lo, hi = activation_range(activation, out.scales[0], out.zero_points[0])
+    return inp, out, {"input_offset": -inp.zero_points[0], "output_offset": out.zero_points[0],
+                      "act_min": lo, "act_max": hi}
+
+
+def single_batch(op: Any, info: ModelInfo, inp: TensorInfo) -> None:
+    if len(inp.shape) != 4 or inp.shape[0] != 1:
+        raise TargetCheckError(f"{info.source}: {op.name} #{op.index} takes {list(inp.shape)}; the c runtime's "
+                               "2-D kernels take one NHWC sample (batch 1)", hint=HINT)
+
+
+def padding(padding: int, stride: int, dilation: int, size: int, filter_size: int, out_size: int) -> int:
+    """Rows (or columns) padded before the first window: TFLite's SAME (0) or VALID (1)."""
+    effective = (filter_size - 1) * dilation + 1
+    total = (out_size - 1) * stride + effective - size
+    return max(total, 0) // 2 if padding == 0 else 0
+
+
+def f32(x: float) -> float:
+    """`x` rounded to float32, as TFLM holds scales."""
+    return float(np.float32(x))

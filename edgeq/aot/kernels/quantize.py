@@ -1,0 +1,44 @@
+"""The kernels at a model's float32 edges and between int8 scales: QUANTIZE and DEQUANTIZE."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from edgeq.aot.kernels.base import HINT, Constants, Step, act, f32, lowers
+from edgeq.aot.qmath import quantize_multiplier
+from edgeq.errors import TargetCheckError
+from edgeq.tflite.reader import ModelInfo
+
+
+def _c_float(x: float) -> str:
+    """A float32 as an exact C99 literal (hexadecimal, so no decimal rounding can creep in)."""
+    return float.hex(f32(x)) + "f"
+
+
+@lowers("QUANTIZE")
+def _quantize(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any, constants: Constants) -> Step:
+    """QUANTIZE from float32 (round(x / scale) + zero point, in float as TFLM does), or from int8 to
+    another int8 scale (a requantization)."""
+    out = act(info, op.outputs[0], "output", op.name)
+    inp, size = info.tensors[op.inputs[0]], math.prod(out.shape)
+    if inp.dtype == "float32":
+        return Step(op.index, op.name, "quantize_float", op.inputs[0], op.outputs[0],
+                    {"size": size, "scale": _c_float(out.scales[0]), "zero_point": out.zero_points[0]})
+    inp = act(info, op.inputs[0], "input", op.name)
+    mult, shift = quantize_multiplier(f32(inp.scales[0]) / f32(out.scales[0]))
+    return Step(op.index, op.name, "requantize", op.inputs[0], op.outputs[0],
+                {"size": size, "input_zero_point": inp.zero_points[0], "mult": mult, "shift": shift,
+                 "output_offset": out.zero_points[0], "act_min": -128, "act_max": 127})
+
+
+@lowers("DEQUANTIZE")
+def _dequantize(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any, constants: Constants) -> Step:
+    """DEQUANTIZE int8 to float32: (q - zero point) * scale, one float rounding (TFLM multiplies in
+    double, but the exact product of a float and a 9-bit integer rounds to the same float)."""
+    inp = act(info, op.inputs[0], "input", op.name)
+    if info.tensors[op.outputs[0]].dtype != "float32":
+        raise TargetCheckError(f"{info.source}: DEQUANTIZE #{op.index} writes {info.tensors[op.outputs[0]].dtype}; "
+                               "the c runtime dequantizes int8 to float32", hint=HINT)
+    return Step(op.index, op.name, "dequantize", op.inputs[0], op.outputs[0],
+                {"size": math.prod(inp.shape), "scale": _c_float(inp.scales[0]), "zero_point": inp.zero_points[0]})

@@ -1,0 +1,130 @@
+"""The kernels that move bytes and leave values alone: RESHAPE, PAD(V2), TRANSPOSE, and the row
+copies CONCATENATION, PACK, SPLIT, SPLIT_V and UNPACK."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from edgeq.aot.kernels.base import HINT, Constants, Step, act, lowers, tensor_bytes, weights
+from edgeq.errors import TargetCheckError
+from edgeq.tflite.reader import ModelInfo, TensorInfo
+
+
+@lowers("RESHAPE")
+def _reshape(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any, constants: Constants) -> Step:
+    inp, out = info.tensors[op.inputs[0]], info.tensors[op.outputs[0]]
+    if tensor_bytes(inp) != tensor_bytes(out):
+        raise TargetCheckError(f"{info.source}: RESHAPE #{op.index} changes the size", hint=HINT)
+    return Step(op.index, op.name, "reshape", op.inputs[0], op.outputs[0], {"bytes": tensor_bytes(out)})
+
+
+def _shape_constant(op: Any, info: ModelInfo, obj: Any, graph: Any, inp: TensorInfo, what: str) -> np.ndarray:
+    """The op's second input, a constant int32/int64 array (PAD's paddings, TRANSPOSE's
+    permutation), for an input of rank 4 or less: what the C kernels unroll into loops."""
+    tensor = info.tensors[op.inputs[1]]
+    if not tensor.is_constant or len(inp.shape) > 4:
+        raise TargetCheckError(f"{info.source}: {op.name} #{op.index} has a computed {what} or rank above 4",
+                               hint=HINT)
+    return weights(obj, graph, op.inputs[1], "<i4" if tensor.dtype == "int32" else "<i8")
+
+
+@lowers("PAD", "PADV2")
+def _pad(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any, constants: Constants) -> Step:
+    inp = act(info, op.inputs[0], "input", op.name)
+    out = act(info, op.outputs[0], "output", op.name)
+    pads = _shape_constant(op, info, obj, graph, inp, "paddings").reshape(-1, 2)
+    value = out.zero_points[0]
+    if op.name == "PADV2" and len(op.inputs) > 2 and op.inputs[2] >= 0:
+        value = int(weights(obj, graph, op.inputs[2], "int8").reshape(-1)[0])
+    lead = 4 - len(inp.shape)
+    return Step(op.index, op.name, "pad", op.inputs[0], op.outputs[0],
+                {"inp": [1] * lead + list(inp.shape), "out": [1] * lead + list(out.shape),
+                 "before": [0] * lead + [int(p) for p in pads[:, 0]], "value": value})
+
+
+@lowers("TRANSPOSE")
+def _transpose(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any, constants: Constants) -> Step:
+    """TRANSPOSE (what PyTorch and ONNX models keep before a flatten): the output walked in order,
+    each element read from the input at its permuted position; bytes move, values do not."""
+    inp = act(info, op.inputs[0], "input", op.name)
+    out = act(info, op.outputs[0], "output", op.name)
+    if (inp.scales, inp.zero_points) != (out.scales, out.zero_points):
+        raise TargetCheckError(f"{info.source}: TRANSPOSE #{op.index} rescales its input", hint=HINT)
+    perm = [int(p) for p in _shape_constant(op, info, obj, graph, inp, "permutation").reshape(-1)]
+    lead = 4 - len(inp.shape)
+    shape = [1] * lead + list(inp.shape)
+    perm = list(range(lead)) + [p % len(inp.shape) + lead for p in perm]
+    strides = [math.prod(shape[k + 1:]) for k in range(4)]
+    return Step(op.index, op.name, "transpose", op.inputs[0], op.outputs[0],
+                {"out": [shape[p] for p in perm], "strides": [strides[p] for p in perm]})
+
+
+@lowers("CONCATENATION")
+def _concatenation(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any, constants: Constants) -> Step:
+    out = act(info, op.outputs[0], "output", op.name)
+    axis = options.axis % len(out.shape)
+    parts, at, activations = [], 0, []
+    for k, index in enumerate(op.inputs):
+        t = info.tensors[index]
+        if t.is_constant or t.dtype != "int8" or (t.scales, t.zero_points) != (out.scales, out.zero_points):
+            raise TargetCheckError(f"{info.source}: CONCATENATION #{op.index} input {k} is constant or quantized "
+                                   "unlike its output; the c runtime joins int8 tensors of one scale", hint=HINT)
+        row = math.prod(t.shape[axis:])
+        parts.append({"pointer": "in" if k == 0 else f"in{k}", "at": at, "bytes": row})
+        activations.append(index)
+        at += row
+    if options.fusedActivationFunction:
+        raise TargetCheckError(f"{info.source}: CONCATENATION #{op.index} has a fused activation", hint=HINT)
+    return Step(op.index, op.name, "concatenation", activations[0], op.outputs[0],
+                {"outer": math.prod(out.shape[:axis]), "row": at, "parts": parts}, tuple(activations[1:]))
+
+
+@lowers("PACK")
+def _pack(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any, constants: Constants) -> Step:
+    """PACK: the inputs stacked along a new axis, a concatenation of rows."""
+    out = info.tensors[op.outputs[0]]
+    axis = options.axis % len(out.shape)
+    parts, at, activations = [], 0, []
+    for k, index in enumerate(op.inputs):
+        t = info.tensors[index]
+        if t.is_constant or (t.dtype, t.scales, t.zero_points) != (out.dtype, out.scales, out.zero_points):
+            raise TargetCheckError(f"{info.source}: PACK #{op.index} input {k} is constant or quantized unlike its "
+                                   "output", hint=HINT)
+        row = tensor_bytes(t) // max(math.prod(t.shape[:axis]), 1)
+        parts.append({"pointer": "in" if k == 0 else f"in{k}", "at": at, "bytes": row})
+        activations.append(index)
+        at += row
+    return Step(op.index, op.name, "concatenation", activations[0], op.outputs[0],
+                {"outer": math.prod(out.shape[:axis]), "row": at, "parts": parts}, tuple(activations[1:]))
+
+
+@lowers("SPLIT", "SPLIT_V", "UNPACK")
+def _split(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any, constants: Constants) -> Step:
+    """SPLIT, SPLIT_V and UNPACK: each output a slice along one axis, copied row by row."""
+    data = op.inputs[1] if op.name == "SPLIT" else op.inputs[0]
+    inp = info.tensors[data]
+    if op.name == "UNPACK":
+        axis = options.axis
+    else:
+        axis_tensor = op.inputs[0] if op.name == "SPLIT" else op.inputs[2]
+        if not info.tensors[axis_tensor].is_constant:
+            raise TargetCheckError(f"{info.source}: {op.name} #{op.index} has a computed axis", hint=HINT)
+        axis = int(weights(obj, graph, axis_tensor, "<i4").reshape(-1)[0])
+    axis %= len(inp.shape)
+    width = (4 if inp.dtype in ("int32", "float32") else 1) * math.prod(inp.shape[axis + 1:])
+    parts, at = [], 0
+    for k, index in enumerate(op.outputs):
+        t = info.tensors[index]
+        if (t.dtype, t.scales, t.zero_points) != (inp.dtype, inp.scales, inp.zero_points):
+            raise TargetCheckError(f"{info.source}: {op.name} #{op.index} output {k} is quantized unlike its input",
+                                   hint=HINT)
+        rows = t.shape[axis] if op.name != "UNPACK" else 1
+        parts.append({"pointer": "out" if k == 0 else f"out{k}", "at": at, "bytes": rows * width})
+        at += rows * width
+    if at != inp.shape[axis] * width:
+        raise TargetCheckError(f"{info.source}: {op.name} #{op.index}'s outputs do not tile its input", hint=HINT)
+    return Step(op.index, op.name, "split", data, op.outputs[0],
+                {"outer": math.prod(inp.shape[:axis]), "row": at, "parts": parts}, (), tuple(op.outputs[1:]))
