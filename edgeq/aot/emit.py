@@ -9,7 +9,7 @@ from pathlib import Path
 from edgeq.aot.lower import Program, lower
 from edgeq.export.c_arrays import c_identifier
 from edgeq.templating import render
-from edgeq.tflite.reader import ModelInfo
+from edgeq.tflite.model_info import ModelInfo
 
 
 _CTYPES = {"int8": "int8_t", "float32": "float"}

@@ -15,7 +15,7 @@ from edgeq.aot.kernels import HINT, KERNELS, LOWERINGS, Constants, Step, tensor_
 from edgeq.aot.schedule import scheduled
 from edgeq.errors import TargetCheckError
 from edgeq.tflite.arena_plan import ArenaPlan, plan_arena
-from edgeq.tflite.reader import ModelInfo
+from edgeq.tflite.model_info import ModelInfo
 
 __all__ = ["KERNELS", "Program", "Step", "lower"]
 

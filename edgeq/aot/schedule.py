@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from edgeq.tflite.arena_plan import activation_buffers
-from edgeq.tflite.reader import ModelInfo
+from edgeq.tflite.model_info import ModelInfo
 
 
 def _sizes(info: ModelInfo) -> dict[int, int]:

@@ -5,26 +5,30 @@ untrusted. The accessors generated from the TFLite schema do no bounds checks (a
 negative offsets from the *end* of the buffer, so corruption yields garbage, not errors); the object
 API (`ModelT.InitFromBuf`) unpacks everything unchecked. So this module walks the file with the
 accessor API, verifies every table, vector and string position before use, then checks the graph
-(indices in range, sane quantization). Whatever still fails becomes a `TFLiteFormatError`: no other
-exception leaves `read_tflite`, whatever the bytes. Imports the LiteRT schema module (pure Python),
-never TensorFlow, so `edgeq inspect` starts fast.
+(indices in range, sane quantization: quant_checks.py) and returns it as the types of
+model_info.py. Whatever still fails becomes a `TFLiteFormatError`: no other exception leaves
+`read_tflite`, whatever the bytes. Imports the LiteRT schema module (pure Python), never
+TensorFlow, so `edgeq inspect` starts fast.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import stat
 import struct
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
 from edgeq.errors import TFLiteFormatError
-from edgeq.records import Record
+from edgeq.tflite.model_info import FLOAT_DTYPES, Graph, ModelInfo, OpInfo, TensorInfo, TensorPart, flowing
+from edgeq.tflite.quant_checks import check_quantization
+
+# The model's types live in model_info.py; much of edgeq imports them from here.
+__all__ = ["FLOAT_DTYPES", "MAX_FILE_BYTES", "OP_NAMES", "ModelInfo", "OpInfo", "TensorInfo", "TensorPart",
+           "read_tflite", "read_tflite_bytes", "read_tflite_file"]
 
 MAX_FILE_BYTES = 2 * 1024**3
 """Flatbuffers address at most 2 GiB; larger files are refused before being read whole."""
@@ -33,14 +37,6 @@ _HINT = "the file is corrupt or not produced by the TFLite converter; re-export 
 
 OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if k.isupper() and isinstance(v, int)}
 _DTYPES = {v: k.lower() for k, v in vars(schema.TensorType).items() if k.isupper() and isinstance(v, int)}
-FLOAT_DTYPES = frozenset({"float16", "float32", "float64", "bfloat16", "float8_e4m3fn", "float8_e5m2",
-                          "complex64", "complex128"})
-"""Dtypes that make a model not 'fully integer' (an integer-only MCU cannot run them)."""
-
-# Zero point ranges by storage type. int16 must be 0 per the TFLite spec, but other int16 values
-# are only wrong, not unreadable, so they are accepted. int32/int64 (bias) zero points: anything.
-_ZP_RANGE = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767),
-             "uint16": (0, 65535), "int4": (-8, 7), "uint4": (0, 15)}
 
 # vtable slots (4 + 2 * field id, fixed by schema.fbs) of the vector/string/table fields read
 # here without the generated accessors, because those would read before we could check bounds.
@@ -72,191 +68,6 @@ _OPTIONS: dict[str, tuple[int, type, _Fields]] = {
     "AVERAGE_POOL_2D": _POOL_OPTIONS, "MAX_POOL_2D": _POOL_OPTIONS, "L2_POOL_2D": _POOL_OPTIONS,
 }
 _OPTION_TYPE_NAMES = {v: k for k, v in vars(schema.BuiltinOptions).items() if isinstance(v, int)}
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """One tensor of the main graph as the file declares it (shape uses -1 for dynamic dims)."""
-
-    index: int
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    scales: tuple[float, ...] = ()
-    zero_points: tuple[int, ...] = ()
-    quantized_dimension: int = 0
-    buffer_bytes: int = 0
-
-    @property
-    def is_constant(self) -> bool:
-        return self.buffer_bytes > 0
-
-    @property
-    def is_quantized(self) -> bool:
-        return len(self.scales) > 0
-
-    @property
-    def is_per_channel(self) -> bool:
-        return len(self.scales) > 1
-
-    def quantization_part(self) -> TensorQuant | ChannelQuant | None:
-        """Per-tensor scale/zero point, or a per-channel summary (hundreds of scales help nobody)."""
-        if not self.scales:
-            return None
-        if len(self.scales) == 1:
-            return TensorQuant(self.scales[0], self.zero_points[0] if self.zero_points else 0)
-        return ChannelQuant(len(self.scales), self.quantized_dimension, min(self.scales), max(self.scales))
-
-    def part(self) -> TensorPart:
-        return TensorPart(self.index, self.name, self.dtype, list(self.shape), self.is_constant, self.buffer_bytes,
-                          self.quantization_part())
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.part().to_dict()
-
-
-@dataclass(frozen=True)
-class TensorQuant(Record):
-    """Per-tensor quantization: real = scale * (q - zero_point)."""
-
-    scale: float
-    zero_point: int
-
-
-@dataclass(frozen=True)
-class ChannelQuant(Record):
-    """Per-channel quantization, summarised: how many channels, along which axis, the scales' range."""
-
-    channels: int
-    axis: int
-    scale_min: float
-    scale_max: float
-
-
-@dataclass(frozen=True)
-class TensorPart(Record):
-    """One tensor of the model's main graph as the report lists it (shape -1: a dynamic dimension)."""
-
-    index: int
-    name: str
-    dtype: str
-    shape: list[int]
-    constant: bool
-    buffer_bytes: int
-    quant: TensorQuant | ChannelQuant | None
-
-
-@dataclass(frozen=True)
-class OpInfo:
-    """One operator of the main graph; -1 in `inputs` marks an omitted optional input.
-
-    `options` holds the builtin options the tools use, as (name, value) pairs: filter_height,
-    filter_width, stride_h, stride_w for the 2-D pools; stride_h, stride_w, dilation_h_factor,
-    dilation_w_factor (and depth_multiplier) for CONV_2D and DEPTHWISE_CONV_2D. Empty for other
-    ops, or when the file stores no options table (the runtime then uses its defaults).
-    """
-
-    index: int
-    name: str
-    inputs: tuple[int, ...]
-    outputs: tuple[int, ...]
-    options: tuple[tuple[str, int], ...] = ()
-
-    def option(self, name: str, default: int = 0) -> int:
-        """One builtin option by name, or `default` if the op does not store it."""
-        return next((value for key, value in self.options if key == name), default)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "name": self.name, "inputs": list(self.inputs), "outputs": list(self.outputs)}
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What `edgeq inspect` and the target checks need to know about a verified .tflite file.
-
-    `tensors`, `ops`, `inputs` and `outputs` describe subgraph 0 (the graph that runs); op counts,
-    dtypes and buffer sizes cover all subgraphs, because control-flow bodies run on the device too.
-    """
-
-    source: str
-    file_bytes: int
-    version: int
-    description: str
-    subgraph_count: int
-    tensors: tuple[TensorInfo, ...]
-    ops: tuple[OpInfo, ...]
-    inputs: tuple[int, ...]
-    outputs: tuple[int, ...]
-    all_op_names: tuple[str, ...]
-    op_histogram: tuple[tuple[str, int], ...] = ()  # (name, count) over all subgraphs, by name
-    all_dtypes: tuple[str, ...] = ()  # distinct tensor dtypes over all subgraphs, sorted
-    constant_buffers: tuple[int, ...] = ()  # bytes of each distinct buffer a tensor uses, any subgraph
-    # The first signature's names of subgraph 0's inputs and outputs, in the graph's own order
-    # ("" where the file names none: a stripped or hand-made model).
-    input_names: tuple[str, ...] = ()
-    output_names: tuple[str, ...] = ()
-
-    def op_counts(self) -> dict[str, int]:
-        """Operator name -> number of uses over all subgraphs, sorted by name."""
-        if self.op_histogram:
-            return dict(self.op_histogram)
-        return dict(sorted(Counter(op.name for op in self.ops).items()))
-
-    @property
-    def parameter_bytes(self) -> int:
-        """Bytes of constant tensor data (weights, biases, shapes) in all subgraphs, shared ones once.
-
-        Metadata buffers (runtime version, conversion info) are not parameters and are left out.
-        """
-        return sum(self.constant_buffers) if self.constant_buffers else sum(t.buffer_bytes for t in self.tensors)
-
-    @property
-    def flowing_tensors(self) -> tuple[TensorInfo, ...]:
-        """The main graph's tensors that ops read or write, or that are its inputs and outputs.
-
-        Leaves out tensors that only carry quantization parameters for an op (the integer LSTM's
-        float-typed "intermediate" tensors hold no data): they are not activations.
-        """
-        return _flowing((self.tensors, self.ops, self.inputs, self.outputs))
-
-    @property
-    def input_tensors(self) -> tuple[TensorInfo, ...]:
-        return tuple(self.tensors[i] for i in self.inputs)
-
-    @property
-    def output_tensors(self) -> tuple[TensorInfo, ...]:
-        return tuple(self.tensors[i] for i in self.outputs)
-
-    @property
-    def is_fully_integer(self) -> bool:
-        """True if no tensor in any subgraph is floating point (runs on integer-only targets)."""
-        dtypes = self.all_dtypes or tuple(t.dtype for t in self.tensors)
-        return not FLOAT_DTYPES.intersection(dtypes)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly summary for `edgeq inspect --json`."""
-        counts = self.op_counts()
-        return {
-            "source": self.source, "file_bytes": self.file_bytes, "parameter_bytes": self.parameter_bytes,
-            "version": self.version, "description": self.description, "subgraph_count": self.subgraph_count,
-            "fully_integer": self.is_fully_integer, "op_count": sum(counts.values()), "ops": counts,
-            "inputs": [t.to_dict() for t in self.input_tensors],
-            "outputs": [t.to_dict() for t in self.output_tensors],
-            "tensors": [t.to_dict() for t in self.tensors],
-        }
-
-
-_Graph = tuple[tuple[TensorInfo, ...], tuple[OpInfo, ...], tuple[int, ...], tuple[int, ...]]
-"""One parsed subgraph: tensors, operators, input and output tensor indices."""
-
-
-def _flowing(graph: _Graph) -> tuple[TensorInfo, ...]:
-    tensors, ops, inputs, outputs = graph
-    used = set(inputs) | set(outputs)
-    for op in ops:
-        used.update(i for i in op.inputs if i >= 0)
-        used.update(op.outputs)
-    return tuple(t for t in tensors if t.index in used)
 
 
 def _short(name: str, limit: int = 60) -> str:
@@ -389,7 +200,7 @@ class _Parser:
             source=self.source, file_bytes=self.size, version=version, description=description,
             subgraph_count=len(subgraphs), tensors=tensors, ops=ops, inputs=inputs, outputs=outputs,
             all_op_names=tuple(sorted(histogram)), op_histogram=tuple(sorted(histogram.items())),
-            all_dtypes=tuple(sorted({t.dtype for graph in graphs for t in _flowing(graph)})),
+            all_dtypes=tuple(sorted({t.dtype for graph in graphs for t in flowing(graph)})),
             constant_buffers=tuple(buffer_sizes[b] for b in sorted(used_buffers) if buffer_sizes[b]),
             input_names=input_names, output_names=output_names,
         )
@@ -429,7 +240,7 @@ class _Parser:
         return inline
 
     def _subgraph(self, si: int, subgraph: schema.SubGraph, op_names: list[str], buffer_sizes: list[int],
-                  used_buffers: set[int]) -> _Graph:
+                  used_buffers: set[int]) -> Graph:
         self.where = f"subgraph {si}"
         tensors = tuple(self._tensor(si, ti, t, buffer_sizes, used_buffers) for ti, t in
                         enumerate(self.tables(subgraph, _SG_TENSORS, schema.Tensor, "tensor")))
@@ -505,7 +316,7 @@ class _Parser:
             scales = self.numbers(quant, _Q_SCALE, "<f4", "the quantization scales")
             zero_points = self.numbers(quant, _Q_ZERO_POINT, "<i8", "the zero points")
             axis = quant.QuantizedDimension()
-            self._check_quantization(label, dtype, shape, scales, zero_points, axis)
+            check_quantization(self.fail, label, dtype, shape, scales, zero_points, axis)
             if len(zero_points) == 1 and len(scales) > 1:
                 zero_points = zero_points * len(scales)  # what TFLM's allocator reads it as
         return TensorInfo(
@@ -514,27 +325,6 @@ class _Parser:
             scales=tuple(scales), zero_points=tuple(zero_points), quantized_dimension=axis,
             buffer_bytes=buffer_sizes[buffer],
         )
-
-    def _check_quantization(self, label: str, dtype: str, shape: list[int], scales: list[float],
-                            zero_points: list[int], axis: int) -> None:
-        """Bad scales/zero points do not crash the reader but make every inference result wrong."""
-        for k, scale in enumerate(scales):
-            if not (math.isfinite(scale) and scale > 0):
-                self.fail(f"{label} has quantization scale {scale} (entry {k}); scales must be finite and > 0",
-                          hint="calibration produced an invalid range or the file is corrupt; re-export it")
-        if zero_points and len(zero_points) != len(scales) and not (len(zero_points) == 1 and len(scales) > 1):
-            # One zero point for every channel is TFLM's space-saving form (edgeq flashes it).
-            self.fail(f"{label} has {len(scales)} quantization scales but {len(zero_points)} zero points")
-        lo, hi = _ZP_RANGE.get(dtype, (-(2**63), 2**63 - 1))
-        for k, zp in enumerate(zero_points):
-            if not lo <= zp <= hi:
-                self.fail(f"{label} has zero point {zp} (entry {k}), outside the {dtype} range {lo}..{hi}")
-        if len(scales) > 1:
-            if not 0 <= axis < len(shape):
-                self.fail(f"{label} is quantized per channel along axis {axis}, but has rank {len(shape)}")
-            if shape[axis] != len(scales):
-                self.fail(f"{label} has {len(scales)} per-channel scales, "
-                          f"but its dimension {axis} has size {shape[axis]}")
 
 
 def read_tflite(data: bytes, *, source: str = "<bytes>") -> ModelInfo:

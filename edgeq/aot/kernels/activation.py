@@ -11,7 +11,7 @@ import numpy as np
 from edgeq.aot.kernels.base import HINT, Constants, Step, act, f32, lowers
 from edgeq.aot.qmath import activation_range, quantize_multiplier
 from edgeq.errors import TargetCheckError
-from edgeq.tflite.reader import ModelInfo
+from edgeq.tflite.model_info import ModelInfo
 
 
 @lowers("RELU", "RELU6")

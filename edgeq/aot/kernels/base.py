@@ -12,7 +12,7 @@ import numpy as np
 
 from edgeq.aot.qmath import activation_range
 from edgeq.errors import TargetCheckError
-from edgeq.tflite.reader import ModelInfo, TensorInfo
+from edgeq.tflite.model_info import ModelInfo, TensorInfo
 
 HINT = "convert for a TFLite Micro target (runtime tflm) and use the model data and op resolver instead"
 

@@ -11,7 +11,7 @@ import numpy as np
 from edgeq.aot.kernels.base import HINT, Constants, Step, common, lowers, padding, single_batch, weights
 from edgeq.aot.qmath import effective_scale, quantize_multiplier
 from edgeq.errors import TargetCheckError
-from edgeq.tflite.reader import ModelInfo, TensorInfo
+from edgeq.tflite.model_info import ModelInfo, TensorInfo
 
 
 def _requant(info: ModelInfo, name: str, inp: TensorInfo, kernel: TensorInfo, out: TensorInfo, channels: int,

@@ -11,7 +11,7 @@ import numpy as np
 from edgeq.aot.kernels.base import HINT, Constants, Step, act, lowers, weights
 from edgeq.aot.qmath import activation_range, effective_scale, quantize_multiplier
 from edgeq.errors import TargetCheckError
-from edgeq.tflite.reader import ModelInfo
+from edgeq.tflite.model_info import ModelInfo
 
 
 def _operand(op: Any, k: int, info: ModelInfo, obj: Any, graph: Any, name: str, out_shape: tuple[int, ...],

@@ -10,7 +10,7 @@ import numpy as np
 from edgeq.aot.kernels.base import HINT, Constants, Step, act, common, lowers, padding, single_batch, weights
 from edgeq.aot.qmath import quantize_multiplier
 from edgeq.errors import TargetCheckError
-from edgeq.tflite.reader import ModelInfo
+from edgeq.tflite.model_info import ModelInfo
 
 
 @lowers("MAX_POOL_2D", "AVERAGE_POOL_2D")

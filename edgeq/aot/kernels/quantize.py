@@ -8,7 +8,7 @@ from typing import Any
 from edgeq.aot.kernels.base import HINT, Constants, Step, act, f32, lowers
 from edgeq.aot.qmath import quantize_multiplier
 from edgeq.errors import TargetCheckError
-from edgeq.tflite.reader import ModelInfo
+from edgeq.tflite.model_info import ModelInfo
 
 
 def _c_float(x: float) -> str:

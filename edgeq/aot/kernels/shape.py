@@ -10,7 +10,7 @@ import numpy as np
 
 from edgeq.aot.kernels.base import HINT, Constants, Step, act, lowers, tensor_bytes, weights
 from edgeq.errors import TargetCheckError
-from edgeq.tflite.reader import ModelInfo, TensorInfo
+from edgeq.tflite.model_info import ModelInfo, TensorInfo
 
 
 @lowers("RESHAPE")
