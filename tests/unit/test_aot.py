@@ -167,6 +167,16 @@ def test_an_op_without_a_c_kernel_is_refused_by_name() -> None:
     assert "tflm" in caught.value.hint
 
 
+def test_each_op_has_one_lowering_and_kernels_lists_them() -> None:
+    from edgeq.aot import kernels
+    from edgeq.aot.lower import KERNELS
+
+    assert KERNELS == tuple(sorted(kernels.LOWERINGS)) and len(KERNELS) >= 25
+    with pytest.raises(RuntimeError, match="CONV_2D has two lowerings"):
+        kernels.lowers("CONV_2D")(lambda *args: None)  # type: ignore[arg-type,return-value]
+    assert kernels.LOWERINGS["CONV_2D"].__name__ == "_conv"
+
+
 def test_requantize_matches_the_c_helper_on_edge_values(tmp_path: Path) -> None:
     """qmath.requantize and the C helper the generated code uses agree, at the edges and at random."""
     from edgeq.aot.qmath import INT32_MAX, INT32_MIN, quantize_multiplier, requantize
