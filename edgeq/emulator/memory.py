@@ -1,4 +1,4 @@
-"""The RAM a model needs on its device: the exact TFLite Micro arena, or LiteRT's peak activations.
+"""The RAM a model needs on a TFLite Micro device: the exact tensor arena, found by search.
 
 TFLite Micro (TFLM) takes one fixed `tensor_arena`; too small and `AllocateTensors()` fails, or
 worse, some kernels crash. Its RecordingMicroAllocator reports what the arena holds *after*
@@ -9,18 +9,16 @@ allocates and invokes the model, at 1-byte resolution.
 
 Each trial runs in its own process: a too-small arena can segfault, and the caller may have
 TensorFlow loaded. To keep a search of ~20 trials well under a second, one worker process
-(numpy + tflite_micro only, single-threaded) reads the model once and forks a short-lived child
-per trial; the worker reports how each child ended, one JSON line per trial.
+(numpy + tflite_micro only, single-threaded; edgeq.emulator.arena_trial) reads the model once and
+forks a short-lived child per trial; the worker reports how each child ended, one JSON line per trial.
 
-LiteRT targets allocate dynamically, so `peak_activation_memory` estimates their RAM from the graph:
-the largest sum of live activation tensors at any op.
+LiteRT targets allocate dynamically; their peak activations are estimated from the graph in
+edgeq.emulator.activations.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import os
 import re
 import select
@@ -31,21 +29,17 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import BinaryIO
 
+from edgeq.emulator.activations import peak_activation_memory  # noqa: F401 (its callers import it from here too)
+from edgeq.emulator.arena_trial import LOG_LIMIT
 from edgeq.errors import TargetCheckError
 from edgeq.records import Record
-
-if TYPE_CHECKING:
-    from edgeq.tflite.reader import ModelInfo, TensorInfo
-
-# -- the exact TFLM arena ------------------------------------------------------------------------
 
 _GROWTHS = 3  # times the recording arena is multiplied by 4 before giving up
 _MAX_ARENA = 2**31 - 1  # the Python wrapper takes an int arena size
 _FIRST_STEP = 16  # TFLM aligns arena allocations to 16 bytes, so steps below that rarely change anything
 _WORKER_SLACK = 30.0  # seconds for the worker itself (start-up, imports) on top of a trial's timeout
-_LOG_LIMIT = 16384  # bytes of a child's TFLM output sent back: enough for the allocation report
 
 _RECORD_RE = re.compile(r"\[RecordingMicroAllocator\] Arena allocation (total|head|tail) (\d+) bytes")
 # Lines TFLM or the wrapper prints on every failure (or success) that explain nothing.
@@ -207,7 +201,7 @@ class _ArenaWorker:
         env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         root = str(Path(__file__).resolve().parents[2])
         code = (f"import sys; sys.path.insert(0, {root!r}); "
-                "from edgeq.emulator.memory import _worker_main; _worker_main()")
+                "from edgeq.emulator.arena_trial import worker_main; worker_main()")
         # -I: the user's PYTHONPATH or current folder cannot shadow numpy or tflite_micro. New session:
         # the worker and its children form one process group, killed together on cleanup.
         self._proc = subprocess.Popen([sys.executable, "-I", "-c", code], stdin=subprocess.PIPE,
@@ -278,7 +272,7 @@ class _ArenaWorker:
             pass
         if self._errors is not None:
             self._errors.seek(0)
-            detail = _last_line(self._errors.read()[-_LOG_LIMIT:].decode(errors="replace"))
+            detail = _last_line(self._errors.read()[-LOG_LIMIT:].decode(errors="replace"))
         return TargetCheckError(f"{self.source}: the TFLite Micro arena search process ended unexpectedly"
                                 + (f": {detail}" if detail else ""),
                                 hint="check that tflite-micro is installed in this Python environment")
@@ -306,26 +300,6 @@ class _ArenaWorker:
             self._errors = None
 
 
-# -- the worker process (runs with numpy and tflite_micro only) ------------------------------------
-
-
-def _worker_main() -> None:
-    """Read `<size> <timeout> <inputs>\\n<model bytes>`, then answer each `<arena> <record>\\n` with a JSON line."""
-    import numpy as np
-    from tflite_micro.python.tflite_micro import runtime
-
-    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
-    size, timeout, count = stdin.readline().split()
-    model = stdin.read(int(size))
-    inputs = int(count)
-    for line in stdin:
-        arena, record = (int(x) for x in line.split())
-        reply = _fork_trial(lambda: _trial_body(runtime, np, model, inputs, arena, bool(record)),
-                            float(timeout), bool(record))
-        stdout.write(json.dumps(reply).encode() + b"\n")
-        stdout.flush()
-
-
 def _count_inputs(model: bytes, source: str) -> int:
     """The model's input count, from the checked reader (in the parent, which may import it); 0 for a
     file it refuses, so that TFLM itself fails on it in a trial child and says why."""
@@ -336,128 +310,3 @@ def _count_inputs(model: bytes, source: str) -> int:
         return len(read_tflite(model, source=source).inputs)
     except TFLiteFormatError:
         return 0
-
-
-def _trial_body(runtime: Any, np: Any, model: bytes, inputs: int, arena: int, record: bool) -> None:
-    interpreter = runtime.Interpreter.from_bytes(model, arena_size=arena)
-    for i in range(inputs):
-        details = interpreter.get_input_details(i)
-        interpreter.set_input(np.zeros(details["shape"], dtype=details["dtype"]), i)
-    interpreter.invoke()
-    if record:
-        interpreter.print_allocations()
-
-
-def _fork_trial(body: Any, timeout: float, capture: bool) -> dict[str, Any]:
-    """Run `body` in a forked child; how it ended: exit 0 ok, 1 RuntimeError, 2 other error, or a signal."""
-    with tempfile.TemporaryFile() as log:
-        pid = os.fork()
-        if pid == 0:
-            _child(body, timeout, log.fileno() if capture else None)
-        _, status = os.waitpid(pid, 0)
-        text = ""
-        if capture:
-            log.seek(0, os.SEEK_END)
-            log.seek(max(0, log.tell() - _LOG_LIMIT))
-            text = log.read().decode(errors="replace")
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        return {"status": "hung" if sig == signal.SIGALRM else "crashed", "signal": sig, "log": text}
-    return {"status": ("ok", "fails", "error")[min(os.WEXITSTATUS(status), 2)], "log": text}
-
-
-def _child(body: Any, timeout: float, log_fd: int | None) -> None:
-    code = 2
-    try:
-        # TFLM prints to the C-level fds; they go to the log (or nowhere), never to the worker's pipe.
-        sink = log_fd if log_fd is not None else os.open(os.devnull, os.O_WRONLY)
-        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-        os.dup2(sink, 1)
-        os.dup2(sink, 2)
-        # The default SIGALRM action ends the process even inside a C call that never returns.
-        signal.signal(signal.SIGALRM, signal.SIG_DFL)
-        signal.setitimer(signal.ITIMER_REAL, timeout)
-        body()
-        code = 0
-    except RuntimeError:
-        code = 1
-    except BaseException:
-        import traceback
-
-        traceback.print_exc()
-    finally:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        finally:
-            os._exit(code)
-
-
-# -- LiteRT: peak activation memory ------------------------------------------------------------
-
-_DTYPE_BITS = {
-    "bool": 8, "int4": 4, "uint4": 4, "int8": 8, "uint8": 8, "int16": 16, "uint16": 16, "float16": 16,
-    "bfloat16": 16, "float8_e4m3fn": 8, "float8_e5m2": 8, "int32": 32, "uint32": 32, "float32": 32,
-    "int64": 64, "uint64": 64, "float64": 64, "complex64": 64, "complex128": 128,
-}
-_DEFAULT_BITS = 32  # strings, resources, variants and unknown types: 4 bytes per element
-
-
-@dataclass(frozen=True)
-class ActivationMemory(Record):
-    """RAM for the non-constant tensors of a graph run op by op, each freed after its last use."""
-
-    peak_bytes: int  # largest sum of live non-constant tensor bytes at any op step
-    peak_op_index: int  # the op at which it peaks (-1: the graph has no ops)
-    peak_op_name: str
-    total_activation_bytes: int  # all non-constant tensors with no reuse at all, for comparison
-
-
-def tensor_bytes(tensor: TensorInfo, alignment: int = 1) -> int:
-    """Bytes of one tensor (dynamic dims count as 1), rounded up to `alignment`."""
-    elements = math.prod(1 if d < 0 else d for d in tensor.shape)
-    size = (elements * _DTYPE_BITS.get(tensor.dtype, _DEFAULT_BITS) + 7) // 8
-    return -(-size // alignment) * alignment if alignment > 1 else size
-
-
-def peak_activation_memory(info: ModelInfo, *, alignment: int = 64) -> ActivationMemory:
-    """The largest sum of live activation tensors at any op of the main graph.
-
-    A tensor is live from the op that produces it (graph inputs: from the first op) to the last op
-    that reads it (graph outputs: to the end). Constants live in flash and are not counted.
-    """
-    active = [t for t in info.tensors if not t.is_constant]
-    total = sum(tensor_bytes(t, alignment) for t in active)
-    if not info.ops:
-        edges = {i for i in (*info.inputs, *info.outputs) if not info.tensors[i].is_constant}
-        return ActivationMemory(peak_bytes=sum(tensor_bytes(info.tensors[i], alignment) for i in edges),
-                                peak_op_index=-1, peak_op_name="", total_activation_bytes=total)
-    usage = [0] * len(info.ops)
-    for index, (first, last) in _live_ranges(info).items():
-        size = tensor_bytes(info.tensors[index], alignment)
-        for step in range(first, last + 1):
-            usage[step] += size
-    peak = max(usage)
-    at = usage.index(peak)
-    return ActivationMemory(peak_bytes=peak, peak_op_index=at, peak_op_name=info.ops[at].name,
-                            total_activation_bytes=total)
-
-
-def _live_ranges(info: ModelInfo) -> dict[int, tuple[int, int]]:
-    """Tensor index -> (first op step, last op step) it must be held in memory, non-constants only."""
-    end = len(info.ops) - 1
-    first: dict[int, int] = {i: 0 for i in info.inputs}
-    last: dict[int, int] = {i: end for i in info.outputs}
-    for step, op in enumerate(info.ops):
-        for i in op.outputs:
-            first.setdefault(i, step)
-            last[i] = max(last.get(i, step), step)
-        for i in op.inputs:
-            if i >= 0:
-                first.setdefault(i, 0)  # read but never written: a state or variable, held from the start
-                last[i] = max(last.get(i, step), step)
-    for i in info.outputs:
-        first.setdefault(i, 0)
-    for i in info.inputs:  # an input no op reads is still filled by the caller before the first op
-        last.setdefault(i, first[i])
-    return {i: (first[i], last[i]) for i in first if not info.tensors[i].is_constant}

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgeq.emulator.memory import ActivationMemory, ArenaMeasurement
+from edgeq.emulator.activations import ActivationMemory
+from edgeq.emulator.memory import ArenaMeasurement
 from edgeq.records import Record
 
 

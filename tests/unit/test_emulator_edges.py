@@ -6,7 +6,7 @@ import json
 import math
 
 from edgeq.emulator.latency import MAX_WORK, estimate_latency
-from edgeq.emulator.memory import peak_activation_memory
+from edgeq.emulator.activations import peak_activation_memory
 from edgeq.targets import load_target
 from edgeq.tflite.reader import ModelInfo, OpInfo, TensorInfo
 

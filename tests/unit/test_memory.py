@@ -20,8 +20,8 @@ import pytest
 
 from conftest import plain_tflite
 from edgeq.emulator import memory
-from edgeq.emulator.memory import (ActivationMemory, ArenaMeasurement, measure_tflm_arena,
-                                   peak_activation_memory)
+from edgeq.emulator.activations import ActivationMemory, peak_activation_memory
+from edgeq.emulator.memory import ArenaMeasurement, measure_tflm_arena
 from edgeq.errors import TargetCheckError
 from edgeq.tflite.reader import ModelInfo, OpInfo, TensorInfo, read_tflite
 
@@ -215,14 +215,14 @@ def test_worker_reports_every_way_a_trial_ends() -> None:
     """Clean failure, other exception, crash by signal and hang, each in a real forked child."""
     code = textwrap.dedent("""
         import json, os, signal, time
-        from edgeq.emulator.memory import _fork_trial
+        from edgeq.emulator.arena_trial import fork_trial
         def fail(): raise RuntimeError("TFLM failed to allocate tensors")
         def error(): raise ValueError("bad input")
         def crash(): os.kill(os.getpid(), signal.SIGSEGV)
         def hang(): time.sleep(30)
         def chatty(): os.write(2, b"hello from fd 2\\n")
         bodies = [fail, error, crash, hang, chatty]
-        print(json.dumps([_fork_trial(body, 0.5, True) for body in bodies]))
+        print(json.dumps([fork_trial(body, 0.5, True) for body in bodies]))
     """)
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
