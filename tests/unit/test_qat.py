@@ -167,7 +167,7 @@ def _tiny(tfk, activation: str, units: int = 10, shape=(8, 8, 1)):  # type: igno
 
 
 def test_integer_labels_and_softmax_give_sparse_ce_on_probabilities(tfk, data):
-    from edgeq.quantize.qat import choose_loss
+    from edgeq.quantize.qat_loss import choose_loss
 
     loss, metrics, source = choose_loss(_tiny(tfk, "softmax"), data["train"].labels, data["train"].inputs)
     assert isinstance(loss, tfk.losses.SparseCategoricalCrossentropy)
@@ -177,7 +177,7 @@ def test_integer_labels_and_softmax_give_sparse_ce_on_probabilities(tfk, data):
 
 
 def test_linear_last_layer_means_logits(tfk, data):
-    from edgeq.quantize.qat import choose_loss
+    from edgeq.quantize.qat_loss import choose_loss
 
     inputs = tfk.Input((8, 8, 1))
     x = tfk.layers.Dense(10)(tfk.layers.Flatten()(inputs))
@@ -189,7 +189,7 @@ def test_linear_last_layer_means_logits(tfk, data):
 
 
 def test_no_labels_and_same_shape_output_is_an_autoencoder(tfk, data):
-    from edgeq.quantize.qat import choose_loss
+    from edgeq.quantize.qat_loss import choose_loss
 
     inputs = tfk.Input((8, 8, 1))
     x = tfk.layers.Dense(64, activation="sigmoid")(tfk.layers.Flatten()(inputs))
@@ -200,7 +200,7 @@ def test_no_labels_and_same_shape_output_is_an_autoencoder(tfk, data):
 
 
 def test_float_targets_give_mse(tfk, data):
-    from edgeq.quantize.qat import choose_loss
+    from edgeq.quantize.qat_loss import choose_loss
 
     targets = np.random.default_rng(0).random((data["train"].num_samples, 3), dtype=np.float32)
     loss, metrics, source = choose_loss(_tiny(tfk, "linear", units=3), targets, data["train"].inputs)
@@ -209,21 +209,21 @@ def test_float_targets_give_mse(tfk, data):
 
 
 def test_no_labels_and_different_output_shape_needs_labels(tfk, data):
-    from edgeq.quantize.qat import choose_loss
+    from edgeq.quantize.qat_loss import choose_loss
 
     with pytest.raises(CalibrationError, match="QAT needs labels for this model: save y in the .npz"):
         choose_loss(_tiny(tfk, "softmax"), None, data["train"].inputs)
 
 
 def test_labels_out_of_range_are_refused(tfk, data):
-    from edgeq.quantize.qat import choose_loss
+    from edgeq.quantize.qat_loss import choose_loss
 
     with pytest.raises(CalibrationError, match="range from 0 to 9.*4 classes"):
         choose_loss(_tiny(tfk, "softmax", units=4), data["train"].labels, data["train"].inputs)
 
 
 def test_compile_settings_win_over_the_data(tfk, data):
-    from edgeq.quantize.qat import choose_loss
+    from edgeq.quantize.qat_loss import choose_loss
 
     model = _tiny(tfk, "softmax")
     model.compile(optimizer="adam", loss=tfk.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -237,7 +237,7 @@ def test_compile_settings_win_over_the_data(tfk, data):
 def test_keras3_compile_settings_are_translated_to_tf_keras(tfk, data):
     import keras
 
-    from edgeq.quantize.qat import choose_loss
+    from edgeq.quantize.qat_loss import choose_loss
 
     inputs = keras.Input((8, 8, 1))
     model = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Flatten()(inputs)))
