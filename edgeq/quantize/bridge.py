@@ -1,10 +1,10 @@
 """Keras 3 -> tf_keras: the bridge that lets quantization-aware training (tfmot) see a Keras 3 model.
 
 tensorflow-model-optimization's `quantize_model` only accepts Keras 2 (tf_keras) Sequential and
-Functional models, and a Keras 3 config does not load into tf_keras as it is. This module rebuilds
-a Keras 3 model layer by layer as tf_keras, from each layer's config with the few keys that differ
-translated, walks the Keras 3 graph to reconnect the layers, copies every weight, and then proves
-the rebuild: both models must give the same outputs on real samples.
+Functional models, and a Keras 3 config does not load into tf_keras as it is. This module walks the
+Keras 3 graph, has each layer rebuilt as tf_keras (edgeq.quantize.bridge_layers: from its config
+with the few keys that differ translated, every weight copied), reconnects the layers, and then
+proves the rebuild: both models must give the same outputs on real samples.
 
 No code is evaluated: only the built-in layer classes in SUPPORTED_LAYERS are rebuilt, from their
 configs. Anything else (custom or recurrent layers, raw `keras.ops` calls, nested models) is
@@ -13,7 +13,6 @@ refused with an error that names the layer.
 
 from __future__ import annotations
 
-import inspect
 import os
 import re
 from collections.abc import Sequence
@@ -23,47 +22,9 @@ import numpy as np
 
 from edgeq._tf import captured_output, tf
 from edgeq.errors import CalibrationError, ModelLoadError
+from edgeq.quantize.bridge_layers import SUPPORTED_LAYERS, UNSUPPORTED_HINT, copy_weights, dtype_name, twin_layer
 
-SUPPORTED_LAYERS: tuple[str, ...] = (
-    "InputLayer",
-    # weights
-    "Conv1D", "Conv2D", "Conv2DTranspose", "DepthwiseConv2D", "SeparableConv2D", "Dense",
-    "BatchNormalization", "PReLU",
-    # pooling
-    "MaxPooling1D", "MaxPooling2D", "AveragePooling1D", "AveragePooling2D",
-    "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalMaxPooling1D", "GlobalMaxPooling2D",
-    # activations
-    "Activation", "ReLU", "LeakyReLU", "Softmax",
-    # merging
-    "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate",
-    # shapes
-    "Flatten", "Reshape", "Permute", "ZeroPadding1D", "ZeroPadding2D", "Cropping1D", "Cropping2D",
-    "UpSampling1D", "UpSampling2D",
-    # no-ops at inference, preprocessing
-    "Dropout", "SpatialDropout1D", "SpatialDropout2D", "Rescaling",
-    # recurrent (tf_keras' LSTM is the one the TFLite converter fuses into a single op)
-    "LSTM", "GRU", "SimpleRNN",
-)
-
-_HINT = "use PTQ instead (drop --qat), or replace the layer with a supported one; supported: " + ", ".join(
-    SUPPORTED_LAYERS)
-
-# Keras 3 activation names that mean the same function in tf_keras (verified on samples anyway).
-_SAME_ACTIVATIONS = frozenset({"linear", "relu", "sigmoid", "tanh", "softmax", "elu", "selu", "softplus",
-                               "softsign", "exponential", "swish", "gelu", "mish"})
-_RENAMED_ACTIVATIONS = {"silu": "swish"}
-# Keras 3 activations tf_keras lacks as functions but has as layers: (class, config).
-_LAYER_ACTIVATIONS: dict[str, tuple[str, dict[str, Any]]] = {
-    "relu6": ("ReLU", {"max_value": 6.0}),
-    "leaky_relu": ("LeakyReLU", {"alpha": 0.2}),  # keras.activations.leaky_relu: negative_slope=0.2
-}
-_FLOAT_POLICIES = frozenset({"float16", "bfloat16", "float32", "float64", "mixed_float16", "mixed_bfloat16"})
-# Layer kwargs tf_keras' base Layer takes besides its named parameters.
-_BASE_KWARGS = frozenset({"input_dim", "input_shape", "batch_input_shape", "batch_size", "weights",
-                          "activity_regularizer", "autocast", "implementation"})
 _MAX_SAMPLES = 32
-# Keras 3 variable names that tf_keras spells differently, per layer class.
-_WEIGHT_RENAMES: dict[str, dict[str, str]] = {"DepthwiseConv2D": {"kernel": "depthwise_kernel"}}
 
 
 def is_tf_keras(model: Any) -> bool:
@@ -88,7 +49,7 @@ def to_tf_keras(model: Any, sample_inputs: Sequence[np.ndarray], *, atol: float 
 
     if not isinstance(model, keras.Model):
         raise ModelLoadError(f"cannot rebuild a {type(model).__module__}.{type(model).__name__} as tf_keras: "
-                             "not a Keras model", hint=_HINT)
+                             "not a Keras model", hint=UNSUPPORTED_HINT)
     graph = _graph_of(model, keras)
     _check_supported(graph, keras)
     samples = _check_samples(model, sample_inputs)
@@ -190,7 +151,8 @@ def _graph_of(model: Any, keras: Any) -> Any:
     if not hasattr(model, "_nodes_by_depth"):
         raise ModelLoadError(
             f"model '{model.name}' ({type(model).__name__}) is a subclassed Keras model: its call() is Python "
-            "code that cannot be rebuilt as tf_keras", hint="build it as a Sequential or Functional model, or " + _HINT)
+            "code that cannot be rebuilt as tf_keras",
+            hint="build it as a Sequential or Functional model, or " + UNSUPPORTED_HINT)
     return model
 
 
@@ -217,7 +179,7 @@ def _check_supported(graph: Any, keras: Any) -> None:
             problems.append(f"layer '{op.name}' ({name}) is not supported by the tf_keras rebuild")
     if problems:
         raise ModelLoadError("cannot rebuild the Keras 3 model as tf_keras for quantization-aware training: "
-                             + "; ".join(problems), hint=_HINT)
+                             + "; ".join(problems), hint=UNSUPPORTED_HINT)
 
 
 def _check_samples(model: Any, sample_inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -249,6 +211,8 @@ def _check_samples(model: Any, sample_inputs: Sequence[np.ndarray]) -> list[np.n
 
 
 class _Rebuilder:
+    """Walks a Keras 3 graph and reconnects its layers' tf_keras twins as one tf_keras model."""
+
     def __init__(self, keras: Any, tf_keras: Any) -> None:
         self.keras = keras
         self.tk = tf_keras
@@ -261,7 +225,7 @@ class _Rebuilder:
         pairs: list[tuple[Any, Any]] = []
         for node in _nodes(graph):
             if id(node.operation) not in built:
-                built[id(node.operation)] = self._layer(node.operation)
+                built[id(node.operation)] = twin_layer(node.operation, self.tk, self._unique)
                 pairs.append((node.operation, built[id(node.operation)][0]))
         if isinstance(model, self.keras.Sequential):
             first = graph.inputs[0]._keras_history.operation
@@ -270,7 +234,7 @@ class _Rebuilder:
         else:
             rebuilt = self._functional(model, graph, built)
         for source, target in pairs:
-            _copy_weights(source, target)
+            copy_weights(source, target)
         return rebuilt, pairs
 
     def _functional(self, model: Any, graph: Any, built: dict[int, tuple[Any, Any | None]]) -> Any:
@@ -311,15 +275,15 @@ class _Rebuilder:
         except Exception as exc:  # noqa: BLE001 - any tf_keras refusal becomes a user-facing error
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             raise ModelLoadError(f"'{op.name}' ({type(op).__name__}): the tf_keras rebuild fails: {first}",
-                                 hint=_HINT) from exc
+                                 hint=UNSUPPORTED_HINT) from exc
 
     def _input(self, layer: Any) -> Any:
         cfg = layer.get_config()
         for flag in ("sparse", "ragged", "optional"):
             if cfg.get(flag):
                 raise ModelLoadError(f"input '{layer.name}' is {flag}, which the tf_keras rebuild does not support",
-                                     hint=_HINT)
-        return self.tk.Input(batch_shape=tuple(cfg["batch_shape"]), dtype=_dtype_name(cfg.get("dtype"), layer),
+                                     hint=UNSUPPORTED_HINT)
+        return self.tk.Input(batch_shape=tuple(cfg["batch_shape"]), dtype=dtype_name(cfg.get("dtype"), layer),
                              name=cfg.get("name", layer.name))
 
     def _unique(self, base: str) -> str:
@@ -328,142 +292,6 @@ class _Rebuilder:
             name, i = f"{base}_{i}", i + 1
         self.names.add(name)
         return name
-
-    def _layer(self, layer: Any) -> tuple[Any, Any | None]:
-        """The tf_keras twin of a Keras 3 layer, plus a separate activation layer when one is needed."""
-        class_name = type(layer).__name__
-        cfg = dict(layer.get_config())
-        split = None
-        activation = cfg.get("activation")
-        if activation is not None:
-            if not isinstance(activation, str):
-                raise ModelLoadError(f"layer '{layer.name}' ({class_name}) has a custom activation {activation!r}",
-                                     hint=_HINT)
-            if activation in _RENAMED_ACTIVATIONS:
-                cfg["activation"] = _RENAMED_ACTIVATIONS[activation]
-            elif activation in _LAYER_ACTIVATIONS:
-                act_class, act_cfg = _LAYER_ACTIVATIONS[activation]
-                if class_name == "Activation":  # the whole layer becomes e.g. ReLU(max_value=6), same name
-                    class_name, cfg = act_class, {"name": cfg["name"], "trainable": cfg.get("trainable", True),
-                                                  "dtype": cfg.get("dtype"), **act_cfg}
-                else:  # Conv2D(activation="relu6") -> Conv2D + ReLU(max_value=6), as TFLite fuses it again
-                    cfg["activation"] = "linear"
-                    split = getattr(self.tk.layers, act_class)(name=self._unique(f"{layer.name}_{activation}"),
-                                                               dtype=_dtype_name(cfg.get("dtype"), layer), **act_cfg)
-            elif activation not in _SAME_ACTIVATIONS:
-                raise ModelLoadError(f"layer '{layer.name}' ({class_name}) uses activation '{activation}', which "
-                                     "tf_keras does not have", hint=_HINT)
-        cfg = _translate(cfg, layer, class_name)
-        cls = getattr(self.tk.layers, class_name)
-        unknown = {k: v for k, v in cfg.items() if k not in _init_params(cls)}
-        for key, value in unknown.items():
-            if value is None or value is False or key == "synchronized":
-                del cfg[key]
-            else:
-                raise ModelLoadError(f"layer '{layer.name}' ({type(layer).__name__}) sets {key}={value!r}, which "
-                                     "has no tf_keras equivalent", hint=_HINT)
-        try:
-            with captured_output():
-                return cls.from_config(cfg), split
-        except Exception as exc:  # noqa: BLE001
-            raise ModelLoadError(f"layer '{layer.name}' ({type(layer).__name__}): tf_keras refuses its config: "
-                                 f"{str(exc).strip().splitlines()[0][:300]}", hint=_HINT) from exc
-
-
-def _translate(cfg: dict[str, Any], layer: Any, class_name: str) -> dict[str, Any]:
-    """A Keras 3 layer config in the form tf_keras' from_config accepts."""
-    out: dict[str, Any] = {}
-    for key, value in cfg.items():
-        if key == "dtype":
-            out[key] = _dtype_name(value, layer)
-        elif key.endswith("_initializer"):
-            continue  # the weights are copied; tf_keras' defaults only shape the fresh variables
-        elif key.endswith("_regularizer") or key.endswith("_constraint"):
-            out[key] = _serializable(value, layer, key)
-        else:
-            out[key] = value
-    if class_name == "LeakyReLU" and "negative_slope" in out:
-        out["alpha"] = out.pop("negative_slope")
-    if class_name == "ZeroPadding1D":
-        if out.pop("data_format", "channels_last") != "channels_last":
-            raise ModelLoadError(f"layer '{layer.name}' (ZeroPadding1D) pads channels_first data, which tf_keras "
-                                 "cannot", hint=_HINT)
-    if class_name == "LayerNormalization" and out.get("rms_scaling") is False:
-        out.pop("rms_scaling")
-    if class_name in ("LSTM", "GRU", "SimpleRNN"):
-        out.pop("use_cudnn", None)  # a Keras 3 kernel choice; tf_keras chooses by itself
-        out.pop("seed", None)       # dropout's seed: no dropout at inference
-    return out
-
-
-def _dtype_name(value: Any, layer: Any) -> str | None:
-    """A Keras 3 dtype or DTypePolicy (as a string or a serialized dict) as a tf_keras policy name."""
-    if value is None:
-        return None
-    if isinstance(value, dict):
-        if value.get("class_name") != "DTypePolicy":
-            raise ModelLoadError(f"layer '{layer.name}' ({type(layer).__name__}) uses the dtype policy "
-                                 f"{value.get('class_name')} (e.g. a quantized Keras 3 layer), which tf_keras "
-                                 "does not have", hint=_HINT)
-        value = value.get("config", {}).get("name")
-    name = str(value)
-    if name not in _FLOAT_POLICIES and not name.startswith(("int", "uint", "bool")):
-        raise ModelLoadError(f"layer '{layer.name}' ({type(layer).__name__}) uses the dtype policy '{name}', "
-                             "which the tf_keras rebuild does not support", hint=_HINT)
-    return name
-
-
-def _serializable(value: Any, layer: Any, key: str) -> Any:
-    """A Keras 3 regularizer/constraint dict (module, class_name, config) in tf_keras' form."""
-    if value is None:
-        return None
-    if not isinstance(value, dict) or "class_name" not in value:
-        raise ModelLoadError(f"layer '{layer.name}' ({type(layer).__name__}): cannot translate {key}={value!r}",
-                             hint=_HINT)
-    module = str(value.get("module") or "")
-    if value.get("registered_name") or not module.startswith("keras."):
-        raise ModelLoadError(f"layer '{layer.name}' ({type(layer).__name__}) uses the custom {key} "
-                             f"{value.get('registered_name') or value['class_name']}", hint=_HINT)
-    return {"class_name": value["class_name"], "config": dict(value.get("config") or {})}
-
-
-def _init_params(cls: type) -> frozenset[str]:
-    """The keyword arguments a tf_keras layer class accepts, up to and including the base Layer."""
-    names: set[str] = set(_BASE_KWARGS)
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is not None:
-            names |= {p.name for p in inspect.signature(init).parameters.values()
-                      if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-        if klass.__name__ == "Layer" and klass.__module__.startswith("tf_keras"):
-            break
-    names.discard("self")
-    return frozenset(names)
-
-
-def _copy_weights(source: Any, target: Any) -> None:
-    """Keras 3 layer -> tf_keras layer, matched by variable name (kernel, gamma, moving_mean, ...)."""
-    renames = _WEIGHT_RENAMES.get(type(source).__name__, {})
-    src = {renames.get(name, name): value for name, value in
-           ((_short(getattr(w, "path", w.name)), v) for w, v in zip(source.weights, source.get_weights()))}
-    dst = [(_short(w.name), w) for w in target.weights]
-    label = f"layer '{source.name}' ({type(source).__name__})"
-    if len(src) != len(source.weights) or sorted(src) != sorted(name for name, _ in dst):
-        raise ModelLoadError(f"{label}: its weights {sorted(src)} do not match the tf_keras layer's "
-                             f"{sorted(name for name, _ in dst)}", hint=_HINT)
-    values = []
-    for name, variable in dst:
-        value = np.asarray(src[name])
-        if tuple(value.shape) != tuple(variable.shape):
-            raise ModelLoadError(f"{label}: weight '{name}' has shape {value.shape} in Keras 3 but "
-                                 f"{tuple(variable.shape)} in tf_keras", hint=_HINT)
-        values.append(value)
-    target.set_weights(values)
-
-
-def _short(name: str) -> str:
-    """'block/conv2d/kernel:0' -> 'kernel'."""
-    return name.split("/")[-1].split(":")[0]
 
 
 # --- verification ------------------------------------------------------------------------------
@@ -485,7 +313,7 @@ def _verify(original: Any, rebuilt: Any, samples: list[np.ndarray], atol: float,
     for i, (a, b) in enumerate(zip(expected, actual)):
         if a.shape != b.shape:
             raise ModelLoadError(f"output {i} of the tf_keras rebuild has shape {b.shape}, the Keras 3 model's "
-                                 f"{a.shape}", hint=_HINT)
+                                 f"{a.shape}", hint=UNSUPPORTED_HINT)
         if not np.all(np.isfinite(a)):
             raise ModelLoadError(f"output {i} of the Keras 3 model is not finite on the samples: cannot verify the "
                                  "tf_keras rebuild", hint="check the model and the calibration data")
@@ -495,4 +323,4 @@ def _verify(original: Any, rebuilt: Any, samples: list[np.ndarray], atol: float,
         raise ModelLoadError(
             f"the tf_keras rebuild of '{original.name}' ({layer_count} layers) does not reproduce the Keras 3 model: "
             f"max abs output difference {worst:.3g} on {samples[0].shape[0]} samples (tolerance {atol:g})",
-            hint=_HINT)
+            hint=UNSUPPORTED_HINT)
