@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from edgeq.checks import CheckResult
-from edgeq.device.firmware import CortexMSize, HarnessManifest
+from edgeq.device.harness_manifest import CortexMSize, HarnessManifest
 from edgeq.emulator.emulate import EmulationPart
 from edgeq.report_meta import sha256_path  # noqa: F401 (re-exported)
 from edgeq.report_types import ArenaPlanPart, ConvertReport, EmulateReport  # noqa: F401 (re-exported)

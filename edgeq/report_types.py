@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from edgeq.checks import CheckResult, Gate
-from edgeq.device.firmware import HarnessManifest
+from edgeq.device.harness_manifest import HarnessManifest
 from edgeq.emulator.emulate import EmulationPart
 from edgeq.quantize.training import QatPart
 from edgeq.quantize.recipe import Recipe

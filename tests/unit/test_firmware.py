@@ -16,13 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeq.device.firmware import (
-    STATIC_FILES,
-    CrossCompileError,
-    Firmware,
-    build_firmware,
-    cross_compile,
-)
+from edgeq.device.cross_size import CrossCompileError, cross_compile
+from edgeq.device.firmware import STATIC_FILES, Firmware, build_firmware
 from edgeq.device.protocol import (
     DType,
     ErrorCode,
