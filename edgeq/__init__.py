@@ -16,17 +16,18 @@ def convert(model, target="mcu", options=None, *, example_input=None, **kwargs):
     """
     from edgeq.pipeline import convert as run
 
-    if hasattr(model, "state_dict") and hasattr(model, "forward"):
+    from edgeq.frontends import in_memory_model, saved_model_file
+
+    if in_memory_model(model):
         import tempfile
         from dataclasses import replace
         from pathlib import Path
 
-        from edgeq.frontends.torch import export_to_file
         from edgeq.pipeline import ConvertOptions
 
         options = options or ConvertOptions()
         name = options.name or type(model).__name__.lower()
         with tempfile.TemporaryDirectory(prefix="edgeq-torch-") as folder:
-            path = export_to_file(model, example_input, Path(folder) / f"{name}.pt2")
+            path = saved_model_file(model, example_input, Path(folder) / name)
             return run(path, target, replace(options, trust_model=True, name=name), **kwargs)
     return run(model, target, options, **kwargs)

@@ -17,9 +17,9 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from edgeq.specs import InputSpec  # noqa: F401 (data sets are checked against these)
 from edgeq.errors import CalibrationError
 from edgeq.resources import calibration_root
+from edgeq.specs import InputSpec
 
 if sys.version_info >= (3, 11):
     import tomllib

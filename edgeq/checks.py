@@ -47,7 +47,7 @@ class CheckInput:
     max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP
     fitting_targets: Callable[[int, int, str | None], list[str]] | None = None  # (flash, ram, runtime) -> fits
     model: bytes | None = None  # the .tflite itself: the c runtime's kernel check lowers it
-    pytorch: bool = False  # from PT2E: its hints offer what the PyTorch path has (QAT, not int16x8)
+    accuracy_hint: str | None = None  # what to try where the frontend's levers differ from the converter's
 
 
 def _ok(name: str, message: str) -> CheckResult:
@@ -302,9 +302,7 @@ def check_accuracy(c: CheckInput) -> CheckResult:
         return CheckResult(
             CheckName.ACCURACY, False,
             f"{summary}, over the limit of {c.max_accuracy_drop:g} by {acc.drop_points - c.max_accuracy_drop:.2f}",
-            ("more or more typical calibration data (--calibration-samples), PT2E quantization-aware training "
-             "(--qat --train), int16 activations (--mode int16x8) through an ONNX export of the model, or raise "
-             "--max-accuracy-drop if this is acceptable") if c.pytorch else
+            c.accuracy_hint or
             "more or more typical calibration data (--calibration-samples), --mode int16x8 where the "
             "target allows it, quantization-aware training, or raise --max-accuracy-drop if this is acceptable",
         )
@@ -332,3 +330,16 @@ class Gate(Record):
 def gate_summary(checks: list[CheckResult], *, forced: bool = False) -> Gate:
     failed = [c.name for c in checks if not c.passed]
     return Gate(passed=not failed, failed=failed, forced=forced and bool(failed))
+
+
+def require_tflm_kernels(info: ModelInfo, profile: TargetProfile | None = None) -> None:
+    """float16 and hybrid models have no TFLM kernels: say so (exit 3) before trying to run them."""
+    from edgeq.errors import TargetCheckError
+    from edgeq.targets import load_target
+    from edgeq.tflite.facts import infer_mode
+
+    profile = profile or load_target("mcu")
+    mode = infer_mode(info)
+    result = check_kernels(CheckInput(info, profile, mode, *profile.io_dtypes(mode)))
+    if not result.passed:
+        raise TargetCheckError(f"{info.source} is a {mode} model: {result.message}", hint=result.hint)

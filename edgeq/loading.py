@@ -24,8 +24,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from edgeq._tf import captured_output, tf
-from edgeq.calibration import InputSpec
 from edgeq.errors import ModelLoadError
+from edgeq.specs import InputSpec
 from edgeq.keras_files import KerasFile, read_keras_file, refuse_lambda, vet_layers
 
 SUPPORTED = (".keras (Keras 3 or 2), .h5/.hdf5 (Keras 2 or 3), a SavedModel directory, .onnx, or PyTorch: a .pt2 "
@@ -53,7 +53,7 @@ class ConverterSource:
 Exporter = Callable[[list[tuple[int, ...]]], ConverterSource]
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoadedModel:
     path: Path
     format: str  # "keras" | "h5" | "savedmodel"

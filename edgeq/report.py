@@ -12,9 +12,8 @@ from typing import Any
 from edgeq.checks import CheckResult
 from edgeq.device.harness_manifest import CortexMSize, HarnessManifest
 from edgeq.emulator.emulate import EmulationPart
-from edgeq.report_meta import sha256_path  # noqa: F401 (re-exported)
-from edgeq.report_types import ArenaPlanPart, ConvertReport, EmulateReport  # noqa: F401 (re-exported)
-from edgeq.text import kib, markdown_table  # noqa: F401 (kib re-exported)
+from edgeq.report_types import ArenaPlanPart, ConvertReport, EmulateReport
+from edgeq.text import markdown_table
 from edgeq.text import percent as _pct
 from edgeq.vocab import Runtime, SourceFormat
 

@@ -23,7 +23,7 @@ from edgeq.quantize.recipe import Recipe
 from edgeq.quantize.recurrent import RecurrentNote
 from edgeq.quantize.search import SearchPart
 from edgeq.records import Record, optional
-from edgeq.report_meta import SCHEMA_VERSION, Versions, sha256_path  # noqa: F401 (the reports' stamp)
+from edgeq.report_meta import Versions, sha256_path
 from edgeq.targets import Latency, Memory, OpSupport, Quantization, TargetProfile
 from edgeq.tflite.arena_plan import ArenaPlanPart
 from edgeq.tflite.reader import ModelInfo, TensorPart

@@ -373,3 +373,17 @@ def _load_op_set(root: Path, p: TargetProfile, file: Path) -> tuple[set[str], st
         raise TargetProfileError(f"{file}: [ops] set '{p.ops.set}' is unknown; op sets: {', '.join(sets)}")
     data = _read_toml(op_file)
     return set(data.get("ops", [])), str(data.get("source", ""))
+
+
+def fitting_targets(flash: int, ram: int, runtime: str | None = None) -> list[str]:
+    """Bundled targets (of `runtime`, if given) whose budgets hold `flash` model bytes and `ram`
+    arena/activation bytes."""
+    names = []
+    for t in load_all():
+        if runtime and t.runtime != runtime:
+            continue
+        m = t.memory
+        if (m.flash_bytes is None or flash + m.runtime_flash_bytes <= m.flash_bytes) and (
+                m.ram_bytes is None or ram + m.arena_margin_bytes + m.reserved_ram_bytes <= m.ram_bytes):
+            names.append(t.name)
+    return names

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from edgeq.emulator.latency import estimate_latency  # noqa: E402
-from edgeq.emulator.memory import peak_activation_memory  # noqa: E402
+from edgeq.emulator.activations import peak_activation_memory  # noqa: E402
 from edgeq.errors import TFLiteFormatError  # noqa: E402
 from edgeq.targets import load_all  # noqa: E402
 from edgeq.tflite.reader import read_tflite  # noqa: E402

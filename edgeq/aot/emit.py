@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from edgeq.aot.lower import Program, lower
 from edgeq.export.c_arrays import c_identifier
@@ -56,32 +55,3 @@ def aot_readme(sources: AotSources, board: object | None = None) -> bytes:
     v = sources.values
     call = ", ".join([f"input{i}" for i in range(len(v["inputs"]))] + [f"output{i}" for i in range(len(v["outputs"]))])
     return render("aot_README.md.j2", call=call, board=board, **v).encode()
-
-
-@dataclass(frozen=True)
-class AotExport:
-    """`edgeq export-c --runtime c`: what was written, the planned arena, and TFLM's for comparison."""
-
-    files: list[Path]
-    arena_bytes: int
-    tflm_planned_bytes: int | None  # TFLM's own plan of the same activations (its arena's head), if it runs
-
-
-def export_aot(path: Path, outdir: Path, *, name: str | None = None, overwrite: bool = False) -> AotExport:
-    """`<name>_model.c/.h` for a .tflite, written atomically into `outdir`; TargetCheckError (exit 3)
-    naming the first op the C backend lacks, before anything is written."""
-    from edgeq.emulator.memory import recorded_arena
-    from edgeq.errors import TargetCheckError
-    from edgeq.export.atomic import check_output_dir, write_files_atomically
-    from edgeq.tflite.strip import read_tflite_named
-
-    data, info = read_tflite_named(Path(path))
-    ident = c_identifier(name or Path(path).stem)
-    check_output_dir(Path(outdir), [f"{ident}_model.c", f"{ident}_model.h"], overwrite=overwrite)
-    sources = emit_c(ident, data, info)
-    try:
-        tflm = recorded_arena(data, source=str(path))[1]
-    except TargetCheckError:
-        tflm = None
-    written = write_files_atomically(Path(outdir), sources.files, overwrite=overwrite)
-    return AotExport(written, sources.arena_bytes, tflm)

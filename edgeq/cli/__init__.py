@@ -189,7 +189,7 @@ def main() -> None:
 
 
 # The commands register themselves on `main` when their modules are imported.
-from edgeq.cli import catalog, device, explore, export, model  # noqa: E402, F401
+from edgeq.cli import catalog, device, explore, export, model, sweep  # noqa: E402, F401
 
 if __name__ == "__main__":  # pragma: no cover
     main(sys.argv[1:])

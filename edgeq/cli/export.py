@@ -39,7 +39,7 @@ def export_c(file: Path, outdir: Path, name: str | None, alignment: int, arena_m
     names it.
     """
     if runtime == "c":
-        from edgeq.aot.emit import export_aot
+        from edgeq.pipeline.exports import export_aot
 
         done = export_aot(file, outdir, name=name, overwrite=overwrite)
         tflm = f" (TFLite Micro plans {done.tflm_planned_bytes:,} B for the same tensors)" if done.tflm_planned_bytes \
@@ -48,7 +48,7 @@ def export_c(file: Path, outdir: Path, name: str | None, alignment: int, arena_m
         for path in done.files:
             click.echo(f"wrote {path}")
         return
-    from edgeq.export.tflm import export_c as run_export_c
+    from edgeq.pipeline.exports import export_c as run_export_c
 
     written, model = run_export_c(file, outdir, name=name, alignment=alignment, arena_margin=arena_margin,
                                   overwrite=overwrite)
@@ -92,7 +92,7 @@ def firmware(model: Path, target: str, outdir: Path | None, name: str | None, ar
       edgeq firmware edgeq-out/digits_cnn-mcu/digits_cnn.tflite -o harness/
       edgeq convert model.keras --target mcu --calibration digits --harness   # the same, in one go
     """
-    from edgeq.export.tflm import build_firmware
+    from edgeq.pipeline.exports import build_firmware
     from edgeq.targets import load_target
 
     profile = load_target(target)

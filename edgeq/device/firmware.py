@@ -20,7 +20,6 @@ import numpy as np
 
 from edgeq._version import __version__
 from edgeq.device.cross_size import CrossSize, cross_compile
-from edgeq.device.harness_manifest import CortexMSize  # noqa: F401 (its callers import it from here too)
 from edgeq.device.harness_manifest import HarnessManifest, ManifestArena, ManifestTensor, NoCrossCompiler
 from edgeq.device.protocol import DEFAULT_MAX_PAYLOAD, FRAME_OVERHEAD, INFER_REPLY_HEADER, MAX_RANK, MIN_PAYLOAD
 from edgeq.device.protocol import LENGTH_LIMIT as PAYLOAD_LIMIT

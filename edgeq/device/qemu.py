@@ -270,6 +270,21 @@ def board_tools_missing() -> list[str]:
     return [t for t in ("qemu-system-arm", "arm-none-eabi-gcc") if shutil.which(t) is None]
 
 
+def on_emulated_board(model: bytes, graph_inputs: list, on_step: Callable[[str], None]) -> EmulatedBoardPart | None:
+    """The c runtime's firmware measured on an emulated Cortex-M4, when QEMU and the Arm compiler are
+    here; otherwise (or when the board fails) None, with the reason said through `on_step`. What the
+    emulator and convert take as their `on_board`."""
+    missing = board_tools_missing()
+    if missing:
+        on_step(f"not run on an emulated board: {' and '.join(missing)} missing (scripts/setup installs them)")
+        return None
+    try:
+        return measure_on_board(model, graph_inputs, on_step=on_step)
+    except EdgeqError as exc:
+        on_step(f"not run on an emulated board: {exc.message}")
+        return None
+
+
 def measure_on_board(model: bytes, graph_inputs: list, *, board: str = "mps2-an386",
                      samples: int = BOARD_SAMPLES, on_step: Callable[[str], None] = lambda message: None
                      ) -> EmulatedBoardPart:
@@ -278,24 +293,23 @@ def measure_on_board(model: bytes, graph_inputs: list, *, board: str = "mps2-an3
     per inference, the stack high-water mark and the firmware's sections."""
     import numpy as np
 
-    from edgeq.device.check import device_check
+    from edgeq.device.session import run_session
+    from edgeq.tflite.reader import read_tflite
 
     workdir = temporary_workdir()
     try:
         tflite = workdir / "model.tflite"
         tflite.write_bytes(model)
         arrays = [np.asarray(x)[:samples] for x in graph_inputs]
-        np.savez(workdir / "data.npz", **({"x": arrays[0]} if len(arrays) == 1
-                                          else {f"x{k}": a for k, a in enumerate(arrays)}))
         on_step(f"running the C on an emulated {BOARDS[board][0]} (QEMU {board}): building the firmware, "
                 f"{len(arrays[0])} samples through device-check")
         with running_board(tflite, board) as serving:
-            result = device_check(serving.url, tflite, str(workdir / "data.npz"), output_dir=workdir / "check",
-                                  timeout=60)
+            session = run_session(serving.url, model, read_tflite(model, source=str(tflite)), tflite, arrays,
+                                  f"{len(arrays[0])} samples", timeout=60)
             stack, sizes = stack_high_water(serving.firmware), serving.firmware.sizes
-        report = result.report
-        lat = report.latency
-        return EmulatedBoardPart(board, BOARDS[board][0], report.run.requested, report.agreement.bit_exact,
+        lat = session.latency()
+        bit_exact = len(session.run.outputs) - len(session.differences())
+        return EmulatedBoardPart(board, BOARDS[board][0], session.requested, bit_exact,
                                  int(lat.median) if lat else 0, int(lat.max) if lat else 0, stack,
                                  sizes.get("text", 0), sizes.get("rodata", 0), sizes.get("data", 0),
                                  sizes.get("bss", 0))

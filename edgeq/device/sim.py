@@ -331,7 +331,7 @@ def serve_model(model_path: Path, stop: threading.Event, *, faults: Sequence[str
     the board is. `link_path`, a symlink to the port, is removed again when serving ends.
     """
     from edgeq.emulator.memory import measure_tflm_arena
-    from edgeq.export.tflm import require_tflm_kernels
+    from edgeq.checks import require_tflm_kernels
     from edgeq.tflite.reader import read_tflite, read_tflite_bytes
 
     try:

@@ -11,7 +11,7 @@ an unsupported or malformed model must not take the caller down with it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -19,8 +19,9 @@ from edgeq.calibration import Dataset
 from edgeq.emulator.accuracy import AccuracyMetrics, AccuracyPart, Evaluation, LayerError, LayerErrorPart, compare, evaluate
 from edgeq.emulator.latency import (EmulatedBoardPart, HostLatency, HostLatencyPart, LatencyEstimate, LatencyPart,
                                     estimate_latency, measure_host_latency)
-from edgeq.emulator.memory import ArenaMeasurement, measure_tflm_arena, peak_activation_memory
-from edgeq.emulator.memory_report import MemoryPart, MemoryReport  # noqa: F401 (part of the emulation's record)
+from edgeq.emulator.activations import peak_activation_memory
+from edgeq.emulator.memory import ArenaMeasurement, measure_tflm_arena
+from edgeq.emulator.memory_report import MemoryPart, MemoryReport
 from edgeq.errors import EdgeqError, ModelLoadError, TargetCheckError
 from edgeq.iomap import from_graph_outputs, natural_output_names, to_graph_inputs
 from edgeq.isolation import ChildCrashed, Worker, shared_worker
@@ -30,6 +31,10 @@ from edgeq.tflite.reader import ModelInfo
 from edgeq.progress import Progress, Step, no_progress, no_step
 from edgeq.records import Record
 from edgeq.vocab import Runtime
+
+OnBoard = Callable[[bytes, list[np.ndarray], Step], EmulatedBoardPart | None]
+"""Runs a model's C on a board and measures it there (graph-ordered float inputs), or says why not
+through the step callback and returns None."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,7 @@ def emulate(
     progress: Progress = no_progress,
     worker: Worker | None = None,
     output_names: Sequence[str] | None = None,
+    on_board: OnBoard | None = None,
 ) -> Emulation:
     """Measure `model` (already read back as `info`) for `target`; evaluate it on `data` if given.
 
@@ -158,6 +164,8 @@ def emulate(
     .tflite's own order), and the outputs to `reference` by `output_names` (default output_0,
     output_1, ... as edgeq's export names them). LiteRT and TFLM run in `worker`'s child
     process (this process's shared one by default), so a crash in a runtime cannot end the caller.
+    `on_board`: for the c runtime, what runs the model's C on an (emulated) board and measures it
+    there (edgeq.device.qemu.on_emulated_board); the emulator itself knows no board.
     """
     mode = infer_mode(info)
     if target.runtime.micro and can_run_tflm:
@@ -177,8 +185,9 @@ def emulate(
     if data is None:
         return Emulation(**measured, host=host)
     evaluation = _evaluation(model, info, target, data, tflm_ok, memory, confirm_samples, on_step, progress, runner)
-    if target.runtime == Runtime.C and tflm_ok and memory.ram_needed is not None:
-        measured["latency"] = replace(measured["latency"], emulated=_on_board(model, info, data, on_step))
+    if on_board is not None and target.runtime == Runtime.C and tflm_ok and memory.ram_needed is not None:
+        inputs = to_graph_inputs(list(data.inputs), data.input_names or info.input_names, info)
+        measured["latency"] = replace(measured["latency"], emulated=on_board(model, inputs, on_step))
     outputs = output_names if output_names is not None else natural_output_names(info)
     quantized = from_graph_outputs(evaluation.result.outputs, outputs, info)
     if reference is not None:
@@ -186,22 +195,6 @@ def emulate(
     accuracy = compare(None if reference is None else list(reference), quantized, data.labels,
                        inputs=np.asarray(data.inputs[0]) if len(data.inputs) == 1 else None, groups=data.groups)
     return Emulation(**measured, host=host, data=DataPart.of(data), evaluation=evaluation, accuracy=accuracy)
-
-
-def _on_board(model: bytes, info: ModelInfo, data: Dataset, on_step: Step) -> EmulatedBoardPart | None:
-    """The c runtime's firmware on an emulated Cortex-M4, when QEMU and the Arm compiler are here."""
-    from edgeq.device.qemu import board_tools_missing, measure_on_board
-
-    missing = board_tools_missing()
-    if missing:
-        on_step(f"not run on an emulated board: {' and '.join(missing)} missing (scripts/setup installs them)")
-        return None
-    try:
-        return measure_on_board(model, to_graph_inputs(list(data.inputs), data.input_names or info.input_names, info),
-                                on_step=on_step)
-    except EdgeqError as exc:
-        on_step(f"not run on an emulated board: {exc.message}")
-        return None
 
 
 def _evaluation(model: bytes, info: ModelInfo, target: TargetProfile, data: Dataset, tflm_ok: bool,

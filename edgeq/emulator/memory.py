@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from edgeq.emulator.activations import peak_activation_memory  # noqa: F401 (its callers import it from here too)
 from edgeq.emulator.arena_trial import LOG_LIMIT
 from edgeq.errors import TargetCheckError
 from edgeq.records import Record

@@ -43,7 +43,7 @@ MIN_TFLM_ARENA = 64 * 1024
 
 MAX_THREADS = 4
 
-@dataclass
+@dataclass(frozen=True)
 class RunResult:
     runtime: str                  # "litert" or "tflm"
     outputs: list[np.ndarray]     # per model output: float32, dequantized, shape [N, ...]

@@ -28,9 +28,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from edgeq.calibration import Dataset, InputSpec
+from edgeq.calibration import Dataset
 from edgeq.errors import ConversionError, ModelLoadError
 from edgeq.loading import LoadedModel
+from edgeq.specs import InputSpec
 from edgeq.vocab import Layout, SourceFormat
 
 ONNX_SUFFIXES = (".onnx",)
@@ -142,7 +143,7 @@ def _check_external_data(path: Path, model: Any) -> None:
                                  hint=f"copy {target.name} next to {path.name}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class OnnxModel(LoadedModel):
     """A LoadedModel of the SavedModel onnx2tf made, with what the user's data need to reach it.
 

@@ -82,7 +82,7 @@ def parse_value(text: str | float | int) -> float:
     return v
 
 
-@dataclass
+@dataclass(frozen=True)
 class FormatsReport:
     """Everything `edgeq formats` shows: per value encodings and codes, then the format table."""
 

@@ -190,49 +190,41 @@ def run_precision(model: Path, data: str, *, target: str | None = None, limit: i
     from edgeq.errors import EdgeqError
     from edgeq.export.atomic import check_output_dir, write_files_atomically
     from edgeq.export.c_arrays import c_identifier
-    from edgeq.loading import load_model
     from edgeq.precision.simulate import simulate
     from edgeq.report import render_json
     from edgeq.targets import load_target
 
-    from edgeq.frontends.torch import FACTORY, is_torch_model
+    from edgeq.frontends import frontend_for
 
-    torch_model = is_torch_model(model)
-    factory = FACTORY.match(str(model)) if torch_model else None
+    file = frontend_for(model)
     model = Path(model)
     profile = load_target(target) if target else None
-    ident = c_identifier(factory.group(2) if factory else model.name.removesuffix(model.suffix) or model.name)
+    ident = c_identifier(file.default_name)
     out = outdir if outdir is not None else Path("edgeq-out") / f"{ident}-precision"
     check_output_dir(out, list(PRECISION_FILES), overwrite=overwrite)
-    if torch_model:
-        from edgeq.frontends.torch import check_torch_model, load_torch_model
+    file = file.checked(weights=weights, trust_model=trust_model)
+    raw = load_dataset(data, default_split="eval")
+    loaded = file.load(weights=Path(weights) if weights is not None else None, trust_model=trust_model, data=raw,
+                       on_step=on_step)
+    layers = loaded.layers()
+    if layers is None:
+        raise EdgeqError(f"{model}: `edgeq precision` changes a model's weights layer by layer and needs its layers; "
+                         f"this {loaded.format} model has none to change",
+                         hint="pass the .keras or .h5 file (or the PyTorch module) the model was exported from")
+    dataset = validate_for_model(raw, loaded.input_specs, purpose="evaluation")
+    n = min(limit, dataset.num_samples)
+    inputs, labels = [x[:n] for x in dataset.inputs], None if dataset.labels is None else dataset.labels[:n]
+    if layers.api == "torch":
         from edgeq.precision.simulate import simulate_runner
         from edgeq.precision.torch_runner import torch_runner
 
-        check_torch_model(str(model), weights=weights, trust_model=trust_model)
-        raw = load_dataset(data, default_split="eval")
-        on_step(f"loading {model} (PyTorch start-up takes a few seconds)")
-        loaded = load_torch_model(str(model), weights=weights, trust_model=trust_model,
-                                  example=[tuple(x.shape[1:]) for x in raw.inputs])
-        dataset = validate_for_model(raw, loaded.input_specs, purpose="evaluation")
-        n = min(limit, dataset.num_samples)
-        result = simulate_runner(torch_runner(loaded.module), [x[:n] for x in dataset.inputs],
-                                 None if dataset.labels is None else dataset.labels[:n], model_name=str(model),
+        result = simulate_runner(torch_runner(layers.model), inputs, labels, model_name=str(model),
                                  data_name=dataset.name, target=profile, on_step=on_step,
                                  notes=["PyTorch model: the data are NCHW, as the module takes them; differences are "
                                         "in the module's outputs"])
     else:
-        on_step(f"loading {model} (TensorFlow start-up takes a few seconds)")
-        loaded = load_model(model, trust_model=trust_model)
-        if loaded.keras_model is None:
-            raise EdgeqError(f"{model} is a SavedModel: `edgeq precision` changes a Keras model's weights and needs "
-                             "its layers", hint="pass the .keras or .h5 file the SavedModel was exported from")
-        dataset = validate_for_model(load_dataset(data, default_split="eval"), loaded.input_specs,
-                                     purpose="evaluation")
-        n = min(limit, dataset.num_samples)
-        result = simulate(loaded.keras_model, [x[:n] for x in dataset.inputs],
-                          None if dataset.labels is None else dataset.labels[:n], model_name=model.name,
-                          data_name=dataset.name, target=profile, on_step=on_step)
+        result = simulate(layers.model, inputs, labels, model_name=model.name, data_name=dataset.name, target=profile,
+                          on_step=on_step)
     report = to_json(result)
     files = {"precision.json": render_json(report), "precision.md": render_markdown(result).encode(),
              "precision.png": render_png(result)}

@@ -14,7 +14,7 @@ __all__ = ["ChannelGainPart", "DotProduct", "DotProductPart", "FormatPart", "For
            "PrecisionReport", "PrecisionResult"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class FormatResult:
     name: str
     label: str
@@ -70,7 +70,7 @@ def _json_number(x: float | None, digits: int | None = None) -> float | str | No
     return round(x, digits) if digits is not None else x
 
 
-@dataclass
+@dataclass(frozen=True)
 class LayerChannelGain:
     layer: str
     weight: str
@@ -103,7 +103,7 @@ class ChannelGainPart(Record):
     gain: float | None
 
 
-@dataclass
+@dataclass(frozen=True)
 class DotProduct:
     """One output element of a layer computed from its real input in several precisions."""
 
@@ -127,7 +127,7 @@ class DotProductPart(Record):
     errors: dict[str, float | str | None]
 
 
-@dataclass
+@dataclass(frozen=True)
 class PrecisionResult:
     model: str
     data: str

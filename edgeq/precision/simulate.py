@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -77,7 +78,7 @@ def simulate_runner(runner: Runner, inputs: Sequence[np.ndarray], labels: np.nda
     gains = _channel_gains(original, meta)
     dots = runner.dot_products(inputs, on_step)
     if target is not None:
-        _mark_target(results, target)
+        results = _marked_for(results, target)
     if not dots and any(m.kernel for m in meta):
         notes.append("no dot products: no Dense/Conv2D layer's input could be reached from the model's inputs")
     return PrecisionResult(model_name, data_name, len(inputs[0]), sum(w.size for w in original), kernel_params,
@@ -111,8 +112,9 @@ def _measure(runner: Runner, inputs: Sequence[np.ndarray], labels: np.ndarray | 
                         note=note)
 
 
-def _mark_target(results: list[FormatResult], target: Any) -> None:
-    """Whether `target`'s runtime can store and run each format, and why (or why not)."""
+def _marked_for(results: list[FormatResult], target: Any) -> list[FormatResult]:
+    """Each result with whether `target`'s runtime can store and run its format, and why (or why not)."""
+    marked = []
     for r in results:
         modes, why = RUNTIME_SUPPORT[r.name]
         runs = any(m in target.quantization.modes for m in modes)
@@ -120,7 +122,8 @@ def _mark_target(results: list[FormatResult], target: Any) -> None:
             why += f"; not among {target.name}'s modes ({', '.join(target.quantization.modes)})"
         if r.name == "int8_sym_tensor" and runs and target.quantization.per_channel:
             why += f"; {target.name} uses per-channel"
-        r.target_runs, r.target_note = runs, why
+        marked.append(replace(r, target_runs=runs, target_note=why))
+    return marked
 
 
 def _channel_gains(weights: Sequence[np.ndarray], meta: Sequence[WeightInfo]) -> list[LayerChannelGain]:

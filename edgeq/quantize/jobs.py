@@ -1,12 +1,13 @@
-"""Recipe candidates as independent jobs: measured here, in a local process pool, or on a Ray cluster.
+"""Where independent jobs run: a local process pool, or a Ray cluster. The executors know nothing
+of what they run.
 
-A job carries everything it needs as values: the candidate's quantized model (the search converts
-once per mode and calibration and mixes layers from those conversions, which takes milliseconds),
-the float model's outputs on the evaluation data, the data, the target profile and the recipe. So
-it runs wherever a worker is, with no shared file system and no TensorFlow: it measures the model
-as `convert` does (`pipeline.measured_model`: stripped for TFLM, the real arena, accuracy in the
-device's runtime, every check), which is most of a candidate's time, and hands back what the
-search needs.
+The search's job (`edgeq.measure.RecipeJob`) carries everything it needs as values: the
+candidate's quantized model (the search converts once per mode and calibration and mixes layers
+from those conversions, which takes milliseconds), the float model's outputs on the evaluation
+data, the data and the target profile. So it runs wherever a worker is, with no shared file system
+and no TensorFlow: `edgeq.measure.measure_job` measures it as `convert` does (stripped for TFLM,
+the real arena, accuracy in the device's runtime, every check), which is most of a candidate's
+time, and hands back what the search needs.
 """
 
 from __future__ import annotations
@@ -14,57 +15,10 @@ from __future__ import annotations
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 from edgeq.errors import RecipeError
-
-
-@dataclass(frozen=True)
-class RecipeJob:
-    model: bytes             # the candidate's .tflite
-    input_names: tuple[str, ...]
-    output_names: tuple[str, ...]
-    recipe: Any              # a Recipe (frozen dataclasses pickle as they are)
-    name: str
-    profile: Any             # a TargetProfile
-    calibration: Any         # a Dataset
-    evaluation: Any          # a Dataset, or None
-    reference: Any           # the float model's outputs on `evaluation` (a list of arrays), or None
-    max_accuracy_drop: float
-
-
-@dataclass(frozen=True)
-class Measured:
-    """What a job hands back: every check (name, passed), the RAM and flash totals, and the accuracy."""
-
-    checks: tuple[tuple[str, bool], ...]
-    ram_bytes: int | None
-    flash_bytes: int
-    quantized_top1: float | None
-    drop_points: float | None
-    quantized_auc: float | None
-    auc_drop_points: float | None
-    snr_db: float | None
-    latency_ms: float | None = None
-
-
-@dataclass(frozen=True)
-class _Names:
-    input_names: tuple[str, ...]
-    output_names: tuple[str, ...]
-
-
-def run_job(job: RecipeJob) -> Measured:
-    """One candidate, measured as convert measures a model."""
-    from edgeq.isolation import shared_worker
-    from edgeq.pipeline import _measured, measured_model
-
-    candidate = measured_model(job.model, _Names(job.input_names, job.output_names), method="ptq", recipe=job.recipe,
-                               data=job.calibration, name=job.name, profile=job.profile, eval_data=job.evaluation,
-                               reference=job.reference, max_drop=job.max_accuracy_drop, per_layer=None,
-                               on_step=lambda message: None, progress=None, runtimes=shared_worker())
-    return _measured(candidate)
+from edgeq.measure import Measured, RecipeJob, measure_job
 
 
 class LocalPool:
@@ -75,7 +29,7 @@ class LocalPool:
         self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
 
     def map(self, jobs: list[RecipeJob]) -> list[Measured]:
-        return self.map_function(run_job, jobs)
+        return self.map_function(measure_job, jobs)
 
     def map_function(self, function: Any, jobs: list[Any]) -> list[Any]:
         return list(self._pool.map(function, jobs))
@@ -115,7 +69,7 @@ class RayCluster:
         self.width = max(1, int(ray.cluster_resources().get("CPU", 1)))  # candidates worth measuring at once
 
     def map(self, jobs: list[RecipeJob]) -> list[Measured]:
-        return self.map_function(run_job, jobs)
+        return self.map_function(measure_job, jobs)
 
     def map_function(self, function: Any, jobs: list[Any]) -> list[Any]:
         task = self._ray.remote(num_cpus=1)(function)

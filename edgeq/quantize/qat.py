@@ -24,7 +24,7 @@ from edgeq._tf import captured_output, tf
 from edgeq.calibration import Dataset
 from edgeq.errors import CalibrationError, ConversionError
 from edgeq.quantize.qat_loss import choose_loss, display_name
-from edgeq.quantize.training import QATResult, QatPart, TrainSettings  # noqa: F401 (the trainer's types)
+from edgeq.quantize.training import QATResult, TrainSettings
 
 PTQ_HINT = "use PTQ (drop --qat), or replace the layer"
 

@@ -67,6 +67,7 @@ class Outcome:
     quality: float | None
     failed: tuple[str, ...] = ()
     latency_ms: float | None = None
+    metric: str = ""  # what `quality` measures (the report's quality_metric)
 
 
 @dataclass(frozen=True)
@@ -225,7 +226,9 @@ def search(layers: Sequence[WeightedLayer], evaluate: Callable[[list[Choice]], l
     passing_choices = [c for c, o in seen.outcomes.items() if o.passed]
     best = min(passing_choices, key=lambda c: (cost(c), -(seen.outcomes[c].quality or 0.0), c.order())) \
         if passing_choices else None
-    part = SearchPart(space=_space(objective, resolved[0] if resolved else None), quality_metric=quality_metric, objective=objective, layers=n,
+    quality_metric = quality_metric or next((o.metric for o in seen.outcomes.values()), "")
+    part = SearchPart(space=_space(objective, resolved[0] if resolved else None), quality_metric=quality_metric,
+                      objective=objective, layers=n,
                       tried=len(seen.outcomes), stopped_because=why,
                       candidates=[_candidate(c, o, order, c == best)
                                   for c, o in sorted(seen.outcomes.items(), key=lambda item: item[0].order())])

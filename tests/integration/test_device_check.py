@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from edgeq.calibration import load_dataset
-from edgeq.device.check import WrongFirmwareError, device_check, render_markdown
+from edgeq.device.check import device_check, render_markdown
+from edgeq.device.session import WrongFirmwareError
 from edgeq.device.link import DeviceError
 from edgeq.errors import EdgeqError
 from edgeq.device.sim import SimDevice, VirtualPort, parse_fault

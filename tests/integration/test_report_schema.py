@@ -19,7 +19,8 @@ import pytest
 
 from edgeq.records import Record, jsonable, json_schema, key, optional
 from edgeq.report_schema import report_schema
-from edgeq.report_types import SCHEMA_VERSION, ConvertReport, EmulateReport
+from edgeq.report_meta import SCHEMA_VERSION
+from edgeq.report_types import ConvertReport, EmulateReport
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA_FILE = REPO / "docs" / "report.schema.json"

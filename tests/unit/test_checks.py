@@ -8,9 +8,9 @@ import pytest
 
 from edgeq.checks import DEFAULT_MAX_ACCURACY_DROP, CheckInput, gate_summary, run_checks
 from edgeq.emulator.accuracy import AccuracyMetrics
-from edgeq.emulator.emulate import MemoryReport
+from edgeq.emulator.memory_report import MemoryReport
 from edgeq.tflite.facts import infer_mode
-from edgeq.pipeline import fitting_targets
+from edgeq.targets import fitting_targets
 from edgeq.targets import load_target
 from edgeq.tflite.reader import ModelInfo, OpInfo, TensorInfo
 
@@ -107,9 +107,11 @@ def test_accuracy_drop_limit(drop, passes):
 
 
 def test_an_accuracy_hint_offers_a_pytorch_model_what_its_path_has():
+    from edgeq.frontends.torch_frontend import ACCURACY_HINT
+
     metrics = AccuracyMetrics(400, 0.98, 0.96, 0.99, 2.0, None)
     keras = _by_name(_input(_graph("int8", "int8"), accuracy=metrics))["accuracy"]
-    torch = _by_name(_input(_graph("int8", "int8"), accuracy=metrics, pytorch=True))["accuracy"]
+    torch = _by_name(_input(_graph("int8", "int8"), accuracy=metrics, accuracy_hint=ACCURACY_HINT))["accuracy"]
     assert "--mode int16x8 where the target allows it" in keras.hint
     assert "--qat --train" in torch.hint and "through an ONNX export" in torch.hint
 

@@ -318,7 +318,7 @@ def c_device_port(posix_device):
 
 
 def test_host_link_talks_to_the_c_device(c_device_port):
-    from edgeq.device.check import open_port
+    from edgeq.device.session import open_port
     from edgeq.device.link import DeviceError, DeviceLink
 
     port = open_port(c_device_port, 115200)
@@ -342,7 +342,7 @@ def test_host_link_talks_to_the_c_device(c_device_port):
 
 
 def test_host_resends_what_the_c_device_received_damaged(c_device_port):
-    from edgeq.device.check import open_port
+    from edgeq.device.session import open_port
     from edgeq.device.link import DeviceLink
 
     port = open_port(c_device_port, 115200)

@@ -1,11 +1,11 @@
-"""edgeq.export.tflm: the library calls behind export-c and firmware, usable without the CLI."""
+"""edgeq.pipeline.exports: the library calls behind export-c and firmware, usable without the CLI."""
 
 from __future__ import annotations
 
 import pytest
 
 from edgeq.errors import EdgeqError
-from edgeq.export.tflm import build_firmware, export_c
+from edgeq.pipeline.exports import build_firmware, export_c
 from edgeq.targets import load_target
 
 

@@ -58,7 +58,8 @@ def float_model(tfk, data):
 
 @pytest.fixture(scope="module")
 def qat(float_model, data):
-    from edgeq.quantize.qat import TrainSettings, quantization_aware_train
+    from edgeq.quantize.qat import quantization_aware_train
+    from edgeq.quantize.training import TrainSettings
 
     before = [w.copy() for w in float_model.get_weights()]
     epochs: list[tuple[int, int, dict]] = []
@@ -136,7 +137,8 @@ def test_early_stopping_restores_the_best_weights(float_model, data):
     """A high learning rate on a small subset: val_loss stops improving, training stops and the
     weights of the best epoch come back."""
     from edgeq.calibration import Dataset
-    from edgeq.quantize.qat import TrainSettings, quantization_aware_train
+    from edgeq.quantize.qat import quantization_aware_train
+    from edgeq.quantize.training import TrainSettings
 
     train = data["train"]
     small = Dataset(name="digits:train[:300]", source=train.source, inputs=(train.inputs[0][:300],),
@@ -255,7 +257,8 @@ def test_keras3_compile_settings_are_translated_to_tf_keras(tfk, data):
 
 
 def test_unsupported_layer_is_named(tfk, data):
-    from edgeq.quantize.qat import TrainSettings, quantization_aware_train
+    from edgeq.quantize.qat import quantization_aware_train
+    from edgeq.quantize.training import TrainSettings
 
     inputs = tfk.Input((8, 8, 1))
     x = tfk.layers.LayerNormalization(name="norm")(tfk.layers.Flatten()(inputs))
@@ -267,7 +270,7 @@ def test_unsupported_layer_is_named(tfk, data):
 
 
 def test_bad_settings_are_refused():
-    from edgeq.quantize.qat import TrainSettings
+    from edgeq.quantize.training import TrainSettings
 
     with pytest.raises(RecipeError, match="epochs must be at least 1"):
         TrainSettings(epochs=0)
@@ -280,7 +283,8 @@ def test_keras3_model_goes_through_the_real_bridge(data):
     import keras
 
     from edgeq.calibration import Dataset
-    from edgeq.quantize.qat import TrainSettings, quantization_aware_train
+    from edgeq.quantize.qat import quantization_aware_train
+    from edgeq.quantize.training import TrainSettings
 
     k3 = _digits_cnn(keras)
     before = [w.copy() for w in k3.get_weights()]

@@ -11,9 +11,9 @@ import pytest
 from edgeq.checks import Gate
 from edgeq.emulator.accuracy import Confirmation
 from edgeq.report_types import ConvertReport
-from edgeq.report import (
-    kib, render_json, render_markdown, render_png, sha256_path,
-)
+from edgeq.report import render_json, render_markdown, render_png
+from edgeq.report_meta import sha256_path
+from edgeq.text import kib
 
 REPO = Path(__file__).resolve().parents[2]
 

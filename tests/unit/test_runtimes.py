@@ -330,7 +330,7 @@ def test_output_error_and_compare_match_numpy(example, models, eval_set) -> None
 
 
 def test_per_layer_errors_for_int8(example, eval_set) -> None:
-    from edgeq.emulator.accuracy import per_layer_errors
+    from edgeq.quantize.debugger import per_layer_errors
     from edgeq.quantize.ptq import configured_converter
 
     model, calibration = example

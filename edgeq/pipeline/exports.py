@@ -1,7 +1,7 @@
-"""A .tflite converted elsewhere, made ready for TensorFlow Lite Micro: the library side of
-`edgeq export-c`, `edgeq firmware` and `edgeq device-sim`.
+"""A .tflite converted elsewhere, made ready for a microcontroller: the library side of
+`edgeq export-c` (TFLM's C arrays, or the c runtime's plain C) and `edgeq firmware`.
 
-Each starts the same way: read the file through the checked reader, refuse what TFLM has no
+Each starts the same way: read the file through the checked reader, refuse what the runtime has no
 kernel for (exit 3, before anything runs), and measure the exact tensor arena in TFLM.
 """
 
@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from edgeq.emulator.memory import ArenaMeasurement, measure_tflm_arena
 from edgeq.errors import TargetCheckError
 from edgeq.export.atomic import check_output_dir, write_files_atomically
 from edgeq.export.c_arrays import ArenaSize, c_identifier, tflm_sources
 from edgeq.progress import Step, no_step
-from edgeq.targets import TargetProfile, load_target
+from edgeq.checks import require_tflm_kernels
+from edgeq.targets import TargetProfile
 from edgeq.tflite.reader import ModelInfo
 
 if TYPE_CHECKING:
@@ -31,18 +32,6 @@ class TflmModel:
     data: bytes
     info: ModelInfo
     arena: ArenaMeasurement
-
-
-def require_tflm_kernels(info: ModelInfo, profile: TargetProfile | None = None) -> None:
-    """float16 and hybrid models have no TFLM kernels: say so (exit 3) before trying to run them."""
-    from edgeq.checks import CheckInput, check_kernels
-    from edgeq.tflite.facts import infer_mode
-
-    profile = profile or load_target("mcu")
-    mode = infer_mode(info)
-    result = check_kernels(CheckInput(info, profile, mode, *profile.io_dtypes(mode)))
-    if not result.passed:
-        raise TargetCheckError(f"{info.source} is a {mode} model: {result.message}", hint=result.hint)
 
 
 def measured(path: Path, data: bytes, info: ModelInfo, on_step: Step = no_step) -> TflmModel:
@@ -111,3 +100,31 @@ def build_firmware(path: Path, profile: TargetProfile, *, outdir: Path | None = 
                                       alignment=profile.memory.tensor_alignment)
     written = write_files_atomically(out, built.files, overwrite=overwrite)
     return FirmwareResult(model, out, written, built.manifest, size, margin, ident)
+
+
+@dataclass(frozen=True)
+class AotExport:
+    """`edgeq export-c --runtime c`: what was written, the planned arena, and TFLM's for comparison."""
+
+    files: list[Path]
+    arena_bytes: int
+    tflm_planned_bytes: int | None  # TFLM's own plan of the same activations (its arena's head), if it runs
+
+
+def export_aot(path: Path, outdir: Path, *, name: str | None = None, overwrite: bool = False) -> AotExport:
+    """`<name>_model.c/.h` for a .tflite, written atomically into `outdir`; TargetCheckError (exit 3)
+    naming the first op the C backend lacks, before anything is written."""
+    from edgeq.aot.emit import emit_c
+    from edgeq.emulator.memory import recorded_arena
+    from edgeq.tflite.strip import read_tflite_named
+
+    data, info = read_tflite_named(Path(path))
+    ident = c_identifier(name or Path(path).stem)
+    check_output_dir(Path(outdir), [f"{ident}_model.c", f"{ident}_model.h"], overwrite=overwrite)
+    sources = emit_c(ident, data, info)
+    try:
+        tflm = recorded_arena(data, source=str(path))[1]
+    except TargetCheckError:
+        tflm = None
+    written = write_files_atomically(Path(outdir), sources.files, overwrite=overwrite)
+    return AotExport(written, sources.arena_bytes, tflm)
