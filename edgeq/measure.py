@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from edgeq.calibration import Dataset
 from edgeq.checks import CheckInput, CheckResult, run_checks
@@ -32,7 +32,7 @@ QAT_PER_LAYER_NOTE = ("per-layer error is measured for PTQ: TFLite's Quantizatio
                       "and a QAT model carries fake-quant ranges of its own")
 
 
-class Names:
+class Names(Protocol):
     """Anything that gives a model's signature input and output names, in its order."""
 
     input_names: tuple[str, ...]

@@ -33,10 +33,9 @@ def export_c(file: Path, outdir: Path, name: str | None, alignment: int, arena_m
     running the model in TFLite Micro) and <name>_op_resolver.h; fails (exit 3) if the model uses
     an op TensorFlow Lite Micro has no kernel for.
     --runtime c: <name>_model.c/.h, the model as C99 with no interpreter, no heap and no floating
-    point, bit-exact with TFLite Micro: call <name>_invoke(input, output). int8 models with
-    CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, MAX/AVERAGE_POOL_2D, MEAN, ADD, MUL,
-    CONCATENATION, PAD, RELU, RELU6, RESHAPE and SOFTMAX so far; any other op fails (exit 3) and
-    names it.
+    point, bit-exact with TFLite Micro: call <name>_invoke(input, output). int8 models of the ops
+    the c runtime has kernels for (the mcu-c column of docs/supported_ops.md); any other op fails
+    (exit 3) and names it.
     """
     if runtime == "c":
         from edgeq.pipeline.exports import export_aot

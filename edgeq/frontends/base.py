@@ -36,6 +36,19 @@ DataSets = tuple["Dataset | None", ...]
 
 
 @dataclass(frozen=True)
+class Identity:
+    """What the report's `input` part says of a model: the file it hashes (a factory's state_dict),
+    its format, what saved it, its parameter count, and the tool that translated it from another
+    framework, if one did."""
+
+    path: Path
+    format: str
+    saved_by: str
+    parameter_count: int
+    converted_by: str | None = None
+
+
+@dataclass(frozen=True)
 class IONames:
     """The quantized model's signature names, in its input and output order: how data are matched to it."""
 
@@ -73,12 +86,10 @@ class Quantized:
 class Frontend(Protocol):
     """A model of some framework, loaded in the conversion's child process."""
 
-    path: Path  # the file hashed into the report (a factory's state_dict)
-    format: str  # SourceFormat: what the report calls it
-    saved_by: str
-    parameter_count: int
     input_specs: list[InputSpec]  # as the device takes them
-    converted_by: str | None  # another framework's translation of the model, if any
+
+    @property
+    def identity(self) -> Identity: ...
 
     @property
     def can_train(self) -> bool:

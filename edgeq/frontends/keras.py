@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgeq.frontends.base import DataSets, Frontend, IONames, Layers, Prepared, Quantized, Shapes, trained
+from edgeq.frontends.base import DataSets, Frontend, Identity, IONames, Layers, Prepared, Quantized, Shapes, trained
 from edgeq.progress import Progress, Step
 from edgeq.specs import InputSpec
 
@@ -67,20 +67,9 @@ class KerasFrontend:
     loaded: LoadedModel
 
     @property
-    def path(self) -> Path:
-        return self.loaded.path
-
-    @property
-    def format(self) -> str:
-        return self.loaded.format
-
-    @property
-    def saved_by(self) -> str:
-        return self.loaded.saved_by
-
-    @property
-    def parameter_count(self) -> int:
-        return self.loaded.parameter_count
+    def identity(self) -> Identity:
+        m = self.loaded
+        return Identity(m.path, m.format, m.saved_by, m.parameter_count, m.converted_by)
 
     @property
     def input_specs(self) -> list[InputSpec]:
@@ -89,10 +78,6 @@ class KerasFrontend:
     @property
     def source_specs(self) -> list[InputSpec]:
         return self.loaded.input_specs
-
-    @property
-    def converted_by(self) -> str | None:
-        return self.loaded.converted_by
 
     @property
     def can_train(self) -> bool:

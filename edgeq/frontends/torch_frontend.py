@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgeq.errors import RecipeError
-from edgeq.frontends.base import (DataSets, Frontend, IONames, Layers, Prepared, Quantized, Shapes,
+from edgeq.frontends.base import (DataSets, Frontend, Identity, IONames, Layers, Prepared, Quantized, Shapes,
                                   channels_moved_last, trained)
 from edgeq.frontends.torch import FACTORY, check_torch_model, load_torch_model
 from edgeq.progress import Progress, Step
@@ -78,20 +78,9 @@ class TorchFrontend:
     saved_ops: int = 0  # ops fewer than NCHW, where for_device moved the channels last
 
     @property
-    def path(self) -> Path:
-        return self.model.path
-
-    @property
-    def format(self) -> str:
-        return self.model.format
-
-    @property
-    def saved_by(self) -> str:
-        return self.model.saved_by
-
-    @property
-    def parameter_count(self) -> int:
-        return self.model.parameter_count
+    def identity(self) -> Identity:
+        m = self.model
+        return Identity(m.path, m.format, m.saved_by, m.parameter_count)
 
     @property
     def input_specs(self) -> list[InputSpec]:
@@ -100,10 +89,6 @@ class TorchFrontend:
     @property
     def source_specs(self) -> list[InputSpec]:
         return self.model.input_specs
-
-    @property
-    def converted_by(self) -> str | None:
-        return None
 
     @property
     def can_train(self) -> bool:

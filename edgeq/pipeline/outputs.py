@@ -74,11 +74,12 @@ def convert_report(plan: Plan, prepared: Prepared, made: Made, data: Dataset | N
     info = chosen.info
     layout = model.layout()
     model_path = plan.model_path
-    source = SourceModel(str(model_path) if not model_path.exists() else model_path.name, model.format,
-                         model.saved_by, sha256_path(model.path), model.parameter_count,
+    identity = model.identity
+    source = SourceModel(str(model_path) if not model_path.exists() else model_path.name, identity.format,
+                         identity.saved_by, sha256_path(identity.path), identity.parameter_count,
                          [ModelInput(s.name, list(s.shape), s.dtype, [1, *shape])
                           for s, shape in zip(model.input_specs, shapes)],
-                         converted_by=model.converted_by,
+                         converted_by=identity.converted_by,
                          input_layout=layout if any(len(shape) == 3 for shape in shapes) else None)
     used = min(recipe.calibration_samples, data.num_samples) if data else 0
     return ConvertReport(

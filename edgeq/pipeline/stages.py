@@ -31,7 +31,7 @@ def load_checked(plan: Plan, on_step: Step) -> tuple[Frontend, DataSets, Shapes]
     sets = _validated((plan.data, plan.eval_data, plan.train_data), model.source_specs)
     data, eval_data, train_data = model.as_model_takes(sets, on_step)
     data = data or train_data  # QAT without --calibration: the converter's ranges come from training data
-    shapes = sample_shapes(model.input_specs, str(model.path), plan.input_shapes, data or eval_data, on_step)
+    shapes = sample_shapes(model.input_specs, str(model.identity.path), plan.input_shapes, data or eval_data, on_step)
     model, shapes, sets = model.for_device((data, eval_data, train_data), shapes, on_step)
     return model, _validated(sets, fixed_specs(model.input_specs, shapes)), shapes
 

@@ -209,7 +209,7 @@ def run_precision(model: Path, data: str, *, target: str | None = None, limit: i
     layers = loaded.layers()
     if layers is None:
         raise EdgeqError(f"{model}: `edgeq precision` changes a model's weights layer by layer and needs its layers; "
-                         f"this {loaded.format} model has none to change",
+                         f"this {loaded.identity.format} model has none to change",
                          hint="pass the .keras or .h5 file (or the PyTorch module) the model was exported from")
     dataset = validate_for_model(raw, loaded.input_specs, purpose="evaluation")
     n = min(limit, dataset.num_samples)
