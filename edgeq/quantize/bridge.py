@@ -7,8 +7,8 @@ with the few keys that differ translated, every weight copied), reconnects the l
 proves the rebuild: both models must give the same outputs on real samples.
 
 No code is evaluated: only the built-in layer classes in SUPPORTED_LAYERS are rebuilt, from their
-configs. Anything else (custom or recurrent layers, raw `keras.ops` calls, nested models) is
-refused with an error that names the layer.
+configs (LSTM, GRU and SimpleRNN among them). Anything else (custom layers, raw `keras.ops` calls,
+nested models) is refused with an error that names the layer.
 """
 
 from __future__ import annotations
