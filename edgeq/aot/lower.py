@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from edgeq.aot.kernels import HINT, KERNELS, LOWERINGS, Constants, Step, tensor_bytes
 from edgeq.aot.schedule import scheduled
 from edgeq.errors import TargetCheckError
-from edgeq.tflite.arena_plan import ArenaPlan, plan_arena
+from edgeq.tflite.arena_plan import ArenaPlan, plan_arena, unplanned_reason
 from edgeq.tflite.model_info import ModelInfo
 
 __all__ = ["KERNELS", "Program", "Step", "lower"]
@@ -62,7 +62,8 @@ def lower(model: bytes, info: ModelInfo) -> Program:
         steps.append(LOWERINGS[op.name](op, info, obj, graph, options, constants))
     plan = plan_arena(order)
     if plan is None:
-        raise TargetCheckError(f"{info.source}: no activation plan for this model", hint=HINT)
+        raise TargetCheckError(f"{info.source}: the c runtime cannot plan its activations: {unplanned_reason(order)}",
+                               hint=HINT)
     planned = {i: o for i, o in enumerate(plan.offsets) if o >= 0}
     sizes = {i: tensor_bytes(info.tensors[i]) for i in planned}
     return Program(tuple(steps), constants, planned, max(plan.peak, 1), tuple(info.inputs), tuple(info.outputs),

@@ -87,6 +87,23 @@ def activation_buffers(info: ModelInfo, variables: Sequence[int] = ()) -> list[B
     return buffers
 
 
+def unplanned_reason(info: ModelInfo) -> str:
+    """Why `activation_buffers` plans nothing for `info`, naming the op and the tensor."""
+    if not info.ops:
+        return "the model has no operators"
+    for op in info.ops:
+        for i in (*op.inputs, *op.outputs):
+            if i < 0 or info.tensors[i].is_constant:
+                continue
+            t = info.tensors[i]
+            if any(d < 0 for d in t.shape):
+                return (f"{op.name} #{op.index}'s tensor '{t.name}' has the open shape {list(t.declared_shape)}; only "
+                        "the batch may be open (TFLite Micro runs it as 1): convert with fixed dimensions")
+            if t.dtype not in _ELEMENT_BYTES:
+                return f"{op.name} #{op.index}'s tensor '{t.name}' is {t.dtype}, which has no place in the arena plan"
+    return "no tensor of the model needs arena memory"
+
+
 def lower_bound(buffers: Sequence[Buffer]) -> int:
     if not buffers:
         return 0

@@ -6,6 +6,8 @@ The machine-readable form is `ModelInfo.to_dict()`.
 
 from __future__ import annotations
 
+import textwrap
+
 from edgeq.text import text_table
 from edgeq.tflite.reader import ModelInfo, TensorInfo
 
@@ -31,9 +33,8 @@ def format_quantization(tensor: TensorInfo) -> str:
     return f"scale={tensor.scales[0]:.4g} zp={zero_point}"
 
 
-
 def _io_lines(title: str, tensors: tuple[TensorInfo, ...]) -> list[str]:
-    rows = [(f"#{t.index}", _truncate(t.name), t.dtype, format_shape(t.shape), format_quantization(t))
+    rows = [(f"#{t.index}", _truncate(t.name), t.dtype, format_shape(t.declared_shape), format_quantization(t))
             for t in tensors]
     if not rows:
         return [f"{title}: none"]
@@ -63,8 +64,13 @@ def format_inspect(info: ModelInfo) -> str:
     if counts:
         lines += text_table(("op", "count"), [(name, str(n)) for name, n in counts.items()])
     lines += ["", f"tensors (main graph): {len(info.tensors)}"]
-    rows = [(str(t.index), _truncate(t.name), t.dtype, format_shape(t.shape),
+    rows = [(str(t.index), _truncate(t.name), t.dtype, format_shape(t.declared_shape),
              f"{t.buffer_bytes:,}" if t.is_constant else "-", format_quantization(t)) for t in info.tensors]
     if rows:
         lines += text_table(("#", "name", "dtype", "shape", "const bytes", "quantization"), rows)
+    if info.notes:
+        lines += ["", "notes (what TFLite Micro reads otherwise than the file says, and edgeq with it):"]
+        for note in info.notes:
+            lines += textwrap.wrap(note, width=100, initial_indent="  - ", subsequent_indent="    ",
+                                   break_long_words=False, break_on_hyphens=False)
     return "\n".join(lines) + "\n"

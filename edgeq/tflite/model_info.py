@@ -18,7 +18,9 @@ FLOAT_DTYPES = frozenset({"float16", "float32", "float64", "bfloat16", "float8_e
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """One tensor of the main graph as the file declares it (shape uses -1 for dynamic dims)."""
+    """One tensor of the main graph. `shape` is what TFLite Micro runs: the file's `shape` field,
+    where an open batch is 1; `shape_signature` is what the file declares, -1 for every open
+    dimension, as LiteRT and the converter show it (empty: the same as `shape`)."""
 
     index: int
     name: str
@@ -28,6 +30,12 @@ class TensorInfo:
     zero_points: tuple[int, ...] = ()
     quantized_dimension: int = 0
     buffer_bytes: int = 0
+    shape_signature: tuple[int, ...] = ()
+
+    @property
+    def declared_shape(self) -> tuple[int, ...]:
+        """The shape as the file declares it (-1: an open dimension)."""
+        return self.shape_signature or self.shape
 
     @property
     def is_constant(self) -> bool:
@@ -50,7 +58,8 @@ class TensorInfo:
         return ChannelQuant(len(self.scales), self.quantized_dimension, min(self.scales), max(self.scales))
 
     def part(self) -> TensorPart:
-        return TensorPart(self.index, self.name, self.dtype, list(self.shape), self.is_constant, self.buffer_bytes,
+        return TensorPart(self.index, self.name, self.dtype, list(self.declared_shape), self.is_constant,
+                          self.buffer_bytes,
                           self.quantization_part())
 
     def to_dict(self) -> dict[str, Any]:
@@ -137,6 +146,9 @@ class ModelInfo:
     # ("" where the file names none: a stripped or hand-made model).
     input_names: tuple[str, ...] = ()
     output_names: tuple[str, ...] = ()
+    # What the file says that TFLite Micro ignores or reads otherwise, and how edgeq reads it alike
+    # (an open batch run as 1, a bias's quantized dimension): `edgeq inspect` shows them.
+    notes: tuple[str, ...] = ()
 
     def op_counts(self) -> dict[str, int]:
         """Operator name -> number of uses over all subgraphs, sorted by name."""
@@ -185,6 +197,7 @@ class ModelInfo:
             "inputs": [t.to_dict() for t in self.input_tensors],
             "outputs": [t.to_dict() for t in self.output_tensors],
             "tensors": [t.to_dict() for t in self.tensors],
+            **({"notes": list(self.notes)} if self.notes else {}),
         }
 
 

@@ -90,6 +90,9 @@ class _Parser:
         self.source = source
         self.where = "the file header"
         self._vtable_sizes: dict[int, int] = {}  # checked vtable position -> object size
+        # What TFLM reads otherwise than the file says (ModelInfo.notes), by main-graph tensor:
+        self.open_batch: list[str] = []  # the batch left open (-1), which TFLM runs as 1
+        self.bias_axis: list[str] = []  # a rank-1 per-channel tensor whose quantized dimension is not 0
         # Vector entries visited. A valid file stores each vector once, so more entries than
         # bytes means tables are shared in a loop-like way meant to make the reader hang.
         self._budget = self.size + 4096
@@ -202,8 +205,22 @@ class _Parser:
             all_op_names=tuple(sorted(histogram)), op_histogram=tuple(sorted(histogram.items())),
             all_dtypes=tuple(sorted({t.dtype for graph in graphs for t in flowing(graph)})),
             constant_buffers=tuple(buffer_sizes[b] for b in sorted(used_buffers) if buffer_sizes[b]),
-            input_names=input_names, output_names=output_names,
+            input_names=input_names, output_names=output_names, notes=tuple(self._notes()),
         )
+
+    def _notes(self) -> list[str]:
+        def named(tensors: list[str]) -> str:
+            more = f" and {len(tensors) - 3} more" if len(tensors) > 3 else ""
+            return f"{len(tensors)} tensor{'s' if len(tensors) > 1 else ''} ({', '.join(tensors[:3])}{more})"
+
+        notes = []
+        if self.open_batch:
+            notes.append(f"the batch dimension is open (-1) for {named(self.open_batch)}; TFLite Micro runs it as "
+                         "1, and so does edgeq (one sample per inference)")
+        if self.bias_axis:
+            notes.append(f"{named(self.bias_axis)} of rank 1 say a per-channel quantized dimension other than 0; "
+                         "TFLite Micro ignores it and reads the scales by channel, and so does edgeq")
+        return notes
 
     def _signature_names(self, model: schema.Model, inputs: tuple[int, ...],
                          outputs: tuple[int, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -316,14 +333,25 @@ class _Parser:
             scales = self.numbers(quant, _Q_SCALE, "<f4", "the quantization scales")
             zero_points = self.numbers(quant, _Q_ZERO_POINT, "<i8", "the zero points")
             axis = quant.QuantizedDimension()
+            if len(shape) == 1 and len(scales) == shape[0] > 1 and axis != 0:
+                # A per-channel bias with the filter's axis (TFLM's person_detect has one): TFLM reads a
+                # bias's scales by channel and never looks at its quantized dimension.
+                if si == 0:
+                    self.bias_axis.append(f"#{ti} {_short(name)}")
+                axis = 0
             check_quantization(self.fail, label, dtype, shape, scales, zero_points, axis)
             if len(zero_points) == 1 and len(scales) > 1:
                 zero_points = zero_points * len(scales)  # what TFLM's allocator reads it as
+        # TFLM runs the file's `shape` (an open batch is 1 there, -1 only in the signature) and
+        # refuses -1 in `shape` itself as a dynamic tensor; the signature is what the file declares.
+        declared = tuple(signature if signature and len(signature) == len(shape) else shape)
+        runtime = tuple(shape)
+        if si == 0 and declared and declared[0] == -1 and runtime[0] == 1:
+            self.open_batch.append(f"#{ti} {_short(name)}")
         return TensorInfo(
-            index=ti, name=name, dtype=dtype,
-            shape=tuple(signature if signature and len(signature) == len(shape) else shape),
+            index=ti, name=name, dtype=dtype, shape=runtime,
             scales=tuple(scales), zero_points=tuple(zero_points), quantized_dimension=axis,
-            buffer_bytes=buffer_sizes[buffer],
+            buffer_bytes=buffer_sizes[buffer], shape_signature=declared if declared != runtime else (),
         )
 
 

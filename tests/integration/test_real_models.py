@@ -208,7 +208,7 @@ def test_savedmodel_gets_batch_1_and_the_flashed_model_is_lean(tmp_path, digits)
     model.export(str(tmp_path / "sm"), format="tf_saved_model", verbose=False)
     result = convert(tmp_path / "sm", "mcu", ConvertOptions(calibration="digits", outdir=tmp_path / "out",
                                                             per_layer=False))
-    assert result.info.input_tensors[0].shape == (1, 8, 8, 1)
+    assert result.info.input_tensors[0].declared_shape == (1, 8, 8, 1)  # fixed in the file, not open
     tfm = tf()
     plain = tfm.lite.TFLiteConverter.from_saved_model(str(tmp_path / "sm"))
     calibration = digits["calibration"].inputs[0]
@@ -217,7 +217,7 @@ def test_savedmodel_gets_batch_1_and_the_flashed_model_is_lean(tmp_path, digits)
     plain.target_spec.supported_ops = [tfm.lite.OpsSet.TFLITE_BUILTINS_INT8]
     plain.inference_input_type = plain.inference_output_type = tfm.int8
     plain_bytes = plain.convert()
-    assert read_tflite(plain_bytes).input_tensors[0].shape[0] == -1  # the plain way keeps a dynamic batch
+    assert read_tflite(plain_bytes).input_tensors[0].declared_shape[0] == -1  # the plain way keeps a dynamic batch
     flashed = (tmp_path / "out" / "sm.tflite").read_bytes()
     assert len(flashed) <= 0.9 * len(plain_bytes), (len(flashed), len(plain_bytes))
     assert read_tflite(flashed).input_names == ("",) and result.report.to_dict()["sizes"]["names_stripped_bytes"] > 0

@@ -127,14 +127,15 @@ def test_inputs_outputs_match_litert_interpreter(tflite_models: dict[str, bytes]
         for tensor, d in zip(ours, theirs):
             assert tensor.index == d["index"] and tensor.name == d["name"]
             assert tensor.dtype == np.dtype(d["dtype"]).name == kind
-            assert tensor.shape == tuple(d["shape_signature"].tolist())
+            assert tensor.declared_shape == tuple(d["shape_signature"].tolist())
+            assert tensor.shape == tuple(d["shape"].tolist())  # what TFLM runs: the open batch as 1
             q = d["quantization_parameters"]
             assert tensor.scales == pytest.approx(q["scales"].tolist(), rel=1e-7)
             assert tensor.zero_points == tuple(q["zero_points"].tolist())
             assert tensor.quantized_dimension == q["quantized_dimension"]
             assert tensor.is_quantized == (kind == "int8")
-    assert info.input_tensors[0].shape == (-1, 8, 8, 1)
-    assert info.output_tensors[0].shape == (-1, 10)
+    assert info.input_tensors[0].declared_shape == (-1, 8, 8, 1) and info.input_tensors[0].shape == (1, 8, 8, 1)
+    assert info.output_tensors[0].declared_shape == (-1, 10) and info.output_tensors[0].shape == (1, 10)
 
 
 @pytest.mark.slow

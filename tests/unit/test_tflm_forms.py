@@ -1,0 +1,146 @@
+"""Files other tools write the way TFLite Micro reads them: an open batch (-1 in the shape
+signature, what the converter writes for a Keras model without a fixed batch) runs as one sample,
+and a bias's quantized dimension, which TFLM ignores, is accepted with a note. Each model comes
+from the real converter (the quirk made by a flatbuffer edit where the converter does not write
+it), runs through `edgeq inspect` and `export-c --runtime c`, and its C, built by gcc and clang,
+is byte for byte TFLM's on random inputs."""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import plain_tflite, run_edgeq
+
+COMPILERS = [c for c in ("gcc", "clang") if shutil.which(c)]
+pytestmark = pytest.mark.skipif(not COMPILERS, reason="needs gcc or clang")
+
+
+def _model(kind: str, batch: int | None):  # type: ignore[no-untyped-def]
+    from edgeq._tf import tf
+
+    tf()
+    import keras
+
+    keras.utils.set_random_seed(11)
+    L = keras.layers
+    if kind == "dense":  # hello_world's shape: one scalar in, two hidden layers
+        layers = [L.Input((1,), batch_size=batch), L.Dense(16, activation="relu"), L.Dense(16, activation="relu"),
+                  L.Dense(1)]
+    else:
+        layers = [L.Input((8, 8, 2), batch_size=batch), L.Conv2D(4, 3, padding="same", activation="relu"),
+                  L.DepthwiseConv2D(3, padding="same"), L.GlobalAveragePooling2D(), L.Dense(3)]
+    model = keras.Sequential(layers)
+    data = np.random.default_rng(3).normal(0, 1, size=(32, *model.inputs[0].shape[1:])).astype(np.float32)
+    return plain_tflite(model, io="int8", data=data)
+
+
+def _bias_axis(model: bytes, axis: int) -> bytes:
+    """`model` with every per-channel rank-1 tensor (the biases) saying quantized dimension `axis`."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    obj = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
+    edited = 0
+    for tensor in obj.subgraphs[0].tensors:
+        q = tensor.quantization
+        if q is not None and q.scale is not None and len(q.scale) > 1 and len(tensor.shape) == 1:
+            q.quantizedDimension = axis
+            edited += 1
+    assert edited, "the model has no per-channel bias to edit"
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(obj))
+
+
+def _c_outputs(tmp_path: Path, model: bytes, inputs: np.ndarray) -> list[np.ndarray]:
+    """The model's first output for each sample, from its C built by every compiler here."""
+    from edgeq.aot.emit import emit_c
+    from edgeq.tflite.reader import read_tflite
+
+    info = read_tflite(model)
+    sources = emit_c("m", model, info)
+    for name, text in sources.files.items():
+        (tmp_path / name).write_bytes(text)
+    results = []
+    for compiler in COMPILERS:
+        lib = tmp_path / f"lib_{compiler}.so"
+        build = subprocess.run([compiler, "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC",
+                                str(tmp_path / "m_model.c"), "-o", str(lib)], capture_output=True, text=True)
+        assert build.returncode == 0, build.stderr
+        invoke = ctypes.CDLL(str(lib)).m_invoke
+        shape = info.output_tensors[0].shape
+        out = np.zeros((len(inputs), *shape[1:]), dtype=np.int8)
+        for i, x in enumerate(inputs):
+            y = np.zeros(shape[1:], dtype=np.int8)
+            x = np.ascontiguousarray(x)
+            assert invoke(x.ctypes.data_as(ctypes.c_void_p), y.ctypes.data_as(ctypes.c_void_p)) == 0
+            out[i] = y
+        results.append(out)
+    return results
+
+
+def _tflm(model: bytes, inputs: np.ndarray) -> np.ndarray:
+    from tflite_micro.python.tflite_micro import runtime
+
+    interp = runtime.Interpreter.from_bytes(model, arena_size=1 << 20)
+    outs = []
+    for x in inputs:
+        interp.set_input(x[None], 0)
+        interp.invoke()
+        outs.append(interp.get_output(0).copy())
+    return np.stack(outs)
+
+
+@pytest.mark.parametrize("kind", ["dense", "cnn"])
+def test_an_open_batch_runs_as_one_sample_bit_exact_with_tflm(kind: str, tmp_path: Path) -> None:
+    from edgeq.tflite.reader import read_tflite
+
+    model = _model(kind, batch=None)
+    info = read_tflite(model)
+    first = info.input_tensors[0]
+    assert first.declared_shape[0] == -1 and first.shape[0] == 1  # the file leaves the batch open
+    assert any("batch dimension is open" in note for note in info.notes)
+    inputs = np.random.default_rng(5).integers(-128, 128, size=(24, *first.shape[1:]), dtype=np.int8)
+    expected = _tflm(model, inputs)
+    for got in _c_outputs(tmp_path, model, inputs):
+        assert got.reshape(expected.shape).tobytes() == expected.tobytes()
+
+    file = tmp_path / f"{kind}.tflite"
+    file.write_bytes(model)
+    shown = run_edgeq("inspect", str(file))
+    assert shown.returncode == 0 and "[-1," in shown.stdout and "batch dimension is open" in shown.stdout
+    exported = run_edgeq("export-c", str(file), "--runtime", "c", "-o", str(tmp_path / "c"))
+    assert exported.returncode == 0, exported.stderr
+    assert (tmp_path / "c" / f"{kind}_model.c").is_file()
+
+
+def test_a_bias_quantized_dimension_tflm_ignores_is_accepted_with_a_note(tmp_path: Path) -> None:
+    from edgeq.tflite.reader import read_tflite
+
+    model = _bias_axis(_model("cnn", batch=1), axis=3)
+    info = read_tflite(model)  # refused before: "quantized per channel along axis 3, but has rank 1"
+    assert any("quantized dimension other than 0" in note for note in info.notes)
+    assert all(t.quantized_dimension == 0 for t in info.tensors if t.is_per_channel and len(t.shape) == 1)
+    inputs = np.random.default_rng(6).integers(-128, 128, size=(24, *info.input_tensors[0].shape[1:]),
+                                               dtype=np.int8)
+    expected = _tflm(model, inputs)  # TFLM runs the edited file as it is
+    for got in _c_outputs(tmp_path, model, inputs):
+        assert got.reshape(expected.shape).tobytes() == expected.tobytes()
+
+
+def test_an_open_dimension_in_the_shape_itself_is_refused_by_name(tmp_path: Path) -> None:
+    """TFLM refuses -1 in a tensor's `shape` (a dynamic tensor); the c runtime says which op and shape."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    obj = flatbuffer_utils.read_model_from_bytearray(bytearray(_model("cnn", batch=1)))
+    graph = obj.subgraphs[0]
+    first = graph.tensors[graph.inputs[0]]
+    first.shape = np.array([-1, *first.shape[1:]], dtype=np.int32)
+    file = tmp_path / "dynamic.tflite"
+    file.write_bytes(bytes(flatbuffer_utils.convert_object_to_bytearray(obj)))
+    proc = run_edgeq("export-c", str(file), "--runtime", "c", "-o", str(tmp_path / "c"))
+    assert proc.returncode == 3 and "CONV_2D #0" in proc.stderr and "[-1, 8, 8, 2]" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "c").exists()
