@@ -17,6 +17,14 @@ minutes or hours:
 Seed models are small Keras models converted once with TensorFlow (float32, float16, dynamic
 range, full int8, int16x8) and cached in /tmp/edgeq-fuzz-seeds; pass --corpus to add your own.
 Input number i of a run is a pure function of (--seed, i), so `--seed S --only I` replays it.
+
+--differential runs the reader against TensorFlow Lite Micro instead, on structured mutants (fields
+edited through the flatbuffer object API), with the mutations and the verdicts of
+tests/unit/test_reader_differential.py: it reports every mutant the reader refuses for no safety
+reason while TFLM runs it, or accepts while TFLM crashes (and, with --c-checks N, the first N
+accepted mutants' C under gcc's sanitizers):
+
+    .venv/bin/python scripts/fuzz_reader.py --differential --seconds 300 --seed 1
 """
 
 from __future__ import annotations
@@ -211,6 +219,45 @@ def check(data: bytes) -> bool:
     return True
 
 
+def differential(seconds: float, seed: int, only: int | None, c_checks: int) -> int:
+    """Reader against TFLM on structured mutants until `seconds` have passed; 1 if any disagree."""
+    import tempfile
+
+    from tests.unit import test_reader_differential as diff
+
+    seeds = diff.build_seeds()
+    print(f"fuzz_reader --differential: seed {seed}, seed models {', '.join(seeds)}, {seconds:g} s", flush=True)
+    tflm = diff.Tflm()
+    verdicts: Counter[tuple[bool, str]] = Counter()
+    failures, c_done, index = 0, 0, only if only is not None else 0
+    start = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="edgeq-differential-"))
+    try:
+        while True:
+            outcome = diff.judge(diff.make_mutant(seed, index, seeds), tflm)
+            if outcome.reader_ok and outcome.tflm == "ok" and c_done < c_checks:
+                outcome.c = diff.c_check(outcome.mutant.data, workdir / f"c{index}")
+                c_done += not outcome.c.startswith("not for")
+            verdicts[(outcome.reader_ok, outcome.tflm)] += 1
+            if outcome.failure or only is not None:
+                failures += bool(outcome.failure)
+                print(outcome.report() + f"\n  replay: scripts/fuzz_reader.py --differential --seed {seed} "
+                      f"--only {index}", flush=True)
+            index += 1
+            if only is not None or time.monotonic() - start >= seconds:
+                break
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+    finally:
+        tflm.close()
+    total = sum(verdicts.values())
+    print(f"\nmutants: {total:,} in {time.monotonic() - start:.0f} s, seed {seed}; C checked: {c_done}")
+    for (ok, tflm_verdict), count in sorted(verdicts.items()):
+        print(f"  reader {'accepts' if ok else 'refuses'}, TFLM {tflm_verdict}: {count:,}")
+    print(f"disagreements: {failures}")
+    return 1 if failures else 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=300, help="how long to run (default 300)")
@@ -219,7 +266,14 @@ def main() -> int:
     parser.add_argument("--hang-seconds", type=int, default=10, help="an input slower than this is a crash")
     parser.add_argument("--corpus", type=Path, nargs="*", default=[], help="extra .tflite files or folders")
     parser.add_argument("--reproduce", type=Path, default=None, help="run one saved input and show what happens")
+    parser.add_argument("--differential", action="store_true",
+                        help="structured mutants through the reader and TFLM; report where they disagree")
+    parser.add_argument("--c-checks", type=int, default=0,
+                        help="with --differential: build and run this many accepted mutants' C with sanitizers")
     args = parser.parse_args()
+    if args.differential:
+        return differential(args.seconds, args.seed if args.seed is not None else random.randrange(1 << 31),
+                            args.only, args.c_checks)
 
     signal.signal(signal.SIGALRM, _alarm)
     if args.reproduce is not None:

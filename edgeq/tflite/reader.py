@@ -282,6 +282,11 @@ class _Parser:
             label = f"operator {oi} ({op_names[code]})"
             ins = check(self.numbers(op, _OP_INPUTS, "<i4", "the input list"), f"{label} input", optional=True)
             outs = check(self.numbers(op, _OP_OUTPUTS, "<i4", "the output list"), f"{label} output")
+            if op_names[code] == "DEPTHWISE_CONV_2D" and len(ins) == 3 and ins[2] == -1:
+                # TFLM's depthwise prepare counts three inputs as "has a bias" and frees the missing
+                # one: it crashes (conv and fully connected check for the absent bias; it does not).
+                self.fail(f"{label} in subgraph {si} lists its bias as absent (-1); TFLite Micro crashes on "
+                          "a depthwise convolution like that", hint="give it a zero bias or list only two inputs")
             both = sorted(set(ins).intersection(outs))
             if both:
                 self.fail(f"{label} in subgraph {si} uses tensor {both[0]} as both input and output")
