@@ -82,7 +82,7 @@ class Worker:
                  import_paths: tuple[str, ...] = ()) -> None:
         self.preload = preload
         self.in_process = in_process  # run here instead: for tests that patch what the child would run
-        self.import_paths = import_paths  # where the child finds functions outside edgeq (it starts with -I)
+        self.import_paths = import_paths  # where the child finds functions outside edgeq (it sees no PYTHONPATH)
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self.calls = 0
@@ -113,9 +113,14 @@ class Worker:
         verbose = bool(os.environ.get("EDGEQ_VERBOSE"))
         self._log = None if verbose else tempfile.TemporaryFile()  # unlinked: nothing left behind
         paths = [str(Path(__file__).resolve().parents[1]), *self.import_paths]
-        code = f"import sys; sys.path[:0] = {paths!r}; from edgeq.isolation import _serve; _serve()"
-        # -I: the user's PYTHONPATH or current folder cannot shadow numpy, TensorFlow or edgeq.
-        self._proc = subprocess.Popen([sys.executable, "-I", "-c", code, self.preload or ""],
+        code = (f"import sys; sys.path[:] = {paths!r} + [p for p in sys.path if p]; "
+                "from edgeq.isolation import _serve; _serve()")
+        # Isolated as `python -I` would be (the user's PYTHONPATH, user site or current folder
+        # cannot shadow numpy, TensorFlow or edgeq: no PYTHON* variable reaches the child, -s, and
+        # the current folder leaves sys.path), but with one hash seed: -I ignores PYTHONHASHSEED, and
+        # with a random one PT2E partitions a graph in another order from run to run.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")} | {"PYTHONHASHSEED": "0"}
+        self._proc = subprocess.Popen([sys.executable, "-s", "-c", code, self.preload or ""], env=env,
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=self._log if self._log is not None else None)
 

@@ -6,7 +6,8 @@ Measured with TF 2.21 (the converter calibrates in its own interpreter):
   a Keras 3 model with an LSTM is rebuilt in tf_keras (edgeq/quantize/bridge.py, verified).
   The converter has no int16x8 LSTM. The fused op does not always compute what Keras does: on a
   trained model its float outputs were off by 0.99 (on random weights by 0.004), so the caller
-  checks the float conversion and asks for `unroll_lstm` where it disagrees.
+  checks the float conversion and asks for `unroll_lstm` where it disagrees by more than one int8
+  step of the output (frontends/keras.py).
 - GRU and SimpleRNN become WHILE loops in both Keras versions, and int8 calibration crashes the
   converter; TFLM has no GRU kernel. With a fixed number of steps the layer can be unrolled
   (`unroll=True`: the cell once per step, plain FULLY_CONNECTED, LOGISTIC, TANH, MUL, ADD ops),

@@ -67,3 +67,18 @@ def test_a_function_the_child_cannot_import_is_an_error_not_a_dead_child() -> No
 def test_exit_descriptions() -> None:
     assert describe_exit(-signal.SIGABRT) == "crashed (SIGABRT)"
     assert describe_exit(3) == "exited with code 3"
+
+
+def test_every_child_hashes_alike_and_sees_none_of_the_users_python_paths(monkeypatch, tmp_path) -> None:
+    """One hash seed in every child (PT2E's graph partitions follow set order), and isolation as
+    `python -I` gives it: the user's PYTHONPATH and the current folder do not reach sys.path."""
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "shadow"))
+    monkeypatch.setenv("PYTHONHASHSEED", "random")
+    monkeypatch.chdir(tmp_path)
+    hashes = []
+    for _ in range(2):
+        with Worker() as worker:
+            hashes.append(worker.call(hash, "conv2d/partition"))
+            path = worker.call(eval, "__import__('sys').path")
+            assert str(tmp_path / "shadow") not in path and "" not in path and str(tmp_path) not in path
+    assert hashes[0] == hashes[1]
