@@ -227,12 +227,13 @@ def saved_dense_autoencoder(folder: Path, x: np.ndarray, layers: list[tuple[int,
     return folder / "ae.keras"
 
 
-def tflm_outputs(model: bytes, inputs: np.ndarray) -> np.ndarray:
+def tflm_outputs(model: bytes, inputs: np.ndarray, arena_size: int | None = None) -> np.ndarray:
     """The first output of `model` in the TFLM Python interpreter for each sample of `inputs` (one
-    invoke each), stacked: shape (samples, *output shape)."""
+    invoke each), stacked: shape (samples, *output shape). `arena_size`: None for the interpreter's
+    default."""
     from tflite_micro.python.tflite_micro import runtime
 
-    interp = runtime.Interpreter.from_bytes(model)
+    interp = runtime.Interpreter.from_bytes(model, **({"arena_size": arena_size} if arena_size else {}))
     outs = []
     for x in inputs:
         interp.set_input(x[None], 0)

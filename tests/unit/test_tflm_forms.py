@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import plain_tflite, run_edgeq
+from tests.conftest import plain_tflite, run_edgeq, tflm_outputs
 
 COMPILERS = [c for c in ("gcc", "clang") if shutil.which(c)]
 pytestmark = pytest.mark.skipif(not COMPILERS, reason="needs gcc or clang")
@@ -82,18 +82,6 @@ def _c_outputs(tmp_path: Path, model: bytes, inputs: np.ndarray) -> list[np.ndar
     return results
 
 
-def _tflm(model: bytes, inputs: np.ndarray) -> np.ndarray:
-    from tflite_micro.python.tflite_micro import runtime
-
-    interp = runtime.Interpreter.from_bytes(model, arena_size=1 << 20)
-    outs = []
-    for x in inputs:
-        interp.set_input(x[None], 0)
-        interp.invoke()
-        outs.append(interp.get_output(0).copy())
-    return np.stack(outs)
-
-
 @pytest.mark.parametrize("kind", ["dense", "cnn"])
 def test_an_open_batch_runs_as_one_sample_bit_exact_with_tflm(kind: str, tmp_path: Path) -> None:
     from edgeq.tflite.reader import read_tflite
@@ -104,7 +92,7 @@ def test_an_open_batch_runs_as_one_sample_bit_exact_with_tflm(kind: str, tmp_pat
     assert first.declared_shape[0] == -1 and first.shape[0] == 1  # the file leaves the batch open
     assert any("batch dimension is open" in note for note in info.notes)
     inputs = np.random.default_rng(5).integers(-128, 128, size=(24, *first.shape[1:]), dtype=np.int8)
-    expected = _tflm(model, inputs)
+    expected = tflm_outputs(model, inputs, arena_size=1 << 20)
     for got in _c_outputs(tmp_path, model, inputs):
         assert got.reshape(expected.shape).tobytes() == expected.tobytes()
 
@@ -126,7 +114,7 @@ def test_a_bias_quantized_dimension_tflm_ignores_is_accepted_with_a_note(tmp_pat
     assert all(t.quantized_dimension == 0 for t in info.tensors if t.is_per_channel and len(t.shape) == 1)
     inputs = np.random.default_rng(6).integers(-128, 128, size=(24, *info.input_tensors[0].shape[1:]),
                                                dtype=np.int8)
-    expected = _tflm(model, inputs)  # TFLM runs the edited file as it is
+    expected = tflm_outputs(model, inputs, arena_size=1 << 20)  # TFLM runs the edited file as it is
     for got in _c_outputs(tmp_path, model, inputs):
         assert got.reshape(expected.shape).tobytes() == expected.tobytes()
 
