@@ -213,3 +213,19 @@ def flowing(graph: Graph) -> tuple[TensorInfo, ...]:
         used.update(i for i in op.inputs if i >= 0)
         used.update(op.outputs)
     return tuple(t for t in tensors if t.index in used)
+
+
+def reading_notes(open_batch: list[str], bias_axis: list[str]) -> tuple[str, ...]:
+    """ModelInfo.notes: what TFLM reads otherwise than the file says, by the tensors concerned."""
+    def named(tensors: list[str]) -> str:
+        more = f" and {len(tensors) - 3} more" if len(tensors) > 3 else ""
+        return f"{len(tensors)} tensor{'s' if len(tensors) > 1 else ''} ({', '.join(tensors[:3])}{more})"
+
+    notes = []
+    if open_batch:
+        notes.append(f"the batch dimension is open (-1) for {named(open_batch)}; TFLite Micro runs it as 1, and so "
+                     "does edgeq (one sample per inference)")
+    if bias_axis:
+        notes.append(f"{named(bias_axis)} of rank 1 say a per-channel quantized dimension other than 0; TFLite Micro "
+                     "ignores it and reads the scales by channel, and so does edgeq")
+    return tuple(notes)

@@ -23,7 +23,8 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
 from edgeq.errors import TFLiteFormatError
-from edgeq.tflite.model_info import FLOAT_DTYPES, Graph, ModelInfo, OpInfo, TensorInfo, TensorPart, flowing
+from edgeq.tflite.model_info import (FLOAT_DTYPES, Graph, ModelInfo, OpInfo, TensorInfo, TensorPart, flowing,
+                                     reading_notes)
 from edgeq.tflite.quant_checks import check_quantization
 
 # The model's types live in model_info.py; much of edgeq imports them from here.
@@ -205,22 +206,9 @@ class _Parser:
             all_op_names=tuple(sorted(histogram)), op_histogram=tuple(sorted(histogram.items())),
             all_dtypes=tuple(sorted({t.dtype for graph in graphs for t in flowing(graph)})),
             constant_buffers=tuple(buffer_sizes[b] for b in sorted(used_buffers) if buffer_sizes[b]),
-            input_names=input_names, output_names=output_names, notes=tuple(self._notes()),
+            input_names=input_names, output_names=output_names,
+            notes=reading_notes(self.open_batch, self.bias_axis),
         )
-
-    def _notes(self) -> list[str]:
-        def named(tensors: list[str]) -> str:
-            more = f" and {len(tensors) - 3} more" if len(tensors) > 3 else ""
-            return f"{len(tensors)} tensor{'s' if len(tensors) > 1 else ''} ({', '.join(tensors[:3])}{more})"
-
-        notes = []
-        if self.open_batch:
-            notes.append(f"the batch dimension is open (-1) for {named(self.open_batch)}; TFLite Micro runs it as "
-                         "1, and so does edgeq (one sample per inference)")
-        if self.bias_axis:
-            notes.append(f"{named(self.bias_axis)} of rank 1 say a per-channel quantized dimension other than 0; "
-                         "TFLite Micro ignores it and reads the scales by channel, and so does edgeq")
-        return notes
 
     def _signature_names(self, model: schema.Model, inputs: tuple[int, ...],
                          outputs: tuple[int, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
