@@ -43,10 +43,13 @@ def lower(model: bytes, info: ModelInfo) -> Program:
     if info.subgraph_count != 1:
         raise TargetCheckError(f"{info.source} has {info.subgraph_count} subgraphs; the c runtime runs one",
                                hint=HINT)
-    for t in (*info.input_tensors, *info.output_tensors):
-        if t.dtype not in ("int8", "float32"):
-            raise TargetCheckError(f"{info.source}: tensor '{t.name}' is {t.dtype}; the c runtime takes int8 I/O "
-                                   "(or float32 that the model quantizes and dequantizes)", hint=HINT)
+    for role, tensors in (("input", info.input_tensors), ("output", info.output_tensors)):
+        for k, t in enumerate(tensors):
+            if t.dtype not in ("int8", "float32"):
+                name = f"'{t.name}', " if t.name else ""
+                raise TargetCheckError(f"{info.source}: {role} {k} ({name}tensor #{t.index}) is {t.dtype}; the c "
+                                       "runtime takes int8 I/O (or float32 that the model quantizes and dequantizes)",
+                                       hint=HINT)
     for op in info.ops:
         if op.name not in LOWERINGS:
             raise TargetCheckError(f"{info.source}: the c runtime has no kernel for {op.name} (op #{op.index}); it "

@@ -132,3 +132,19 @@ def test_an_open_dimension_in_the_shape_itself_is_refused_by_name(tmp_path: Path
     proc = run_edgeq("export-c", str(file), "--runtime", "c", "-o", str(tmp_path / "c"))
     assert proc.returncode == 3 and "CONV_2D #0" in proc.stderr and "[-1, 8, 8, 2]" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "c").exists()
+
+
+def test_int16_io_is_refused_naming_the_input(tmp_path: Path) -> None:
+    """Until the c runtime has int16 kernels, an int16x8 model's C is refused with the input named
+    (keyword_scrambled's is unnamed: its index says which)."""
+    from edgeq._tf import tf
+
+    tf()
+    import keras
+
+    model = keras.Sequential([keras.layers.Input((6,), batch_size=1), keras.layers.Dense(4)])
+    file = tmp_path / "wide.tflite"
+    file.write_bytes(plain_tflite(model, io="int16"))
+    proc = run_edgeq("export-c", str(file), "--runtime", "c", "-o", str(tmp_path / "c"))
+    assert proc.returncode == 3 and "input 0 (" in proc.stderr and "is int16" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "c").exists()
