@@ -81,7 +81,7 @@ def calibration() -> None:
 @calibration.command("list")
 def calibration_list() -> None:
     """The bundled sets, their splits and sample counts."""
-    from edgeq.calibration import list_bundled
+    from edgeq.bundled_sets import list_bundled
     from edgeq.resources import CALIBRATION_DIR_ENV, calibration_root
 
     sets = list_bundled()

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgeq.calibration import list_bundled
+from edgeq.bundled_sets import list_bundled
 from edgeq.defaults import DEFAULT_MAX_ACCURACY_DROP
 from edgeq.device.protocol import DEFAULT_MAX_PAYLOAD
 from edgeq.quantize.recipe import DEFAULT_CALIBRATION_SAMPLES

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgeq.bundled_sets import BundledSet
 from edgeq.calibration import (
-    BundledSet,
     CalibrationWarning,
     Dataset,
     InputSpec,
