@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -280,3 +282,46 @@ def stand_in_a_cpu_whose_litert_differs(monkeypatch: pytest.MonkeyPatch, sample:
         return result
 
     monkeypatch.setattr(accuracy, "run_litert", run_litert)
+
+
+C_FLAGS = ["-std=c99", "-O1", "-Wall", "-Wextra", "-Werror", "-pedantic"]
+
+
+def _invoke_all(lib: Path, inputs: np.ndarray, out_shape: tuple[int, ...], out_dtype: str) -> np.ndarray:
+    invoke = ctypes.CDLL(str(lib)).m_invoke
+    outs = []
+    for x in inputs:
+        x, out = np.ascontiguousarray(x), np.zeros(out_shape, dtype=out_dtype)
+        assert invoke(x.ctypes.data_as(ctypes.c_void_p), out.ctypes.data_as(ctypes.c_void_p)) == 0
+        outs.append(out)
+    return np.stack(outs)
+
+
+def c_outputs(tmp_path: Path, tflite: bytes, inputs: np.ndarray, out_shape: tuple[int, ...],
+              out_dtype: str) -> np.ndarray:
+    """The first output of `tflite`'s plain C (edgeq.aot) for each sample of `inputs`, built by gcc
+    and run here; also built and run by clang (the same bytes, or the test fails), and compiled for
+    a Cortex-M4 with its DSP loops, where those compilers are here."""
+    from edgeq.aot.emit import emit_c
+    from edgeq.tflite.reader import read_tflite
+
+    sources = emit_c("m", tflite, read_tflite(tflite))
+    for name, text in sources.files.items():
+        (tmp_path / name).write_bytes(text)
+    source = str(tmp_path / "m_model.c")
+    results = []
+    for compiler in (shutil.which("gcc"), shutil.which("clang")):
+        if compiler is None:
+            continue
+        lib = tmp_path / f"libm_{Path(compiler).name}.so"
+        build = subprocess.run([compiler, *C_FLAGS, "-shared", "-fPIC", source, "-o", str(lib)], capture_output=True,
+                               text=True)
+        assert build.returncode == 0, (compiler, build.stderr)
+        results.append(_invoke_all(lib, inputs, out_shape, out_dtype))
+    arm = shutil.which("arm-none-eabi-gcc")
+    if arm:
+        build = subprocess.run([arm, "-mcpu=cortex-m4", "-mthumb", *C_FLAGS, "-c", source, "-o",
+                                str(tmp_path / "m_m4.o")], capture_output=True, text=True)
+        assert build.returncode == 0, build.stderr
+    assert all(r.tobytes() == results[0].tobytes() for r in results[1:]), "gcc and clang builds disagree"
+    return results[0]

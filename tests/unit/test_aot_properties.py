@@ -7,17 +7,14 @@ tries the same models every run.
 
 from __future__ import annotations
 
-import ctypes
 import shutil
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import plain_tflite
+from tests.conftest import c_outputs, plain_tflite
 
 GCC = shutil.which("gcc")
 pytestmark = [pytest.mark.skipif(GCC is None, reason="needs gcc"), pytest.mark.slow]
@@ -128,49 +125,6 @@ def _build(p: dict):  # type: ignore[no-untyped-def]
     return model, data
 
 
-FLAGS = ["-std=c99", "-O1", "-Wall", "-Wextra", "-Werror", "-pedantic"]
-CLANG = shutil.which("clang")
-ARM_GCC = shutil.which("arm-none-eabi-gcc")
-
-
-def _invoke_all(lib: Path, inputs: np.ndarray, out_shape: tuple[int, ...], out_dtype: str) -> np.ndarray:
-    invoke = ctypes.CDLL(str(lib)).m_invoke
-    outs = []
-    for x in inputs:
-        x, out = np.ascontiguousarray(x), np.zeros(out_shape, dtype=out_dtype)
-        assert invoke(x.ctypes.data_as(ctypes.c_void_p), out.ctypes.data_as(ctypes.c_void_p)) == 0
-        outs.append(out)
-    return np.stack(outs)
-
-
-def _run_c(tmp_path: Path, tflite: bytes, inputs: np.ndarray, out_shape: tuple[int, ...], out_dtype: str) -> np.ndarray:
-    """The model's C built by gcc and run here; also built and run by clang (the same bytes, or the
-    test fails), and compiled for a Cortex-M4 with its DSP loops, where those compilers are here."""
-    from edgeq.aot.emit import emit_c
-    from edgeq.tflite.reader import read_tflite
-
-    _assert_no_live_overlap(tflite)
-    sources = emit_c("m", tflite, read_tflite(tflite))
-    for name, text in sources.files.items():
-        (tmp_path / name).write_bytes(text)
-    source = str(tmp_path / "m_model.c")
-    results = []
-    for compiler in (GCC, CLANG):
-        if compiler is None:
-            continue
-        lib = tmp_path / f"libm_{Path(compiler).name}.so"
-        build = subprocess.run([compiler, *FLAGS, "-shared", "-fPIC", source, "-o", str(lib)], capture_output=True,
-                               text=True)
-        assert build.returncode == 0, (compiler, build.stderr)
-        results.append(_invoke_all(lib, inputs, out_shape, out_dtype))
-    if ARM_GCC:
-        build = subprocess.run([ARM_GCC, "-mcpu=cortex-m4", "-mthumb", *FLAGS, "-c", source, "-o",
-                                str(tmp_path / "m_m4.o")], capture_output=True, text=True)
-        assert build.returncode == 0, build.stderr
-    assert all(r.tobytes() == results[0].tobytes() for r in results[1:]), "gcc and clang builds disagree"
-    return results[0]
-
-
 def _assert_no_live_overlap(tflite: bytes) -> None:
     """No two tensors alive at the same step of the C share a byte of the arena. Written here from
     the steps alone, independent of the planner: a tensor lives from the step that writes it (the
@@ -245,5 +199,6 @@ def test_random_models_are_bit_exact_with_tflm(tmp_path_factory, kind: str, draw
         interp.invoke()
         expected.append(interp.get_output(0)[0].copy())
     out = info.output_tensors[0]
-    got = _run_c(tmp_path_factory.mktemp("prop"), tflite, inputs, tuple(out.shape[1:]), out.dtype)
+    _assert_no_live_overlap(tflite)
+    got = c_outputs(tmp_path_factory.mktemp("prop"), tflite, inputs, tuple(out.shape[1:]), out.dtype)
     assert got.tobytes() == np.stack(expected).tobytes(), params
