@@ -27,7 +27,6 @@ class Plan:
     """A conversion's checked inputs: what the child process needs to do the work."""
 
     model: ModelFile  # checked, not loaded
-    model_path: Path
     profile: TargetProfile
     recipe: Recipe
     name: str
@@ -49,6 +48,11 @@ class Plan:
     search: SearchOptions | None = None
     weights: Path | None = None  # a torch factory's state_dict
 
+    @property
+    def model_path(self) -> Path:
+        """What the user passed: a model file, a SavedModel folder, or package.module:factory."""
+        return Path(self.model.spec)
+
 
 def plan_conversion(model_path: str | Path, target: str | TargetProfile, o: ConvertOptions) -> Plan:
     """Everything that can fail fast, checked in the order a user fixes it."""
@@ -65,7 +69,7 @@ def plan_conversion(model_path: str | Path, target: str | TargetProfile, o: Conv
     data = load_dataset(o.calibration) if o.calibration and recipe.calibration_samples else None
     model = model.checked(weights=o.weights, trust_model=o.trust_model)
     model.refuse(recipe, qat=o.qat is not None, search=o.search is not None, weights=o.weights)
-    return Plan(model=model, model_path=Path(model_path), profile=profile, recipe=recipe, name=name, outdir=out,
+    return Plan(model=model, profile=profile, recipe=recipe, name=name, outdir=out,
                 data=data, eval_data=eval_data, train_data=train_data, max_accuracy_drop=o.max_accuracy_drop,
                 force=o.force, trust_model=o.trust_model, per_layer=o.per_layer, input_shapes=dict(o.input_shapes),
                 overwrite=o.overwrite, qat=o.qat is not None, compare=o.qat is not None and o.qat.compare,
