@@ -93,8 +93,8 @@ def search_recipe(source: Any, base: Recipe, profile: TargetProfile, settings: S
     from edgeq.quantize.ptq import quantize
 
     on_step("search: converting with per-channel and with per-tensor weights, to mix them layer by layer")
-    layers = weighted_layers(quantize(source, base, data), quantize(source, replace(base, per_channel=False), data),
-                             source.label)
+    default = quantize(source, base, data)  # the converter's own choice, which the levers start from too
+    layers = weighted_layers(default, quantize(source, replace(base, per_channel=False), data), source.label)
     measured: dict[Choice, tuple[Candidate, QATResult | None]] = {}
     floor = QualityFloor(settings.min_snr, settings.max_snr_loss)
     executor = _executor(settings)
@@ -115,7 +115,7 @@ def search_recipe(source: Any, base: Recipe, profile: TargetProfile, settings: S
 
     try:
         result = search(layers, evaluate, objective=settings.objective, exhaustive=settings.exhaustive,
-                        levers=lambda: _levers(source, base, profile, data, debug_data, can_train, on_step),
+                        levers=lambda: _levers(source, default, base, profile, data, debug_data, can_train, on_step),
                         width=executor.width if executor is not None else 1, on_step=on_step)
     finally:
         if executor is not None:
@@ -153,8 +153,8 @@ def choice_recipe(base: Recipe, profile: TargetProfile, choice: Choice) -> Recip
     return replace(recipe, calibration_samples=choice.calibration_samples) if choice.calibration_samples else recipe
 
 
-def _levers(source: Any, base: Recipe, profile: TargetProfile, data: Dataset | None, debug_data: Dataset | None,
-            can_train: bool, on_step: Step) -> Levers:
+def _levers(source: Any, default: bytes, base: Recipe, profile: TargetProfile, data: Dataset | None,
+            debug_data: Dataset | None, can_train: bool, on_step: Step) -> Levers:
     """What the search may try when no weight granularity keeps the floor, for this model, data and
     target: more calibration samples, int16 activations (worst layers in int8 first), QAT."""
     from edgeq.emulator.accuracy import short_layer_name
@@ -168,11 +168,11 @@ def _levers(source: Any, base: Recipe, profile: TargetProfile, data: Dataset | N
 
         on_step("search: converting in int16x8 too, for int16 activations layer by layer")
         try:
-            wide_layers = int16_layers(quantize(source, base, data), quantize(source, wide(base), data), source.label)
+            wide_layers = int16_layers(default, quantize(source, wide(base), data), source.label)
         except ConversionError as exc:
             on_step(f"search: no int16 activations per layer ({exc.message})")
             wide_layers = []
-        errors = _int8_errors(source, base, data, debug_data or data, on_step) if len(wide_layers) > 1 else {}
+        errors = _int8_errors(source, default, base, data, debug_data or data, on_step) if len(wide_layers) > 1 else {}
         # A layer's output stays int16 only if the layers it feeds take int16 too: each step of the
         # order is a layer (the coarsest int8 output first) with the layers it feeds.
         order = sorted(wide_layers, key=lambda l: (-errors.get(short_layer_name(l.output), 0.0), l.op_index))
@@ -181,17 +181,17 @@ def _levers(source: Any, base: Recipe, profile: TargetProfile, data: Dataset | N
                   int16x8=allowed, qat=can_train)
 
 
-def _int8_errors(source: Any, base: Recipe, data: Dataset, debug: Dataset, on_step: Step) -> dict[str, float]:
+def _int8_errors(source: Any, default: bytes, base: Recipe, data: Dataset, debug: Dataset, on_step: Step
+                 ) -> dict[str, float]:
     """How coarse int8 is for each layer's output (the int8 step over the median magnitude of its float
     values, from TFLite's QuantizationDebugger), by the layer output's short name."""
     from edgeq.iomap import to_graph_inputs
     from edgeq.quantize.debugger import per_layer_errors_of
-    from edgeq.quantize.ptq import quantize
     from edgeq.tflite.reader import read_tflite
 
     on_step(f"search: ordering layers by how coarse int8 is for their outputs (QuantizationDebugger, "
             f"{min(64, debug.num_samples)} samples)")
-    info = read_tflite(quantize(source, base, data), source=f"{source.label}")
+    info = read_tflite(default, source=source.label)
     try:
         rows = per_layer_errors_of(source, base, data, to_graph_inputs(list(debug.inputs), source.input_names, info),
                                    samples=64)
