@@ -12,6 +12,8 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
+import numpy as np
+
 from edgeq._version import __version__
 
 
@@ -25,12 +27,25 @@ def _environment() -> Any:
     env = jinja2.Environment(loader=jinja2.FunctionLoader(load), undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
     env.filters["c_rows"] = c_rows
+    env.filters["c_literal"] = c_literal
     return env
 
 
+def c_literal(value: Any) -> str:
+    """One number as a C99 constant: an integer as written, a float32 as a hexadecimal float (the
+    exact bits, no decimal rounding) with an `f` suffix."""
+    if isinstance(value, (float, np.floating)):
+        x = float(np.float32(value))
+        if not np.isfinite(x):
+            return "(1.0f / 0.0f)" if x > 0 else "(-1.0f / 0.0f)" if x < 0 else "(0.0f / 0.0f)"
+        return f"{x.hex()}f"
+    v = int(value)
+    return "(-9223372036854775807LL - 1)" if v == -(1 << 63) else f"{v}LL" if not -(1 << 31) <= v < (1 << 31) else str(v)
+
+
 def c_rows(values: Any, per_line: int = 16) -> str:
-    """Integers as the rows of a C initializer: `per_line` a row, indented, comma-separated."""
-    items = [str(int(v)) for v in values]
+    """Numbers as the rows of a C initializer (see `c_literal`): `per_line` a row, indented, comma-separated."""
+    items = [c_literal(v) for v in np.asarray(values).reshape(-1)]
     return ",\n".join("  " + ", ".join(items[i:i + per_line]) for i in range(0, len(items), per_line))
 
 

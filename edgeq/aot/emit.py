@@ -5,13 +5,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
+from edgeq.aot.kernels import CTYPES
 from edgeq.aot.lower import Program, lower
 from edgeq.export.c_arrays import c_identifier
 from edgeq.templating import render
 from edgeq.tflite.model_info import ModelInfo
-
-
-_CTYPES = {"int8": "int8_t", "float32": "float"}
 
 
 @dataclass(frozen=True)
@@ -28,7 +26,7 @@ def _io(program: Program, info: ModelInfo, indices: tuple[int, ...]) -> list[dic
         t = info.tensors[i]
         scale = f"scale {t.scales[0]:.9g}, zero point {t.zero_points[0]}" if t.scales else "not quantized"
         out.append({"offset": program.offsets[i], "bytes": program.sizes[i], "shape": list(t.shape),
-                    "dtype": t.dtype, "ctype": _CTYPES[t.dtype], "quantization": scale})
+                    "dtype": t.dtype, "ctype": CTYPES[t.dtype], "quantization": scale})
     return out
 
 
@@ -40,7 +38,7 @@ def emit_c(name: str, model: bytes, info: ModelInfo) -> AotSources:
     signature = ", ".join([f"const {t['ctype']} *input{i}" for i, t in enumerate(inputs)]
                           + [f"{t['ctype']} *output{i}" for i, t in enumerate(outputs)])
     values = dict(ident=ident, IDENT=ident.upper(), arena_bytes=program.arena_bytes, inputs=inputs,
-                  outputs=outputs, signature=signature, float_io=any(t["dtype"] != "int8" for t in inputs + outputs))
+                  outputs=outputs, signature=signature, float_io=any(t["dtype"] == "float32" for t in inputs + outputs))
     header = render("aot_model.h.j2", guard=f"EDGEQ_{ident.upper()}_MODEL_H_", model_bytes=len(model),
                     sha256=hashlib.sha256(model).hexdigest(), **values)
     source = render("aot_model.c.j2", constants=program.constants, steps=program.steps, offsets=program.offsets,

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgeq.aot.kernels import HINT, KERNELS, LOWERINGS, Constants, Step, tensor_bytes
+from edgeq.aot.kernels import FLOAT_KERNELS, HINT, KERNELS, Constants, Step, lowering_for, tensor_bytes
 from edgeq.aot.schedule import scheduled
 from edgeq.errors import TargetCheckError
 from edgeq.tflite.arena_plan import ArenaPlan, plan_arena, unplanned_reason
 from edgeq.tflite.model_info import ModelInfo
 
-__all__ = ["KERNELS", "Program", "Step", "lower"]
+__all__ = ["FLOAT_KERNELS", "KERNELS", "Program", "Step", "lower"]
+
+IO_DTYPES = ("int8", "int16", "float32")
+"""The tensor types the generated `<name>_invoke()` takes and returns."""
 
 _NO_PLAN = ArenaPlan(offsets=(), peak=1 << 62, lower_bound=0, order="")
 
@@ -45,15 +48,15 @@ def lower(model: bytes, info: ModelInfo) -> Program:
                                hint=HINT)
     for role, tensors in (("input", info.input_tensors), ("output", info.output_tensors)):
         for k, t in enumerate(tensors):
-            if t.dtype not in ("int8", "float32"):
+            if t.dtype not in IO_DTYPES:
                 name = f"'{t.name}', " if t.name else ""
                 raise TargetCheckError(f"{info.source}: {role} {k} ({name}tensor #{t.index}) is {t.dtype}; the c "
-                                       "runtime takes int8 I/O (or float32 that the model quantizes and dequantizes)",
-                                       hint=HINT)
+                                       f"runtime takes {', '.join(IO_DTYPES)} I/O", hint=HINT)
     for op in info.ops:
-        if op.name not in LOWERINGS:
+        if lowering_for(op, info) is None:
             raise TargetCheckError(f"{info.source}: the c runtime has no kernel for {op.name} (op #{op.index}); it "
-                                   f"has {', '.join(KERNELS)}", hint=HINT)
+                                   f"has {', '.join(KERNELS)} (and float32 {', '.join(FLOAT_KERNELS) or 'none'})",
+                                   hint=HINT)
     obj = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
     graph = obj.subgraphs[0]
     constants: Constants = {}
@@ -62,7 +65,7 @@ def lower(model: bytes, info: ModelInfo) -> Program:
     steps = []
     for op in order.ops:
         options = graph.operators[op.index].builtinOptions
-        steps.append(LOWERINGS[op.name](op, info, obj, graph, options, constants))
+        steps.append(lowering_for(op, info)(op, info, obj, graph, options, constants))  # type: ignore[misc]
     plan = plan_arena(order)
     if plan is None:
         raise TargetCheckError(f"{info.source}: the c runtime cannot plan its activations: {unplanned_reason(order)}",

@@ -228,7 +228,7 @@ def test_export_c_runtime_c_writes_two_files_or_refuses_and_writes_none(tmp_path
     float_model = tmp_path / "float.tflite"
     float_model.write_bytes(plain_tflite(model, io="float32"))
     proc = run_edgeq("export-c", str(float_model), "--runtime", "c", "-o", str(tmp_path / "f"))
-    assert proc.returncode == 3 and "int8" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 3 and "float32" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "f").exists()
 
 

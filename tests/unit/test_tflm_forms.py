@@ -104,9 +104,8 @@ def test_an_open_dimension_in_the_shape_itself_is_refused_by_name(tmp_path: Path
     assert "Traceback" not in proc.stderr and not (tmp_path / "c").exists()
 
 
-def test_int16_io_is_refused_naming_the_input(tmp_path: Path) -> None:
-    """Until the c runtime has int16 kernels, an int16x8 model's C is refused with the input named
-    (keyword_scrambled's is unnamed: its index says which)."""
+def test_int16_io_is_refused_naming_the_op(tmp_path: Path) -> None:
+    """Until the c runtime has int16 kernels, an int16x8 model's C is refused with the op named."""
     from edgeq._tf import tf
 
     tf()
@@ -116,5 +115,5 @@ def test_int16_io_is_refused_naming_the_input(tmp_path: Path) -> None:
     file = tmp_path / "wide.tflite"
     file.write_bytes(plain_tflite(model, io="int16"))
     proc = run_edgeq("export-c", str(file), "--runtime", "c", "-o", str(tmp_path / "c"))
-    assert proc.returncode == 3 and "input 0 (" in proc.stderr and "is int16" in proc.stderr, proc.stderr
+    assert proc.returncode == 3 and "FULLY_CONNECTED" in proc.stderr and "is int16" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "c").exists()

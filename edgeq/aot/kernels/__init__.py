@@ -4,7 +4,8 @@ A family module holds the lowerings of related ops, each registered for its op n
 `@lowers(...)` (kernels/base.py): conv (FULLY_CONNECTED, CONV_2D, DEPTHWISE_CONV_2D), pool
 (MAX_POOL_2D, AVERAGE_POOL_2D, MEAN), elementwise (ADD, MUL), activation (RELU, RELU6, SOFTMAX,
 LOGISTIC, TANH, HARD_SWISH), shape (RESHAPE, PAD, PADV2, TRANSPOSE, CONCATENATION, PACK, SPLIT,
-SPLIT_V, UNPACK) and quantize (QUANTIZE, DEQUANTIZE). A lowering works out what TFLM's Prepare()
+SPLIT_V, UNPACK) and quantize (QUANTIZE, DEQUANTIZE). An op whose activations are all float32 has
+a lowering of its own, registered with `@lowers(..., float32=True)`. A lowering works out what TFLM's Prepare()
 would and returns a Step whose `kernel` names its template, edgeq/templates/aot_<kernel>.j2, or
 raises TargetCheckError naming what it does not take. Adding a kernel is one such function in
 the family it belongs to (or a new family module imported below) plus its template.
@@ -13,9 +14,26 @@ the family it belongs to (or a new family module imported below) plus its templa
 from __future__ import annotations
 
 from edgeq.aot.kernels import activation, conv, elementwise, pool, quantize, shape  # noqa: F401 (they register)
-from edgeq.aot.kernels.base import HINT, LOWERINGS, Constants, Lowering, Step, lowers, tensor_bytes
+from edgeq.aot.kernels.base import (
+    CTYPES,
+    ELEMENT_BYTES,
+    FLOAT_LOWERINGS,
+    HINT,
+    LOWERINGS,
+    Constants,
+    Lowering,
+    Step,
+    is_float_op,
+    lowering_for,
+    lowers,
+    tensor_bytes,
+)
 
 KERNELS = tuple(sorted(LOWERINGS))
-"""The op names the c runtime has a kernel for (edgeq/data/targets/op_sets/c.toml is made from it)."""
+"""The op names the c runtime has a quantized kernel for (edgeq/data/targets/op_sets/c.toml is made from it)."""
 
-__all__ = ["HINT", "KERNELS", "LOWERINGS", "Constants", "Lowering", "Step", "lowers", "tensor_bytes"]
+FLOAT_KERNELS = tuple(sorted(FLOAT_LOWERINGS))
+"""The op names the c runtime has a float32 kernel for."""
+
+__all__ = ["CTYPES", "ELEMENT_BYTES", "FLOAT_KERNELS", "FLOAT_LOWERINGS", "HINT", "KERNELS", "LOWERINGS", "Constants",
+           "Lowering", "Step", "is_float_op", "lowering_for", "lowers", "tensor_bytes"]

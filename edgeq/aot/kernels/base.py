@@ -47,22 +47,51 @@ Lowering = Callable[[Any, ModelInfo, Any, Any, Any, Constants], Step]
 TargetCheckError naming what the kernel does not take."""
 
 LOWERINGS: dict[str, Lowering] = {}
-"""Op name -> its lowering, filled by the family modules through `lowers`."""
+"""Op name -> its quantized lowering (int8, and int16 activations where the family has them),
+filled by the family modules through `lowers`."""
+
+FLOAT_LOWERINGS: dict[str, Lowering] = {}
+"""Op name -> its float32 lowering, for ops whose activations are all float32 (`lowers(..., float32=True)`)."""
+
+ELEMENT_BYTES = {"int8": 1, "uint8": 1, "bool": 1, "int16": 2, "int32": 4, "float32": 4, "int64": 8}
+"""Bytes per element of the tensor types the c runtime holds in its arena."""
+
+CTYPES = {"int8": "int8_t", "int16": "int16_t", "int32": "int32_t", "int64": "int64_t", "float32": "float"}
+"""The C type of each tensor type the c runtime reads or writes."""
 
 
-def lowers(*ops: str) -> Callable[[Lowering], Lowering]:
-    """Register the decorated function as the lowering of each op named."""
+def lowers(*ops: str, float32: bool = False) -> Callable[[Lowering], Lowering]:
+    """Register the decorated function as the lowering of each op named: the quantized one, or
+    with `float32=True` the one for ops whose activations are all float32."""
+    table = FLOAT_LOWERINGS if float32 else LOWERINGS
+
     def register(fn: Lowering) -> Lowering:
         for name in ops:
-            if name in LOWERINGS:
-                raise RuntimeError(f"{name} has two lowerings: {LOWERINGS[name].__qualname__} and {fn.__qualname__}")
-            LOWERINGS[name] = fn
+            if name in table:
+                raise RuntimeError(f"{name} has two lowerings: {table[name].__qualname__} and {fn.__qualname__}")
+            table[name] = fn
         return fn
     return register
 
 
+def is_float_op(op: Any, info: ModelInfo) -> bool:
+    """Whether every activation the op reads or writes is float32 (its float lowering runs it);
+    QUANTIZE and DEQUANTIZE, which cross between float and integers, are quantized ops."""
+    tensors = [info.tensors[i] for i in (*op.inputs, *op.outputs) if i >= 0 and not info.tensors[i].is_constant]
+    return bool(tensors) and all(t.dtype == "float32" for t in tensors)
+
+
+def lowering_for(op: Any, info: ModelInfo) -> Lowering | None:
+    """The lowering that runs `op`, or None when the c runtime has no kernel for it. A float op
+    without a float lowering goes to the quantized one: the data-movement ops copy any element
+    type, and the others refuse a float tensor by name."""
+    if is_float_op(op, info) and op.name in FLOAT_LOWERINGS:
+        return FLOAT_LOWERINGS[op.name]
+    return LOWERINGS.get(op.name)
+
+
 def tensor_bytes(t: TensorInfo) -> int:
-    return math.prod(t.shape) * (4 if t.dtype in ("int32", "float32") else 1)
+    return math.prod(t.shape) * ELEMENT_BYTES.get(t.dtype, 1)
 
 
 def weights(obj: Any, graph: Any, index: int, dtype: str) -> np.ndarray:
@@ -72,13 +101,14 @@ def weights(obj: Any, graph: Any, index: int, dtype: str) -> np.ndarray:
     return np.frombuffer(bytes(data), dtype=dtype).reshape(tensor.shape)
 
 
-def act(info: ModelInfo, index: int, what: str, op_name: str) -> TensorInfo:
-    """The tensor, which must be per-tensor int8 (what the kernels compute in)."""
+def act(info: ModelInfo, index: int, what: str, op_name: str, dtypes: tuple[str, ...] = ("int8",)) -> TensorInfo:
+    """The tensor, which must be a per-tensor quantized activation of one of `dtypes` (what the
+    kernel computes in)."""
     t = info.tensors[index]
-    if t.dtype != "int8" or len(t.scales) != 1:
+    if t.dtype not in dtypes or len(t.scales) != 1:
         raise TargetCheckError(f"{info.source}: {op_name}'s {what} '{t.name}' is {t.dtype}"
-                               f"{' per-channel' if len(t.scales) > 1 else ''}; the c runtime has per-tensor int8",
-                               hint=HINT)
+                               f"{' per-channel' if len(t.scales) > 1 else ''}; the c runtime's {op_name} takes "
+                               f"per-tensor {' or '.join(dtypes)}", hint=HINT)
     return t
 
 
