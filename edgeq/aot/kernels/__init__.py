@@ -13,7 +13,16 @@ the family it belongs to (or a new family module imported below) plus its templa
 
 from __future__ import annotations
 
-from edgeq.aot.kernels import activation, conv, elementwise, pool, quantize, shape  # noqa: F401 (they register)
+from edgeq.aot.kernels import (  # noqa: F401 (they register)
+    activation,
+    conv,
+    elementwise,
+    float32,
+    pool,
+    quantize,
+    recurrent,
+    shape,
+)
 from edgeq.aot.kernels.base import (
     CTYPES,
     ELEMENT_BYTES,
