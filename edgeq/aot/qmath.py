@@ -78,3 +78,18 @@ def activation_range(activation: int, scale: float, zero_point: int, qmin: int =
     if activation == 2:
         return max(qmin, code(-1.0)), min(qmax, code(1.0))
     raise ValueError(f"fused activation {activation}")
+
+
+def reduced_multiplier(q: int) -> int:
+    """The 16-bit multiplier TFLM's requantization of a 64-bit accumulator uses in place of the
+    31-bit `q`: q / 2^16 rounded half up, capped at 0x7FFF (it must stay below 2^15)."""
+    return (q + (1 << 15)) >> 16 if q < 0x7FFF0000 else 0x7FFF
+
+
+def requantize64(acc: int, q: int, shift: int) -> int:
+    """acc * q * 2^(shift - 31) for a 64-bit accumulator (the int16 activation kernels), as TFLM
+    rounds it: one rounding, half up (toward +infinity), after multiplying by the reduced
+    multiplier; the result truncated to int32 as C's conversion does."""
+    total = 15 - shift
+    wide = (acc * reduced_multiplier(q) + (1 << (total - 1))) >> total
+    return ((wide - INT32_MIN) % (1 << 32)) + INT32_MIN
