@@ -1,9 +1,9 @@
 """Files other tools write the way TFLite Micro reads them: an open batch (-1 in the shape
 signature, what the converter writes for a Keras model without a fixed batch) runs as one sample,
-and a bias's quantized dimension, which TFLM ignores, is accepted with a note. Each model comes
-from the real converter (the quirk made by a flatbuffer edit where the converter does not write
-it), runs through `edgeq inspect` and `export-c --runtime c`, and its C, built by gcc and clang,
-is byte for byte TFLM's on random inputs."""
+a bias's quantized dimension, which TFLM ignores, is accepted with a note, and an int16x8 model
+keeps its int16 I/O. Each model comes from the real converter (the quirk made by a flatbuffer
+edit where the converter does not write it), runs through `edgeq inspect` and `export-c --runtime
+c`, and its C, built by gcc and clang, is byte for byte TFLM's on random inputs."""
 
 from __future__ import annotations
 
@@ -104,16 +104,30 @@ def test_an_open_dimension_in_the_shape_itself_is_refused_by_name(tmp_path: Path
     assert "Traceback" not in proc.stderr and not (tmp_path / "c").exists()
 
 
-def test_int16_io_is_refused_naming_the_op(tmp_path: Path) -> None:
-    """Until the c runtime has int16 kernels, an int16x8 model's C is refused with the op named."""
+def test_int16_io_runs_bit_exact_with_tflm(tmp_path: Path) -> None:
+    """An int16x8 model with int16 I/O (the converter's 16x8 mode) exports through the CLI as
+    plain C, the same C the property tests build, and runs byte for byte as TFLM does."""
     from edgeq._tf import tf
 
     tf()
     import keras
 
+    from edgeq.aot.emit import emit_c
+    from edgeq.tflite.reader import read_tflite
+
+    keras.utils.set_random_seed(12)
     model = keras.Sequential([keras.layers.Input((6,), batch_size=1), keras.layers.Dense(4)])
+    tflite = plain_tflite(model, io="int16")
+    info = read_tflite(tflite)
+    assert [t.dtype for t in (*info.input_tensors, *info.output_tensors)] == ["int16", "int16"]
     file = tmp_path / "wide.tflite"
-    file.write_bytes(plain_tflite(model, io="int16"))
+    file.write_bytes(tflite)
     proc = run_edgeq("export-c", str(file), "--runtime", "c", "-o", str(tmp_path / "c"))
-    assert proc.returncode == 3 and "FULLY_CONNECTED" in proc.stderr and "is int16" in proc.stderr, proc.stderr
-    assert "Traceback" not in proc.stderr and not (tmp_path / "c").exists()
+    assert proc.returncode == 0, proc.stderr
+    written = {name: (tmp_path / "c" / name).read_bytes() for name in ("wide_model.c", "wide_model.h")}
+    assert written == emit_c("wide", tflite, info).files
+    assert b"const int16_t *input0, int16_t *output0" in written["wide_model.h"]
+    inputs = np.random.default_rng(12).integers(-32768, 32768, size=(24, 6), dtype=np.int16)
+    expected = tflm_outputs(tflite, inputs)
+    got = c_outputs(tmp_path, tflite, inputs, (4,), "int16")
+    assert got.reshape(expected.shape).tobytes() == expected.tobytes()
