@@ -38,7 +38,8 @@ def emit_c(name: str, model: bytes, info: ModelInfo) -> AotSources:
     signature = ", ".join([f"const {t['ctype']} *input{i}" for i, t in enumerate(inputs)]
                           + [f"{t['ctype']} *output{i}" for i, t in enumerate(outputs)])
     values = dict(ident=ident, IDENT=ident.upper(), arena_bytes=program.arena_bytes, inputs=inputs,
-                  outputs=outputs, signature=signature, float_io=any(t["dtype"] == "float32" for t in inputs + outputs))
+                  outputs=outputs, signature=signature, float_io=any(t["dtype"] == "float32" for t in inputs + outputs),
+                  states=list(program.states), state_bytes=sum(s["bytes"] for s in program.states))
     header = render("aot_model.h.j2", guard=f"EDGEQ_{ident.upper()}_MODEL_H_", model_bytes=len(model),
                     sha256=hashlib.sha256(model).hexdigest(), **values)
     source = render("aot_model.c.j2", constants=program.constants, steps=program.steps, offsets=program.offsets,

@@ -10,6 +10,7 @@ at the edges.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from edgeq.aot.kernels import FLOAT_KERNELS, HINT, KERNELS, Constants, Step, lowering_for, tensor_bytes
 from edgeq.aot.schedule import scheduled
@@ -36,6 +37,7 @@ class Program:
     inputs: tuple[int, ...]
     outputs: tuple[int, ...]
     sizes: dict[int, int]                           # tensor index -> bytes
+    states: tuple[dict[str, Any], ...] = ()         # the recurrent ops' variable tensors, kept outside the arena
 
 
 def lower(model: bytes, info: ModelInfo) -> Program:
@@ -72,5 +74,8 @@ def lower(model: bytes, info: ModelInfo) -> Program:
                                hint=HINT)
     planned = {i: o for i, o in enumerate(plan.offsets) if o >= 0}
     sizes = {i: tensor_bytes(info.tensors[i]) for i in planned}
+    # A variable tensor (state a recurrent op keeps between calls) is read before anything writes it, so the
+    # planner leaves it out; its lowering names it as a static array of its own (kernels/recurrent.py).
+    states = {state["name"]: state for step in steps for state in step.values.get("state", ())}
     return Program(tuple(steps), constants, planned, max(plan.peak, 1), tuple(info.inputs), tuple(info.outputs),
-                   sizes)
+                   sizes, tuple(states.values()))
