@@ -225,11 +225,36 @@ def test_export_c_runtime_c_writes_two_files_or_refuses_and_writes_none(tmp_path
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["good_model.c", "good_model.h"]
     assert "activation arena:" in proc.stdout and "GOOD_ARENA_BYTES" in (tmp_path / "c" / "good_model.h").read_text()
-    float_model = tmp_path / "float.tflite"
-    float_model.write_bytes(plain_tflite(model, io="float32"))
-    proc = run_edgeq("export-c", str(float_model), "--runtime", "c", "-o", str(tmp_path / "f"))
-    assert proc.returncode == 3 and "float32" in proc.stderr and "Traceback" not in proc.stderr
-    assert not (tmp_path / "f").exists()
+    # A model left in float32 runs on the float kernels: the files written, built here, give TFLM's bytes.
+    float_tflite = plain_tflite(model, io="float32")
+    (tmp_path / "plain.tflite").write_bytes(float_tflite)
+    proc = run_edgeq("export-c", str(tmp_path / "plain.tflite"), "--runtime", "c", "-o", str(tmp_path / "f"))
+    assert proc.returncode == 0, proc.stderr
+    assert "int plain_invoke(const float *input0, float *output0);" in (tmp_path / "f" / "plain_model.h").read_text()
+    lib = tmp_path / "libplain.so"
+    subprocess.run([GCC, "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic", "-shared", "-fPIC",
+                    str(tmp_path / "f" / "plain_model.c"), "-o", str(lib), "-lm"], check=True)
+    invoke = ctypes.CDLL(str(lib)).plain_invoke
+    inputs = np.random.default_rng(4).normal(0, 3, size=(8, 6, 5)).astype(np.float32)
+    expected = tflm_outputs(float_tflite, inputs)
+    got = np.zeros_like(expected)
+    for x, out in zip(inputs, got):
+        assert invoke(x.ctypes.data_as(ctypes.c_void_p), out.ctypes.data_as(ctypes.c_void_p)) == 0
+    assert got.tobytes() == expected.tobytes()
+    # An op the c runtime has no kernel for, in float32 or int8: refused by name, and nothing written.
+    from edgeq._tf import tf
+
+    tf()
+    import keras
+
+    from edgeq.aot.lower import FLOAT_KERNELS, KERNELS
+
+    assert "EXP" not in KERNELS + FLOAT_KERNELS, "EXP has a kernel now: give this test an op the c runtime lacks"
+    x = keras.layers.Input((6, 5), batch_size=1)
+    (tmp_path / "exp.tflite").write_bytes(plain_tflite(keras.Model(x, keras.ops.exp(x)), io="float32"))
+    proc = run_edgeq("export-c", str(tmp_path / "exp.tflite"), "--runtime", "c", "-o", str(tmp_path / "e"))
+    assert proc.returncode == 3 and "no kernel for EXP" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "e").exists()
 
 
 def test_branches_are_scheduled_to_free_their_intermediates_early(tmp_path: Path) -> None:
