@@ -93,3 +93,19 @@ def requantize64(acc: int, q: int, shift: int) -> int:
     total = 15 - shift
     wide = (acc * reduced_multiplier(q) + (1 << (total - 1))) >> total
     return ((wide - INT32_MIN) % (1 << 32)) + INT32_MIN
+
+
+SIGMOID_TABLE_RAISED = (4, 8, 12, 14, 15, 16, 17, 19, 20, 21, 22, 25, 27, 28, 29, 30, 31, 33, 34, 35, 37, 39, 40, 41,
+                        43, 44, 45, 46, 49, 50, 54, 62, 63, 64, 66, 82, 86, 93, 100, 103, 112, 116, 135, 255)
+"""Where TFLite's sigmoid table is one above round(65536 * sigmoid(k / 24)): it is tuned for the
+linear interpolation between its entries, not rounded."""
+
+
+def sigmoid_table() -> np.ndarray:
+    """The 256 entries TFLite's int16 LOGISTIC and TANH (and so its integer LSTM's gates and cell)
+    interpolate between: sigmoid(k / 24) for k = 0..255 in unsigned Q0.16, exactly as TFLite holds
+    them (rounded half away from zero, capped at 65535, plus one at SIGMOID_TABLE_RAISED)."""
+    table = np.array([min(math.floor(65536 / (1 + math.exp(-k / 24)) + 0.5), 65535) for k in range(256)],
+                     dtype=np.int64)
+    table[list(SIGMOID_TABLE_RAISED)] += 1
+    return table

@@ -21,33 +21,12 @@ from typing import Any
 import numpy as np
 
 from edgeq.aot.kernels.base import HINT, Constants, Step, act, lowers, tensor_bytes, weights
-from edgeq.aot.qmath import quantize_multiplier
+from edgeq.aot.qmath import quantize_multiplier, sigmoid_table
 from edgeq.errors import TargetCheckError
 from edgeq.tflite.model_info import ModelInfo, TensorInfo
 
-SIGMOID_TABLE = (
-    32768, 33451, 34133, 34813, 35493, 36169, 36843, 37513, 38180, 38841, 39498, 40149, 40794, 41432, 42064, 42688,
-    43304, 43912, 44511, 45102, 45683, 46255, 46817, 47369, 47911, 48443, 48964, 49475, 49975, 50464, 50942, 51409,
-    51865, 52311, 52745, 53169, 53581, 53983, 54374, 54755, 55125, 55485, 55834, 56174, 56503, 56823, 57133, 57433,
-    57724, 58007, 58280, 58544, 58800, 59048, 59288, 59519, 59743, 59959, 60168, 60370, 60565, 60753, 60935, 61110,
-    61279, 61441, 61599, 61750, 61896, 62036, 62172, 62302, 62428, 62549, 62666, 62778, 62886, 62990, 63090, 63186,
-    63279, 63368, 63454, 63536, 63615, 63691, 63765, 63835, 63903, 63968, 64030, 64090, 64148, 64204, 64257, 64308,
-    64357, 64405, 64450, 64494, 64536, 64576, 64614, 64652, 64687, 64721, 64754, 64786, 64816, 64845, 64873, 64900,
-    64926, 64950, 64974, 64997, 65019, 65039, 65060, 65079, 65097, 65115, 65132, 65149, 65164, 65179, 65194, 65208,
-    65221, 65234, 65246, 65258, 65269, 65280, 65291, 65301, 65310, 65319, 65328, 65337, 65345, 65352, 65360, 65367,
-    65374, 65381, 65387, 65393, 65399, 65404, 65410, 65415, 65420, 65425, 65429, 65433, 65438, 65442, 65445, 65449,
-    65453, 65456, 65459, 65462, 65465, 65468, 65471, 65474, 65476, 65479, 65481, 65483, 65485, 65488, 65489, 65491,
-    65493, 65495, 65497, 65498, 65500, 65501, 65503, 65504, 65505, 65507, 65508, 65509, 65510, 65511, 65512, 65513,
-    65514, 65515, 65516, 65517, 65517, 65518, 65519, 65520, 65520, 65521, 65522, 65522, 65523, 65523, 65524, 65524,
-    65525, 65525, 65526, 65526, 65526, 65527, 65527, 65528, 65528, 65528, 65529, 65529, 65529, 65529, 65530, 65530,
-    65530, 65530, 65531, 65531, 65531, 65531, 65531, 65532, 65532, 65532, 65532, 65532, 65532, 65533, 65533, 65533,
-    65533, 65533, 65533, 65533, 65533, 65534, 65534, 65534, 65534, 65534, 65534, 65534, 65534, 65534, 65534, 65535)
-"""The table TFLite's int16 LOGISTIC and TANH interpolate in (its LSTM's gates and cell use them):
-sigmoid(i / 24) for i = 0..255 in unsigned Q0.16. The values are TFLite's own, not a formula's:
-43 of them are one above round(65536 * sigmoid(i / 24)), so only these numbers give TFLM's bits."""
-
 SIGMOID_TABLE_NAME = "edgeq_rnn_sigmoid_q16"
-"""The table's C array, shared by every LSTM of the model."""
+"""The C array of TFLite's sigmoid table (qmath.sigmoid_table), shared by every LSTM of the model."""
 
 GATES = ("input", "forget", "cell", "output")
 """The LSTM's gates in the order of its weight, bias and constant arrays (TFLM's tensor order)."""
@@ -111,11 +90,10 @@ def _tanh_input(power: int, op: Any, info: ModelInfo) -> tuple[int, int]:
     """(multiplier, right shift) that take an int16 of scale 2^power to the input TFLM's int16 tanh
     interpolates on: the value times 3 (its table covers the range scaled by 3/4), at 2^-12."""
     left = 15 + power - 3
-    if left >= 0:
-        if left > 14:
-            raise _refuse(op, info, f"has a cell state scale of 2^{power}; TFLM's int16 tanh overflows beyond 2^2")
-        return 3 << left, 0
-    return 3, -left
+    if not -30 <= left <= 14:
+        raise _refuse(op, info, f"has a cell state scale of 2^{power}; TFLM's int16 tanh of the cell state works "
+                                "between 2^-42 and 2^2 (beyond, its int32 arithmetic overflows)")
+    return (3 << left, 0) if left >= 0 else (3, -left)
 
 
 @lowers("UNIDIRECTIONAL_SEQUENCE_LSTM")
@@ -125,9 +103,9 @@ def _lstm(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any, constant
     the int16 sigmoid (tanh for the cell gate) in Q0.15; the int16 cell state becomes forget * cell
     + input * cell gate (each product requantized, the sum saturated, then clipped), and the hidden
     state tanh(cell) * output, requantized to int8, which is also the step's output row."""
-    inputs = list(op.inputs) + [-1] * (24 - len(op.inputs))
     if len(op.inputs) != 24:
         raise _refuse(op, info, f"has {len(op.inputs)} inputs; TFLM's kernel takes the 24 of the full LSTM")
+    inputs = list(op.inputs)
     inp = act(info, inputs[0], "input", op.name)
     out = act(info, op.outputs[0], "output", op.name)
     for what, ids in (("peephole weights", (9, 10, 11)), ("projection", (16, 17)),
@@ -169,7 +147,7 @@ def _lstm(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any, constant
              for source, ws in ((inp, wx), (h_info, wh)) for w in ws]
     constants[f"{name}_mult"] = ("int32_t", np.asarray([q for q, _ in pairs], dtype=np.int64))
     constants[f"{name}_shift"] = ("int8_t", np.asarray([s for _, s in pairs], dtype=np.int64))
-    constants[SIGMOID_TABLE_NAME] = ("uint16_t", np.asarray(SIGMOID_TABLE, dtype=np.int64))
+    constants[SIGMOID_TABLE_NAME] = ("uint16_t", sigmoid_table())
     cell_scale = float(_f32(c_info.scales[0]))
     hidden_scale = float(_f32(h_info.scales[0]))
     forget_mult, forget_shift = quantize_multiplier(_ACTIVATION_SCALE * cell_scale / cell_scale)
