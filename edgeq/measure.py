@@ -153,7 +153,7 @@ def _stripped(model: bytes, info: ModelInfo, source: Names, sample: Dataset | No
     """The model without names, signatures and metadata, its info with the names put back, its names
     sidecar and the arena plan's record. The lean form (no bias scales, one zero point for all-zero per-channel ones)
     where it gives TFLM's outputs bit for bit on up to 32 samples; otherwise only the strings go."""
-    from edgeq.tflite.strip import strip_for_device, with_names
+    from edgeq.tflite.strip import canonical, strip_for_device, with_names
 
     inputs = None if sample is None else to_graph_inputs([x[:32] for x in sample.inputs], source.input_names, info)
     # The leaner form first, where TFLM can vouch for it; unchecked, only the names go.
@@ -168,8 +168,8 @@ def _stripped(model: bytes, info: ModelInfo, source: Names, sample: Dataset | No
                                                 profile)
             if record is not None:
                 sidecar["arena_plan"] = record.to_dict()
-                if record.kept:
-                    sidecar["model_sha256"] = hashlib.sha256(stripped).hexdigest()
+            stripped = canonical(stripped)  # the bytes the written .tflite gives back (strip.read_flashed)
+            sidecar["model_sha256"] = hashlib.sha256(stripped).hexdigest()
             return stripped, with_names(read_tflite(stripped, source=info.source), sidecar), sidecar, record
     raise ConversionError(f"{info.source}: without its names the model gives other outputs in TFLM",
                           hint="report this model; its names should not matter to TFLM")

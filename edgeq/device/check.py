@@ -196,10 +196,10 @@ def device_check(port: str, model_path: Path, data: str, *, baud: int = DEFAULT_
     from edgeq.calibration import load_dataset, validate_for_model
     from edgeq.export.atomic import check_output_dir, write_files_atomically
     from edgeq.tflite.facts import input_specs
-    from edgeq.tflite.strip import read_tflite_named
+    from edgeq.tflite.strip import read_flashed
 
     model_path = Path(model_path)
-    model, info = read_tflite_named(model_path)
+    model, info = read_flashed(model_path)
     check_output_dir(Path(output_dir), list(REPORT_FILES), overwrite=overwrite)
     dataset = _in_device_layout(load_dataset(data, default_split="eval"), model_path, model, info, on_step)
     dataset = validate_for_model(dataset, input_specs(info), purpose="evaluation")

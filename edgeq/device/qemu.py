@@ -57,7 +57,7 @@ def build_qemu_firmware(model_path: Path, workdir: Path, *, board: str = "mps2-a
     from edgeq.device.firmware import _package_file, build_firmware
     from edgeq.export.c_arrays import ArenaSize, c_identifier
     from edgeq.templating import render
-    from edgeq.tflite.strip import read_tflite_named
+    from edgeq.tflite.strip import read_flashed
 
     if board not in BOARDS:
         raise EdgeqError(f"--board {board}: not an emulated board edgeq knows",
@@ -65,7 +65,7 @@ def build_qemu_firmware(model_path: Path, workdir: Path, *, board: str = "mps2-a
     gcc = shutil.which("arm-none-eabi-gcc")
     if gcc is None:
         raise EdgeqError("arm-none-eabi-gcc not found: the firmware cannot be built", hint=QEMU_HINT)
-    data, info = read_tflite_named(Path(model_path))
+    data, info = read_flashed(Path(model_path))
     floats = [t.name for t in (*info.input_tensors, *info.output_tensors) if t.dtype != "int8"]
     if floats:
         raise TargetCheckError(f"{model_path}: the emulated board's harness takes int8 inputs and outputs; "

@@ -332,14 +332,13 @@ def serve_model(model_path: Path, stop: threading.Event, *, faults: Sequence[str
     """
     from edgeq.emulator.memory import measure_tflm_arena
     from edgeq.checks import require_tflm_kernels
-    from edgeq.tflite.reader import read_tflite, read_tflite_bytes
+    from edgeq.tflite.strip import read_flashed
 
     try:
         parsed = tuple(parse_fault(spec) for spec in faults)
     except ValueError as exc:
         raise EdgeqError(f"--fault: {exc}", hint="e.g. --fault crc@3 --fault reset@10") from None
-    data = read_tflite_bytes(model_path)
-    info = read_tflite(data, source=str(model_path))
+    data, info = read_flashed(Path(model_path))  # what edgeq's firmware would carry for this file
     require_tflm_kernels(info)
     if link_path is not None and os.path.lexists(link_path) and not link_path.is_symlink():
         raise EdgeqError(f"--link {link_path} exists and is not a symlink; edgeq will not replace it",

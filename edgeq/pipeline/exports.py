@@ -44,10 +44,9 @@ def export_c(path: Path, outdir: Path, *, name: str | None = None, alignment: in
              overwrite: bool = False) -> tuple[list[Path], TflmModel]:
     """`<name>_model_data.cc/.h` (with the measured arena plus `arena_margin`) and `<name>_op_resolver.h`
     for a .tflite, written atomically into `outdir`. Returns the files written and the model."""
-    from edgeq.tflite.reader import read_tflite, read_tflite_bytes
+    from edgeq.tflite.strip import read_flashed
 
-    data = read_tflite_bytes(path)
-    info = read_tflite(data, source=str(path))
+    data, info = read_flashed(Path(path))
     ident = c_identifier(name or Path(path).stem)
     check_output_dir(outdir, [f"{ident}_model_data.cc", f"{ident}_model_data.h", f"{ident}_op_resolver.h"],
                      overwrite=overwrite)
@@ -84,9 +83,9 @@ def build_firmware(path: Path, profile: TargetProfile, *, outdir: Path | None = 
 
         raise EdgeqError(f"target '{profile.name}' runs {profile.runtime}, and the harness firmware is for TFLite Micro",
                          hint="pick a microcontroller target (edgeq targets list), e.g. --target mcu")
-    from edgeq.tflite.strip import read_tflite_named
+    from edgeq.tflite.strip import read_flashed
 
-    data, info = read_tflite_named(path)
+    data, info = read_flashed(path)
     ident = c_identifier(name or Path(path).stem)
     out = outdir if outdir is not None else Path("edgeq-out") / f"{ident}-firmware"
     check_output_dir(out, ["README.md", "edgeq_firmware.json"], overwrite=overwrite)
@@ -116,9 +115,9 @@ def export_aot(path: Path, outdir: Path, *, name: str | None = None, overwrite: 
     naming the first op the C backend lacks, before anything is written."""
     from edgeq.aot.emit import emit_c
     from edgeq.emulator.memory import recorded_arena
-    from edgeq.tflite.strip import read_tflite_named
+    from edgeq.tflite.strip import read_flashed
 
-    data, info = read_tflite_named(Path(path))
+    data, info = read_flashed(Path(path))
     ident = c_identifier(name or Path(path).stem)
     check_output_dir(Path(outdir), [f"{ident}_model.c", f"{ident}_model.h"], overwrite=overwrite)
     sources = emit_c(ident, data, info)

@@ -17,7 +17,7 @@ from edgeq.report import render_json, render_markdown, render_png
 from edgeq.report_meta import SCHEMA_VERSION, Versions, sha256_path
 from edgeq.report_types import (CalibrationPart, ComparisonRow, ConvertReport, EmulateReport, ModelInput, ModelPart,
                                 Sizes, SourceModel, TargetPart)
-from edgeq.tflite.strip import render_sidecar
+from edgeq.tflite.strip import file_form, render_sidecar
 from edgeq.vocab import Runtime
 
 if TYPE_CHECKING:
@@ -34,10 +34,11 @@ def emitted(plan: Plan, model: Frontend, made: Made, gate: Gate, on_step: Step
     quantized, info = chosen.quantized, chosen.info
     files: dict[str, bytes] = {}
     if gate.passed or plan.force:
-        files[f"{name}.tflite"] = quantized
-        if chosen.sidecar is not None:
+        # The .tflite in the standard form LiteRT loads; the lean form only in what is flashed (below).
+        files[f"{name}.tflite"], sidecar = file_form(quantized, chosen.sidecar)
+        if sidecar is not None:
             source_layout = model.source_layout()  # device-check transposes the user's data for the device
-            sidecar = chosen.sidecar if source_layout is None else {**chosen.sidecar, "source_layout": source_layout}
+            sidecar = sidecar if source_layout is None else {**sidecar, "source_layout": source_layout}
             files[f"{name}_names.json"] = render_sidecar(sidecar)
         if profile.runtime == Runtime.C:
             from edgeq.aot.emit import aot_readme, emit_c

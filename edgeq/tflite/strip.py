@@ -12,8 +12,12 @@ the pipeline keeps only where TFLM gives the same outputs bit for bit) also leav
   scale from the input's and the weights';
 - all but one of a per-channel tensor's zero points when they are all 0 (the weights' always
   are): TFLM's allocator reads a single zero point as every channel's. That is 8 bytes a channel,
-  13 KB of a 294 KB autoencoder. LiteRT insists on one per channel, so `litert_loadable` puts
-  them back before LiteRT opens a flashed model.
+  13 KB of a 294 KB autoencoder. LiteRT insists on one per channel ("QuantizationParam has 1
+  zero_point values and N scale values"), so this form lives only in the flashed bytes (the C
+  array, the harness firmware). The `.tflite` edgeq writes is `litert_loadable(flashed)`, a zero
+  point per channel again, which LiteRT and every tool built on its loader open; its sidecar
+  records the flashed bytes' sha256, and `read_flashed` derives them again from the file for
+  export-c, the firmware and device-check.
 Buffers stay 16-byte aligned, as the converter writes them (CMSIS-NN kernels want it).
 
 The rewrite goes through the flatbuffer object API, which trusts its input: only models the
@@ -153,6 +157,58 @@ def litert_loadable(model: bytes) -> bytes:
     return bytes(flatbuffer_utils.convert_object_to_bytearray(obj))
 
 
+def lean_again(model: bytes) -> bytes:
+    """`model` (a `litert_loadable` file) with one zero point again for each per-channel tensor whose
+    zero points are all 0: the flashed bytes it was made from."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    obj = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
+    _collapse_zero_points(obj)
+    align_buffers(obj)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(obj))
+
+
+def canonical(flashed: bytes) -> bytes:
+    """`flashed` as `lean_again` writes it from its `litert_loadable` file: the same model, laid out
+    so that the file gives these very bytes back (a flatbuffer written twice from equal objects can
+    still differ in padding, so the flashed form is made the way `read_flashed` remakes it)."""
+    standard = litert_loadable(flashed)
+    return flashed if standard is flashed else lean_again(standard)
+
+
+def file_form(flashed: bytes, sidecar: dict[str, Any] | None) -> tuple[bytes, dict[str, Any] | None]:
+    """(the .tflite to write for `flashed`, its sidecar): the file LiteRT opens, whose sidecar names
+    it by its own sha256 and the flashed bytes by `flashed_sha256` when the two differ. `flashed`
+    must be `canonical` (the pipeline's is), so that `read_flashed` finds the same bytes."""
+    standard = litert_loadable(flashed)
+    if standard is flashed or sidecar is None:
+        return flashed, sidecar
+    if lean_again(standard) != flashed:
+        raise ValueError("the flashed model is not in its canonical form (edgeq.tflite.strip.canonical)")
+    return standard, {**sidecar, "model_sha256": hashlib.sha256(standard).hexdigest(),
+                      "flashed_sha256": hashlib.sha256(flashed).hexdigest()}
+
+
+def read_flashed(path: Path) -> tuple[bytes, ModelInfo]:
+    """What goes on the device for the .tflite at `path`, read and checked, with its sidecar's names:
+    the file itself, or, when edgeq wrote it from a leaner flashed form (its sidecar says
+    `flashed_sha256`), that form derived again from it."""
+    from edgeq.tflite.reader import read_tflite, read_tflite_bytes
+
+    data = read_tflite_bytes(path)
+    sidecar = read_sidecar(Path(path), data)
+    flashed_sha = (sidecar or {}).get("flashed_sha256")
+    if flashed_sha and flashed_sha != hashlib.sha256(data).hexdigest():
+        lean = lean_again(data)
+        if hashlib.sha256(lean).hexdigest() != flashed_sha:
+            raise TFLiteFormatError(f"{path}: its names file says the flashed model has sha256 {flashed_sha[:16]}…, "
+                                    "and the model's lean form is not that",
+                                    hint=f"delete {sidecar_path(Path(path)).name} or convert the model again")
+        data = lean
+    info = read_tflite(data, source=str(path))
+    return data, (with_names(info, sidecar) if sidecar is not None else info)
+
+
 def _has_collapsed(tensor: Any) -> bool:
     q = tensor.Quantization()
     return q is not None and q.ScaleLength() > 1 and q.ZeroPointLength() == 1
@@ -178,7 +234,8 @@ def with_names(info: ModelInfo, sidecar: dict[str, Any]) -> ModelInfo:
 
 
 def read_sidecar(tflite: Path, model: bytes) -> dict[str, Any] | None:
-    """The names sidecar next to `tflite`, if there is one and it was written for these bytes."""
+    """The names sidecar next to `tflite`, if there is one and it was written for these bytes (the
+    file's, or the flashed form's that `read_flashed` derives from it)."""
     path = sidecar_path(tflite)
     try:
         sidecar = json.loads(path.read_text(encoding="utf-8"))
@@ -186,7 +243,7 @@ def read_sidecar(tflite: Path, model: bytes) -> dict[str, Any] | None:
         return None
     if not isinstance(sidecar, dict) or sidecar.get("format") != SIDECAR_FORMAT:
         return None
-    if sidecar.get("model_sha256") != hashlib.sha256(model).hexdigest():
+    if hashlib.sha256(model).hexdigest() not in (sidecar.get("model_sha256"), sidecar.get("flashed_sha256")):
         return None
     return sidecar
 

@@ -16,6 +16,7 @@ from conftest import (LITERT_TFLM_MAX_DIFFERING, LITERT_TFLM_MAX_LSB, predict, p
                       run_edgeq)
 from edgeq.pipeline import ConvertOptions, convert
 from edgeq.tflite.reader import read_tflite_file
+from edgeq.tflite.strip import read_flashed
 from edgeq.tflite.tflm_ops import RESOLVER_METHODS
 
 pytestmark = pytest.mark.slow
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.slow
 def converted(tmp_path_factory, keras3_model_path):
     """One conversion per class target, shared by the tests below."""
     results = {}
-    for target in ("mcu", "iot", "phone"):
+    for target in ("mcu", "iot", "phone", "mcu-c"):
         out = tmp_path_factory.mktemp(f"out-{target}")
         results[target] = convert(keras3_model_path, target, ConvertOptions(calibration="digits", outdir=out))
     return results
@@ -57,10 +58,36 @@ def test_mcu_outputs_are_tflm_ready(converted):
     assert not {"SHAPE", "STRIDED_SLICE", "PACK"} & set(info.all_op_names)
     report = json.loads((result.outdir / "report.json").read_text())
     assert report["recipe"]["mode"] == "int8" and report["target"]["name"] == "mcu"
-    assert report["sizes"]["quantized_tflite_bytes"] == info.file_bytes
+    flashed, _ = read_flashed(result.outdir / "my_model_2.tflite")
+    assert report["sizes"]["quantized_tflite_bytes"] == len(flashed)  # what goes on the device
     assert report["calibration"]["samples_used"] == 200
     assert report["outputs"]["my_model_2.tflite"]
     assert all(c["passed"] for c in report["checks"])
+
+
+@pytest.mark.parametrize("target", ["mcu", "iot", "phone", "mcu-c"])
+def test_litert_loads_every_tflite_edgeq_writes(converted, target):
+    """The .tflite is in the standard form for every target, so LiteRT (and every evaluation script
+    built on its loader) opens it and runs it; the lean form with one zero point for all channels
+    is only in the flashed bytes, and the file gives exactly those bytes back."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    out = converted[target].outdir
+    path = out / "my_model_2.tflite"
+    interpreter = Interpreter(model_path=str(path))
+    interpreter.allocate_tensors()
+    detail = interpreter.get_input_details()[0]
+    interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], dtype=detail["dtype"]))
+    interpreter.invoke()
+    assert np.isfinite(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]).astype(np.float64)).all()
+    if target.startswith("mcu"):
+        names = json.loads((out / "my_model_2_names.json").read_text())
+        flashed, _ = read_flashed(path)
+        assert names["zero_points_collapsed"] > 0 and names["flashed_sha256"] != names["model_sha256"]
+        assert len(flashed) < path.stat().st_size
+        import hashlib
+
+        assert hashlib.sha256(flashed).hexdigest() == names["flashed_sha256"]
 
 
 def test_litert_float_io_targets(converted):
@@ -157,7 +184,9 @@ def test_c_arrays_compile_and_match_the_tflite(converted, tmp_path):
          str(tmp_path / "check.cc"), str(out / "my_model_2_model_data.cc"), "-o", str(exe)],
         capture_output=True, text=True)
     assert build.returncode == 0, build.stderr
-    run = subprocess.run([str(exe), str(out / "my_model_2.tflite")], capture_output=True, text=True)
+    flashed = tmp_path / "flashed.tflite"  # the lean form the C array holds, derived from the written file
+    flashed.write_bytes(read_flashed(out / "my_model_2.tflite")[0])
+    run = subprocess.run([str(exe), str(flashed)], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout
     assert run.stdout.startswith("ok ")
     arena = converted["mcu"].report.to_dict()["emulation"]["memory"]["ram"]["firmware_arena_bytes"]
@@ -210,7 +239,9 @@ def test_export_c_and_inspect_cli(converted, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "model_3rd_model_model_data.cc", "model_3rd_model_model_data.h", "model_3rd_model_op_resolver.h"]
-    assert (tmp_path / "model_3rd_model_model_data.cc").read_bytes().count(b"0x") == tflite.stat().st_size
+    # The C array holds the flashed (lean) form, which the written file gives back
+    flashed = len(read_flashed(tflite)[0])
+    assert (tmp_path / "model_3rd_model_model_data.cc").read_bytes().count(b"0x") == flashed < tflite.stat().st_size
     proc = run_edgeq("inspect", str(tflite), "--json")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)

@@ -22,6 +22,7 @@ from edgeq.device.link import DeviceError
 from edgeq.errors import EdgeqError
 from edgeq.device.sim import SimDevice, VirtualPort, parse_fault
 from edgeq.tflite.reader import read_tflite
+from edgeq.tflite.strip import read_flashed
 from tests.conftest import plain_tflite, predict, run_edgeq
 
 LIMIT = 60  # samples per in-process run: enough to place faults, quick on a pty
@@ -289,10 +290,11 @@ def test_convert_harness_then_device_sim_then_device_check(tmp_path):
     assert "the device-check harness firmware" in result.stdout
     model = out / "digits_cnn.tflite"
     report = json.loads((out / "report.json").read_text())
-    assert report["harness"]["model_sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
-    assert report["harness"]["cortex_m_size"]["model"]["bytes"] == model.stat().st_size
+    flashed, _ = read_flashed(model)  # the lean form in the firmware, which the written file gives back
+    assert report["harness"]["model_sha256"] == hashlib.sha256(flashed).hexdigest()
+    assert report["harness"]["cortex_m_size"]["model"]["bytes"] == len(flashed) < model.stat().st_size
     markdown = (out / "report.md").read_text()
-    assert "## Harness firmware" in markdown and f"| {model.stat().st_size:,} B | 0 B |" in markdown
+    assert "## Harness firmware" in markdown and f"| {len(flashed):,} B | 0 B |" in markdown
     assert (out / "ports" / "baremetal" / "main.c").is_file() and (out / "edgeq_firmware.json").is_file()
     check_result = _check_against_sim(model, [], ["-n", "50", "-o", str(tmp_path / "dc")])
     assert check_result.returncode == 0, check_result.stderr
