@@ -51,9 +51,12 @@ def _float_tensor(op: Any, info: ModelInfo, index: int, what: str, *, constant: 
     t = info.tensors[index]
     if t.dtype != "float32" or (constant is not None and t.is_constant != constant):
         kind = "" if constant is None else ("constant " if constant else "computed ")
+        hybrid = (" (integer weights with float activations, a dynamic-range 'hybrid' op, which TFLM does not run "
+                  "either: quantize the whole model, or none of it)") if t.is_constant and t.dtype.startswith("int") \
+            and what in ("weights", "filter") else ""
         raise TargetCheckError(f"{info.source}: {op.name} #{op.index}'s {what} '{t.name}' is "
                                f"{'constant ' if t.is_constant else 'computed '}{t.dtype}; the c runtime's float32 "
-                               f"{op.name} needs a {kind}float32 tensor there", hint=HINT)
+                               f"{op.name} needs a {kind}float32 tensor there{hybrid}", hint=HINT)
     return t
 
 
