@@ -1,4 +1,5 @@
-"""The windowed and reducing kernels: MAX_POOL_2D, AVERAGE_POOL_2D and MEAN."""
+"""The windowed and reducing kernels: MAX_POOL_2D, AVERAGE_POOL_2D and MEAN, of int8 tensors or of
+int16 ones (TFLM's int16x8)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,34 @@ from typing import Any
 import numpy as np
 
 from edgeq.aot.kernels.base import HINT, Constants, Step, act, common, lowers, padding, single_batch, weights
-from edgeq.aot.qmath import quantize_multiplier
+from edgeq.aot.qmath import activation_range, quantize_multiplier
 from edgeq.errors import TargetCheckError
-from edgeq.tflite.model_info import ModelInfo
+from edgeq.tflite.model_info import ModelInfo, TensorInfo
+
+LIMITS = {"int8": (-128, 127), "int16": (-32768, 32767)}
+"""The codes an int8 or int16 output can hold."""
+
+
+def _same_dtype(op: Any, info: ModelInfo, inp: TensorInfo, out: TensorInfo) -> None:
+    if inp.dtype != out.dtype:
+        raise TargetCheckError(f"{info.source}: {op.name} #{op.index} reads {inp.dtype} and writes {out.dtype}; the "
+                               "c runtime's takes one type (int8 or int16) in and out", hint=HINT)
 
 
 @lowers("MAX_POOL_2D", "AVERAGE_POOL_2D")
 def _pool(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any, constants: Constants) -> Step:
-    inp, out, values = common(op, info, options.fusedActivationFunction)
+    """MAX_POOL_2D and AVERAGE_POOL_2D of one NHWC sample: the window's largest value, or its sum
+    divided by the count of its taps inside the input (rounded half away from zero), clamped by the
+    fused activation; int8, or int16 with the same arithmetic and int16 limits."""
+    if info.tensors[op.inputs[0]].dtype == "int16":
+        inp = act(info, op.inputs[0], "input", op.name, tuple(LIMITS))
+        out = act(info, op.outputs[0], "output", op.name, tuple(LIMITS))
+        _same_dtype(op, info, inp, out)
+        lo, hi = activation_range(options.fusedActivationFunction, out.scales[0], out.zero_points[0], *LIMITS["int16"])
+        values = {"input_offset": -inp.zero_points[0], "output_offset": out.zero_points[0], "act_min": lo,
+                  "act_max": hi, "int16": True}
+    else:
+        inp, out, values = common(op, info, options.fusedActivationFunction)
     if inp.scales[0] != out.scales[0] or inp.zero_points[0] != out.zero_points[0]:
         raise TargetCheckError(f"{info.source}: {op.name} #{op.index} rescales its input; TFLM's pooling does not",
                                hint=HINT)
@@ -34,9 +55,11 @@ def _pool(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any, constant
 def _mean(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any, constants: Constants) -> Step:
     """MEAN over a run of adjacent axes (global average pooling: [1, 2] of NHWC, or [2, 3] of the
     NCHW tensors PyTorch and ONNX models keep): TFLM sums in int32 and rescales the sum, the element
-    count folded into the multiplier (bit-exact with TFLM either way: test_aot_properties)."""
-    inp = act(info, op.inputs[0], "input", op.name)
-    out = act(info, op.outputs[0], "output", op.name)
+    count folded into the multiplier (bit-exact with TFLM either way: test_aot_properties); int16
+    the same way, clamped to int16."""
+    inp = act(info, op.inputs[0], "input", op.name, tuple(LIMITS))
+    out = act(info, op.outputs[0], "output", op.name, tuple(LIMITS))
+    _same_dtype(op, info, inp, out)
     axes_tensor = info.tensors[op.inputs[1]]
     if not axes_tensor.is_constant:
         raise TargetCheckError(f"{info.source}: MEAN #{op.index} has computed axes", hint=HINT)
@@ -54,4 +77,6 @@ def _mean(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any, constant
     fold = min(reduce.bit_length() - 1, 32, 31 + shift)
     values["mult"] = int((mult << fold) // reduce) if fold >= 0 else int((mult >> -fold) // reduce)
     values["shift"] = shift - fold
+    if inp.dtype == "int16":
+        values["int16"] = True  # the template reads and writes int16_t; aot_runtime_int16.j2 has its helpers
     return Step(op.index, op.name, "mean", op.inputs[0], op.outputs[0], values)
