@@ -1,5 +1,5 @@
 """The kernels that move bytes and leave values alone: RESHAPE, PAD(V2), TRANSPOSE, and the row
-copies CONCATENATION, PACK, SPLIT, SPLIT_V and UNPACK."""
+copies CONCATENATION, PACK, SPLIT, SPLIT_V and UNPACK; int8 elements, or int16 ones (TFLM's int16x8)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeq.aot.kernels.base import HINT, Constants, Step, act, lowers, tensor_bytes, weights
+from edgeq.aot.kernels.base import ELEMENT_BYTES, HINT, Constants, Step, act, lowers, tensor_bytes, weights
 from edgeq.errors import TargetCheckError
 from edgeq.tflite.model_info import ModelInfo, TensorInfo
 
@@ -31,26 +31,44 @@ def _shape_constant(op: Any, info: ModelInfo, obj: Any, graph: Any, inp: TensorI
     return weights(obj, graph, op.inputs[1], "<i4" if tensor.dtype == "int32" else "<i8")
 
 
+def _io(op: Any, info: ModelInfo) -> tuple[TensorInfo, TensorInfo]:
+    """The op's input and output: both int8, or both int16."""
+    inp = act(info, op.inputs[0], "input", op.name, ("int8", "int16"))
+    out = act(info, op.outputs[0], "output", op.name, ("int8", "int16"))
+    if inp.dtype != out.dtype:
+        raise TargetCheckError(f"{info.source}: {op.name} #{op.index} reads {inp.dtype} and writes {out.dtype}; the "
+                               "c runtime's moves one type (int8 or int16)", hint=HINT)
+    return inp, out
+
+
 @lowers("PAD", "PADV2")
 def _pad(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any, constants: Constants) -> Step:
-    inp = act(info, op.inputs[0], "input", op.name)
-    out = act(info, op.outputs[0], "output", op.name)
+    """PAD and PADV2: the output walked in order, each element the input's or the padding value
+    (PADV2's constant; for PAD the output zero point in int8, and 0 in int16, as TFLM pads)."""
+    inp, out = _io(op, info)
     pads = _shape_constant(op, info, obj, graph, inp, "paddings").reshape(-1, 2)
-    value = out.zero_points[0]
+    wide = inp.dtype == "int16"
+    value = 0 if wide else out.zero_points[0]
     if op.name == "PADV2" and len(op.inputs) > 2 and op.inputs[2] >= 0:
-        value = int(weights(obj, graph, op.inputs[2], "int8").reshape(-1)[0])
+        constant = info.tensors[op.inputs[2]]
+        if not constant.is_constant or constant.dtype != inp.dtype:
+            raise TargetCheckError(f"{info.source}: PADV2 #{op.index} pads {inp.dtype} with a {constant.dtype} "
+                                   f"{'constant' if constant.is_constant else 'computed value'}; TFLM takes a "
+                                   "constant of the input's type", hint=HINT)
+        value = int(weights(obj, graph, op.inputs[2], "<i2" if wide else "int8").reshape(-1)[0])
     lead = 4 - len(inp.shape)
-    return Step(op.index, op.name, "pad", op.inputs[0], op.outputs[0],
-                {"inp": [1] * lead + list(inp.shape), "out": [1] * lead + list(out.shape),
-                 "before": [0] * lead + [int(p) for p in pads[:, 0]], "value": value})
+    values = {"inp": [1] * lead + list(inp.shape), "out": [1] * lead + list(out.shape),
+              "before": [0] * lead + [int(p) for p in pads[:, 0]], "value": value}
+    if wide:
+        values["int16"] = True
+    return Step(op.index, op.name, "pad", op.inputs[0], op.outputs[0], values)
 
 
 @lowers("TRANSPOSE")
 def _transpose(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any, constants: Constants) -> Step:
     """TRANSPOSE (what PyTorch and ONNX models keep before a flatten): the output walked in order,
     each element read from the input at its permuted position; bytes move, values do not."""
-    inp = act(info, op.inputs[0], "input", op.name)
-    out = act(info, op.outputs[0], "output", op.name)
+    inp, out = _io(op, info)
     if (inp.scales, inp.zero_points) != (out.scales, out.zero_points):
         raise TargetCheckError(f"{info.source}: TRANSPOSE #{op.index} rescales its input", hint=HINT)
     perm = [int(p) for p in _shape_constant(op, info, obj, graph, inp, "permutation").reshape(-1)]
@@ -58,21 +76,29 @@ def _transpose(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any, con
     shape = [1] * lead + list(inp.shape)
     perm = list(range(lead)) + [p % len(inp.shape) + lead for p in perm]
     strides = [math.prod(shape[k + 1:]) for k in range(4)]
-    return Step(op.index, op.name, "transpose", op.inputs[0], op.outputs[0],
-                {"out": [shape[p] for p in perm], "strides": [strides[p] for p in perm]})
+    values: dict[str, Any] = {"out": [shape[p] for p in perm], "strides": [strides[p] for p in perm]}
+    if inp.dtype == "int16":
+        values["int16"] = True
+    return Step(op.index, op.name, "transpose", op.inputs[0], op.outputs[0], values)
 
 
 @lowers("CONCATENATION")
 def _concatenation(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any, constants: Constants) -> Step:
-    out = act(info, op.outputs[0], "output", op.name)
+    """CONCATENATION: the inputs' rows side by side. int8 inputs must share the output's scale and
+    zero point, as TFLM requires; int16 ones only a zero point of 0, for TFLM copies int16 codes
+    whatever their scales (the converter puts a QUANTIZE before any input of another scale)."""
+    out = act(info, op.outputs[0], "output", op.name, ("int8", "int16"))
     axis = options.axis % len(out.shape)
     parts, at, activations = [], 0, []
     for k, index in enumerate(op.inputs):
         t = info.tensors[index]
-        if t.is_constant or t.dtype != "int8" or (t.scales, t.zero_points) != (out.scales, out.zero_points):
+        same = (t.scales, t.zero_points) == (out.scales, out.zero_points) if out.dtype == "int8" \
+            else len(t.scales) == 1 and (t.zero_points[0], out.zero_points[0]) == (0, 0)
+        if t.is_constant or t.dtype != out.dtype or not same:
             raise TargetCheckError(f"{info.source}: CONCATENATION #{op.index} input {k} is constant or quantized "
-                                   "unlike its output; the c runtime joins int8 tensors of one scale", hint=HINT)
-        row = math.prod(t.shape[axis:])
+                                   "unlike its output; the c runtime joins int8 tensors of one scale, or int16 "
+                                   "tensors of zero point 0", hint=HINT)
+        row = math.prod(t.shape[axis:]) * ELEMENT_BYTES[t.dtype]
         parts.append({"pointer": "in" if k == 0 else f"in{k}", "at": at, "bytes": row})
         activations.append(index)
         at += row
@@ -114,7 +140,7 @@ def _split(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any, constan
             raise TargetCheckError(f"{info.source}: {op.name} #{op.index} has a computed axis", hint=HINT)
         axis = int(weights(obj, graph, axis_tensor, "<i4").reshape(-1)[0])
     axis %= len(inp.shape)
-    width = (4 if inp.dtype in ("int32", "float32") else 1) * math.prod(inp.shape[axis + 1:])
+    width = ELEMENT_BYTES.get(inp.dtype, 1) * math.prod(inp.shape[axis + 1:])
     parts, at = [], 0
     for k, index in enumerate(op.outputs):
         t = info.tensors[index]
