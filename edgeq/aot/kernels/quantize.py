@@ -1,4 +1,5 @@
-"""The kernels at a model's float32 edges and between int8 scales: QUANTIZE and DEQUANTIZE."""
+"""The kernels at a model's float32 edges and between scales: QUANTIZE and DEQUANTIZE, for int8 and
+int16 (TFLM's int16x8, and the int16 layers edgeq's recipe search puts inside int8 models)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from edgeq.aot.qmath import quantize_multiplier
 from edgeq.errors import TargetCheckError
 from edgeq.tflite.model_info import ModelInfo
 
+LIMITS = {"int8": (-128, 127), "int16": (-32768, 32767)}
+"""The codes an int8 or int16 tensor can hold: a requantization's clamp."""
+
 
 def _c_float(x: float) -> str:
     """A float32 as an exact C99 literal (hexadecimal, so no decimal rounding can creep in)."""
@@ -18,27 +22,34 @@ def _c_float(x: float) -> str:
 
 @lowers("QUANTIZE")
 def _quantize(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any, constants: Constants) -> Step:
-    """QUANTIZE from float32 (round(x / scale) + zero point, in float as TFLM does), or from int8 to
-    another int8 scale (a requantization)."""
-    out = act(info, op.outputs[0], "output", op.name)
+    """QUANTIZE from float32 (round(x / scale) + zero point, in float as TFLM does), or from int8 or
+    int16 to int8 or int16 at another scale: a requantization, TFLM's Requantize for every pair (the
+    int32 rescale of int8 layers, double rounding, clamped to the output type)."""
+    out = act(info, op.outputs[0], "output", op.name, tuple(LIMITS))
     inp, size = info.tensors[op.inputs[0]], math.prod(out.shape)
+    wide = {"int16": True} if "int16" in (inp.dtype, out.dtype) else {}
     if inp.dtype == "float32":
         return Step(op.index, op.name, "quantize_float", op.inputs[0], op.outputs[0],
-                    {"size": size, "scale": _c_float(out.scales[0]), "zero_point": out.zero_points[0]})
-    inp = act(info, op.inputs[0], "input", op.name)
+                    {"size": size, "scale": _c_float(out.scales[0]), "zero_point": out.zero_points[0], **wide})
+    inp = act(info, op.inputs[0], "input", op.name, tuple(LIMITS))
     mult, shift = quantize_multiplier(f32(inp.scales[0]) / f32(out.scales[0]))
+    types = {"input_ctype": f"{inp.dtype}_t", "output_ctype": f"{out.dtype}_t"} if wide else {}
+    lo, hi = LIMITS[out.dtype]
     return Step(op.index, op.name, "requantize", op.inputs[0], op.outputs[0],
                 {"size": size, "input_zero_point": inp.zero_points[0], "mult": mult, "shift": shift,
-                 "output_offset": out.zero_points[0], "act_min": -128, "act_max": 127})
+                 "output_offset": out.zero_points[0], "act_min": lo, "act_max": hi, **types, **wide})
 
 
 @lowers("DEQUANTIZE")
 def _dequantize(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any, constants: Constants) -> Step:
-    """DEQUANTIZE int8 to float32: (q - zero point) * scale, one float rounding (TFLM multiplies in
-    double, but the exact product of a float and a 9-bit integer rounds to the same float)."""
-    inp = act(info, op.inputs[0], "input", op.name)
+    """DEQUANTIZE int8 or int16 to float32: (q - zero point) * scale, one float rounding (TFLM
+    multiplies in double, but the exact product of a float and an integer of 17 bits or fewer
+    rounds to the same float)."""
+    inp = act(info, op.inputs[0], "input", op.name, tuple(LIMITS))
     if info.tensors[op.outputs[0]].dtype != "float32":
         raise TargetCheckError(f"{info.source}: DEQUANTIZE #{op.index} writes {info.tensors[op.outputs[0]].dtype}; "
-                               "the c runtime dequantizes int8 to float32", hint=HINT)
+                               "the c runtime dequantizes int8 or int16 to float32", hint=HINT)
+    wide = {"int16": True} if inp.dtype == "int16" else {}
     return Step(op.index, op.name, "dequantize", op.inputs[0], op.outputs[0],
-                {"size": math.prod(inp.shape), "scale": _c_float(inp.scales[0]), "zero_point": inp.zero_points[0]})
+                {"size": math.prod(inp.shape), "scale": _c_float(inp.scales[0]), "zero_point": inp.zero_points[0],
+                 **wide})
