@@ -48,9 +48,8 @@ def _state(op: Any, info: ModelInfo, graph: Any, index: int, what: str, dtypes: 
     """The variable tensor `index` as a static C array: its name, C type, length and the value
     TFLM fills it with at start and reset (the zero point of an int8 tensor, else 0)."""
     if index < 0 or not graph.tensors[index].isVariable:
-        found = "no" if index < 0 else f"a {what} #{index} that is not a variable tensor, and no variable"
-        raise _refuse(op, info, f"has {found} {what}; the c runtime keeps state in the model's variable tensors, as "
-                                "TFLM does")
+        where = f"has no {what}" if index < 0 else f"keeps its {what} in tensor #{index}, which is not variable"
+        raise _refuse(op, info, f"{where}; the c runtime keeps state in the model's variable tensors, as TFLM does")
     t = act(info, index, what, op.name, dtypes)
     fill = t.zero_points[0] if t.dtype == "int8" else 0
     return {"name": f"edgeq_state{index}", "ctype": f"{t.dtype}_t", "size": math.prod(t.shape), "fill": fill,
