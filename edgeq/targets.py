@@ -323,10 +323,10 @@ def _check_semantics(p: TargetProfile, sources: dict[str, Path], path: Path) -> 
         raise TargetProfileError(
             f"{sources.get('quantization.default_mode', path)}: default_mode '{q.default_mode}' "
             f"is not among the allowed modes ({', '.join(q.modes)})")
-    if p.runtime == Runtime.C and any(m != "int8" for m in q.modes):
+    if p.runtime == Runtime.C and any(m not in C_MODES for m in q.modes):
         raise TargetProfileError(
-            f"{sources.get('quantization.modes', path)}: the c runtime (edgeq's plain C) has int8 kernels only; "
-            "set [quantization] modes = [\"int8\"]")
+            f"{sources.get('quantization.modes', path)}: the c runtime (edgeq's plain C) has {', '.join(C_MODES)} "
+            f"kernels; remove {', '.join(m for m in q.modes if m not in C_MODES)} from [quantization] modes")
     if p.runtime == Runtime.TFLM:
         float_only = [m for m in q.modes if not MODES[m].integer_only and m != "float32"]
         if float_only:
@@ -338,6 +338,10 @@ def _check_semantics(p: TargetProfile, sources: dict[str, Path], path: Path) -> 
         raise TargetProfileError(f"{sources.get('memory.tensor_alignment', path)}: tensor_alignment {a} must be a power of two")
 
 
+C_MODES = ("int8", "int16x8", "float32")
+"""The modes the c runtime has kernels for: int8, int16 activations with int8 weights, and float32
+(for cores with an FPU); float16 and hybrid ("dynamic") models it does not run, like TFLM."""
+
 C_PROFILE = "mcu-c"
 """The bundled profile whose c-runtime figures (the C's code in flash, cycles per unit of work,
 calibrated by scripts/bench_aot.py on an emulated Cortex-M4) `for_runtime` gives a TFLM target."""
@@ -345,7 +349,7 @@ calibrated by scripts/bench_aot.py on an emulated Cortex-M4) `for_runtime` gives
 
 def for_runtime(profile: TargetProfile, runtime: Runtime | str | None) -> TargetProfile:
     """`profile` run by another runtime: `c` turns a TFLite Micro profile into edgeq's plain C (op set
-    `c`, int8 only, the C's own code instead of the interpreter's in flash, the C's cycles per unit
+    `c`, the target's modes the c runtime has, the C's own code instead of the interpreter's in flash, the C's cycles per unit
     of work: the figures of the mcu-c profile); the same runtime, or None, leaves it as it is.
     TargetProfileError (exit 2) for what cannot be swapped."""
     if runtime is None or Runtime(runtime) == profile.runtime:
@@ -354,13 +358,15 @@ def for_runtime(profile: TargetProfile, runtime: Runtime | str | None) -> Target
         raise TargetProfileError(
             f"target '{profile.name}' runs {profile.runtime}; --runtime {runtime} swaps a TFLite Micro target "
             "for edgeq's plain C only", hint="drop --runtime, or use a microcontroller target such as --target mcu")
-    if "int8" not in profile.quantization.modes:
-        raise TargetProfileError(f"target '{profile.name}' has no int8 mode, the only one the c runtime has",
+    modes = tuple(m for m in profile.quantization.modes if m in C_MODES)
+    if "int8" not in modes:
+        raise TargetProfileError(f"target '{profile.name}' has no int8 mode, the c runtime's default",
                                  hint="use a target that allows int8")
     c = load_target(C_PROFILE)
+    default = profile.quantization.default_mode if profile.quantization.default_mode in modes else "int8"
     return dataclasses.replace(
         profile, runtime=Runtime.C, ops=c.ops, supported_ops=c.supported_ops, op_set_source=c.op_set_source,
-        quantization=dataclasses.replace(profile.quantization, modes=("int8",), default_mode="int8"),
+        quantization=dataclasses.replace(profile.quantization, modes=modes, default_mode=default),
         memory=dataclasses.replace(profile.memory, runtime_flash_bytes=c.memory.runtime_flash_bytes,
                                    arena_margin_bytes=c.memory.arena_margin_bytes),
         latency=c.latency)

@@ -74,7 +74,8 @@ def main() -> int:
     (out / "c.toml").write_text(
         render(
             "c",
-            "Builtin ops edgeq's plain-C backend (edgeq/aot) has an int8 kernel for, bit-exact with TFLite Micro",
+            "Builtin ops edgeq's plain-C backend (edgeq/aot) has a quantized kernel for (int8, int16x8), "
+            "bit-exact with TFLite Micro",
             f"edgeq {__version__}",
             sorted(KERNELS),
         )

@@ -32,10 +32,12 @@ def export_c(file: Path, outdir: Path, name: str | None, alignment: int, arena_m
     --runtime tflm (default): <name>_model_data.cc/.h (with the exact tensor arena, measured by
     running the model in TFLite Micro) and <name>_op_resolver.h; fails (exit 3) if the model uses
     an op TensorFlow Lite Micro has no kernel for.
-    --runtime c: <name>_model.c/.h, the model as C99 with no interpreter, no heap and no floating
-    point, bit-exact with TFLite Micro: call <name>_invoke(input, output). int8 models of the ops
-    the c runtime has kernels for (the mcu-c column of docs/supported_ops.md); any other op fails
-    (exit 3) and names it.
+    --runtime c: <name>_model.c/.h, the model as C99 with no interpreter and no heap, bit-exact
+    with TFLite Micro: call <name>_invoke(inputs..., outputs...). int8 models, int16x8 ones (int16
+    activations, int8 weights), float32 ones (for cores with an FPU) and mixes of them, of the ops
+    the c runtime has kernels for (the mcu-c column of docs/supported_ops.md; integer models use
+    no floating point); any other op fails (exit 3) and names it. A model with state (LSTM, SVDF)
+    keeps it between calls; <name>_reset() clears it.
     """
     if runtime == "c":
         from edgeq.pipeline.exports import export_aot

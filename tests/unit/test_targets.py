@@ -126,7 +126,7 @@ def test_mcu_c_is_the_mcu_class_as_plain_c(profiles: dict[str, TargetProfile]) -
 
     mcu_c, swapped = profiles["mcu-c"], for_runtime(profiles["mcu"], "c")
     assert mcu_c.runtime == swapped.runtime == "c" and mcu_c.supported_ops == swapped.supported_ops == set(KERNELS)
-    assert mcu_c.quantization.modes == swapped.quantization.modes == ("int8",)
+    assert mcu_c.quantization.modes == swapped.quantization.modes == ("int8", "int16x8")
     assert mcu_c.memory.ram_bytes == swapped.memory.ram_bytes == profiles["mcu"].memory.ram_bytes
     assert mcu_c.memory.runtime_flash_bytes == swapped.memory.runtime_flash_bytes < profiles["mcu"].memory.runtime_flash_bytes
     assert mcu_c.latency == swapped.latency
