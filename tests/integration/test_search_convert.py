@@ -5,6 +5,7 @@ everywhere, records it, and `--recipe` replays it byte for byte."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -192,6 +193,30 @@ def test_search_gives_int16_activations_to_the_layers_int8_is_too_coarse_for(out
     assert "int16" in {t.dtype for t in info.tensors} and "QUANTIZE" in info.all_op_names
     snr = runs[0][1]["emulation"]["accuracy"]["errors"][0]["snr_db"]
     assert abs(snr - fewest["quality"]) < 0.01  # the replay measures what the search measured
+
+
+@pytest.mark.skipif(shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-gcc") is None,
+                    reason="needs qemu-system-arm and arm-none-eabi-gcc")
+def test_search_for_the_c_runtime_uses_int16_layers_and_runs_bit_exact_on_the_board(outlier_regressor,
+                                                                                     tmp_path: Path) -> None:
+    """The c runtime has int16x8 kernels, so the search's int16 lever is open to it: the recipe it
+    writes mixes int8 and int16 layers (QUANTIZE between them), and its C runs on the emulated
+    Cortex-M4 bit-exact with TFLM."""
+    model, calib, held_out = outlier_regressor
+    out = tmp_path / "c"
+    proc = run_edgeq("convert", str(model), "--target", "mcu", "--runtime", "c", "--calibration", str(calib),
+                     "--eval", str(held_out), "--search", "--min-snr", "18", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    chosen = next(c for c in report["search"]["candidates"] if c["chosen"])
+    assert chosen["passed"] and chosen["quality"] >= 18 and chosen.get("int16_layers"), chosen
+    from edgeq.tflite.reader import read_tflite
+
+    info = read_tflite((out / "reg.tflite").read_bytes())
+    assert "int16" in {t.dtype for t in info.tensors} and "QUANTIZE" in info.all_op_names
+    board = report["emulation"]["latency"]["emulated_board"]
+    assert board["bit_exact"] >= 8 and board["instructions_median"] > 0
+    assert "int16_t" in (out / "reg_model.c").read_text()
 
 
 def test_search_ends_with_qat_where_int16_is_not_allowed(outlier_regressor, tmp_path: Path) -> None:
