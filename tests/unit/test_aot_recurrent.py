@@ -296,7 +296,7 @@ def _svdf_tflite(p: dict[str, Any]) -> bytes:
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
-@settings(max_examples=3, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@settings(max_examples=5, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(p=st.fixed_dictionaries({
     "batch": st.integers(1, 2), "features": st.integers(1, 10), "rank": st.integers(1, 3), "units": st.integers(1, 6),
     "memory": st.integers(1, 6), "units2": st.integers(1, 4), "memory2": st.integers(1, 5),
