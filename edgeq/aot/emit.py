@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from edgeq.aot.kernels import CTYPES
+from edgeq.aot.kernels import CTYPES, ELEMENT_BYTES
 from edgeq.aot.lower import Program, lower
 from edgeq.export.c_arrays import c_identifier
 from edgeq.templating import render
@@ -26,7 +26,8 @@ def _io(program: Program, info: ModelInfo, indices: tuple[int, ...]) -> list[dic
         t = info.tensors[i]
         scale = f"scale {t.scales[0]:.9g}, zero point {t.zero_points[0]}" if t.scales else "not quantized"
         out.append({"offset": program.offsets[i], "bytes": program.sizes[i], "shape": list(t.shape),
-                    "dtype": t.dtype, "ctype": CTYPES[t.dtype], "quantization": scale})
+                    "dtype": t.dtype, "ctype": CTYPES[t.dtype], "quantization": scale,
+                    "count": program.sizes[i] // ELEMENT_BYTES[t.dtype]})
     return out
 
 
@@ -37,8 +38,12 @@ def emit_c(name: str, model: bytes, info: ModelInfo) -> AotSources:
     inputs, outputs = _io(program, info, program.inputs), _io(program, info, program.outputs)
     signature = ", ".join([f"const {t['ctype']} *input{i}" for i, t in enumerate(inputs)]
                           + [f"{t['ctype']} *output{i}" for i, t in enumerate(outputs)])
+    float_math = any(t.dtype == "float32" for i, t in enumerate(info.tensors) if i in program.sizes)
     values = dict(ident=ident, IDENT=ident.upper(), arena_bytes=program.arena_bytes, inputs=inputs,
                   outputs=outputs, signature=signature, float_io=any(t["dtype"] == "float32" for t in inputs + outputs),
+                  float_math=float_math,
+                  float_ops=any(info.tensors[i].dtype == "float32" for s in program.steps for i in (*s.inputs, *s.outputs)
+                                if s.kernel not in ("quantize_float", "dequantize")),
                   states=list(program.states), state_bytes=sum(s["bytes"] for s in program.states))
     header = render("aot_model.h.j2", guard=f"EDGEQ_{ident.upper()}_MODEL_H_", model_bytes=len(model),
                     sha256=hashlib.sha256(model).hexdigest(), **values)

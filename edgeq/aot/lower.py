@@ -1,10 +1,11 @@
 """A checked .tflite as a list of C kernel steps with every constant worked out.
 
 What TFLite Micro's Prepare() computes on the device (per-channel multipliers and shifts, input and
-output offsets, activation clamps, padding) is computed here once, so the C has only integer
-loops over constants. This module walks the model and plans its arena; each op is lowered by its
-kernel in edgeq/aot/kernels/, and an op with none is refused by name. int8 inside, int8 or float32
-at the edges.
+output offsets, activation clamps, padding, lookup tables) is computed here once, so the C has
+only loops over constants. This module walks the model and plans its arena; each op is lowered by
+its kernel in edgeq/aot/kernels/, and an op with none is refused by name. int8 and int16
+activations (int16x8), float32 ones, and mixes with QUANTIZE/DEQUANTIZE between them; I/O of
+IO_DTYPES.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from edgeq.tflite.model_info import ModelInfo
 
 __all__ = ["FLOAT_KERNELS", "KERNELS", "Program", "Step", "lower"]
 
-IO_DTYPES = ("int8", "int16", "float32")
+IO_DTYPES = ("int8", "int16", "int32", "float32")
 """The tensor types the generated `<name>_invoke()` takes and returns."""
 
 _NO_PLAN = ArenaPlan(offsets=(), peak=1 << 62, lower_bound=0, order="")

@@ -131,3 +131,54 @@ def test_int16_io_runs_bit_exact_with_tflm(tmp_path: Path) -> None:
     expected = tflm_outputs(tflite, inputs)
     got = c_outputs(tmp_path, tflite, inputs, (4,), "int16")
     assert got.reshape(expected.shape).tobytes() == expected.tobytes()
+
+
+def _with_int32_output(model: bytes) -> bytes:
+    """`model` with a QUANTIZE from its (int16) output to a new int32 output at twice the scale, as
+    TFLM's keyword benchmark model ends."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    obj = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
+    graph = obj.subgraphs[0]
+    source = graph.tensors[graph.outputs[0]]
+    wide = schema.TensorT()
+    wide.shape, wide.type, wide.buffer, wide.name = list(source.shape), schema.TensorType.INT32, 0, b"wide"
+    wide.quantization = schema.QuantizationParametersT()
+    wide.quantization.scale, wide.quantization.zeroPoint = [float(source.quantization.scale[0]) * 2], [0]
+    graph.tensors.append(wide)
+    codes = [c.builtinCode for c in obj.operatorCodes]
+    if schema.BuiltinOperator.QUANTIZE not in codes:
+        code = schema.OperatorCodeT()
+        code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.QUANTIZE
+        code.version = 1
+        obj.operatorCodes.append(code)
+        codes.append(schema.BuiltinOperator.QUANTIZE)
+    op = schema.OperatorT()
+    op.opcodeIndex, op.inputs, op.outputs = codes.index(schema.BuiltinOperator.QUANTIZE), [graph.outputs[0]], \
+        [len(graph.tensors) - 1]
+    graph.operators.append(op)
+    graph.outputs = [len(graph.tensors) - 1]
+    obj.signatureDefs = None
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(obj))
+
+
+def test_an_int32_output_after_quantize_runs_bit_exact_with_tflm(tmp_path: Path) -> None:
+    """QUANTIZE int16 -> int32 (TFLM's Requantize into int32) and int32 I/O: the C's output is TFLM's."""
+    from edgeq._tf import tf
+
+    tf()
+    import keras
+
+    from edgeq.tflite.reader import read_tflite
+
+    keras.utils.set_random_seed(13)
+    model = keras.Sequential([keras.layers.Input((6,), batch_size=1), keras.layers.Dense(3)])
+    tflite = _with_int32_output(plain_tflite(model, io="int16"))
+    info = read_tflite(tflite)
+    assert info.output_tensors[0].dtype == "int32" and info.ops[-1].name == "QUANTIZE"
+    inputs = np.random.default_rng(13).integers(-32768, 32768, size=(24, 6), dtype=np.int16)
+    expected = tflm_outputs(tflite, inputs)
+    got = c_outputs(tmp_path, tflite, inputs, (3,), "int32")
+    assert got.reshape(expected.shape).tobytes() == expected.tobytes()
+    assert len(np.unique(expected)) > 8  # the codes vary: a wrong rescale would show
