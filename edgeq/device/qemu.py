@@ -117,7 +117,8 @@ def _link(gcc: str, workdir: Path, board: str, model_c: str, extra: list[str]) -
     flags = [*BOARDS[board][1], "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-ffunction-sections",
              "-fdata-sections", "-I.", "-Iports/qemu-mps2", *extra]
     cmd = [gcc, *flags, *_SOURCES, model_c, "-nostartfiles", "--specs=nano.specs", "--specs=nosys.specs",
-           "-Wl,--gc-sections", "-T", "ports/qemu-mps2/mps2.ld", "-o", str(elf)]
+           "-Wl,--gc-sections", "-T", "ports/qemu-mps2/mps2.ld", "-o", str(elf),
+           "-lm"]  # expf/tanhf for float32 kernels inside a model (nothing when it has none)
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
     if proc.returncode != 0:
         raise EdgeqError(f"building the {board} firmware failed: {proc.stderr.strip()[:2000]}",
