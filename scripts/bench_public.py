@@ -6,7 +6,7 @@ bit-exact with TFLite Micro, and what it costs on an emulated Cortex-M4 next to 
 
 For every DIR/*.tflite it tries `inspect`, `emulate --target mcu`, `export-c` (TFLM's C arrays) and
 `export-c --runtime c`. Where the plain C is written, it builds it with the host's gcc and runs N
-random int8 inputs (and N given ones, from DIR/<name>.npz with x or x0, x1, ... if there is one)
+random inputs (and N given ones, from DIR/<name>.npz with x or x0, x1, ... if there is one)
 through the C and through TFLM's interpreter, byte for byte. With QEMU and arm-none-eabi-gcc here,
 it boots the C on QEMU mps2-an386 and counts the instructions per inference, the firmware's flash
 and the C's static arena against TFLM's smallest arena. A refusal shows the reason edgeq gave.
@@ -60,12 +60,22 @@ def _try(row: Row, command: str, run) -> object:  # type: ignore[no-untyped-def]
     return got
 
 
-def _int8_inputs(info, rng: np.random.Generator, n: int) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
-    return [rng.integers(-128, 128, size=(n, *t.shape[1:]), dtype=np.int8) for t in info.input_tensors]
+def _random_inputs(info, rng: np.random.Generator, n: int) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
+    """N inputs of each input's type: integers over the whole range, floats around the real range its
+    quantization would cover (standard normal when it has none)."""
+    out = []
+    for t in info.input_tensors:
+        shape, dtype = (n, *t.shape[1:]), np.dtype(t.dtype)
+        if dtype.kind == "i":
+            limits = np.iinfo(dtype)
+            out.append(rng.integers(limits.min, limits.max + 1, size=shape, dtype=dtype))
+        else:
+            out.append(rng.standard_normal(shape).astype(dtype))
+    return out
 
 
 def _given_inputs(path: Path, info, n: int) -> list[np.ndarray] | None:  # type: ignore[no-untyped-def]
-    """DIR/<name>.npz, quantized to the model's int8 inputs, if it is there."""
+    """DIR/<name>.npz, quantized to the model's integer inputs (float ones as they are), if it is there."""
     data = path.with_suffix(".npz")
     if not data.is_file():
         return None
@@ -73,19 +83,21 @@ def _given_inputs(path: Path, info, n: int) -> list[np.ndarray] | None:  # type:
 
     with np.load(data, allow_pickle=False) as arrays:
         keys = ["x"] if len(info.input_tensors) == 1 else [f"x{k}" for k in range(len(info.input_tensors))]
-        return [quantize_inputs(np.asarray(arrays[key][:n], dtype=np.float32), np.dtype(t.dtype), t.scales[0],
+        return [np.asarray(arrays[key][:n], dtype=np.float32) if t.dtype == "float32" else
+                quantize_inputs(np.asarray(arrays[key][:n], dtype=np.float32), np.dtype(t.dtype), t.scales[0],
                                 t.zero_points[0]) for key, t in zip(keys, info.input_tensors)]
 
 
 def _c_agrees(model: bytes, info, sources, folder: Path, inputs: list[np.ndarray]) -> tuple[int, int]:  # type: ignore[no-untyped-def]
-    """Samples whose every output is byte for byte TFLM's, of those run."""
+    """Samples whose every output is byte for byte TFLM's, of those run. A model with state (LSTM,
+    SVDF) starts from TFLM's initial state in both and carries it from sample to sample in both."""
     from tflite_micro.python.tflite_micro import runtime
 
     for name, text in sources.files.items():
         (folder / name).write_bytes(text)
-    lib = folder / "libmodel.so"
+    lib = folder / f"libmodel{len(list(folder.glob('libmodel*.so')))}.so"  # a fresh library: fresh state
     build = subprocess.run(["gcc", "-std=c99", "-O2", "-shared", "-fPIC", str(folder / f"{sources.ident}_model.c"),
-                            "-o", str(lib)], capture_output=True, text=True)
+                            "-o", str(lib), "-lm"], capture_output=True, text=True)
     if build.returncode != 0:
         raise RuntimeError(f"gcc: {build.stderr.strip().splitlines()[-1]}")
     invoke = getattr(ctypes.CDLL(str(lib)), f"{sources.ident}_invoke")
@@ -129,7 +141,7 @@ def bench(path: Path, samples: int, board: bool) -> Row:
         arena = _try(row, "TFLM arena", lambda: measure_tflm_arena(model, source=path.name))
         row.tflm_arena = arena.smallest if arena is not None else None
         rng = np.random.default_rng(0)
-        sets = {"random": _int8_inputs(info, rng, samples), "given": _given_inputs(path, info, samples)}
+        sets = {"random": _random_inputs(info, rng, samples), "given": _given_inputs(path, info, samples)}
         counts = []
         for label, inputs in sets.items():
             if inputs is None:
@@ -144,8 +156,8 @@ def bench(path: Path, samples: int, board: bool) -> Row:
             from edgeq.device.qemu import measure_on_board
             from edgeq.emulator.runtimes import dequantize
 
-            floats = [dequantize(x[:8], t.scales[0], t.zero_points[0]) for x, t in
-                      zip(sets["random"], info.input_tensors)]
+            floats = [x[:8] if t.dtype == "float32" else dequantize(x[:8], t.scales[0], t.zero_points[0])
+                      for x, t in zip(sets["random"], info.input_tensors)]
             measured = _try(row, "QEMU", lambda: measure_on_board(model, floats))
             if measured is not None:
                 row.instructions = measured.instructions_median
