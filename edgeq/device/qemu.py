@@ -66,11 +66,14 @@ def build_qemu_firmware(model_path: Path, workdir: Path, *, board: str = "mps2-a
     if gcc is None:
         raise EdgeqError("arm-none-eabi-gcc not found: the firmware cannot be built", hint=QEMU_HINT)
     data, info = read_flashed(Path(model_path))
-    floats = [t.name for t in (*info.input_tensors, *info.output_tensors) if t.dtype != "int8"]
-    if floats:
-        raise TargetCheckError(f"{model_path}: the emulated board's harness takes int8 inputs and outputs; "
-                               f"{', '.join(floats[:3])} is not", hint="convert with int8 I/O (edgeq convert --target "
-                                                                        "mcu does), or use export-c --runtime c")
+    from edgeq.aot.lower import IO_DTYPES
+
+    odd = [f"'{t.name or t.index}' ({t.dtype})" for t in (*info.input_tensors, *info.output_tensors)
+           if t.dtype not in IO_DTYPES]
+    if odd:
+        raise TargetCheckError(f"{model_path}: the c runtime takes {', '.join(IO_DTYPES)} inputs and outputs; "
+                               f"{', '.join(odd[:3])} is not", hint="convert with int8 I/O (edgeq convert --target "
+                                                                    "mcu does)")
     ident = c_identifier(name or Path(model_path).stem)
     model = emit_c(ident, data, info)
     from edgeq.device.firmware import _frames
@@ -101,14 +104,16 @@ def build_qemu_firmware(model_path: Path, workdir: Path, *, board: str = "mps2-a
 def _arguments(info: ModelInfo) -> str:
     """The invoke call's arguments: the INFER payload holds the inputs one after another, the reply
     the outputs, so each tensor is a pointer into one of the two."""
+    from edgeq.aot.kernels import CTYPES, ELEMENT_BYTES
+
     arguments, at = [], 0
     for t in info.input_tensors:
-        arguments.append(f"(const int8_t *)input + {at}")
-        at += math.prod(t.shape)
+        arguments.append(f"(const {CTYPES[t.dtype]} *)(const void *)((const int8_t *)input + {at})")
+        at += math.prod(t.shape) * ELEMENT_BYTES[t.dtype]
     at = 0
     for t in info.output_tensors:
-        arguments.append(f"(int8_t *)output + {at}")
-        at += math.prod(t.shape)
+        arguments.append(f"({CTYPES[t.dtype]} *)(void *)((int8_t *)output + {at})")
+        at += math.prod(t.shape) * ELEMENT_BYTES[t.dtype]
     return ", ".join(arguments)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edgeq.device.check import device_check
@@ -95,3 +96,25 @@ def test_depthwise_and_odd_channel_counts_are_bit_exact_on_the_dsp_build(tmp_pat
     with running_board(tflite, "mps2-an386") as board:
         result = device_check(board.url, tflite, str(tmp_path / "dw.npz"), output_dir=tmp_path / "check", timeout=20)
     assert result.verdict == "pass" and result.report.agreement.bit_exact == 12
+
+
+@pytest.mark.parametrize("io", ["int16", "float32"])
+def test_int16_and_float32_models_are_bit_exact_on_the_board(io: str) -> None:
+    """Models with int16 I/O (int16x8) or float32 throughout run on the emulated Cortex-M4F as
+    the c runtime's firmware, each output byte for byte TFLM's on the host (no exp or tanh here:
+    newlib's differ from glibc's in the last bit, docs/plain-c.md)."""
+    from edgeq._tf import tf
+    from edgeq.device.qemu import measure_on_board
+    from tests.conftest import plain_tflite
+
+    tf()
+    import keras
+
+    keras.utils.set_random_seed(21)
+    model = keras.Sequential([keras.layers.Input((6, 6, 2), batch_size=1),
+                              keras.layers.Conv2D(3, 3, activation="relu"), keras.layers.Flatten(),
+                              keras.layers.Dense(5)])
+    data = np.random.default_rng(21).normal(size=(16, 6, 6, 2)).astype(np.float32)
+    tflite = plain_tflite(model, io=io, data=data)
+    measured = measure_on_board(tflite, [data[:8] * 1.5])
+    assert measured.samples == 8 and measured.bit_exact == 8 and measured.instructions_median > 0
