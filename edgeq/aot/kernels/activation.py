@@ -1,5 +1,5 @@
-"""The one-operand activations: RELU and RELU6 (a clamp), SOFTMAX, LOGISTIC, TANH and HARD_SWISH
-(TFLM's fixed-point kernels, their fixed output scales checked here).
+"""The one-operand activations: RELU and RELU6 (a clamp), LEAKY_RELU (two rescales, int8 or int16),
+SOFTMAX, LOGISTIC, TANH and HARD_SWISH (TFLM's fixed-point kernels, their fixed output scales checked here).
 
 int16 activations (TFLite's int16x8 mode) take TFLM's int16 kernels, which are other algorithms:
 RELU and RELU6 clamp in int16 codes, SOFTMAX interpolates in two 513-entry tables (exp and
@@ -278,3 +278,36 @@ def _sigmoid_like16(op: Any, info: ModelInfo, constants: Constants) -> Step:
     constants["edgeq_sigmoid16"] = ("uint16_t", _sigmoid_knots())
     return Step(op.index, op.name, op.name.lower() + "16", op.inputs[0], op.outputs[0],
                 {"size": math.prod(inp.shape), "mult": mult, "shift": shift, "half": (1 << shift) >> 1})
+
+
+# ---- LEAKY_RELU (int8 and int16) ----
+
+_LIMITS = {"int8": (-128, 127), "int16": (_INT16_MIN, _INT16_MAX)}
+
+
+@lowers("LEAKY_RELU")
+def _leaky_relu(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any, constants: Constants) -> Step:
+    """LEAKY_RELU as TFLM's int8 and int16 kernel: the input less its zero point, rescaled by input
+    scale / output scale where it is 0 or more and by alpha * input scale / output scale below
+    (two multipliers worked out at Prepare), plus the output's zero point, clamped to the type.
+    A negative alpha's multiplier is applied as its magnitude and the product negated, as TFLM does."""
+    inp = act(info, op.inputs[0], "input", op.name, tuple(_LIMITS))
+    out = act(info, op.outputs[0], "output", op.name, tuple(_LIMITS))
+    if inp.dtype != out.dtype:
+        raise TargetCheckError(f"{info.source}: LEAKY_RELU #{op.index} reads {inp.dtype} and writes {out.dtype}; "
+                               "TFLM's takes one type (int8 or int16)", hint=HINT)
+    # TFLM forms both ratios from float32 scales; as for RELU, its interpreter's result is the double one.
+    alpha = f32(options.alpha if options else 0.2)
+    id_mult, id_shift = quantize_multiplier(f32(inp.scales[0]) / f32(out.scales[0]))
+    alpha_mult, alpha_shift = quantize_multiplier(f32(inp.scales[0]) * alpha / f32(out.scales[0]))
+    if alpha_mult == -(1 << 31):
+        raise TargetCheckError(f"{info.source}: LEAKY_RELU #{op.index} has alpha {alpha}, whose negative multiplier "
+                               "TFLM cannot negate within int32", hint=HINT)
+    lo, hi = _LIMITS[out.dtype]
+    values: dict[str, Any] = {"size": math.prod(inp.shape), "input_zero_point": inp.zero_points[0],
+                              "output_zero_point": out.zero_points[0], "id_mult": id_mult, "id_shift": id_shift,
+                              "alpha_mult": abs(alpha_mult), "alpha_shift": alpha_shift, "negate": alpha_mult < 0,
+                              "lo": lo, "hi": hi}
+    if out.dtype == "int16":
+        values["int16"] = True
+    return Step(op.index, op.name, "leaky_relu", op.inputs[0], op.outputs[0], values)

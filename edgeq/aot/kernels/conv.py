@@ -1,4 +1,4 @@
-"""The weighted kernels: FULLY_CONNECTED, CONV_2D and DEPTHWISE_CONV_2D, each with symmetric int8
+"""The weighted kernels: FULLY_CONNECTED, CONV_2D, DEPTHWISE_CONV_2D and TRANSPOSE_CONV, each with symmetric int8
 weights, an optional bias and per-channel requantization: int8 activations with an int32 bias, or
 int16 activations (TFLite's int16x8 mode, "wide" here) with an int64 bias, or an int32 one where
 TFLM takes it."""
@@ -156,3 +156,68 @@ def _conv(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any, constant
                   multiplier=out_c // in_c if depthwise else 1)
     return Step(op.index, op.name, "depthwise_conv_2d" if depthwise else "conv_2d", op.inputs[0], op.outputs[0],
                 values)
+
+
+@lowers("TRANSPOSE_CONV")
+def _transpose_conv(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any, constants: Constants) -> Step:
+    """TRANSPOSE_CONV (inputs: output shape, weights, input, optional bias) as TFLM's reference
+    kernels: int8 activations with an int32 bias, or int16 ones with an int64 (or int16) bias or
+    none, per-channel requantization, padding worked out from the output's size as TFLM's Prepare
+    does. TFLM scatters each input pixel into an int32 (int64) scratch buffer the size of the
+    output; the C gathers instead, each output element summing the input pixels that land on it,
+    which is the same integer sum without the buffer."""
+    wide = info.tensors[op.inputs[2]].dtype == "int16"
+    dtypes = ("int16",) if wide else ("int8",)
+    inp = act(info, op.inputs[2], "input", op.name, dtypes)
+    out = act(info, op.outputs[0], "output", op.name, dtypes)
+    single_batch(op, info, inp)
+    kernel = _symmetric_int8_weights(op, info)
+    _, in_h, in_w, in_c = inp.shape
+    _, out_h, out_w, out_c = out.shape
+    k_oc, k_h, k_w, k_c = kernel.shape
+    if (k_oc, k_c) != (out_c, in_c):
+        raise TargetCheckError(f"{info.source}: TRANSPOSE_CONV #{op.index} has weights {list(kernel.shape)} for "
+                               f"{in_c} input and {out_c} output channels", hint=HINT)
+    activation = getattr(options, "fusedActivationFunction", 0) if options else 0
+    name = f"op{op.index}"
+    constants[f"{name}_w"] = ("int8_t", weights(obj, graph, op.inputs[1], "int8").reshape(-1))
+    has_bias = len(op.inputs) > 3 and op.inputs[3] >= 0
+    if has_bias:
+        bias = info.tensors[op.inputs[3]]
+        allowed = ("int64", "int16") if wide else ("int32",)
+        if bias.dtype not in allowed:
+            raise TargetCheckError(f"{info.source}: TRANSPOSE_CONV #{op.index}'s bias '{bias.name}' is {bias.dtype}; "
+                                   f"TFLM's {inp.dtype} TRANSPOSE_CONV takes {' or '.join(allowed)}", hint=HINT)
+        layout = {"int64": "<i8", "int32": "<i4", "int16": "<i2"}[bias.dtype]
+        constants[f"{name}_b"] = ("int64_t" if wide else "int32_t",
+                                  weights(obj, graph, op.inputs[3], layout).reshape(-1).astype(np.int64))
+    _requant(info, name, inp, kernel, out, out_c, constants)
+    if wide:
+        for what, t in (("input", inp), ("output", out)):
+            if t.zero_points[0] != 0:
+                raise TargetCheckError(f"{info.source}: TRANSPOSE_CONV #{op.index}'s {what} '{t.name}' is int16 with "
+                                       f"zero point {t.zero_points[0]}; TFLM's int16 TRANSPOSE_CONV takes zero point 0",
+                                       hint=HINT)
+        mults, shifts = constants[f"{name}_mult"][1], constants[f"{name}_shift"][1]
+        if int(shifts.max()) > WIDE_SHIFT_MAX:
+            raise TargetCheckError(f"{info.source}: TRANSPOSE_CONV #{op.index} scales its int16 sums by 2^"
+                                   f"{int(shifts.max())} or more (input scale x weight scale / output scale); TFLM's "
+                                   f"64-bit requantization takes less than 2^{WIDE_SHIFT_MAX}", hint=HINT)
+        constants[f"{name}_mult"] = ("int16_t", np.asarray([reduced_multiplier(int(q)) for q in mults], dtype=np.int64))
+        constants[f"{name}_shift"] = ("int8_t", np.asarray([15 - int(s) for s in shifts], dtype=np.int64))
+        lo, hi = activation_range(activation, out.scales[0], 0, INT16_MIN, INT16_MAX)
+    else:
+        lo, hi = activation_range(activation, out.scales[0], out.zero_points[0])
+
+    def pad(mode: int, stride: int, size: int, taps: int) -> int:
+        # TFLM pads as for a convolution from the transpose's output (size) back to its input.
+        steps = (size + stride - 1) // stride if mode == 0 else (size + stride - taps) // stride
+        return padding(mode, stride, 1, size, taps, steps)
+
+    values = {"wide": wide, "name": name, "bias": has_bias, "act_min": lo, "act_max": hi,
+              "input_offset": -inp.zero_points[0], "output_offset": out.zero_points[0],
+              "in_h": in_h, "in_w": in_w, "in_c": in_c, "out_h": out_h, "out_w": out_w, "out_c": out_c,
+              "k_h": k_h, "k_w": k_w, "stride_h": options.strideH, "stride_w": options.strideW,
+              "pad_h": pad(options.padding, options.strideH, out_h, k_h),
+              "pad_w": pad(options.padding, options.strideW, out_w, k_w)}
+    return Step(op.index, op.name, "transpose_conv", op.inputs[2], op.outputs[0], values)

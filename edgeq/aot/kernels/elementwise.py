@@ -1,5 +1,6 @@
-"""The two-operand kernels: ADD, SUB and MUL of int8 tensors or of int16 ones (TFLM's int16x8),
-each operand of the output's shape, a single value, or broadcast to it (NumPy's rules, up to rank 4)."""
+"""The two-operand kernels: ADD, SUB, MUL, MAXIMUM and MINIMUM of int8 tensors or of int16 ones
+(TFLM's int16x8), each operand of the output's shape, a single value, or broadcast to it (NumPy's
+rules, up to rank 4)."""
 
 from __future__ import annotations
 
@@ -126,3 +127,26 @@ def _elementwise(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any, c
         values["mult"], values["shift"] = quantize_multiplier(effective_scale(a["scale"], b["scale"], out.scales[0]))
     kernel = "add" if op.name == "SUB" else op.name.lower()
     return Step(op.index, op.name, kernel, activations[0], op.outputs[0], values, tuple(activations[1:]))
+
+
+@lowers("MAXIMUM", "MINIMUM")
+def _maximum_minimum(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any, constants: Constants) -> Step:
+    """MAXIMUM and MINIMUM of two int8 or two int16 tensors (or one and a constant), each of the
+    output's shape, a single value, or broadcast to it: TFLM compares the codes as they are and
+    writes the larger (smaller), without rescaling (the converter gives both inputs the output's
+    quantization)."""
+    out = act(info, op.outputs[0], "output", op.name, tuple(LIMITS))
+    name = f"op{op.index}"
+    activations: list[int] = []
+    a, b = (_operand(op, k, info, obj, graph, name, out, constants, activations) for k in (0, 1))
+    if not activations:
+        raise TargetCheckError(f"{info.source}: {op.name} #{op.index} has only constant inputs", hint=HINT)
+    broadcast = any(x["index"] not in ("i", "0") for x in (a, b))
+    values: dict[str, Any] = {"size": math.prod(out.shape), "a": a["pointer"], "a_index": a["index"],
+                              "b": b["pointer"], "b_index": b["index"],
+                              "loops": list((1,) * (4 - len(out.shape)) + tuple(out.shape)) if broadcast else None,
+                              "casts": a["cast"] + b["cast"], "out": "out16" if out.dtype == "int16" else "out",
+                              "compare": ">" if op.name == "MAXIMUM" else "<"}
+    if out.dtype == "int16":
+        values["int16"] = True
+    return Step(op.index, op.name, "maximum_minimum", activations[0], op.outputs[0], values, tuple(activations[1:]))

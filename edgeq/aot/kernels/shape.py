@@ -1,5 +1,6 @@
-"""The kernels that move bytes and leave values alone: RESHAPE, PAD(V2), TRANSPOSE, and the row
-copies CONCATENATION, PACK, SPLIT, SPLIT_V and UNPACK; int8 elements, or int16 ones (TFLM's int16x8)."""
+"""The kernels that move bytes and leave values alone: RESHAPE (and SQUEEZE, EXPAND_DIMS), PAD(V2),
+TRANSPOSE, STRIDED_SLICE and SLICE, and the row copies CONCATENATION, PACK, SPLIT, SPLIT_V and UNPACK;
+int8 elements, or int16 ones (TFLM's int16x8)."""
 
 from __future__ import annotations
 
@@ -154,3 +155,102 @@ def _split(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any, constan
         raise TargetCheckError(f"{info.source}: {op.name} #{op.index}'s outputs do not tile its input", hint=HINT)
     return Step(op.index, op.name, "split", data, op.outputs[0],
                 {"outer": math.prod(inp.shape[:axis]), "row": at, "parts": parts}, (), tuple(op.outputs[1:]))
+
+
+# SQUEEZE and EXPAND_DIMS change only the shape, as RESHAPE does: the same bytes, copied as they are.
+lowers("SQUEEZE", "EXPAND_DIMS")(_reshape)
+
+
+def _gather(op: Any, info: ModelInfo, inp: TensorInfo, out: TensorInfo, starts: list[int], counts: list[int],
+            strides: list[int]) -> Step:
+    """The step that walks the output in order, reading the input at start + k * stride along each of
+    its (up to 5) axes: what STRIDED_SLICE and SLICE both are. Axes with one element need no loop."""
+    if math.prod(counts) != math.prod(out.shape) or math.prod(counts) == 0:
+        raise TargetCheckError(f"{info.source}: {op.name} #{op.index} selects {math.prod(counts)} elements for an "
+                               f"output of shape {list(out.shape)}", hint=HINT)
+    shape = [1] * (len(starts) - len(inp.shape)) + list(inp.shape)
+    pitch = [math.prod(shape[k + 1:]) for k in range(len(shape))]
+    loops = [{"count": n, "step": s * p} for n, s, p in zip(counts, strides, pitch) if n > 1]
+    values: dict[str, Any] = {"base": sum(b * p for b, p in zip(starts, pitch)), "loops": loops}
+    if inp.dtype == "int16":
+        values["int16"] = True
+    return Step(op.index, op.name, "strided_slice", op.inputs[0], op.outputs[0], values)
+
+
+def _constant_ints(op: Any, k: int, info: ModelInfo, obj: Any, graph: Any, what: str,
+                   dtypes: tuple[str, ...]) -> list[int]:
+    """The op's input k, a constant 1-D array of one of `dtypes` (int32, int64), as Python ints."""
+    t = info.tensors[op.inputs[k]]
+    if not t.is_constant or t.dtype not in dtypes:
+        raise TargetCheckError(f"{info.source}: {op.name} #{op.index}'s {what} '{t.name}' is "
+                               f"{'a constant' if t.is_constant else 'computed'} {t.dtype}; the c runtime takes a "
+                               f"constant {' or '.join(dtypes)} {what}, as TFLM reads it", hint=HINT)
+    return [int(x) for x in weights(obj, graph, op.inputs[k], "<i4" if t.dtype == "int32" else "<i8").reshape(-1)]
+
+
+def _clamp(v: int, lo: int, hi: int) -> int:
+    return hi if v > hi else (lo if v < lo else v)
+
+
+@lowers("STRIDED_SLICE")
+def _strided_slice(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any, constants: Constants) -> Step:
+    """STRIDED_SLICE with constant int32 begin, end and strides on an input of rank 4 or less, as
+    TFLM's kernel walks it: the indices padded to 5 axes, each start and stop made positive and
+    clamped to the axis (to [-1, size - 1] for a negative stride), begin_mask and end_mask taking
+    the whole axis, shrink_axis_mask one element. TFLM ignores ellipsis_mask, new_axis_mask and
+    offset, so a model that sets them is refused rather than sliced as TFLM would."""
+    inp, out = _io(op, info)
+    if len(inp.shape) > 4:
+        raise TargetCheckError(f"{info.source}: STRIDED_SLICE #{op.index} has an input of rank {len(inp.shape)}; "
+                               "TFLM's takes rank 4 or less", hint=HINT)
+    for flag in ("ellipsisMask", "newAxisMask", "offset"):
+        if getattr(options, flag, 0):
+            raise TargetCheckError(f"{info.source}: STRIDED_SLICE #{op.index} sets {flag}, which TFLM ignores; the c "
+                                   "runtime takes begin_mask, end_mask and shrink_axis_mask only", hint=HINT)
+    begin, end, strides = (_constant_ints(op, k, info, obj, graph, what, ("int32",))
+                           for k, what in ((1, "begin"), (2, "end"), (3, "strides")))
+    rank = len(inp.shape)
+    if not len(begin) == len(end) == len(strides) == rank or 0 in strides:
+        raise TargetCheckError(f"{info.source}: STRIDED_SLICE #{op.index} has begin, end and strides of lengths "
+                               f"{len(begin)}, {len(end)}, {len(strides)} (or a stride of 0) for an input of rank "
+                               f"{rank}", hint=HINT)
+    pad = 5 - rank
+    shape = [1] * pad + list(inp.shape)
+    begin, end, strides = [0] * pad + begin, [1] * pad + end, [1] * pad + strides
+    begin_mask = (options.beginMask << pad) | ((1 << pad) - 1)
+    end_mask = (options.endMask << pad) | ((1 << pad) - 1)
+    shrink_mask = options.shrinkAxisMask << pad
+    starts, counts = [], []
+    for axis, (size, stride) in enumerate(zip(shape, strides)):
+        lo, hi = (0, size) if stride > 0 else (-1, size - 1)
+        start = _clamp(begin[axis] + (size if begin[axis] < 0 else 0), lo, hi)
+        if begin_mask >> axis & 1:
+            start = 0 if stride > 0 else size - 1
+        if shrink_mask >> axis & 1:
+            stop = start if start >= size else start + 1
+        else:
+            stop = _clamp(end[axis] + (size if end[axis] < 0 else 0), lo, hi)
+            if end_mask >> axis & 1:
+                stop = size if stride > 0 else -1
+        span = stop - start if stride > 0 else start - stop
+        starts.append(start)
+        counts.append(max(0, -(-span // abs(stride))))
+    return _gather(op, info, inp, out, starts, counts, strides)
+
+
+@lowers("SLICE")
+def _slice(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any, constants: Constants) -> Step:
+    """SLICE with constant begin and size (int32 or int64) on an input of rank 5 or less, as TFLM's
+    kernel: a size of -1 runs to the end of the axis; nothing is clamped."""
+    inp, out = _io(op, info)
+    begin = _constant_ints(op, 1, info, obj, graph, "begin", ("int32", "int64"))
+    size = _constant_ints(op, 2, info, obj, graph, "size", ("int32", "int64"))
+    rank = len(inp.shape)
+    if rank > 5 or not len(begin) == len(size) == rank:
+        raise TargetCheckError(f"{info.source}: SLICE #{op.index} has begin and size of lengths {len(begin)} and "
+                               f"{len(size)} for an input of rank {rank}; TFLM takes rank 5 or less", hint=HINT)
+    counts = [dim - b if n == -1 else n for dim, b, n in zip(inp.shape, begin, size)]
+    if any(b < 0 or n < 0 or b + n > dim for dim, b, n in zip(inp.shape, begin, counts)):
+        raise TargetCheckError(f"{info.source}: SLICE #{op.index} reads outside its input {list(inp.shape)} (begin "
+                               f"{begin}, size {size})", hint=HINT)
+    return _gather(op, info, inp, out, begin, counts, [1] * rank)
