@@ -1,6 +1,7 @@
-"""The kernels that move bytes and leave values alone: RESHAPE (and SQUEEZE, EXPAND_DIMS), PAD(V2),
-TRANSPOSE, STRIDED_SLICE and SLICE, and the row copies CONCATENATION, PACK, SPLIT, SPLIT_V and UNPACK;
-int8 elements, or int16 ones (TFLM's int16x8)."""
+"""The kernels that move bytes and leave values alone: RESHAPE, PAD(V2), TRANSPOSE,
+STRIDED_SLICE and SLICE, and the row copies CONCATENATION, PACK, SPLIT, SPLIT_V and UNPACK; int8
+elements, or int16 ones (TFLM's int16x8). The converter leaves no SQUEEZE or EXPAND_DIMS (it writes
+RESHAPE for both), so they have no kernel here."""
 
 from __future__ import annotations
 
@@ -155,10 +156,6 @@ def _split(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any, constan
         raise TargetCheckError(f"{info.source}: {op.name} #{op.index}'s outputs do not tile its input", hint=HINT)
     return Step(op.index, op.name, "split", data, op.outputs[0],
                 {"outer": math.prod(inp.shape[:axis]), "row": at, "parts": parts}, (), tuple(op.outputs[1:]))
-
-
-# SQUEEZE and EXPAND_DIMS change only the shape, as RESHAPE does: the same bytes, copied as they are.
-lowers("SQUEEZE", "EXPAND_DIMS")(_reshape)
 
 
 def _gather(op: Any, info: ModelInfo, inp: TensorInfo, out: TensorInfo, starts: list[int], counts: list[int],
