@@ -137,7 +137,8 @@ def bench(path: Path, samples: int, board: bool) -> Row:
         if written is None:
             return row
         sources = emit_c("model", model, info)
-        row.c_arena = sources.arena_bytes
+        # The arena plus the state a recurrent model keeps between calls (TFLM keeps it in its arena)
+        row.c_arena = sources.arena_bytes + int(sources.values.get("state_bytes", 0))
         arena = _try(row, "TFLM arena", lambda: measure_tflm_arena(model, source=path.name))
         row.tflm_arena = arena.smallest if arena is not None else None
         rng = np.random.default_rng(0)

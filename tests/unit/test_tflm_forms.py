@@ -182,3 +182,33 @@ def test_an_int32_output_after_quantize_runs_bit_exact_with_tflm(tmp_path: Path)
     got = c_outputs(tmp_path, tflite, inputs, (3,), "int32")
     assert got.reshape(expected.shape).tobytes() == expected.tobytes()
     assert len(np.unique(expected)) > 8  # the codes vary: a wrong rescale would show
+
+
+def test_an_int8_softmax_with_an_int16_output_runs_bit_exact_with_tflm(tmp_path: Path) -> None:
+    """SOFTMAX from int8 to int16 (scale 1/65536, zero point -32768, as TFLM's keyword benchmark
+    has it), made by retyping an int8 model's softmax output: the C's codes are TFLM's."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    from edgeq._tf import tf
+
+    tf()
+    import keras
+
+    keras.utils.set_random_seed(14)
+    model = keras.Sequential([keras.layers.Input((7,), batch_size=1), keras.layers.Dense(5),
+                              keras.layers.Softmax()])
+    obj = flatbuffer_utils.read_model_from_bytearray(bytearray(plain_tflite(model, io="int8")))
+    graph = obj.subgraphs[0]
+    softmax = next(op for op in graph.operators
+                   if obj.operatorCodes[op.opcodeIndex].builtinCode == schema.BuiltinOperator.SOFTMAX)
+    assert softmax.outputs[0] == graph.outputs[0]
+    out = graph.tensors[softmax.outputs[0]]
+    out.type, out.quantization.scale, out.quantization.zeroPoint = schema.TensorType.INT16, [1 / 65536], [-32768]
+    obj.signatureDefs = None
+    tflite = bytes(flatbuffer_utils.convert_object_to_bytearray(obj))
+    inputs = np.random.default_rng(14).integers(-128, 128, size=(24, 7), dtype=np.int8)
+    expected = tflm_outputs(tflite, inputs)
+    got = c_outputs(tmp_path, tflite, inputs, (5,), "int16")
+    assert expected.dtype == np.int16 and got.reshape(expected.shape).tobytes() == expected.tobytes()
+    assert (expected.astype(np.int32) % 256 != 0).any()  # finer than 8 bits: the 16-bit path, not int8's

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from edgeq.aot.kernels.base import HINT, Constants, Step, act, f32, lowers
-from edgeq.aot.qmath import activation_range, quantize_multiplier
+from edgeq.aot.qmath import activation_range, quantize_multiplier, sigmoid_table
 from edgeq.errors import TargetCheckError
 from edgeq.tflite.model_info import ModelInfo
 
@@ -43,15 +43,28 @@ def _requantize_step(op: Any, info: ModelInfo, obj: Any, graph: Any, options: An
                  "output_offset": out.zero_points[0], "act_min": lo, "act_max": hi})
 
 
+SIGMOID_TABLE = "edgeq_sigmoid16"
+"""The C name of TFLite's sigmoid table (qmath.sigmoid_table): one array for the int16 LOGISTIC and
+TANH and the LSTM's gates (kernels/recurrent.py writes it under the same name)."""
+
+
 @lowers("SOFTMAX")
 def _softmax(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any, constants: Constants) -> Step:
     """TFLM's int8 softmax: input differences scaled into Q5.26 by beta * input scale, exp and
-    the reciprocal of their sum in fixed point, output scale 1/256 with zero point -128."""
+    the reciprocal of their sum in fixed point, output scale 1/256 with zero point -128 (or, int16
+    out, 1/65536 with zero point -32768)."""
     if _is_int16(op, info):
         return _softmax16(op, info, options, constants)
     inp = act(info, op.inputs[0], "input", op.name)
-    out = act(info, op.outputs[0], "output", op.name)
-    if (out.scales[0], out.zero_points[0]) != (1 / 256, -128):
+    out = act(info, op.outputs[0], "output", op.name, ("int8", "int16"))
+    wide: dict[str, Any] = {}
+    if out.dtype == "int16":  # int8 in, int16 out (TFLM's keyword benchmark): the same arithmetic, 16 bits out
+        if out.zero_points[0] != -32768 or abs(f32(out.scales[0]) - 1 / 65536) > 0.001 / 65536:
+            raise TargetCheckError(f"{info.source}: SOFTMAX #{op.index} takes int8 and outputs int16 with scale "
+                                   f"{out.scales[0]}, zero point {out.zero_points[0]}; TFLM's needs 1/65536 and "
+                                   "-32768", hint=HINT)
+        wide = {"int16": True, "int16_out": True}
+    elif (out.scales[0], out.zero_points[0]) != (1 / 256, -128):
         raise TargetCheckError(f"{info.source}: SOFTMAX #{op.index} outputs scale {out.scales[0]}, zero point "
                                f"{out.zero_points[0]}; TFLM's int8 softmax needs 1/256 and -128", hint=HINT)
     integer_bits = 5
@@ -65,7 +78,7 @@ def _softmax(op: Any, info: ModelInfo, obj: Any, graph: Any, options: Any, const
     depth = inp.shape[-1]
     return Step(op.index, op.name, "softmax", op.inputs[0], op.outputs[0],
                 {"rows": math.prod(inp.shape) // depth, "depth": depth, "multiplier": multiplier,
-                 "left_shift": left_shift, "diff_min": -radius})
+                 "left_shift": left_shift, "diff_min": -radius, **wide})
 
 
 @lowers("LOGISTIC", "TANH")
@@ -225,21 +238,6 @@ def _softmax16(op: Any, info: ModelInfo, options: Any, constants: Constants) -> 
                 {"rows": math.prod(inp.shape) // depth, "depth": depth, "mult": mult, "shift": shift})
 
 
-_SIGMOID_RAISED = (4, 8, 12, 14, 15, 16, 17, 19, 20, 21, 22, 25, 27, 28, 29, 30, 31, 33, 34, 35, 37, 39, 40, 41, 43,
-                   44, 45, 46, 49, 50, 54, 62, 63, 64, 66, 82, 86, 93, 100, 103, 112, 116, 135, 255)
-"""The knots where TFLM's sigmoid table is one above the nearest integer to 65536 * sigmoid(k/24)
-(it is tuned for the interpolation between knots)."""
-
-
-def _sigmoid_knots() -> np.ndarray:
-    """The 256 knots TFLM's int16 LOGISTIC and TANH interpolate between: sigmoid(k/24) for k in
-    0..255 in 0.16 fixed point, as TFLM holds them."""
-    knots = [min(_round_away(65536 / (1 + math.exp(-k / 24))), 65535) for k in range(256)]
-    for k in _SIGMOID_RAISED:
-        knots[k] += 1
-    return np.array(knots, dtype=np.uint16)
-
-
 def _checked_log2(x: float) -> tuple[bool, int]:
     """TFLM's CheckedLog2 (in float32): log2(x) rounded, and whether x is within 0.001 of an
     octave of that power of two, which TFLM then takes for it."""
@@ -275,7 +273,7 @@ def _sigmoid_like16(op: Any, info: ModelInfo, constants: Constants) -> Step:
     if not pot_out or log2_out != -15:
         raise TargetCheckError(f"{info.source}: {op.name} #{op.index} outputs scale {out.scales[0]}; TFLM's int16 "
                                f"{op.name} writes 2^-15 (1/32768)", hint=HINT)
-    constants["edgeq_sigmoid16"] = ("uint16_t", _sigmoid_knots())
+    constants[SIGMOID_TABLE] = ("uint16_t", sigmoid_table())
     return Step(op.index, op.name, op.name.lower() + "16", op.inputs[0], op.outputs[0],
                 {"size": math.prod(inp.shape), "mult": mult, "shift": shift, "half": (1 << shift) >> 1})
 

@@ -25,7 +25,7 @@ from edgeq.aot.qmath import quantize_multiplier, sigmoid_table
 from edgeq.errors import TargetCheckError
 from edgeq.tflite.model_info import ModelInfo, TensorInfo
 
-SIGMOID_TABLE_NAME = "edgeq_rnn_sigmoid_q16"
+SIGMOID_TABLE_NAME = "edgeq_sigmoid16"  # activation.SIGMOID_TABLE: one array when both are in a model
 """The C array of TFLite's sigmoid table (qmath.sigmoid_table), shared by every LSTM of the model."""
 
 GATES = ("input", "forget", "cell", "output")
