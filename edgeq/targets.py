@@ -349,8 +349,9 @@ calibrated by scripts/bench_aot.py on an emulated Cortex-M4) `for_runtime` gives
 
 def for_runtime(profile: TargetProfile, runtime: Runtime | str | None) -> TargetProfile:
     """`profile` run by another runtime: `c` turns a TFLite Micro profile into edgeq's plain C (op set
-    `c`, the target's modes the c runtime has, the C's own code instead of the interpreter's in flash, the C's cycles per unit
-    of work: the figures of the mcu-c profile); the same runtime, or None, leaves it as it is.
+    `c`, the target's modes the c runtime has, the C's own code instead of the interpreter's in
+    flash, the C's cycles per unit of work: the figures of the mcu-c profile); the same runtime,
+    or None, leaves it as it is.
     TargetProfileError (exit 2) for what cannot be swapped."""
     if runtime is None or Runtime(runtime) == profile.runtime:
         return profile

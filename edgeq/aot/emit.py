@@ -42,8 +42,8 @@ def emit_c(name: str, model: bytes, info: ModelInfo) -> AotSources:
     values = dict(ident=ident, IDENT=ident.upper(), arena_bytes=program.arena_bytes, inputs=inputs,
                   outputs=outputs, signature=signature, float_io=any(t["dtype"] == "float32" for t in inputs + outputs),
                   float_math=float_math,
-                  float_ops=any(info.tensors[i].dtype == "float32" for s in program.steps for i in (*s.inputs, *s.outputs)
-                                if s.kernel not in ("quantize_float", "dequantize")),
+                  float_ops=any(info.tensors[i].dtype == "float32" for s in program.steps
+                                if s.kernel not in ("quantize_float", "dequantize") for i in (*s.inputs, *s.outputs)),
                   states=list(program.states), state_bytes=sum(s["bytes"] for s in program.states))
     header = render("aot_model.h.j2", guard=f"EDGEQ_{ident.upper()}_MODEL_H_", model_bytes=len(model),
                     sha256=hashlib.sha256(model).hexdigest(), **values)

@@ -170,7 +170,8 @@ def _build(kind: str, p: dict):  # type: ignore[no-untyped-def]
         for pool in (L.MaxPooling2D, L.AveragePooling2D):
             outputs.append(L.Flatten()(pool(k, strides=p["stride"], padding=pad)(x)))
         axes = [[1, 2], [3], [1, 3], [2], [1, 2, 3], [0, 2]][p["pick"]]
-        outputs.append(L.Flatten()(ops.mean(x, axis=axes, keepdims=p["same"])))
+        # Over the batch axis too, kept so that the result stays one sample for Flatten and Concatenate
+        outputs.append(L.Flatten()(ops.mean(x, axis=axes, keepdims=p["same"] or 0 in axes)))
     elif kind == "elementwise":  # ADD, SUB, MUL broadcast or with a constant; the element-wise activations
         a = L.Conv2D(p["filters"], 1)(x)
         others = [L.Conv2D(p["filters"], 1)(L.GlobalAveragePooling2D(keepdims=True)(x)),

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeq.aot.kernels.base import HINT, Constants, Step, act, f32, lowers
+from edgeq.aot.kernels.base import HINT, Constants, Step, act, f32, lowers, symmetric16
 from edgeq.aot.qmath import activation_range, quantize_multiplier, sigmoid_table
 from edgeq.errors import TargetCheckError
 from edgeq.tflite.model_info import ModelInfo
@@ -138,19 +138,6 @@ def _is_int16(op: Any, info: ModelInfo) -> bool:
     return info.tensors[op.inputs[0]].dtype == "int16"
 
 
-def _symmetric16(op: Any, info: ModelInfo) -> tuple[Any, Any]:
-    """The op's int16 input and output, both with zero point 0 (TFLM's int16 RELU, SOFTMAX,
-    LOGISTIC and TANH refuse any other in Prepare)."""
-    inp = act(info, op.inputs[0], "input", op.name, dtypes=("int16",))
-    out = act(info, op.outputs[0], "output", op.name, dtypes=("int16",))
-    for what, t in (("input", inp), ("output", out)):
-        if t.zero_points[0] != 0:
-            raise TargetCheckError(f"{info.source}: {op.name} #{op.index}'s {what} '{t.name}' is int16 with zero point "
-                                   f"{t.zero_points[0]}; TFLM's int16 {op.name} takes zero point 0 (the converter's "
-                                   "int16x8 mode writes it)", hint=HINT)
-    return inp, out
-
-
 def _round_away(x: float) -> int:
     """C's round(): to the nearest integer, halves away from zero."""
     return int(math.copysign(math.floor(abs(x) + 0.5), x))
@@ -169,7 +156,7 @@ def _relu16(op: Any, info: ModelInfo) -> Step:
         return Step(op.index, op.name, "relu16", op.inputs[0], op.outputs[0],
                     {"size": math.prod(inp.shape), "rescale": False, "lo": max(zero, _INT16_MIN),
                      "hi": min(max(six, _INT16_MIN), _INT16_MAX)})
-    inp, out = _symmetric16(op, info)
+    inp, out = symmetric16(op, info)
     mult, shift = quantize_multiplier(f32(inp.scales[0]) / f32(out.scales[0]))
     return Step(op.index, op.name, "relu16", op.inputs[0], op.outputs[0],
                 {"size": math.prod(inp.shape), "rescale": True, "mult": mult, "shift": shift, "lo": 0,
@@ -219,7 +206,7 @@ def _softmax16(op: Any, info: ModelInfo, options: Any, constants: Constants) -> 
     """TFLM's int16 softmax: each difference to the row's maximum rescaled so that [-65535, 0]
     spans exp's table ([-10, 0]), the exps summed, the sum's reciprocal from the second table,
     the output scale 1/32768 with zero point 0."""
-    inp, out = _symmetric16(op, info)
+    inp, out = symmetric16(op, info)
     one = np.float32(1) / np.float32(32768)
     if abs(np.float32(out.scales[0]) - one) > np.float32(0.001) * one:
         raise TargetCheckError(f"{info.source}: SOFTMAX #{op.index} outputs scale {out.scales[0]}; TFLM's int16 "
@@ -256,7 +243,7 @@ def _sigmoid_like16(op: Any, info: ModelInfo, constants: Constants) -> Step:
     fractional bits; output scale 2^-15, zero point 0. An input scale at (or within 0.1% of)
     2^-12 (LOGISTIC) or 2^-12 or 2^-11 (TANH) takes TFLM's power-of-two path: multiplier 3 or 6,
     no shift."""
-    inp, out = _symmetric16(op, info)
+    inp, out = symmetric16(op, info)
     pot, log2 = _checked_log2(inp.scales[0])
     shift = 12 + log2
     if pot and shift in ((0,) if op.name == "LOGISTIC" else (0, 1)):

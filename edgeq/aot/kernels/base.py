@@ -137,3 +137,35 @@ def padding(padding: int, stride: int, dilation: int, size: int, filter_size: in
 def f32(x: float) -> float:
     """`x` rounded to float32, as TFLM holds scales."""
     return float(np.float32(x))
+
+
+def broadcast_index(op: Any, info: ModelInfo, shape: tuple[int, ...], out_shape: tuple[int, ...]) -> str:
+    """The C expression of an operand's element index in the output's loops d0..d3 (rank 4, NumPy's
+    broadcasting: stride 0 along the axes where the operand has 1); TargetCheckError beyond rank 4."""
+    if len(shape) > len(out_shape) or len(out_shape) > 4:
+        raise TargetCheckError(f"{info.source}: {op.name} #{op.index} broadcasts {list(shape)} to "
+                               f"{list(out_shape)}; the c runtime broadcasts up to rank 4", hint=HINT)
+    dims = (1,) * (4 - len(shape)) + shape
+    full = (1,) * (4 - len(out_shape)) + out_shape
+    terms, stride = [], 1
+    for axis in range(3, -1, -1):
+        if dims[axis] not in (1, full[axis]):
+            raise TargetCheckError(f"{info.source}: {op.name} #{op.index} cannot broadcast {list(shape)} to "
+                                   f"{list(out_shape)}", hint=HINT)
+        if dims[axis] == full[axis] and full[axis] > 1:
+            terms.append(f"d{axis}" if stride == 1 else f"d{axis} * {stride}")
+        stride *= dims[axis]
+    return " + ".join(reversed(terms)) or "0"
+
+
+def symmetric16(op: Any, info: ModelInfo) -> tuple[TensorInfo, TensorInfo]:
+    """The op's int16 input and output, both with zero point 0: TFLM's int16 kernels (convolutions,
+    RELU, SOFTMAX, LOGISTIC, TANH) refuse any other in Prepare or leave it out of their arithmetic."""
+    inp = act(info, op.inputs[0], "input", op.name, dtypes=("int16",))
+    out = act(info, op.outputs[0], "output", op.name, dtypes=("int16",))
+    for what, t in (("input", inp), ("output", out)):
+        if t.zero_points[0] != 0:
+            raise TargetCheckError(f"{info.source}: {op.name} #{op.index}'s {what} '{t.name}' is int16 with zero "
+                                   f"point {t.zero_points[0]}; the c runtime's int16 {op.name}, like TFLM's, takes "
+                                   "zero point 0 (the converter's int16x8 mode writes it)", hint=HINT)
+    return inp, out

@@ -10,7 +10,18 @@ from typing import Any
 
 import numpy as np
 
-from edgeq.aot.kernels.base import HINT, Constants, Step, act, common, lowers, padding, single_batch, weights
+from edgeq.aot.kernels.base import (
+    HINT,
+    Constants,
+    Step,
+    act,
+    common,
+    lowers,
+    padding,
+    single_batch,
+    symmetric16,
+    weights,
+)
 from edgeq.aot.qmath import (
     activation_range,
     effective_scale,
@@ -65,13 +76,7 @@ def _is_wide(op: Any, info: ModelInfo) -> bool:
 def _wide_common(op: Any, info: ModelInfo, activation: int) -> tuple[TensorInfo, TensorInfo, dict[str, Any]]:
     """The op's int16 input and output, which must be symmetric (TFLM's int16 convolutions drop
     the zero points from their arithmetic), and the fused activation's clamp in int16 codes."""
-    inp = act(info, op.inputs[0], "input", op.name, dtypes=("int16",))
-    out = act(info, op.outputs[0], "output", op.name, dtypes=("int16",))
-    for what, t in (("input", inp), ("output", out)):
-        if t.zero_points[0] != 0:
-            raise TargetCheckError(f"{info.source}: {op.name} #{op.index}'s {what} '{t.name}' is int16 with zero "
-                                   f"point {t.zero_points[0]}; the c runtime's int16 {op.name} takes symmetric int16 "
-                                   "(zero point 0, as the converter's int16x8 mode writes)", hint=HINT)
+    inp, out = symmetric16(op, info)
     lo, hi = activation_range(activation, out.scales[0], 0, INT16_MIN, INT16_MAX)
     return inp, out, {"wide": True, "act_min": lo, "act_max": hi}
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeq.aot.kernels.base import HINT, Constants, Step, act, lowers, weights
+from edgeq.aot.kernels.base import HINT, Constants, Step, act, broadcast_index, lowers, weights
 from edgeq.aot.qmath import activation_range, effective_scale, quantize_multiplier
 from edgeq.errors import TargetCheckError
 from edgeq.tflite.model_info import ModelInfo, TensorInfo
@@ -48,27 +48,10 @@ def _operand(op: Any, k: int, info: ModelInfo, obj: Any, graph: Any, name: str, 
     elif count == 1:
         index = "0"
     else:
-        index = _broadcast_index(op, info, tuple(t.shape), out_shape)
+        index = broadcast_index(op, info, tuple(t.shape), out_shape)
     cast = wide and not t.is_constant
     return {"pointer": "ab"[k] + "16" if cast else pointer, "cast": [["ab"[k] + "16", pointer]] if cast else [],
             "index": index, "offset": -t.zero_points[0], "scale": t.scales[0]}
-
-
-def _broadcast_index(op: Any, info: ModelInfo, shape: tuple[int, ...], out_shape: tuple[int, ...]) -> str:
-    if len(shape) > len(out_shape) or len(out_shape) > 4:
-        raise TargetCheckError(f"{info.source}: {op.name} #{op.index} broadcasts {list(shape)} to "
-                               f"{list(out_shape)}; the c runtime broadcasts up to rank 4", hint=HINT)
-    dims = (1,) * (4 - len(shape)) + shape
-    full = (1,) * (4 - len(out_shape)) + out_shape
-    terms, stride = [], 1
-    for axis in range(3, -1, -1):
-        if dims[axis] not in (1, full[axis]):
-            raise TargetCheckError(f"{info.source}: {op.name} #{op.index} cannot broadcast {list(shape)} to "
-                                   f"{list(out_shape)}", hint=HINT)
-        if dims[axis] == full[axis] and full[axis] > 1:
-            terms.append(f"d{axis}" if stride == 1 else f"d{axis} * {stride}")
-        stride *= dims[axis]
-    return " + ".join(reversed(terms)) or "0"
 
 
 def _sub_multipliers(a: float, b: float, out: float, left_shift: int) -> tuple[tuple[int, int], ...]:

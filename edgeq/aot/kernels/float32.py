@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeq.aot.kernels.base import HINT, Constants, Step, lowers, padding, weights
+from edgeq.aot.kernels.base import HINT, Constants, Step, broadcast_index, lowers, padding, weights
 from edgeq.errors import TargetCheckError
 from edgeq.tflite.model_info import ModelInfo, TensorInfo
 
@@ -185,19 +185,7 @@ def _operand(op: Any, k: int, info: ModelInfo, obj: Any, graph: Any, name: str, 
         return {"pointer": pointer, "index": "i"}
     if count == 1:
         return {"pointer": pointer, "index": "0"}
-    if len(t.shape) > len(out_shape) or len(out_shape) > 4:
-        raise TargetCheckError(f"{info.source}: {op.name} #{op.index} broadcasts {list(t.shape)} to "
-                               f"{list(out_shape)}; the c runtime broadcasts up to rank 4", hint=HINT)
-    dims, full = _padded(tuple(t.shape)), _padded(out_shape)
-    terms, stride = [], 1
-    for axis in range(3, -1, -1):
-        if dims[axis] not in (1, full[axis]):
-            raise TargetCheckError(f"{info.source}: {op.name} #{op.index} cannot broadcast {list(t.shape)} to "
-                                   f"{list(out_shape)}", hint=HINT)
-        if dims[axis] == full[axis] and full[axis] > 1:
-            terms.append(f"d{axis}" if stride == 1 else f"d{axis} * {stride}")
-        stride *= dims[axis]
-    return {"pointer": pointer, "index": " + ".join(reversed(terms)) or "0"}
+    return {"pointer": pointer, "index": broadcast_index(op, info, tuple(t.shape), out_shape)}
 
 
 @lowers("ADD", "SUB", "MUL", float32=True)
