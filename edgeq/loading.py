@@ -66,11 +66,39 @@ class LoadedModel:
     converted_by: str | None = None  # another framework's model, translated (frontends/onnx.py: onnx2tf)
     _exports: dict[tuple[tuple[int, ...], ...], ConverterSource] = field(default_factory=dict)
 
-    def predict(self, inputs: Sequence[np.ndarray], batch_size: int = 256) -> list[np.ndarray]:
-        """Float reference outputs, one array per model output."""
+    def predict(self, inputs: Sequence[np.ndarray], batch_size: int | None = None) -> list[np.ndarray]:
+        """Float reference outputs, one array per model output, `batch_size` samples at a time (by
+        default as many as the model's activations let fit the memory budget, edgeq.budget)."""
         n = len(inputs[0])
+        batch_size = batch_size or self.reference_batch()
         chunks = [self._predict([x[i : i + batch_size] for x in inputs]) for i in range(0, n, batch_size)]
         return [np.concatenate([c[k] for c in chunks]) for k in range(len(chunks[0]))]
+
+    def activation_bytes(self) -> int | None:
+        """Bytes of the Keras model's layer outputs for one float32 sample (None when there is no Keras
+        model to read them from: a SavedModel's signature)."""
+        if self.keras_model is None:
+            return None
+        total = 0
+        for layer in self.keras_model.layers:
+            try:
+                outputs = layer.output
+            except (AttributeError, ValueError):  # a layer never called on a symbolic input
+                continue
+            for t in outputs if isinstance(outputs, (list, tuple)) else [outputs]:
+                count = 1
+                for d in tuple(getattr(t, "shape", ()))[1:]:
+                    count *= int(d) if d is not None else 1
+                total += 4 * count
+        return total or None
+
+    def reference_batch(self) -> int:
+        """Samples per float-reference batch: the memory budget's share (edgeq.budget), or a cautious
+        32 when the model's activations cannot be counted."""
+        from edgeq.budget import batch_for
+
+        sample = self.activation_bytes()
+        return batch_for(sample) if sample else 32
 
     def converter_source(self, sample_shapes: Sequence[tuple[int, ...]] | None = None) -> ConverterSource:
         """The model exported for the converter with batch 1, once per set of input shapes.

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from edgeq._tf import captured_output
-from edgeq.errors import CalibrationError
+from edgeq.errors import CalibrationError, EdgeqError
 from edgeq.progress import Advance
 from edgeq.tflite.batch import Unbatchable, free_batch_dimension
 from edgeq.vocab import Runtime
@@ -167,14 +167,23 @@ def _interpreter_factory(kernels: str, num_threads: int | None) -> Callable[[byt
     return make
 
 
-def run_litert(model: bytes, inputs: Sequence[np.ndarray], *, batch_size: int = 256,
+def run_litert(model: bytes, inputs: Sequence[np.ndarray], *, batch_size: int | None = None,
                on_progress: Advance | None = None, kernels: str = "default",
                num_threads: int | None = None) -> RunResult:
     """Run every sample through LiteRT, batched when that provably gives the same numbers.
 
-    `kernels`: see KERNELS. `num_threads`: None -> default_threads().
+    `kernels`: see KERNELS. `num_threads`: None -> default_threads(). `batch_size`: None -> as many
+    samples as the model's activations let fit the memory budget (edgeq.budget).
     """
+    from edgeq.budget import batch_for
+    from edgeq.tflite.reader import read_tflite
     from edgeq.tflite.strip import litert_loadable
+
+    if batch_size is None:
+        try:
+            batch_size = batch_for(read_tflite(model).activation_bytes)
+        except EdgeqError:  # not for the reader to stop a run LiteRT may manage: the usual batch
+            batch_size = batch_for(None)
 
     start = time.perf_counter()
     model = litert_loadable(model)  # a model flashed for TFLM may keep one zero point for all channels

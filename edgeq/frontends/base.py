@@ -107,8 +107,14 @@ class Frontend(Protocol):
         """The inputs as the user's data come (checked against these before any layout change)."""
         ...
 
-    def predict(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Float outputs on the device layout's inputs, one array per output."""
+    def predict(self, inputs: Sequence[np.ndarray], batch_size: int | None = None) -> list[np.ndarray]:
+        """Float outputs on the device layout's inputs, one array per output, `batch_size` samples at a
+        time (None: `reference_batch`)."""
+        ...
+
+    def reference_batch(self, inputs: Sequence[np.ndarray]) -> int:
+        """Samples per batch for `predict` on `inputs`: as many as the model's activations let fit
+        the memory budget (edgeq.budget)."""
         ...
 
     def as_model_takes(self, sets: DataSets, on_step: Step) -> DataSets:

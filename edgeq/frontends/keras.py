@@ -90,8 +90,11 @@ class KerasFrontend:
     def accuracy_hint(self) -> str | None:
         return None
 
-    def predict(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        return self.loaded.predict(inputs)
+    def predict(self, inputs: Sequence[np.ndarray], batch_size: int | None = None) -> list[np.ndarray]:
+        return self.loaded.predict(inputs, batch_size)
+
+    def reference_batch(self, inputs: Sequence[np.ndarray]) -> int:
+        return self.loaded.reference_batch()
 
     def as_model_takes(self, sets: DataSets, on_step: Step) -> DataSets:
         return sets

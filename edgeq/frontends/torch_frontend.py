@@ -98,8 +98,11 @@ class TorchFrontend:
     def accuracy_hint(self) -> str | None:
         return ACCURACY_HINT
 
-    def predict(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        return self.model.predict(inputs)
+    def predict(self, inputs: Sequence[np.ndarray], batch_size: int | None = None) -> list[np.ndarray]:
+        return self.model.predict(inputs, batch_size)
+
+    def reference_batch(self, inputs: Sequence[np.ndarray]) -> int:
+        return self.model.reference_batch(inputs)
 
     def as_model_takes(self, sets: DataSets, on_step: Step) -> DataSets:
         return sets

@@ -70,7 +70,14 @@ def _compute_with(plan: Plan, on_step: Step, progress: Progress, runtimes: Worke
     from edgeq.device.qemu import on_emulated_board
 
     model, (data, eval_data, train_data), shapes = load_checked(plan, on_step)
-    reference = model.predict(list(eval_data.inputs)) if eval_data is not None else None
+    reference = None
+    if eval_data is not None:
+        from edgeq.budget import batch_note
+
+        batch = model.reference_batch(list(eval_data.inputs))
+        on_step(f"float reference: the model on {eval_data.num_samples} samples of {eval_data.name}"
+                f"{batch_note(batch)}")
+        reference = model.predict(list(eval_data.inputs), batch)
     prepared = model.prepared(plan.recipe.mode, data or eval_data, shapes, on_step, runtimes)
     measurer = Measurer(plan.profile, plan.name, data, eval_data, reference, plan.max_accuracy_drop, runtimes,
                         on_step, progress, on_emulated_board, prepared.model.accuracy_hint)

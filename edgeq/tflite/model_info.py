@@ -157,6 +157,21 @@ class ModelInfo:
         return dict(sorted(Counter(op.name for op in self.ops).items()))
 
     @property
+    def activation_bytes(self) -> int:
+        """Bytes of every computed tensor of the main graph for one sample (TFLM's batch-1 shapes):
+        what a run holds alive per sample at worst, which `edgeq.budget.batch_for` sizes batches by."""
+        size = {"float64": 8, "int64": 8, "float32": 4, "int32": 4, "uint32": 4, "float16": 2, "int16": 2,
+                "uint16": 2}
+        total = 0
+        for t in self.tensors:
+            if not t.is_constant:
+                count = 1
+                for d in t.shape:
+                    count *= max(int(d), 1)
+                total += count * size.get(t.dtype, 1)
+        return total
+
+    @property
     def parameter_bytes(self) -> int:
         """Bytes of constant tensor data (weights, biases, shapes) in all subgraphs, shared ones once.
 
