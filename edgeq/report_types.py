@@ -167,6 +167,17 @@ class ComparisonRow(Record):
 
 
 @dataclass(frozen=True)
+class StageTime(Record):
+    """One stage of a convert: its wall time and the peak resident memory of the conversion's
+    process (and the processes it waited for) when it ended. Host-dependent by nature: the only
+    part of report.json that differs between two runs of the same convert."""
+
+    stage: str
+    seconds: float
+    peak_rss_mb: float
+
+
+@dataclass(frozen=True)
 class ConvertReport(Record):
     """report.json of `edgeq convert`: what was done (method, recipe, the changes made on the way),
     with what (model, data, target, versions), to what (sizes, the model, every output's SHA-256),
@@ -192,6 +203,7 @@ class ConvertReport(Record):
     comparison: dict[str, ComparisonRow] | None
     harness: HarnessManifest | None
     search: SearchPart | None = optional()  # --search: every candidate measured, and why it stopped
+    timings: list[StageTime] | None = optional()  # where the minutes and the memory went, stage by stage
 
 
 @dataclass(frozen=True)

@@ -125,8 +125,19 @@ def commands(models: dict[str, Path], out: Path, torch_dir: Path | None = None) 
     return runs
 
 
+def _content(path: Path) -> bytes:
+    """A file's bytes; a convert's report.json without its `timings`, which time the host."""
+    data = path.read_bytes()
+    if path.name == "report.json":
+        report = json.loads(data)
+        if isinstance(report, dict) and "timings" in report:
+            report.pop("timings")
+            return json.dumps(report, sort_keys=True).encode()
+    return data
+
+
 def hashes(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+    return {str(p.relative_to(folder)): hashlib.sha256(_content(p)).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 

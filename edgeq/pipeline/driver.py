@@ -9,6 +9,8 @@ model that fails a check gets its report (json, md, png) and nothing a firmware 
 
 from __future__ import annotations
 
+import dataclasses
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +29,7 @@ from edgeq.pipeline.plan import Plan, plan_conversion
 from edgeq.pipeline.results import ConvertResult, GateError
 from edgeq.pipeline.stages import load_checked, made
 from edgeq.progress import Advance, Progress, Step, no_step
-from edgeq.report_types import ConvertReport
+from edgeq.report_types import ConvertReport, StageTime
 from edgeq.targets import TargetProfile
 from edgeq.tflite.reader import ModelInfo
 
@@ -64,12 +66,32 @@ class Done:
     quantized_bytes: int
 
 
+class _Clock:
+    """Wall time and peak memory stage by stage (report.json's `timings`)."""
+
+    def __init__(self) -> None:
+        self.stages: list[StageTime] = []
+        self._last = time.perf_counter()
+
+    def done(self, stage: str) -> None:
+        import resource
+
+        now = time.perf_counter()
+        peak_kb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                      resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+        self.stages.append(StageTime(stage, round(now - self._last, 3), round(peak_kb / 1024, 1)))
+        self._last = now
+
+
 def _compute_with(plan: Plan, on_step: Step, progress: Progress, runtimes: Worker) -> Done:
     """The conversion as stages, in the child: load -> prepare (fold, recurrent, float32) -> quantize
-    and measure (PTQ, QAT, the search) -> gate -> emit -> report."""
+    and measure (PTQ, QAT, the search) -> gate -> emit -> report; each stage's time and memory go
+    into the report."""
     from edgeq.device.qemu import on_emulated_board
 
+    clock = _Clock()
     model, (data, eval_data, train_data), shapes = load_checked(plan, on_step)
+    clock.done("load the model and the data")
     reference = None
     if eval_data is not None:
         from edgeq.budget import batch_note
@@ -78,13 +100,18 @@ def _compute_with(plan: Plan, on_step: Step, progress: Progress, runtimes: Worke
         on_step(f"float reference: the model on {eval_data.num_samples} samples of {eval_data.name}"
                 f"{batch_note(batch)}")
         reference = model.predict(list(eval_data.inputs), batch)
+        clock.done("float reference outputs")
     prepared = model.prepared(plan.recipe.mode, data or eval_data, shapes, on_step, runtimes)
+    clock.done("prepare (fold, recurrent rewrites, float32 conversion)")
     measurer = Measurer(plan.profile, plan.name, data, eval_data, reference, plan.max_accuracy_drop, runtimes,
                         on_step, progress, on_emulated_board, prepared.model.accuracy_hint)
     chosen = made(prepared.model, plan, measurer, (data, eval_data, train_data), shapes, on_step, progress)
+    clock.done("quantize, emulate and check" + (" (the search)" if plan.search is not None else ""))
     gate = gate_summary(chosen.chosen.checks, forced=plan.force)
     files, harness = emitted(plan, prepared.model, chosen, gate, on_step)
+    clock.done("write the outputs" + (" and the harness firmware" if harness is not None else ""))
     report = convert_report(plan, prepared, chosen, data, shapes, gate, files, harness)
+    report = dataclasses.replace(report, timings=clock.stages)
     files.update(rendered_reports(report))
     return Done(files, report, chosen.chosen.info, chosen.chosen.checks, chosen.emulation, gate,
                 len(prepared.float_tflite), len(chosen.chosen.quantized))

@@ -201,7 +201,15 @@ def test_cli_run_is_byte_identical_to_library_run(converted, keras3_model_path, 
     assert "wrote to" in proc.stdout and "smaller" in proc.stdout
     first = converted["mcu"].outdir
     for path in sorted(first.iterdir()):
+        if path.name == "report.json":  # the same but for the host's timings, stage by stage
+            again, before = (json.loads(p.read_text()) for p in (out / path.name, path))
+            assert [t["stage"] for t in again.pop("timings")] == [t["stage"] for t in before.pop("timings")]
+            assert again == before, "report.json differs between runs beyond its timings"
+            continue
         assert (out / path.name).read_bytes() == path.read_bytes(), f"{path.name} differs between runs"
+    timings = json.loads((first / "report.json").read_text())["timings"]
+    assert timings[0]["stage"].startswith("load") and all(t["seconds"] >= 0 for t in timings)
+    assert all(0 < a["peak_rss_mb"] <= b["peak_rss_mb"] for a, b in zip(timings, timings[1:]))
 
 
 def test_keras2_h5_and_savedmodel_convert_for_mcu(keras2_h5_path, tmp_path, digits):
