@@ -157,7 +157,7 @@ class ComparisonRow(Record):
     drop_points: float | None
     snr_db: float | None
     tflite_bytes: int
-    ratio: float
+    ratio: float | None
     ram_bytes: int | None
     latency_ms: float
     gate_passed: bool

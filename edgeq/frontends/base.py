@@ -67,10 +67,11 @@ class Layers:
 
 @dataclass(frozen=True)
 class Prepared:
-    """The model as the converter should see it, what preparing it changed, and its float32 .tflite."""
+    """The model as the converter should see it, what preparing it changed, and its float32 .tflite
+    (None where it is not built: a large Keras model, whose size alone it would have given)."""
 
     model: Frontend
-    float_tflite: bytes
+    float_tflite: bytes | None
     folded_batchnorm: tuple[str, ...] = ()
     recurrent: tuple[RecurrentNote, ...] = ()
 

@@ -114,7 +114,7 @@ def _compute_with(plan: Plan, on_step: Step, progress: Progress, runtimes: Worke
     report = dataclasses.replace(report, timings=clock.stages)
     files.update(rendered_reports(report))
     return Done(files, report, chosen.chosen.info, chosen.chosen.checks, chosen.emulation, gate,
-                len(prepared.float_tflite), len(chosen.chosen.quantized))
+                len(prepared.float_tflite or b""), len(chosen.chosen.quantized))
 
 
 def _written(plan: Plan, done: Done, on_step: Step) -> ConvertResult:

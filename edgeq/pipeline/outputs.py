@@ -92,20 +92,22 @@ def convert_report(plan: Plan, prepared: Prepared, made: Made, data: Dataset | N
         calibration=None if data is None else CalibrationPart(data.name, data.sha256, data.num_samples, used),
         target=TargetPart.of(plan.profile), recipe=recipe,
         sizes=Sizes(quantized_tflite_bytes=info.file_bytes, parameter_bytes=info.parameter_bytes,
-                    float32_tflite_bytes=len(float_bytes), ratio=round(len(float_bytes) / info.file_bytes, 3),
+                    float32_tflite_bytes=len(float_bytes) if float_bytes is not None else None,
+                    ratio=round(len(float_bytes) / info.file_bytes, 3) if float_bytes is not None else None,
                     names_stripped_bytes=(chosen.sidecar or {}).get("stripped_bytes", 0)),
         arena_plan=chosen.arena_plan, model=ModelPart.of(info), emulation=made.emulation.part(), checks=chosen.checks,
         gate=gate, outputs={n: hashlib.sha256(b).hexdigest() for n, b in sorted(files.items())})
 
 
-def comparison_row(candidate: Candidate, float_bytes: bytes) -> ComparisonRow:
+def comparison_row(candidate: Candidate, float_bytes: bytes | None) -> ComparisonRow:
     """One method's line of --compare's table."""
     acc, mem = candidate.emulation.accuracy, candidate.emulation.memory
     return ComparisonRow(
         float_top1=acc.float_top1 if acc else None, quantized_top1=acc.quantized_top1 if acc else None,
         drop_points=acc.drop_points if acc else None,
         snr_db=acc.errors[0].snr_db if acc and acc.errors else None, tflite_bytes=len(candidate.quantized),
-        ratio=round(len(float_bytes) / len(candidate.quantized), 3), ram_bytes=mem.ram_needed,
+        ratio=round(len(float_bytes) / len(candidate.quantized), 3) if float_bytes is not None else None,
+        ram_bytes=mem.ram_needed,
         latency_ms=candidate.emulation.latency.part().total_ms, gate_passed=all(c.passed for c in candidate.checks))
 
 

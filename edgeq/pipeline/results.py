@@ -22,7 +22,7 @@ class ConvertResult:
     files: list[Path]
     target: TargetProfile
     recipe: Recipe
-    float_bytes: int
+    float_bytes: int  # 0 where the float32 .tflite was not built (a large Keras model)
     quantized_bytes: int
     info: ModelInfo
     checks: list[CheckResult]
@@ -31,8 +31,8 @@ class ConvertResult:
     report: ConvertReport = field(repr=False)
 
     @property
-    def size_ratio(self) -> float:
-        return self.float_bytes / self.quantized_bytes
+    def size_ratio(self) -> float | None:
+        return self.float_bytes / self.quantized_bytes if self.float_bytes else None
 
 
 @dataclass(frozen=True)

@@ -115,6 +115,11 @@ def _measuring(measurer: Measurer, shapes: Shapes, data: Dataset | None, eval_da
     return measure
 
 
+LARGE_MODEL_PARAMETER_BYTES = 1_000_000
+"""Above this many bytes of int8 parameters the per-layer debugger, which converts and calibrates the
+model once more, does so on fewer samples (16 to compare, at most 32 to calibrate) and says so."""
+
+
 def per_layer_errors(source: Any, info: Any, recipe: Recipe, calibration: Dataset | None,
                      eval_data: Dataset | None, on_step: Step) -> tuple[list[Any], str]:
     """The worst layers by TFLite's QuantizationDebugger (integer modes with calibration data only),
@@ -125,13 +130,21 @@ def per_layer_errors(source: Any, info: Any, recipe: Recipe, calibration: Datase
     from edgeq.quantize.debugger import per_layer_errors_of
 
     debug = eval_data or calibration
-    on_step(f"per-layer error: TFLite QuantizationDebugger on {min(64, debug.num_samples)} samples of {debug.name}")
+    samples, estimate = 64, ""
+    if info.parameter_bytes > LARGE_MODEL_PARAMETER_BYTES:
+        # The debugger converts and calibrates the model again: on a large model, fewer samples for both
+        samples = 16
+        recipe = replace(recipe, calibration_samples=min(recipe.calibration_samples, calibration.num_samples, 32))
+        estimate = (f" (an estimate: the model has {info.parameter_bytes / 1e6:.1f} MB of parameters, so the debugger "
+                    f"recalibrates on {recipe.calibration_samples} samples)")
+    shown = min(samples, debug.num_samples)
+    on_step(f"per-layer error: TFLite QuantizationDebugger on {shown} samples of {debug.name}{estimate}")
     try:
         layers = per_layer_errors_of(source, recipe, calibration,
-                                     to_graph_inputs(list(debug.inputs), source.input_names, info), samples=64)
+                                     to_graph_inputs(list(debug.inputs), source.input_names, info), samples=samples)
     except Exception as exc:  # diagnostic only (and on the debugger's private API): never fail a convert
         return [], f"TFLite's QuantizationDebugger failed: {type(exc).__name__}: {str(exc)[:200]}"
     # Ops that only move int8 values (RESHAPE, MAX_POOL_2D) show float round-off, not quantization error.
     worst = [layer for layer in layers if layer.rmse_over_scale > 1e-3][:8]
-    return worst, (f"{len(layers)} quantized layers compared on {min(64, debug.num_samples)} samples of "
-                   f"{debug.name}; the {len(worst)} worst shown")
+    return worst, (f"{len(layers)} quantized layers compared on {shown} samples of {debug.name}{estimate}; "
+                   f"the {len(worst)} worst shown")
