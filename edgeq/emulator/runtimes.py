@@ -62,22 +62,32 @@ def quantize_inputs(x: np.ndarray, dtype: Any, scale: float, zero_point: int) ->
     """Float data -> the model's input dtype: round(x / scale) + zero_point, clipped to the dtype.
 
     Rounds half away from zero, in float32, as TFLite's own QUANTIZE kernel does. Float dtypes pass
-    through (cast); an integer input without quantization (scale 0) is rounded and clipped only.
+    through (cast, no copy when the type is already right); an integer input without quantization
+    (scale 0) is rounded and clipped only. Works through the samples a slice at a time, so that a
+    large data set is not held two or three times over in float32 on the way.
     """
     target = np.dtype(dtype)
+    x = np.asarray(x)
     if target.kind == "f":
-        return np.asarray(x).astype(target)
-    values = np.array(x, dtype=np.float32)  # a private copy: every step below works in place
-    if scale:
-        np.divide(values, np.float32(scale), out=values)
-    half = np.copysign(np.float32(0.5), values)
-    np.add(values, half, out=values)
-    np.trunc(values, out=values)  # trunc(v + copysign(0.5, v)): half away from zero
-    if scale:
-        np.add(values, np.float32(zero_point), out=values)
-    info = np.iinfo(target)
-    np.clip(values, info.min, info.max, out=values)
-    return values.astype(target)
+        return x.astype(target, copy=False)
+    out = np.empty(x.shape, dtype=target)
+    rows = x.shape[0] if x.ndim else 1
+    per_row = max(1, x.size // max(rows, 1))
+    step = max(1, (4 << 20) // per_row)  # about 4 M elements (16 MB of float32) a slice
+    flat_in, flat_out = (x.reshape(1, -1), out.reshape(1, -1)) if x.ndim == 0 else (x, out)
+    for start in range(0, max(rows, 1), step):
+        values = np.array(flat_in[start:start + step], dtype=np.float32)  # a private copy, worked in place
+        if scale:
+            np.divide(values, np.float32(scale), out=values)
+        half = np.copysign(np.float32(0.5), values)
+        np.add(values, half, out=values)
+        np.trunc(values, out=values)  # trunc(v + copysign(0.5, v)): half away from zero
+        if scale:
+            np.add(values, np.float32(zero_point), out=values)
+        info = np.iinfo(target)
+        np.clip(values, info.min, info.max, out=values)
+        flat_out[start:start + step] = values.astype(target)
+    return out
 
 
 def dequantize(q: np.ndarray, scale: Any, zero_point: Any) -> np.ndarray:
