@@ -110,14 +110,22 @@ def convert(model: Path, target: str, mode: str | None, calibration: str | None,
 
     \b
     Writes, atomically:
-      <name>.tflite                      the quantized model (TFLM: as flashed, without names)
+      <name>.tflite                      the quantized model, the standard form LiteRT loads
+                                         (TFLM targets: without names; what is flashed drops repeated zero points)
       <name>_names.json                  its tensor and signature names, for inspect and device-check (TFLM)
       <name>_model_data.cc / .h          the model as a C array and k_<name>_tensor_arena_size (TFLM)
       <name>_op_resolver.h               a MicroMutableOpResolver with exactly the model's ops
       <name>_model.c / .h, README.md     with --runtime c (or a c target): the model as plain C99,
                                          its weights, kernels and static arena; no TFLM needed
-      report.json / report.md / .png     accuracy, sizes, memory, latency, per-layer error, checks
+      report.json / report.md / .png     accuracy, sizes, memory, latency, per-layer error, checks;
+                                         report.json also each stage's time and peak memory (timings)
       README.md, edgeq_*.c/.h, ports/    with --harness: firmware for `edgeq device-check`
+
+    \b
+    Memory: the model runs on many samples in batches sized so that their activations fit 512 MiB
+    (EDGEQ_MEMORY_BUDGET=2G to change it). Keras models over 1 M parameters skip the float32 .tflite
+    (only the report's float32 size needed it), and their per-layer error is an estimate on 16
+    samples.
 
     \b
     Examples:
