@@ -124,8 +124,8 @@ def convert(model: Path, target: str, mode: str | None, calibration: str | None,
     \b
     Memory: the model runs on many samples in batches sized so that their activations fit 512 MiB
     (EDGEQ_MEMORY_BUDGET=2G to change it). Keras models over 1 M parameters skip the float32 .tflite
-    (only the report's float32 size needed it), and their per-layer error is an estimate on 16
-    samples.
+    (only the report's float32 size needed it). On models over 1 MB of parameters the per-layer
+    error is an estimate on 16 samples of --eval, and without --eval it is not measured.
 
     \b
     Examples:

@@ -117,7 +117,9 @@ def _measuring(measurer: Measurer, shapes: Shapes, data: Dataset | None, eval_da
 
 LARGE_MODEL_PARAMETER_BYTES = 1_000_000
 """Above this many bytes of int8 parameters the per-layer debugger, which converts and calibrates the
-model once more, does so on fewer samples (16 to compare, at most 32 to calibrate) and says so."""
+model once more, does so on fewer samples (16 to compare, at most 32 to calibrate) and says so; with
+no evaluation data (--no-eval) it does not run at all: it is an evaluation, and the slowest part of a
+convert that asked for none."""
 
 
 def per_layer_errors(source: Any, info: Any, recipe: Recipe, calibration: Dataset | None,
@@ -131,6 +133,12 @@ def per_layer_errors(source: Any, info: Any, recipe: Recipe, calibration: Datase
 
     debug = eval_data or calibration
     samples, estimate = 64, ""
+    if info.parameter_bytes > LARGE_MODEL_PARAMETER_BYTES and eval_data is None:
+        note = (f"per-layer error not measured: no evaluation data for a model with {info.parameter_bytes / 1e6:.1f} "
+                "MB of parameters, where TFLite's debugger would convert and calibrate it once more; pass --eval "
+                "DATA for it")
+        on_step(note)
+        return [], note
     if info.parameter_bytes > LARGE_MODEL_PARAMETER_BYTES:
         # The debugger converts and calibrates the model again: on a large model, fewer samples for both
         samples = 16
