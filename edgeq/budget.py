@@ -49,6 +49,44 @@ def batch_for(bytes_per_sample: int | None, cap: int = DEFAULT_BATCH) -> int:
     return max(1, min(cap, memory_budget() // int(bytes_per_sample)))
 
 
+def layer_output_bytes(keras_model: object) -> int | None:
+    """Bytes of a Keras model's layer outputs for one float32 sample (its symbolic output shapes,
+    batch left out); None when there are none to read."""
+    total = 0
+    for layer in getattr(keras_model, "layers", ()):
+        try:
+            outputs = layer.output
+        except (AttributeError, ValueError):  # a layer never called on a symbolic input
+            continue
+        for t in outputs if isinstance(outputs, (list, tuple)) else [outputs]:
+            count = 1
+            for d in tuple(getattr(t, "shape", ()))[1:]:
+                count *= int(d) if d is not None else 1
+            total += 4 * count
+    return total or None
+
+
+def module_output_bytes(module: object, call: object) -> int:
+    """Bytes of every submodule's tensor outputs while `call()` runs `module` once (a torch module,
+    through forward hooks; 0 when the call fails: the real run says why)."""
+    sizes: list[int] = []
+
+    def count(_module: object, _args: object, output: object) -> None:
+        for t in output if isinstance(output, (tuple, list)) else [output]:
+            if hasattr(t, "numel") and hasattr(t, "element_size"):
+                sizes.append(int(t.numel()) * int(t.element_size()))
+
+    hooks = [m.register_forward_hook(count) for m in module.modules() if m is not module]  # type: ignore[attr-defined]
+    try:
+        call()  # type: ignore[operator]
+    except Exception:  # noqa: BLE001 - predict() reports what is wrong with the data
+        return 0
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return sum(sizes)
+
+
 def batch_note(batch: int) -> str:
     """' in batches of N (...)' when the budget made the batch smaller than the default, else ''."""
     if batch >= DEFAULT_BATCH:

@@ -74,30 +74,11 @@ class LoadedModel:
         chunks = [self._predict([x[i : i + batch_size] for x in inputs]) for i in range(0, n, batch_size)]
         return [np.concatenate([c[k] for c in chunks]) for k in range(len(chunks[0]))]
 
-    def activation_bytes(self) -> int | None:
-        """Bytes of the Keras model's layer outputs for one float32 sample (None when there is no Keras
-        model to read them from: a SavedModel's signature)."""
-        if self.keras_model is None:
-            return None
-        total = 0
-        for layer in self.keras_model.layers:
-            try:
-                outputs = layer.output
-            except (AttributeError, ValueError):  # a layer never called on a symbolic input
-                continue
-            for t in outputs if isinstance(outputs, (list, tuple)) else [outputs]:
-                count = 1
-                for d in tuple(getattr(t, "shape", ()))[1:]:
-                    count *= int(d) if d is not None else 1
-                total += 4 * count
-        return total or None
-
     def reference_batch(self) -> int:
-        """Samples per float-reference batch: the memory budget's share (edgeq.budget), or a cautious
-        32 when the model's activations cannot be counted."""
-        from edgeq.budget import batch_for
+        """Samples per float-reference batch: the budget's share (edgeq.budget), else a cautious 32."""
+        from edgeq.budget import batch_for, layer_output_bytes
 
-        sample = self.activation_bytes()
+        sample = layer_output_bytes(self.keras_model)  # None without a Keras model (a SavedModel)
         return batch_for(sample) if sample else 32
 
     def converter_source(self, sample_shapes: Sequence[tuple[int, ...]] | None = None) -> ConverterSource:

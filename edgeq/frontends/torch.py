@@ -102,38 +102,23 @@ class TorchModel:
         return TorchModel(self.path, self.format, self.saved_by, specs, self.parameter_count, wrapped, self.label,
                           device_layout=Layout.NHWC), new_shapes
 
-    def activation_bytes(self, inputs: Sequence[np.ndarray]) -> int:
-        """Bytes of every module's output for the first sample of `inputs` (forward hooks on one
-        call): what a sample holds at worst, to size the float reference's batches."""
-        import torch
-
-        sizes: list[int] = []
-
-        def count(module: Any, args: Any, output: Any) -> None:
-            for t in output if isinstance(output, (tuple, list)) else [output]:
-                if isinstance(t, torch.Tensor):
-                    sizes.append(t.numel() * t.element_size())
-
-        hooks = [m.register_forward_hook(count) for m in self.module.modules() if m is not self.module]
-        try:
-            with torch.no_grad():
-                self.module(*[torch.from_numpy(np.ascontiguousarray(x[:1], dtype=np.float32)) for x in inputs])
-        except Exception:  # noqa: BLE001 - predict() says what is wrong with the data
-            return 0
-        finally:
-            for hook in hooks:
-                hook.remove()
-        return sum(sizes)
-
     def reference_batch(self, inputs: Sequence[np.ndarray]) -> int:
         """Samples per batch for `predict`: 1 for an exported program (it keeps the batch it was
         exported with), else as many as the activations of `inputs`' first sample let fit the
         memory budget (edgeq.budget)."""
-        from edgeq.budget import batch_for
+        import torch
+
+        from edgeq.budget import batch_for, module_output_bytes
 
         if self.format == SourceFormat.TORCH_EXPORT:
             return 1
-        return batch_for(self.activation_bytes(inputs) or None)
+        first = [torch.from_numpy(np.ascontiguousarray(x[:1], dtype=np.float32)) for x in inputs]
+
+        def once() -> None:
+            with torch.no_grad():
+                self.module(*first)
+
+        return batch_for(module_output_bytes(self.module, once) or None)
 
     def predict(self, inputs: Sequence[np.ndarray], batch_size: int | None = None) -> list[np.ndarray]:
         """Float outputs of the torch model, one array per output (NCHW in, as torch has it),
